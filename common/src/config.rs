@@ -1,0 +1,335 @@
+//! Layered settings: the embedded `config/default.toml`, then an optional file
+//! (`--config PATH` or `FLASHSALE_CONFIG`), then `FLASHSALE__<SECTION>__<KEY>`
+//! environment variables. Unknown keys and invalid values are errors naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The defaults, compiled in so a binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "FLASHSALE__";
+/// Environment variable naming an extra settings file.
+pub const CONFIG_FILE_ENV: &str = "FLASHSALE_CONFIG";
+/// Exit code of a process that stops on bad settings (EX_USAGE).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+/// Secrets that must not reach production; a warning is logged while one is in use.
+const DEV_SECRETS: [&str; 3] = ["dev-jwt-secret", "dev-admin-token", "dev-webhook-secret"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub namespace: String,
+    pub gateway: GatewaySettings,
+    pub worker: WorkerSettings,
+    pub redis: RedisSettings,
+    pub mysql: MysqlSettings,
+    pub amqp: AmqpSettings,
+    pub auth: AuthSettings,
+    pub admin: AdminSettings,
+    pub payments: PaymentSettings,
+    pub engine: EngineSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub max_in_flight: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub metrics_listen: SocketAddr,
+    pub relay_batch_max: usize,
+    pub relay_claim_idle_ms: u64,
+    pub persist_batch_max: usize,
+    pub persist_batch_wait_ms: u64,
+    pub max_deliveries: u32,
+    pub sweep_interval_ms: u64,
+    pub reconcile_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    pub connections: usize,
+    pub call_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub call_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub call_timeout_ms: u64,
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub jwt_secret: String,
+    pub leeway_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    pub webhook_secret: String,
+    pub signature_tolerance_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub sold_out_ttl_ms: u64,
+    pub campaign_refresh_ms: u64,
+    pub idempotency_ttl_secs: u64,
+    pub outbox_max_len: u64,
+    pub payment_event_ttl_secs: u64,
+}
+
+impl RedisSettings {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+}
+
+impl Settings {
+    /// Loads the layers in order: defaults, then `file` (or the file named by
+    /// `FLASHSALE_CONFIG`), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let file: Option<PathBuf> = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "settings file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Extracts and validates settings from any set of layers (tests build their own).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(describe)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The settings with the defaults only.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
+        let ns_ok = (1..=32).contains(&self.namespace.len())
+            && self
+                .namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ns_ok {
+            return bad("namespace", "must be 1..=32 characters of [A-Za-z0-9_-]");
+        }
+        let positive = [
+            ("gateway.max_in_flight", self.gateway.max_in_flight as u64),
+            ("gateway.request_timeout_ms", self.gateway.request_timeout_ms),
+            ("worker.relay_batch_max", self.worker.relay_batch_max as u64),
+            ("worker.persist_batch_max", self.worker.persist_batch_max as u64),
+            ("worker.max_deliveries", u64::from(self.worker.max_deliveries)),
+            ("worker.sweep_interval_ms", self.worker.sweep_interval_ms),
+            ("worker.reconcile_interval_ms", self.worker.reconcile_interval_ms),
+            ("redis.connections", self.redis.connections as u64),
+            ("redis.call_timeout_ms", self.redis.call_timeout_ms),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("mysql.max_connections", u64::from(self.mysql.max_connections)),
+            ("mysql.call_timeout_ms", self.mysql.call_timeout_ms),
+            ("amqp.call_timeout_ms", self.amqp.call_timeout_ms),
+            ("amqp.prefetch", u64::from(self.amqp.prefetch)),
+            ("engine.sold_out_ttl_ms", self.engine.sold_out_ttl_ms),
+            ("engine.campaign_refresh_ms", self.engine.campaign_refresh_ms),
+            ("engine.idempotency_ttl_secs", self.engine.idempotency_ttl_secs),
+            ("engine.outbox_max_len", self.engine.outbox_max_len),
+            ("engine.payment_event_ttl_secs", self.engine.payment_event_ttl_secs),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return bad(key, "must be greater than 0");
+        }
+        // A sold-out flag or a campaign window older than a second would break the
+        // promise that releases and tuning reach every gateway within 1 s.
+        for (key, v) in [
+            ("engine.sold_out_ttl_ms", self.engine.sold_out_ttl_ms),
+            ("engine.campaign_refresh_ms", self.engine.campaign_refresh_ms),
+        ] {
+            if v > 1000 {
+                return bad(key, "must be at most 1000 (changes must reach every gateway within 1 s)");
+            }
+        }
+        for (key, v) in [
+            ("redis.url", &self.redis.url),
+            ("mysql.url", &self.mysql.url),
+            ("amqp.url", &self.amqp.url),
+            ("auth.jwt_secret", &self.auth.jwt_secret),
+            ("admin.token", &self.admin.token),
+            ("payments.webhook_secret", &self.payments.webhook_secret),
+        ] {
+            if v.trim().is_empty() {
+                return bad(key, "must not be empty");
+            }
+        }
+        Ok(())
+    }
+
+    /// The names of the secrets still at their development defaults.
+    pub fn dev_secrets_in_use(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.auth.jwt_secret == DEV_SECRETS[0] {
+            out.push("auth.jwt_secret");
+        }
+        if self.admin.token == DEV_SECRETS[1] {
+            out.push("admin.token");
+        }
+        if self.payments.webhook_secret == DEV_SECRETS[2] {
+            out.push("payments.webhook_secret");
+        }
+        out
+    }
+}
+
+/// One line per problem, each naming the key (`section.key`).
+fn describe(err: figment::Error) -> ConfigError {
+    let lines: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let mut path = e.path.join(".");
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(field);
+                return format!("{path}: unknown key");
+            }
+            if path.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{path}: {}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Invalid(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_with_env(vars: &[(&str, &str)]) -> Result<Settings, String> {
+        let mut out = Err(String::new());
+        Jail::expect_with(|jail| {
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            out = Settings::load(None).map_err(|e| e.to_string());
+            Ok(())
+        });
+        out
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = load_with_env(&[]).unwrap();
+        assert_eq!(s.namespace, "fs");
+        assert_eq!(s.gateway.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.gateway.metrics_listen.to_string(), "127.0.0.1:9898");
+        assert_eq!(s.worker.metrics_listen.to_string(), "127.0.0.1:9899");
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(s.mysql.url, "mysql://root@127.0.0.1:3306/flashsale");
+        assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.dev_secrets_in_use().len(), 3);
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscores() {
+        let s = load_with_env(&[
+            ("FLASHSALE__NAMESPACE", "t1"),
+            ("FLASHSALE__GATEWAY__LISTEN", "127.0.0.1:9000"),
+            ("FLASHSALE__ENGINE__OUTBOX_MAX_LEN", "42"),
+            ("FLASHSALE__ADMIN__TOKEN", "prod-token"),
+        ])
+        .unwrap();
+        assert_eq!(s.namespace, "t1");
+        assert_eq!(s.gateway.listen.port(), 9000);
+        assert_eq!(s.engine.outbox_max_len, 42);
+        assert_eq!(s.dev_secrets_in_use(), vec!["auth.jwt_secret", "payments.webhook_secret"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_with_env(&[("FLASHSALE__GATEWAY__LISTN", "x")]).unwrap_err();
+        assert!(err.contains("gateway.listn"), "{err}");
+        let err = load_with_env(&[("FLASHSALE__COLOUR", "red")]).unwrap_err();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = load_with_env(&[("FLASHSALE__GATEWAY__LISTEN", "not-an-address")]).unwrap_err();
+        assert!(err.contains("gateway.listen"), "{err}");
+        let err = load_with_env(&[("FLASHSALE__REDIS__CONNECTIONS", "0")]).unwrap_err();
+        assert!(err.contains("redis.connections"), "{err}");
+        let err = load_with_env(&[("FLASHSALE__NAMESPACE", "a:b")]).unwrap_err();
+        assert!(err.contains("namespace"), "{err}");
+        let err = load_with_env(&[("FLASHSALE__ENGINE__SOLD_OUT_TTL_MS", "5000")]).unwrap_err();
+        assert!(err.contains("engine.sold_out_ttl_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_file_layer_sits_between_defaults_and_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("extra.toml", "namespace = \"fromfile\"\n[redis]\nconnections = 3\n")?;
+            jail.set_env("FLASHSALE__REDIS__CONNECTIONS", "5");
+            let s = Settings::load(Some(Path::new("extra.toml"))).unwrap();
+            assert_eq!(s.namespace, "fromfile");
+            assert_eq!(s.redis.connections, 5);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,11 @@
+//! What the gateway and the sync-worker share.
+//!
+//! # Layout
+//! - [`config`]: layered settings (embedded `config/default.toml` → file → `FLASHSALE__*`).
+//! - [`telemetry`]: `tracing` subscriber set-up.
+//! - [`message`]: the order event carried from the outbox stream to MySQL.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod message;
+pub mod telemetry;

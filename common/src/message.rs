@@ -1,0 +1,119 @@
+//! The order event: one per state change of an order, written by the Lua scripts into
+//! a campaign's outbox stream, relayed to RabbitMQ and applied to MySQL.
+//!
+//! Each event carries the whole order, so applying events is idempotent and does not
+//! depend on their order: a consumer keeps the furthest state it has seen.
+
+use serde::{Deserialize, Serialize};
+
+/// Where an order stands. The only ways forward are
+/// `pending_payment → paid | cancelled | expired` and `cancelled | expired → refund_required`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    PendingPayment,
+    Paid,
+    Cancelled,
+    Expired,
+    RefundRequired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingPayment => "pending_payment",
+            Self::Paid => "paid",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::RefundRequired => "refund_required",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending_payment" => Self::PendingPayment,
+            "paid" => Self::Paid,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
+            "refund_required" => Self::RefundRequired,
+            _ => return None,
+        })
+    }
+
+    /// Whether an order in `self` may move to `next`.
+    pub fn can_become(self, next: Self) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (PendingPayment, Paid | Cancelled | Expired) | (Cancelled | Expired, RefundRequired)
+        )
+    }
+
+    /// Which stock bucket the order's units sit in while the order is in this state.
+    pub fn bucket(self) -> StockBucket {
+        match self {
+            Self::PendingPayment => StockBucket::Reserved,
+            Self::Paid => StockBucket::Sold,
+            Self::Cancelled | Self::Expired | Self::RefundRequired => StockBucket::Available,
+        }
+    }
+}
+
+/// The three stock counters an order's units can be counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockBucket {
+    Available,
+    Reserved,
+    Sold,
+}
+
+/// One line of an order, with the price at the time of reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub sku_id: String,
+    pub quantity: u64,
+    pub price_cents: i64,
+}
+
+/// An order as of one state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub order_id: String,
+    pub campaign_id: String,
+    pub user_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// 0 while unpaid.
+    pub paid_ms: i64,
+    pub payment_window_secs: u32,
+    /// When this state change happened (Redis clock).
+    pub event_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_only_move_forward() {
+        use OrderStatus::*;
+        assert!(PendingPayment.can_become(Paid));
+        assert!(PendingPayment.can_become(Expired));
+        assert!(Expired.can_become(RefundRequired));
+        assert!(!Paid.can_become(Cancelled));
+        assert!(!Cancelled.can_become(Paid));
+        assert!(!RefundRequired.can_become(Expired));
+        assert!(!PendingPayment.can_become(PendingPayment));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in ["pending_payment", "paid", "cancelled", "expired", "refund_required"] {
+            assert_eq!(OrderStatus::parse(s).map(OrderStatus::as_str), Some(s));
+        }
+        assert_eq!(OrderStatus::parse("shipped"), None);
+    }
+}

@@ -1,0 +1,329 @@
+//! The local sharded cache: what lets most requests end without Redis.
+//!
+//! Per campaign it holds the window, limits and thresholds (refreshed at least every
+//! `campaign_refresh_ms`, at once on a `meta` notice) and per sku a sold-out flag.
+//! A flag is trusted for at most `sold_out_ttl_ms`; a `restock` notice clears it at
+//! once. Each flag carries the stock generation it was seen at (`gen`, bumped by every
+//! release that brings a sku back from zero), so a sold-out answer that was already in
+//! flight when the restock happened cannot set the flag again: no undersell.
+//!
+//! A local "sold out" or "ended" answer must never hide an idempotent replay, so each
+//! campaign also keeps the set of its buyers (users who ever got a reservation; at
+//! most one per reservation): their requests always go to Redis. While the notice
+//! stream is down, flags and buyer sets may be stale, so only answers that cannot
+//! depend on them (unknown campaign or sku, not started yet) are given locally.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::{DashMap, DashSet};
+
+use crate::domain::{CampaignId, SkuId};
+use crate::store::CampaignMeta;
+
+/// Most unknown campaign ids remembered at once: a bot probing random ids cannot grow
+/// memory without bound (past this, unknown ids simply go to Redis).
+const MAX_MISSING_ENTRIES: usize = 10_000;
+/// Most buyers remembered per campaign. Past this the campaign's sold-out and ended
+/// answers all go to Redis: slower, never wrong.
+const MAX_BUYERS_PER_CAMPAIGN: usize = 1_000_000;
+
+/// One sku's sold-out flag, packed in one word so readers never lock:
+/// high 32 bits the stock generation, low 32 bits the time (ms since the cache's
+/// epoch, wrapping) it was flagged, 0 when not flagged.
+#[derive(Debug, Default)]
+struct SoldOutFlag(AtomicU64);
+
+impl SoldOutFlag {
+    fn pack(gen: u64, since: u32) -> u64 {
+        ((gen & 0xFFFF_FFFF) << 32) | u64::from(since)
+    }
+
+    fn gen_of(word: u64) -> u64 {
+        word >> 32
+    }
+
+    /// Sets the flag unless a newer generation is already known.
+    fn mark(&self, gen: u64, now: u32) {
+        let since = now.max(1);
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            (gen >= Self::gen_of(cur)).then(|| Self::pack(gen, since))
+        });
+    }
+
+    /// Clears the flag for generation `gen` and everything older.
+    fn clear(&self, gen: u64) {
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            (gen >= Self::gen_of(cur)).then(|| Self::pack(gen, 0))
+        });
+    }
+
+    /// Forgets the flag but keeps the generation.
+    fn forget(&self) {
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            Some(Self::pack(Self::gen_of(cur), 0))
+        });
+    }
+
+    fn is_set(&self, now: u32, ttl_ms: u32) -> bool {
+        let since = (self.0.load(Ordering::Acquire) & 0xFFFF_FFFF) as u32;
+        since != 0 && now.wrapping_sub(since) < ttl_ms
+    }
+}
+
+/// A campaign as this process knows it. Replaced whole on reload; the flags are
+/// shared between the old and the new entry (a campaign's skus never change).
+#[derive(Debug)]
+pub struct CampaignEntry {
+    pub meta: Arc<CampaignMeta>,
+    flags: Arc<HashMap<SkuId, SoldOutFlag>>,
+    buyers: Arc<DashSet<String>>,
+}
+
+impl CampaignEntry {
+    pub fn has_sku(&self, sku: &SkuId) -> bool {
+        self.flags.contains_key(sku)
+    }
+
+    /// Whether the user may have a reservation to replay (or the set overflowed).
+    pub fn may_have_bought(&self, user: &str) -> bool {
+        self.buyers.len() >= MAX_BUYERS_PER_CAMPAIGN || self.buyers.contains(user)
+    }
+}
+
+/// What the cache can say about a campaign without Redis.
+#[derive(Debug)]
+pub enum Lookup {
+    Known(Arc<CampaignEntry>),
+    /// Redis said recently that the campaign does not exist.
+    Missing,
+    /// Not in the cache: ask Redis.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct LocalCache {
+    campaigns: DashMap<CampaignId, Arc<CampaignEntry>>,
+    missing: DashMap<CampaignId, Instant>,
+    epoch: Instant,
+    sold_out_ttl_ms: u32,
+    refresh: Duration,
+    /// Whether restock and buyer notices are flowing (the pub/sub link is up).
+    live: AtomicBool,
+}
+
+impl LocalCache {
+    pub fn new(sold_out_ttl: Duration, refresh: Duration) -> Self {
+        Self {
+            campaigns: DashMap::new(),
+            missing: DashMap::new(),
+            epoch: Instant::now(),
+            sold_out_ttl_ms: u32::try_from(sold_out_ttl.as_millis()).unwrap_or(u32::MAX),
+            refresh,
+            live: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether notices are flowing; while not, sold-out flags and buyer sets are not trusted.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+    }
+
+    fn now(&self) -> u32 {
+        // Wrapping on purpose: only differences under the TTL are ever compared.
+        (self.epoch.elapsed().as_millis() & 0xFFFF_FFFF) as u32
+    }
+
+    pub fn lookup(&self, campaign: &str) -> Lookup {
+        if let Some(e) = self.campaigns.get(campaign) {
+            return Lookup::Known(Arc::clone(e.value()));
+        }
+        match self.missing.get(campaign) {
+            Some(at) if at.elapsed() < self.refresh => Lookup::Missing,
+            _ => Lookup::Unknown,
+        }
+    }
+
+    /// Stores what Redis said about a campaign (`None`: it does not exist). `buyers`,
+    /// when given, is added to the buyer set (on first load and after a reconnect);
+    /// buyers are never removed, so a union is always right.
+    pub fn put(&self, campaign: &CampaignId, meta: Option<CampaignMeta>, loaded_buyers: Option<Vec<String>>) {
+        let Some(meta) = meta else {
+            self.campaigns.remove(campaign);
+            if self.missing.len() < MAX_MISSING_ENTRIES {
+                self.missing.insert(campaign.clone(), Instant::now());
+            }
+            return;
+        };
+        self.missing.remove(campaign);
+        let old = self.campaigns.get(campaign).map(|e| Arc::clone(e.value()));
+        let flags = match &old {
+            Some(old) if old.meta.skus == meta.skus => Arc::clone(&old.flags),
+            _ => Arc::new(meta.skus.iter().map(|s| (s.clone(), SoldOutFlag::default())).collect()),
+        };
+        let buyers = old.map_or_else(|| Arc::new(DashSet::new()), |o| Arc::clone(&o.buyers));
+        for b in loaded_buyers.into_iter().flatten() {
+            buyers.insert(b);
+        }
+        let entry = Arc::new(CampaignEntry { meta: Arc::new(meta), flags, buyers });
+        self.campaigns.insert(campaign.clone(), entry);
+    }
+
+    pub fn contains(&self, campaign: &str) -> bool {
+        self.campaigns.contains_key(campaign)
+    }
+
+    /// Forgets that a campaign was missing (it was just launched).
+    pub fn unmark_missing(&self, campaign: &str) {
+        self.missing.remove(campaign);
+    }
+
+    /// Campaigns currently cached (the refresher reloads them).
+    pub fn cached_campaigns(&self) -> Vec<CampaignId> {
+        self.campaigns.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Drops expired "missing" entries.
+    pub fn prune_missing(&self) {
+        let refresh = self.refresh;
+        self.missing.retain(|_, at| at.elapsed() < refresh);
+    }
+
+    pub fn is_sold_out(&self, entry: &CampaignEntry, sku: &SkuId) -> bool {
+        self.is_live() && entry.flags.get(sku).is_some_and(|f| f.is_set(self.now(), self.sold_out_ttl_ms))
+    }
+
+    pub fn add_buyer(&self, campaign: &str, user: &str) {
+        if let Some(e) = self.campaigns.get(campaign) {
+            if e.buyers.len() < MAX_BUYERS_PER_CAMPAIGN {
+                e.buyers.insert(user.to_owned());
+            }
+        }
+    }
+
+    pub fn mark_sold_out(&self, campaign: &str, sku: &SkuId, gen: u64) {
+        if let Some(e) = self.campaigns.get(campaign) {
+            if let Some(f) = e.flags.get(sku) {
+                f.mark(gen, self.now());
+            }
+        }
+    }
+
+    pub fn restock(&self, campaign: &str, sku: &SkuId, gen: u64) {
+        if let Some(e) = self.campaigns.get(campaign) {
+            if let Some(f) = e.flags.get(sku) {
+                f.clear(gen);
+            }
+        }
+    }
+
+    /// Forgets every sold-out flag: after the notice stream was interrupted, a restock
+    /// may have been missed.
+    pub fn forget_sold_out(&self) {
+        for e in self.campaigns.iter() {
+            e.flags.values().for_each(SoldOutFlag::forget);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(skus: &[&str]) -> CampaignMeta {
+        CampaignMeta {
+            campaign: CampaignId::parse("c").unwrap(),
+            starts_ms: 0,
+            ends_ms: i64::MAX,
+            per_user_limit: 1,
+            payment_window_secs: 60,
+            max_orders_per_sec: None,
+            max_user_requests_per_sec: None,
+            skus: skus.iter().map(|s| SkuId::parse(s).unwrap()).collect(),
+            version: 1,
+        }
+    }
+
+    fn entry(cache: &LocalCache) -> Arc<CampaignEntry> {
+        match cache.lookup("c") {
+            Lookup::Known(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_sold_out_answers_cannot_undo_a_restock() {
+        let cache = LocalCache::new(Duration::from_secs(1), Duration::from_secs(1));
+        cache.set_live(true);
+        let c = CampaignId::parse("c").unwrap();
+        let sku = SkuId::parse("a").unwrap();
+        cache.put(&c, Some(meta(&["a"])), None);
+        cache.mark_sold_out("c", &sku, 0);
+        assert!(cache.is_sold_out(&entry(&cache), &sku));
+        cache.restock("c", &sku, 1);
+        assert!(!cache.is_sold_out(&entry(&cache), &sku));
+        // A sold-out answer seen before the restock arrives late: ignored.
+        cache.mark_sold_out("c", &sku, 0);
+        assert!(!cache.is_sold_out(&entry(&cache), &sku));
+        // A sold-out answer after the restock counts.
+        cache.mark_sold_out("c", &sku, 1);
+        assert!(cache.is_sold_out(&entry(&cache), &sku));
+    }
+
+    #[test]
+    fn buyers_survive_reloads_and_only_grow() {
+        let cache = LocalCache::new(Duration::from_secs(1), Duration::from_secs(1));
+        let c = CampaignId::parse("c").unwrap();
+        cache.put(&c, Some(meta(&["a"])), Some(vec!["u1".into()]));
+        cache.add_buyer("c", "u2");
+        cache.put(&c, Some(meta(&["a"])), None);
+        cache.put(&c, Some(meta(&["a"])), Some(vec!["u3".into()]));
+        let e = entry(&cache);
+        for u in ["u1", "u2", "u3"] {
+            assert!(e.may_have_bought(u), "{u}");
+        }
+        assert!(!e.may_have_bought("u4"));
+    }
+
+    #[test]
+    fn flags_expire_after_their_ttl() {
+        let cache = LocalCache::new(Duration::from_millis(30), Duration::from_secs(1));
+        cache.set_live(true);
+        let c = CampaignId::parse("c").unwrap();
+        let sku = SkuId::parse("a").unwrap();
+        cache.put(&c, Some(meta(&["a"])), None);
+        cache.mark_sold_out("c", &sku, 0);
+        assert!(cache.is_sold_out(&entry(&cache), &sku));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!cache.is_sold_out(&entry(&cache), &sku));
+    }
+
+    #[test]
+    fn reloads_keep_flags_and_missing_entries_expire() {
+        let cache = LocalCache::new(Duration::from_secs(5), Duration::from_millis(30));
+        cache.set_live(true);
+        let c = CampaignId::parse("c").unwrap();
+        let sku = SkuId::parse("a").unwrap();
+        cache.put(&c, Some(meta(&["a"])), None);
+        cache.mark_sold_out("c", &sku, 0);
+        cache.put(&c, Some(meta(&["a"])), None);
+        assert!(cache.is_sold_out(&entry(&cache), &sku));
+        cache.forget_sold_out();
+        assert!(!cache.is_sold_out(&entry(&cache), &sku));
+        cache.mark_sold_out("c", &sku, 0);
+        cache.set_live(false);
+        assert!(!cache.is_sold_out(&entry(&cache), &sku), "flags are not trusted while notices are down");
+
+        let gone = CampaignId::parse("gone").unwrap();
+        cache.put(&gone, None, None);
+        assert!(matches!(cache.lookup("gone"), Lookup::Missing));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(matches!(cache.lookup("gone"), Lookup::Unknown));
+    }
+}

@@ -1,0 +1,361 @@
+//! Domain types. Each id is a newtype whose `parse` is the only way to build it, so a
+//! value that exists is valid; everything past the HTTP edge takes these, not strings.
+
+use std::fmt;
+
+use common::message::OrderItem;
+
+/// Longest campaign, sku and user id.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Most lines in one order.
+pub const MAX_LINES: usize = 16;
+/// Longest payment event id.
+pub const MAX_EVENT_ID_LEN: usize = 128;
+
+/// Why a value was refused; `field` names what the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidInput {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_id!(
+    /// An operator-chosen campaign id: `[A-Za-z0-9_-]{1,64}`.
+    CampaignId
+);
+string_id!(
+    /// An operator-chosen sku id: `[A-Za-z0-9_-]{1,64}`.
+    SkuId
+);
+string_id!(
+    /// A buyer, from the JWT `sub`: 1..=64 characters.
+    UserId
+);
+string_id!(
+    /// A client's idempotency key: 1..=128 characters of `[A-Za-z0-9_.:-]`.
+    IdempotencyKey
+);
+string_id!(
+    /// An order id: `<campaign>.<32 hex>` (a UUIDv7), unique across processes. The
+    /// campaign part routes an order to its campaign's keys; clients treat it as opaque.
+    OrderId
+);
+string_id!(
+    /// A payment provider's event id: 1..=128 characters of `[A-Za-z0-9_.:-]`.
+    EventId
+);
+
+fn parse_operator_id(field: &'static str, s: &str) -> Result<String, InvalidInput> {
+    if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(is_id_byte) {
+        return Err(InvalidInput::new(field, "must be 1..=64 characters of [A-Za-z0-9_-]"));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_token(field: &'static str, s: &str) -> Result<String, InvalidInput> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && s.bytes().all(|b| is_id_byte(b) || b == b'.' || b == b':');
+    if !ok {
+        return Err(InvalidInput::new(field, "must be 1..=128 characters of [A-Za-z0-9_.:-]"));
+    }
+    Ok(s.to_owned())
+}
+
+impl CampaignId {
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        parse_operator_id("campaign_id", s).map(Self)
+    }
+}
+
+impl SkuId {
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        parse_operator_id("sku_id", s).map(Self)
+    }
+}
+
+impl UserId {
+    /// Any 1..=64 characters except control characters (the `sub` of a signed token).
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        let n = s.chars().count();
+        if n == 0 || n > MAX_ID_LEN || s.chars().any(char::is_control) {
+            return Err(InvalidInput::new("sub", "must be 1..=64 characters, none a control character"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl IdempotencyKey {
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        parse_token("Idempotency-Key", s).map(Self)
+    }
+}
+
+impl EventId {
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        parse_token("event_id", s).map(Self)
+    }
+}
+
+impl OrderId {
+    /// A new, unique order id for `campaign`.
+    pub fn generate(campaign: &CampaignId) -> Self {
+        Self(format!("{campaign}.{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        let bad = || InvalidInput::new("order_id", "not an order id");
+        let (campaign, suffix) = s.rsplit_once('.').ok_or_else(bad)?;
+        CampaignId::parse(campaign).map_err(|_| bad())?;
+        if suffix.len() != 32 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The campaign this order belongs to.
+    pub fn campaign(&self) -> CampaignId {
+        let campaign = self.0.rsplit_once('.').map_or("", |(c, _)| c);
+        CampaignId(campaign.to_owned())
+    }
+}
+
+/// One requested line: a sku and a quantity of at least 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLine {
+    pub sku: SkuId,
+    pub quantity: u64,
+}
+
+/// The lines of one order: 1..=16, distinct skus, each quantity >= 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLines(Vec<OrderLine>);
+
+impl OrderLines {
+    pub fn parse(lines: Vec<(String, u64)>) -> Result<Self, InvalidInput> {
+        if lines.is_empty() || lines.len() > MAX_LINES {
+            return Err(InvalidInput::new("items", "must have 1..=16 lines"));
+        }
+        let mut out: Vec<OrderLine> = Vec::with_capacity(lines.len());
+        for (sku, quantity) in lines {
+            let sku = SkuId::parse(&sku)?;
+            if quantity == 0 {
+                return Err(InvalidInput::new("quantity", "must be at least 1"));
+            }
+            if out.iter().any(|l| l.sku == sku) {
+                return Err(InvalidInput::new("items", format!("sku {sku} appears twice")));
+            }
+            out.push(OrderLine { sku, quantity });
+        }
+        Ok(Self(out))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &OrderLine> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same order written the same way whatever the order of its lines: what an
+    /// idempotency key is bound to.
+    pub fn fingerprint(&self) -> String {
+        let mut lines: Vec<&OrderLine> = self.0.iter().collect();
+        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let mut out = String::with_capacity(lines.len() * 24);
+        for l in lines {
+            out.push_str(l.sku.as_str());
+            out.push('*');
+            out.push_str(&l.quantity.to_string());
+            out.push(';');
+        }
+        out
+    }
+}
+
+/// A granted reservation, as the buyer is told of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub order_id: OrderId,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// What became of a reservation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved(Reservation),
+    /// The same idempotency key with the same lines: the first answer again.
+    Replayed(Reservation),
+    /// The same idempotency key with other lines.
+    KeyReused,
+    CampaignNotFound,
+    SkuNotFound(SkuId),
+    NotActive,
+    SoldOut(SkuId),
+    LimitExceeded { held: u64, limit: u64 },
+}
+
+/// Why a reservation is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    Cancelled,
+    Expired,
+}
+
+impl ReleaseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// What became of a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    Released,
+    NotFound,
+    /// Already paid, cancelled, expired or refund-required: nothing was changed.
+    NotPending(common::message::OrderStatus),
+    /// An expiry asked for before the order's deadline: nothing was changed.
+    NotDue { expires_ms: i64 },
+}
+
+/// A payment provider's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Succeeded,
+    Failed,
+}
+
+/// What became of a payment callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    Paid,
+    /// Paid after the order was cancelled or expired: the money goes back, not the units.
+    RefundRequired,
+    /// A failed payment: noted, order unchanged.
+    FailedNoted,
+    /// This event id was seen before: no effect.
+    Duplicate,
+    /// The order was already paid or refund-required: no effect.
+    AlreadySettled(common::message::OrderStatus),
+    AmountMismatch { total_cents: i64 },
+    NotFound,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_ids_accept_only_the_contract_alphabet() {
+        assert!(CampaignId::parse("spring-sale_2").is_ok());
+        assert!(CampaignId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "a.b", "a:b", "é", "{x}", &"a".repeat(65)] {
+            assert!(CampaignId::parse(bad).is_err(), "{bad:?}");
+            assert!(SkuId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_ids_allow_unicode_but_not_control_characters() {
+        assert!(UserId::parse("usér-1 ✓").is_ok());
+        assert!(UserId::parse(&"é".repeat(64)).is_ok());
+        assert!(UserId::parse(&"é".repeat(65)).is_err());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_follow_the_contract() {
+        assert!(IdempotencyKey::parse("abc.DEF:1_2-3").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(128)).is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("a/b").is_err());
+        assert!(IdempotencyKey::parse("").is_err());
+    }
+
+    #[test]
+    fn order_ids_round_trip_and_name_their_campaign() {
+        let c = CampaignId::parse("spring-sale").unwrap();
+        let a = OrderId::generate(&c);
+        let b = OrderId::generate(&c);
+        assert_ne!(a, b);
+        let parsed = OrderId::parse(a.as_str()).unwrap();
+        assert_eq!(parsed.campaign(), c);
+        assert!(OrderId::parse("spring-sale.xyz").is_err());
+        assert!(OrderId::parse("no-dot").is_err());
+        assert!(OrderId::parse("bad campaign.0123456789abcdef0123456789abcdef").is_err());
+    }
+
+    #[test]
+    fn lines_are_bounded_distinct_and_positive() {
+        let ok = OrderLines::parse(vec![("a".into(), 1), ("b".into(), 2)]).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(OrderLines::parse(vec![]).is_err());
+        assert!(OrderLines::parse(vec![("a".into(), 0)]).is_err());
+        assert!(OrderLines::parse(vec![("a".into(), 1), ("a".into(), 2)]).is_err());
+        let seventeen = (0..17).map(|i| (format!("s{i}"), 1)).collect();
+        assert!(OrderLines::parse(seventeen).is_err());
+        let sixteen = (0..16).map(|i| (format!("s{i}"), 1)).collect();
+        assert!(OrderLines::parse(sixteen).is_ok());
+    }
+
+    #[test]
+    fn fingerprint_ignores_line_order_but_not_quantities() {
+        let a = OrderLines::parse(vec![("a".into(), 1), ("b".into(), 2)]).unwrap();
+        let b = OrderLines::parse(vec![("b".into(), 2), ("a".into(), 1)]).unwrap();
+        let c = OrderLines::parse(vec![("a".into(), 2), ("b".into(), 1)]).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+}

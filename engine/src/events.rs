@@ -1,0 +1,142 @@
+//! Keeps every process's local cache in step with Redis.
+//!
+//! - The listener subscribes to `<ns>:events`. After each (re)subscription it forgets
+//!   every sold-out flag and reloads every cached campaign with its buyers, because
+//!   notices sent while it was away are lost; only then does it mark the cache live.
+//! - The refresher reloads every cached campaign's window, limit and thresholds every
+//!   `campaign_refresh_ms`, so tuning reaches this process within that bound even if a
+//!   `meta` notice is lost.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use futures_util::StreamExt;
+
+use crate::domain::{CampaignId, SkuId};
+use crate::engine::Inner;
+
+/// Longest pause between two reconnection attempts of the listener.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// First pause after a failed subscription.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+
+pub(crate) async fn listen(engine: Weak<Inner>, url: String, channel: String, timeout: Duration) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match subscribe(&url, &channel, timeout).await {
+            Ok(pubsub) => {
+                backoff = MIN_BACKOFF;
+                {
+                    let Some(inner) = engine.upgrade() else { return };
+                    inner.cache.forget_sold_out();
+                    if let Err(e) = inner.reload_all(true).await {
+                        tracing::warn!(error = %e, "reload after subscribing failed; retrying");
+                        continue;
+                    }
+                    inner.cache.set_live(true);
+                    tracing::debug!(%channel, "cache notices live");
+                }
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let Some(inner) = engine.upgrade() else { return };
+                    if let Ok(text) = msg.get_payload::<String>() {
+                        inner.apply_notice(&text).await;
+                    }
+                }
+                if let Some(inner) = engine.upgrade() {
+                    inner.cache.set_live(false);
+                }
+                tracing::warn!(%channel, "cache notice stream ended; resubscribing");
+            }
+            Err(e) => {
+                if engine.strong_count() == 0 {
+                    return;
+                }
+                tracing::warn!(error = %e, "cannot subscribe to cache notices");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn subscribe(url: &str, channel: &str, timeout: Duration) -> redis::RedisResult<redis::aio::PubSub> {
+    let client = redis::Client::open(url)?;
+    let connect = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "subscribe timed out",
+        ))),
+    }
+}
+
+pub(crate) async fn refresh(engine: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = engine.upgrade() else { return };
+        inner.cache.prune_missing();
+        if let Err(e) = inner.reload_all(false).await {
+            tracing::debug!(error = %e, "campaign refresh failed");
+        }
+    }
+}
+
+/// A notice parsed; unknown or malformed notices are ignored.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Notice {
+    Restock { campaign: String, sku: SkuId, gen: u64 },
+    Meta { campaign: CampaignId },
+    Buyer { campaign: String, user: String },
+}
+
+impl Notice {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, ' ');
+        let kind = parts.next()?;
+        let campaign = parts.next()?;
+        match kind {
+            "restock" => {
+                let rest = parts.next()?;
+                let (sku, gen) = rest.split_once(' ')?;
+                Some(Self::Restock {
+                    campaign: campaign.to_owned(),
+                    sku: SkuId::parse(sku).ok()?,
+                    gen: gen.parse().ok()?,
+                })
+            }
+            "meta" => Some(Self::Meta { campaign: CampaignId::parse(campaign).ok()? }),
+            "buyer" => Some(Self::Buyer { campaign: campaign.to_owned(), user: parts.next()?.to_owned() }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_parse_and_user_ids_may_hold_spaces() {
+        assert_eq!(
+            Notice::parse("restock c1 sku-1 7"),
+            Some(Notice::Restock { campaign: "c1".into(), sku: SkuId::parse("sku-1").unwrap(), gen: 7 })
+        );
+        assert_eq!(
+            Notice::parse("buyer c1 jane doe"),
+            Some(Notice::Buyer { campaign: "c1".into(), user: "jane doe".into() })
+        );
+        assert!(matches!(Notice::parse("meta c1"), Some(Notice::Meta { .. })));
+        assert_eq!(Notice::parse("restock c1 sku"), None);
+        assert_eq!(Notice::parse("bogus c1"), None);
+        assert_eq!(Notice::parse(""), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! The Redis key layout. Every key of one campaign carries the hash tag
+//! `{c:<campaign>}`, so multi-key scripts stay valid on Redis Cluster:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<ns>:{c:<c>}:meta` | hash | window, limit, payment window, thresholds, skus |
+//! | `<ns>:{c:<c>}:stock:<sku>` | hash | total, avail, resv, sold, price, gen |
+//! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought |
+//! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | hash | fingerprint and first answer |
+//! | `<ns>:{c:<c>}:order:<order_id>` | hash | the reservation: user, items, state, times |
+//! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline |
+//! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |
+//! | `<ns>:{c:<c>}:buyers` | set | users who ever got a reservation |
+//! | `<ns>:{c:<c>}:payevt:<event_id>` | string | a payment event already applied |
+//! | `<ns>:campaigns` | set | every campaign id (not in a script) |
+//!
+//! Pub/sub channel `<ns>:events` carries `restock <c> <sku> <gen>`, `meta <c>` and
+//! `buyer <c> <user>`.
+
+use crate::domain::{CampaignId, EventId, IdempotencyKey, OrderId, SkuId, UserId};
+
+/// Builds keys for one namespace.
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    ns: String,
+}
+
+impl KeySpace {
+    pub fn new(namespace: &str) -> Self {
+        Self { ns: namespace.to_owned() }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// `<ns>:{c:<campaign>}:`, the prefix of every key of one campaign.
+    pub fn prefix(&self, c: &CampaignId) -> String {
+        format!("{}:{{c:{}}}:", self.ns, c)
+    }
+
+    pub fn meta(&self, c: &CampaignId) -> String {
+        format!("{}meta", self.prefix(c))
+    }
+
+    pub fn stock(&self, c: &CampaignId, sku: &SkuId) -> String {
+        format!("{}stock:{}", self.prefix(c), sku)
+    }
+
+    pub fn user(&self, c: &CampaignId, user: &UserId) -> String {
+        format!("{}user:{}", self.prefix(c), user)
+    }
+
+    /// Scoped to the user, so two buyers' keys never collide; the length prefix keeps
+    /// `(user, key)` pairs unambiguous whatever characters the user id has.
+    pub fn idempotency(&self, c: &CampaignId, user: &UserId, key: &IdempotencyKey) -> String {
+        format!("{}idem:{}:{}:{}", self.prefix(c), user.as_str().len(), user, key)
+    }
+
+    pub fn order(&self, order: &OrderId) -> String {
+        format!("{}order:{}", self.prefix(&order.campaign()), order)
+    }
+
+    pub fn pending(&self, c: &CampaignId) -> String {
+        format!("{}pending", self.prefix(c))
+    }
+
+    pub fn outbox(&self, c: &CampaignId) -> String {
+        format!("{}outbox", self.prefix(c))
+    }
+
+    pub fn buyers(&self, c: &CampaignId) -> String {
+        format!("{}buyers", self.prefix(c))
+    }
+
+    pub fn payment_event(&self, c: &CampaignId, event: &EventId) -> String {
+        format!("{}payevt:{}", self.prefix(c), event)
+    }
+
+    pub fn campaigns(&self) -> String {
+        format!("{}:campaigns", self.ns)
+    }
+
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.ns)
+    }
+}
+
+/// The Redis Cluster hash slot of a key (CRC16 of its hash tag, mod 16384).
+pub fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter().position(|&b| b == b'}').filter(|&close| close > 0).map(|close| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(bytes)) % 16384
+}
+
+/// CRC16-XMODEM, the checksum Redis Cluster uses for key slots.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_matches_the_redis_cluster_reference() {
+        // The reference value from the Redis Cluster specification.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(hash_slot("foo"), 12182);
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("{user1000}.followers"));
+    }
+
+    #[test]
+    fn every_key_of_a_campaign_is_in_one_slot() {
+        let ks = KeySpace::new("fs");
+        let c = CampaignId::parse("spring-sale").unwrap();
+        let user = UserId::parse("we{ir}d:user").unwrap();
+        let key = IdempotencyKey::parse("k:1").unwrap();
+        let order = OrderId::generate(&c);
+        let event = EventId::parse("evt_1").unwrap();
+        let sku = SkuId::parse("phone").unwrap();
+        let keys = [
+            ks.meta(&c),
+            ks.stock(&c, &sku),
+            ks.user(&c, &user),
+            ks.idempotency(&c, &user, &key),
+            ks.order(&order),
+            ks.pending(&c),
+            ks.outbox(&c),
+            ks.buyers(&c),
+            ks.payment_event(&c, &event),
+        ];
+        let slot = hash_slot(&keys[0]);
+        for k in &keys {
+            assert_eq!(hash_slot(k), slot, "{k}");
+            assert!(k.starts_with("fs:{c:spring-sale}:"), "{k}");
+        }
+        let other = CampaignId::parse("autumn").unwrap();
+        assert_ne!(hash_slot(&ks.meta(&other)), slot);
+    }
+}

@@ -1,0 +1,53 @@
+-- confirm: a payment for an order. Pending → paid (units stay sold); an order already
+-- cancelled or expired → refund_required without touching stock.
+-- KEYS: 1 order, 2 outbox, 3 pending (zset), 4 payment event marker, 5.. stock hash per line
+-- ARGV: 1 campaign, 2 order_id, 3 amount_cents, 4 'succeeded'|'failed', 5 key prefix,
+--       6 event marker ttl secs
+-- Replies: {'paid'} {'refund_required'} {'failed_noted', state} {'duplicate', state}
+--          {'already', state} {'amount_mismatch', total} {'not_found'} {'bad_keys'}
+
+local campaign, order_id, amount, status, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local marker_ttl = tonumber(ARGV[6])
+
+local o = redis.call('HMGET', KEYS[1], 'state', 'items', 'total')
+if not o[1] then
+  return { 'not_found' }
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return { 'duplicate', o[1] }
+end
+local function mark_event()
+  redis.call('SET', KEYS[4], order_id, 'EX', marker_ttl)
+end
+if status == 'failed' then
+  mark_event()
+  return { 'failed_noted', o[1] }
+end
+if amount ~= o[3] then
+  return { 'amount_mismatch', o[3] }
+end
+local lines = order_lines(o[2])
+if not check_stock_keys(prefix, lines, 5) then
+  return { 'bad_keys' }
+end
+
+local now = now_ms()
+if o[1] == 'pending_payment' then
+  for i, line in ipairs(lines) do
+    redis.call('HINCRBY', KEYS[4 + i], 'resv', -line[2])
+    redis.call('HINCRBY', KEYS[4 + i], 'sold', line[2])
+  end
+  redis.call('HSET', KEYS[1], 'state', 'paid', 'paid', int(now))
+  redis.call('ZREM', KEYS[3], order_id)
+  mark_event()
+  emit(KEYS[2], campaign, order_id, KEYS[1], now)
+  return { 'paid' }
+end
+if o[1] == 'cancelled' or o[1] == 'expired' then
+  redis.call('HSET', KEYS[1], 'state', 'refund_required', 'paid', int(now))
+  mark_event()
+  emit(KEYS[2], campaign, order_id, KEYS[1], now)
+  return { 'refund_required' }
+end
+mark_event()
+return { 'already', o[1] }

@@ -1,0 +1,52 @@
+-- Shared by every script (concatenated in front of each one at compile time).
+-- Numbers are written with %d so no value ever passes through a float format.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function int(v)
+  return string.format('%d', v)
+end
+
+-- Appends one state-change entry for an order to the campaign's outbox stream.
+-- The entry carries the whole order, so a consumer can apply entries in any order.
+local function emit(outbox, campaign, order_id, order_key, event_ms)
+  local o = redis.call('HMGET', order_key, 'user', 'state', 'items', 'total', 'created', 'expires', 'paid', 'window')
+  local doc = '{"order_id":' .. cjson.encode(order_id)
+    .. ',"campaign_id":' .. cjson.encode(campaign)
+    .. ',"user_id":' .. cjson.encode(o[1])
+    .. ',"status":' .. cjson.encode(o[2])
+    .. ',"items":' .. o[3]
+    .. ',"total_cents":' .. o[4]
+    .. ',"created_ms":' .. o[5]
+    .. ',"expires_ms":' .. o[6]
+    .. ',"paid_ms":' .. (o[7] or '0')
+    .. ',"payment_window_secs":' .. o[8]
+    .. ',"event_ms":' .. int(event_ms) .. '}'
+  redis.call('XADD', outbox, '*', 'order', doc)
+end
+
+-- Reads an order's line list back into {sku, qty} pairs.
+local function order_lines(items_json)
+  local lines = {}
+  for _, it in ipairs(cjson.decode(items_json)) do
+    lines[#lines + 1] = { it.sku_id, tonumber(it.quantity) }
+  end
+  return lines
+end
+
+-- Every stock key must be the one derived from the order's own lines: a caller
+-- that passed other keys would otherwise move the wrong counters.
+local function check_stock_keys(prefix, lines, first_key_index)
+  if #KEYS - first_key_index + 1 ~= #lines then
+    return false
+  end
+  for i, line in ipairs(lines) do
+    if KEYS[first_key_index + i - 1] ~= prefix .. 'stock:' .. line[1] then
+      return false
+    end
+  end
+  return true
+end
