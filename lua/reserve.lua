@@ -6,7 +6,7 @@
 -- Replies (first element is the outcome):
 --   {'reserved'|'replay', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}}
 --   {'reused'} {'campaign_not_found'} {'not_active'} {'sku_not_found', sku}
---   {'sold_out', sku, gen} {'limit_exceeded', held, limit} {'backlog_full', len}
+--   {'sold_out', sku, gen, available} {'limit_exceeded', held, limit} {'backlog_full', len}
 -- Every condition is checked before the first write.
 
 local campaign, order_id, user_id, fingerprint = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -48,7 +48,7 @@ for i = 1, n do
 end
 for i = 1, n do
   if lines[i].avail < lines[i].qty then
-    return { 'sold_out', lines[i].sku, lines[i].gen }
+    return { 'sold_out', lines[i].sku, lines[i].gen, int(lines[i].avail) }
   end
 end
 

@@ -1,1 +1,210 @@
-fn main() {}
+//! Criterion benches of the engine's hot path against the local Redis.
+//!
+//! - `ceiling/evalsha_return_1`: one trivial script call on the same shared
+//!   multiplexed connection: the most any script-per-request path can do here.
+//! - `reserve/script`: a full reservation (lines, limit, idempotency, outbox entry)
+//!   through the engine, each call a new buyer.
+//! - `reserve/local_sold_out`, `reserve/local_not_started`: requests the local cache
+//!   answers without Redis.
+//!
+//! Each group runs sequentially (latency of one call) and with 64 calls in flight
+//! (`x64`, throughput; criterion's "time" is then per call). Compare each path with the
+//! ceiling from the same run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::config::Settings;
+use criterion::{criterion_group, criterion_main, Criterion};
+use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReserveOutcome, UserId};
+use engine::engine::now_ms;
+use engine::store::{CampaignLaunch, LaunchItem};
+use engine::Engine;
+use tokio::runtime::Runtime;
+
+const IN_FLIGHT: u64 = 64;
+
+struct Bench {
+    rt: Runtime,
+    engine: Engine,
+    settings: Settings,
+    seq: AtomicU64,
+}
+
+impl Bench {
+    fn new() -> Arc<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut settings = Settings::load(None).expect("settings");
+        settings.namespace = format!("bench{}", std::process::id());
+        let engine = rt.block_on(async {
+            let e = Engine::start(&settings).unwrap();
+            let now = now_ms();
+            for (id, stock, starts) in [
+                ("open", 1_000_000_000, now - 1000),
+                ("empty", 0, now - 1000),
+                ("later", 10, now + 3_600_000),
+            ] {
+                let spec = CampaignLaunch {
+                    campaign: CampaignId::parse(id).unwrap(),
+                    starts_ms: starts,
+                    ends_ms: now + 7_200_000,
+                    per_user_limit: 1,
+                    payment_window_secs: 900,
+                    max_orders_per_sec: None,
+                    max_user_requests_per_sec: None,
+                    items: vec![LaunchItem {
+                        sku: engine::domain::SkuId::parse("sku").unwrap(),
+                        stock,
+                        price_cents: 100,
+                    }],
+                };
+                e.launch(&spec).await.expect("launch: is Redis running?");
+            }
+            for _ in 0..200 {
+                if e.cache_is_live() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            e
+        });
+        Arc::new(Self { rt, engine, settings, seq: AtomicU64::new(0) })
+    }
+
+    async fn reserve(&self, campaign: &CampaignId, lines: &OrderLines) -> ReserveOutcome {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let user = UserId::parse(&format!("u{n}")).unwrap();
+        let key = IdempotencyKey::parse("k").unwrap();
+        self.engine.reserve(campaign, &user, &key, lines).await.unwrap()
+    }
+
+    /// Runs `iters` calls of `f`, `IN_FLIGHT` at a time, and returns the elapsed time.
+    fn concurrent<F, Fut>(self: &Arc<Self>, iters: u64, f: F) -> Duration
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + Sync + Copy + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        self.rt.block_on(async {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..IN_FLIGHT)
+                .map(|w| {
+                    let me = Arc::clone(self);
+                    let share = iters / IN_FLIGHT + u64::from(w < iters % IN_FLIGHT);
+                    tokio::spawn(async move {
+                        for _ in 0..share {
+                            f(Arc::clone(&me)).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            start.elapsed()
+        })
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.settings.namespace))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(1000) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+fn lines() -> OrderLines {
+    OrderLines::parse(vec![("sku".to_owned(), 1)]).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let b = Bench::new();
+    let open = CampaignId::parse("open").unwrap();
+    let empty = CampaignId::parse("empty").unwrap();
+    let later = CampaignId::parse("later").unwrap();
+    let ceiling = &redis::Script::new("return 1");
+
+    let mut g = c.benchmark_group("ceiling");
+    g.bench_function("evalsha_return_1", |bn| {
+        bn.to_async(&b.rt).iter(|| async {
+            let _: i64 = b
+                .engine
+                .store()
+                .link()
+                .call(|mut c| async move { ceiling.invoke_async(&mut c).await })
+                .await
+                .unwrap();
+        })
+    });
+    g.bench_function("evalsha_return_1_x64", |bn| {
+        bn.iter_custom(|iters| {
+            b.concurrent(iters, |me| async move {
+                let s = redis::Script::new("return 1");
+                let _: i64 = me
+                    .engine
+                    .store()
+                    .link()
+                    .call(|mut c| async move { s.invoke_async(&mut c).await })
+                    .await
+                    .unwrap();
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("reserve");
+    g.bench_function("script", |bn| {
+        bn.to_async(&b.rt).iter(|| async {
+            assert!(matches!(b.reserve(&open, &lines()).await, ReserveOutcome::Reserved(_)));
+        })
+    });
+    g.bench_function("script_x64", |bn| {
+        bn.iter_custom(|iters| {
+            b.concurrent(iters, |me| async move {
+                let open = CampaignId::parse("open").unwrap();
+                assert!(matches!(me.reserve(&open, &lines()).await, ReserveOutcome::Reserved(_)));
+            })
+        })
+    });
+    // Prime the sold-out flag.
+    b.rt.block_on(b.reserve(&empty, &lines()));
+    g.bench_function("local_sold_out", |bn| {
+        bn.to_async(&b.rt).iter(|| async {
+            assert!(matches!(b.reserve(&empty, &lines()).await, ReserveOutcome::SoldOut(_)));
+        })
+    });
+    g.bench_function("local_sold_out_x64", |bn| {
+        bn.iter_custom(|iters| {
+            b.concurrent(iters, |me| async move {
+                let empty = CampaignId::parse("empty").unwrap();
+                assert!(matches!(me.reserve(&empty, &lines()).await, ReserveOutcome::SoldOut(_)));
+            })
+        })
+    });
+    g.bench_function("local_not_started", |bn| {
+        bn.to_async(&b.rt).iter(|| async {
+            assert!(matches!(b.reserve(&later, &lines()).await, ReserveOutcome::NotActive));
+        })
+    });
+    g.finish();
+    let stats = b.engine.stats();
+    eprintln!(
+        "engine stats: {} answered locally, {} sent to redis",
+        stats.answered_locally, stats.sent_to_redis
+    );
+}
+
+criterion_group! {
+    name = engine_benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+criterion_main!(engine_benches);

@@ -130,16 +130,12 @@ impl Settings {
     /// Loads the layers in order: defaults, then `file` (or the file named by
     /// `FLASHSALE_CONFIG`), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let file: Option<PathBuf> = file
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+        let file: Option<PathBuf> =
+            file.map(Path::to_path_buf).or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::Invalid(format!(
-                    "settings file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::Invalid(format!("settings file {} does not exist", path.display())));
             }
             figment = figment.merge(Toml::file(path));
         }
@@ -161,10 +157,7 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError::Invalid(format!("{key}: {why}")));
         let ns_ok = (1..=32).contains(&self.namespace.len())
-            && self
-                .namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            && self.namespace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !ns_ok {
             return bad("namespace", "must be 1..=32 characters of [A-Za-z0-9_-]");
         }
@@ -257,6 +250,7 @@ fn describe(err: figment::Error) -> ConfigError {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its own large error
 mod tests {
     use super::*;
     use figment::Jail;

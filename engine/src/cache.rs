@@ -46,8 +46,7 @@ impl SoldOutFlag {
     }
 
     /// Sets the flag unless a newer generation is already known.
-    fn mark(&self, gen: u64, now: u32) {
-        let since = now.max(1);
+    fn mark(&self, gen: u64, since: u32) {
         let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
             (gen >= Self::gen_of(cur)).then(|| Self::pack(gen, since))
         });
@@ -62,9 +61,9 @@ impl SoldOutFlag {
 
     /// Forgets the flag but keeps the generation.
     fn forget(&self) {
-        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-            Some(Self::pack(Self::gen_of(cur), 0))
-        });
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| Some(Self::pack(Self::gen_of(cur), 0)));
     }
 
     fn is_set(&self, now: u32, ttl_ms: u32) -> bool {
@@ -135,9 +134,10 @@ impl LocalCache {
         self.live.store(live, Ordering::Release);
     }
 
+    /// Milliseconds since the cache's epoch, wrapping, never 0 (0 means "not flagged").
+    /// Wrapping is harmless: only differences under the TTL are ever compared.
     fn now(&self) -> u32 {
-        // Wrapping on purpose: only differences under the TTL are ever compared.
-        (self.epoch.elapsed().as_millis() & 0xFFFF_FFFF) as u32
+        ((self.epoch.elapsed().as_millis() & 0xFFFF_FFFF) as u32).max(1)
     }
 
     pub fn lookup(&self, campaign: &str) -> Lookup {

@@ -239,7 +239,10 @@ pub enum ReserveOutcome {
     SkuNotFound(SkuId),
     NotActive,
     SoldOut(SkuId),
-    LimitExceeded { held: u64, limit: u64 },
+    LimitExceeded {
+        held: u64,
+        limit: u64,
+    },
 }
 
 /// Why a reservation is released.
@@ -266,7 +269,9 @@ pub enum ReleaseOutcome {
     /// Already paid, cancelled, expired or refund-required: nothing was changed.
     NotPending(common::message::OrderStatus),
     /// An expiry asked for before the order's deadline: nothing was changed.
-    NotDue { expires_ms: i64 },
+    NotDue {
+        expires_ms: i64,
+    },
 }
 
 /// A payment provider's verdict.
@@ -288,7 +293,9 @@ pub enum ConfirmOutcome {
     Duplicate,
     /// The order was already paid or refund-required: no effect.
     AlreadySettled(common::message::OrderStatus),
-    AmountMismatch { total_cents: i64 },
+    AmountMismatch {
+        total_cents: i64,
+    },
     NotFound,
 }
 

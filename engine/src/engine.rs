@@ -9,8 +9,8 @@ use tokio::task::AbortHandle;
 
 use crate::cache::{CampaignEntry, LocalCache, Lookup};
 use crate::domain::{
-    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus,
-    ReleaseOutcome, ReleaseReason, ReserveOutcome, UserId,
+    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseOutcome,
+    ReleaseReason, ReserveOutcome, UserId,
 };
 use crate::error::Result;
 use crate::events::{self, Notice};
@@ -204,7 +204,12 @@ impl Inner {
 
     /// What can be said without Redis, or `None` to ask Redis. The checks follow the
     /// script's order: window, unknown sku, sold out.
-    fn answer_locally(&self, entry: &CampaignEntry, user: &UserId, lines: &OrderLines) -> Option<ReserveOutcome> {
+    fn answer_locally(
+        &self,
+        entry: &CampaignEntry,
+        user: &UserId,
+        lines: &OrderLines,
+    ) -> Option<ReserveOutcome> {
         let meta = &entry.meta;
         let now = now_ms();
         if now < meta.starts_ms {

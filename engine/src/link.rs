@@ -96,11 +96,8 @@ impl RedisLink {
         if let Some(conn) = lock(&self.slots[slot]).as_ref() {
             return Ok(MultiplexedConnection::clone(conn));
         }
-        let fresh = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("redis connect: {e}")))?;
+        let fresh =
+            self.pool.get().await.map_err(|e| EngineError::Unavailable(format!("redis connect: {e}")))?;
         let mut guard = lock(&self.slots[slot]);
         let conn = guard.get_or_insert(fresh);
         Ok(MultiplexedConnection::clone(conn))

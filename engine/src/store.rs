@@ -8,8 +8,8 @@ use common::message::{OrderItem, OrderStatus};
 use deadpool_redis::redis::{self, Script, Value};
 
 use crate::domain::{
-    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus,
-    ReleaseOutcome, ReleaseReason, Reservation, ReserveOutcome, SkuId, UserId,
+    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseOutcome,
+    ReleaseReason, Reservation, ReserveOutcome, SkuId, UserId,
 };
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
@@ -112,7 +112,7 @@ pub struct OrderRecord {
 }
 
 /// A reservation outcome plus what the local cache should learn from it: skus seen
-/// at zero, each with the stock generation it was seen at.
+/// at zero (never merely short), each with the stock generation it was seen at.
 #[derive(Debug, Clone)]
 pub struct ReserveReply {
     pub outcome: ReserveOutcome,
@@ -224,15 +224,19 @@ impl StockStore {
                 }
             }
             "reused" => ReserveReply { outcome: ReserveOutcome::KeyReused, sold_out: none() },
-            "campaign_not_found" => ReserveReply { outcome: ReserveOutcome::CampaignNotFound, sold_out: none() },
+            "campaign_not_found" => {
+                ReserveReply { outcome: ReserveOutcome::CampaignNotFound, sold_out: none() }
+            }
             "not_active" => ReserveReply { outcome: ReserveOutcome::NotActive, sold_out: none() },
             "sku_not_found" => {
                 ReserveReply { outcome: ReserveOutcome::SkuNotFound(r.sku(1)?), sold_out: none() }
             }
             "sold_out" => {
                 let sku = r.sku(1)?;
-                let gen = r.int(2)?;
-                ReserveReply { outcome: ReserveOutcome::SoldOut(sku.clone()), sold_out: vec![(sku, gen as u64)] }
+                // Only a sku at zero is flagged: one with fewer units than asked for can
+                // still serve smaller orders.
+                let flag = if r.int(3)? == 0 { vec![(sku.clone(), r.int(2)? as u64)] } else { Vec::new() };
+                ReserveReply { outcome: ReserveOutcome::SoldOut(sku), sold_out: flag }
             }
             "limit_exceeded" => ReserveReply {
                 outcome: ReserveOutcome::LimitExceeded { held: r.int(1)? as u64, limit: r.int(2)? as u64 },
@@ -403,8 +407,7 @@ impl StockStore {
         for sku in skus {
             inv.key(self.keys.stock(campaign, sku));
         }
-        let v: Value =
-            self.link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        let v: Value = self.link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
         let Value::Array(rows) = v else {
             return Err(EngineError::Protocol("counters: not an array".into()));
         };
@@ -478,9 +481,7 @@ impl StockStore {
     /// Every user who ever got a reservation in `campaign`.
     pub async fn buyers(&self, campaign: &CampaignId) -> Result<Vec<String>> {
         let key = self.keys.buyers(campaign);
-        self.link
-            .call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
-            .await
+        self.link.call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }).await
     }
 
     /// Every campaign ever launched in this namespace.

@@ -1,0 +1,123 @@
+//! The local cache across processes sharing one Redis, and script-cache loss.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::domain::{ReleaseReason, ReserveOutcome};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_clears_the_sold_out_flag_on_every_process_within_a_second() {
+    let ns = Ns::new();
+    let a = ns.engine();
+    let b = ns.engine();
+    launch(&a, &open_campaign("c", &[("x", 1, 100)], 1)).await;
+    until_live(&a).await;
+    until_live(&b).await;
+
+    let won = match b.reserve(&cid("c"), &user("w"), &key("k"), &lines(&[("x", 1)])).await.unwrap() {
+        ReserveOutcome::Reserved(r) => r,
+        other => panic!("{other:?}"),
+    };
+    // A's failed reservation sets its flag; the next answer comes from A's cache.
+    let r = a.reserve(&cid("c"), &user("u1"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::SoldOut(sku("x")));
+    let local_before = a.stats().answered_locally;
+    let redis_before = a.stats().sent_to_redis;
+    let r = a.reserve(&cid("c"), &user("u2"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::SoldOut(sku("x")));
+    assert_eq!(a.stats().answered_locally, local_before + 1);
+    assert_eq!(a.stats().sent_to_redis, redis_before);
+
+    // B releases; A must sell the unit again within 1 s.
+    b.release(&won.order_id, ReleaseReason::Cancelled).await.unwrap();
+    let released_at = Instant::now();
+    loop {
+        let r = a.reserve(&cid("c"), &user("u3"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+        match r {
+            ReserveOutcome::Reserved(_) => break,
+            ReserveOutcome::SoldOut(_) => {
+                assert!(released_at.elapsed() < Duration::from_secs(1), "flag not cleared within 1 s");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let elapsed = released_at.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_flush_in_the_middle_of_traffic_fails_no_request() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("x", 100_000, 100)], 1)).await;
+    let ok = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let e = e.clone();
+            let ok = Arc::clone(&ok);
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let u = user(&format!("w{w}-{i}"));
+                    let r = e.reserve(&cid("c"), &u, &key("k"), &lines(&[("x", 1)])).await;
+                    match r {
+                        Ok(ReserveOutcome::Reserved(_)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("request failed during SCRIPT FLUSH: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut raw = ns.raw().await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(ok.load(Ordering::Relaxed), 8 * 150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_launched_elsewhere_is_seen_and_tuning_reaches_others_within_a_second() {
+    let ns = Ns::new();
+    let a = ns.engine();
+    let b = ns.engine();
+    until_live(&b).await;
+    // B looks first: unknown.
+    let r = b.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::CampaignNotFound);
+    launch(&a, &open_campaign("c", &[("x", 10, 100)], 1)).await;
+    let t0 = Instant::now();
+    loop {
+        match b.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("x", 1)])).await.unwrap() {
+            ReserveOutcome::Reserved(_) => break,
+            ReserveOutcome::CampaignNotFound if t0.elapsed() < Duration::from_secs(1) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => panic!("after {:?}: {other:?}", t0.elapsed()),
+        }
+    }
+    // A ends the sale now; B stops selling within 1 s.
+    let end = engine::store::CampaignTuning { ends_ms: Some(engine::engine::now_ms()), ..Default::default() };
+    a.tune(&cid("c"), &end).await.unwrap();
+    let t0 = Instant::now();
+    loop {
+        let meta = b.campaign(&cid("c")).await.unwrap().unwrap();
+        if meta.ends_ms <= engine::engine::now_ms() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1), "tuning not seen within 1 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = b.reserve(&cid("c"), &user("v"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::NotActive);
+}

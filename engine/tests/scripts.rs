@@ -1,0 +1,415 @@
+//! Every outcome of every script, against the real Redis.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+
+use common::message::{OrderEvent, OrderStatus};
+use engine::domain::{
+    ConfirmOutcome, EventId, OrderId, PaymentStatus, ReleaseOutcome, ReleaseReason, Reservation,
+    ReserveOutcome,
+};
+use engine::engine::now_ms;
+use engine::store::{CampaignTuning, LaunchOutcome, SkuCounters, TuneOutcome};
+use engine::{Engine, EngineError};
+use support::*;
+
+async fn counters(engine: &Engine, c: &str, skus: &[&str]) -> Vec<SkuCounters> {
+    let skus: Vec<_> = skus.iter().map(|s| sku(s)).collect();
+    engine.store().counters(&cid(c), &skus).await.unwrap()
+}
+
+async fn available(engine: &Engine, c: &str, s: &str) -> u64 {
+    counters(engine, c, &[s]).await[0].available
+}
+
+fn reserved(outcome: ReserveOutcome) -> Reservation {
+    match outcome {
+        ReserveOutcome::Reserved(r) => r,
+        other => panic!("expected a reservation, got {other:?}"),
+    }
+}
+
+async fn outbox(ns: &Ns, c: &str) -> Vec<OrderEvent> {
+    let mut raw = ns.raw().await;
+    let key = format!("{}:{{c:{c}}}:outbox", ns.settings.namespace);
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(&mut raw).await.unwrap();
+    entries
+        .ids
+        .iter()
+        .map(|e| {
+            let doc: String = e.get("order").unwrap();
+            serde_json::from_str(&doc).unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reserve_then_replay_then_reuse() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("phone", 10, 99_900), ("case", 10, 1_500)], 5)).await;
+    let first = reserved(
+        e.reserve(&cid("c"), &user("u1"), &key("k1"), &lines(&[("phone", 1), ("case", 2)])).await.unwrap(),
+    );
+    assert_eq!(first.total_cents, 99_900 + 2 * 1_500);
+    assert_eq!(first.items.len(), 2);
+    assert!(first.expires_ms - first.created_ms == 900_000);
+    assert_eq!(first.order_id.campaign(), cid("c"));
+
+    // Same key, same lines in another order: the first answer again, nothing taken twice.
+    let again =
+        e.reserve(&cid("c"), &user("u1"), &key("k1"), &lines(&[("case", 2), ("phone", 1)])).await.unwrap();
+    assert_eq!(again, ReserveOutcome::Replayed(first.clone()));
+    assert_eq!(available(&e, "c", "phone").await, 9);
+    assert_eq!(available(&e, "c", "case").await, 8);
+
+    // Same key, other lines: refused, nothing changed.
+    let reuse = e.reserve(&cid("c"), &user("u1"), &key("k1"), &lines(&[("phone", 2)])).await.unwrap();
+    assert_eq!(reuse, ReserveOutcome::KeyReused);
+    assert_eq!(available(&e, "c", "phone").await, 9);
+
+    // The key is the user's own: another user's identical key is a new order.
+    let other =
+        reserved(e.reserve(&cid("c"), &user("u2"), &key("k1"), &lines(&[("phone", 1)])).await.unwrap());
+    assert_ne!(other.order_id, first.order_id);
+
+    // One outbox entry per reservation, carrying the whole order.
+    let events = outbox(&ns, "c").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].order_id, first.order_id.as_str());
+    assert_eq!(events[0].status, OrderStatus::PendingPayment);
+    assert_eq!(events[0].user_id, "u1");
+    assert_eq!(events[0].total_cents, first.total_cents);
+    assert_eq!(events[0].expires_ms, first.expires_ms);
+    assert_eq!(events[0].payment_window_secs, 900);
+}
+
+#[tokio::test]
+async fn unknown_campaign_and_sku_are_named() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 10, 100)], 5)).await;
+    let r = e.reserve(&cid("nope"), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::CampaignNotFound);
+    let r = e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 1), ("zzz", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::SkuNotFound(sku("zzz")));
+    // The script says the same without the cache.
+    let order = OrderId::generate(&cid("c"));
+    let r = e.store().reserve(&cid("c"), &order, &user("u"), &key("k"), &lines(&[("zzz", 1)])).await.unwrap();
+    assert_eq!(r.outcome, ReserveOutcome::SkuNotFound(sku("zzz")));
+    let r =
+        e.store().reserve(&cid("nope"), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+    assert_eq!(r.outcome, ReserveOutcome::CampaignNotFound);
+    assert_eq!(available(&e, "c", "a").await, 10);
+}
+
+#[tokio::test]
+async fn outside_the_window_is_not_active_in_the_cache_and_in_the_script() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let now = now_ms();
+    launch(&e, &window_campaign("later", &[("a", 5, 100)], 5, now + 60_000, now + 120_000)).await;
+    launch(&e, &window_campaign("over", &[("a", 5, 100)], 5, now - 120_000, now - 60_000)).await;
+    for c in ["later", "over"] {
+        let r = e.reserve(&cid(c), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+        assert_eq!(r, ReserveOutcome::NotActive, "{c}");
+        let order = OrderId::generate(&cid(c));
+        let r = e.store().reserve(&cid(c), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+        assert_eq!(r.outcome, ReserveOutcome::NotActive, "{c} (script)");
+        assert_eq!(available(&e, c, "a").await, 5);
+    }
+}
+
+#[tokio::test]
+async fn a_short_second_line_changes_nothing() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 10, 100), ("b", 1, 100)], 10)).await;
+    let r = e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 3), ("b", 2)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::SoldOut(sku("b")));
+    let c = counters(&e, "c", &["a", "b"]).await;
+    assert_eq!((c[0].available, c[0].reserved), (10, 0));
+    assert_eq!((c[1].available, c[1].reserved), (1, 0));
+    assert!(outbox(&ns, "c").await.is_empty());
+    // The user's count was not touched either: the full limit is still there.
+    let r = e.reserve(&cid("c"), &user("u"), &key("k2"), &lines(&[("a", 9), ("b", 1)])).await.unwrap();
+    assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+}
+
+#[tokio::test]
+async fn per_user_limit_counts_across_orders_and_frees_on_release() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 100, 100), ("b", 100, 100)], 3)).await;
+    let first = reserved(e.reserve(&cid("c"), &user("u"), &key("k1"), &lines(&[("a", 2)])).await.unwrap());
+    let r = e.reserve(&cid("c"), &user("u"), &key("k2"), &lines(&[("a", 1), ("b", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::LimitExceeded { held: 2, limit: 3 });
+    assert_eq!(available(&e, "c", "b").await, 100);
+    reserved(e.reserve(&cid("c"), &user("u"), &key("k3"), &lines(&[("b", 1)])).await.unwrap());
+    // Released units no longer count against the user.
+    assert_eq!(e.release(&first.order_id, ReleaseReason::Cancelled).await.unwrap(), ReleaseOutcome::Released);
+    reserved(e.reserve(&cid("c"), &user("u"), &key("k4"), &lines(&[("a", 2)])).await.unwrap());
+}
+
+#[tokio::test]
+async fn release_twice_restores_units_once() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 5, 100)], 5)).await;
+    let r = reserved(e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 3)])).await.unwrap());
+    assert_eq!(available(&e, "c", "a").await, 2);
+    assert_eq!(e.release(&r.order_id, ReleaseReason::Cancelled).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(
+        e.release(&r.order_id, ReleaseReason::Cancelled).await.unwrap(),
+        ReleaseOutcome::NotPending(OrderStatus::Cancelled)
+    );
+    assert_eq!(
+        e.release(&r.order_id, ReleaseReason::Expired).await.unwrap(),
+        ReleaseOutcome::NotPending(OrderStatus::Cancelled)
+    );
+    let c = &counters(&e, "c", &["a"]).await[0];
+    assert_eq!((c.available, c.reserved, c.sold), (5, 0, 0));
+    let events = outbox(&ns, "c").await;
+    assert_eq!(
+        events.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [OrderStatus::PendingPayment, OrderStatus::Cancelled]
+    );
+    let unknown = OrderId::generate(&cid("c"));
+    assert_eq!(e.release(&unknown, ReleaseReason::Cancelled).await.unwrap(), ReleaseOutcome::NotFound);
+}
+
+#[tokio::test]
+async fn expiry_waits_for_the_deadline() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let mut spec = open_campaign("c", &[("a", 5, 100)], 5);
+    spec.payment_window_secs = 1;
+    launch(&e, &spec).await;
+    let r = reserved(e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap());
+    assert_eq!(
+        e.release(&r.order_id, ReleaseReason::Expired).await.unwrap(),
+        ReleaseOutcome::NotDue { expires_ms: r.expires_ms }
+    );
+    assert!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap(), vec![r.order_id.clone()]);
+    assert_eq!(e.release(&r.order_id, ReleaseReason::Expired).await.unwrap(), ReleaseOutcome::Released);
+    assert!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty());
+    assert_eq!(available(&e, "c", "a").await, 5);
+}
+
+#[tokio::test]
+async fn confirm_pays_once_and_never_resells_a_released_order() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 5, 250)], 5)).await;
+    let paid = reserved(e.reserve(&cid("c"), &user("u"), &key("k1"), &lines(&[("a", 2)])).await.unwrap());
+    let ev = |s: &str| EventId::parse(s).unwrap();
+
+    let r = e.confirm(&paid.order_id, &ev("e0"), 499, PaymentStatus::Succeeded).await.unwrap();
+    assert_eq!(r, ConfirmOutcome::AmountMismatch { total_cents: 500 });
+    let r = e.confirm(&paid.order_id, &ev("e1"), 500, PaymentStatus::Failed).await.unwrap();
+    assert_eq!(r, ConfirmOutcome::FailedNoted);
+    assert_eq!(
+        e.confirm(&paid.order_id, &ev("e2"), 500, PaymentStatus::Succeeded).await.unwrap(),
+        ConfirmOutcome::Paid
+    );
+    assert_eq!(
+        e.confirm(&paid.order_id, &ev("e2"), 500, PaymentStatus::Succeeded).await.unwrap(),
+        ConfirmOutcome::Duplicate
+    );
+    assert_eq!(
+        e.confirm(&paid.order_id, &ev("e3"), 500, PaymentStatus::Succeeded).await.unwrap(),
+        ConfirmOutcome::AlreadySettled(OrderStatus::Paid)
+    );
+    // A paid order cannot be cancelled.
+    assert_eq!(
+        e.release(&paid.order_id, ReleaseReason::Cancelled).await.unwrap(),
+        ReleaseOutcome::NotPending(OrderStatus::Paid)
+    );
+
+    let late = reserved(e.reserve(&cid("c"), &user("u"), &key("k2"), &lines(&[("a", 1)])).await.unwrap());
+    e.release(&late.order_id, ReleaseReason::Cancelled).await.unwrap();
+    let r = e.confirm(&late.order_id, &ev("e4"), 250, PaymentStatus::Succeeded).await.unwrap();
+    assert_eq!(r, ConfirmOutcome::RefundRequired);
+    let c = &counters(&e, "c", &["a"]).await[0];
+    assert_eq!((c.available, c.reserved, c.sold), (3, 0, 2), "the late payment took no unit");
+    let rec = e.store().order(&late.order_id).await.unwrap().unwrap();
+    assert_eq!(rec.status, OrderStatus::RefundRequired);
+    let unknown = OrderId::generate(&cid("c"));
+    assert_eq!(
+        e.confirm(&unknown, &ev("e5"), 1, PaymentStatus::Succeeded).await.unwrap(),
+        ConfirmOutcome::NotFound
+    );
+
+    let statuses: Vec<_> = outbox(&ns, "c").await.iter().map(|e| e.status).collect();
+    use OrderStatus::*;
+    assert_eq!(statuses, [PendingPayment, Paid, PendingPayment, Cancelled, RefundRequired]);
+}
+
+#[tokio::test]
+async fn warmup_refuses_to_overwrite_a_live_campaign() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 5, 100)], 5)).await;
+    reserved(e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap());
+    let again = e.launch(&open_campaign("c", &[("a", 500, 100)], 5)).await.unwrap();
+    assert_eq!(again, LaunchOutcome::AlreadyExists);
+    assert_eq!(available(&e, "c", "a").await, 4);
+    assert_eq!(e.store().campaign_ids().await.unwrap(), vec![cid("c")]);
+}
+
+#[tokio::test]
+async fn tuning_changes_limit_end_and_thresholds() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 50, 100)], 1)).await;
+    reserved(e.reserve(&cid("c"), &user("u"), &key("k1"), &lines(&[("a", 1)])).await.unwrap());
+    let t =
+        CampaignTuning { per_user_limit: Some(3), max_orders_per_sec: Some(Some(500)), ..Default::default() };
+    assert_eq!(e.tune(&cid("c"), &t).await.unwrap(), TuneOutcome::Tuned);
+    let meta = e.campaign(&cid("c")).await.unwrap().unwrap();
+    assert_eq!((meta.per_user_limit, meta.max_orders_per_sec), (3, Some(500)));
+    reserved(e.reserve(&cid("c"), &user("u"), &key("k2"), &lines(&[("a", 2)])).await.unwrap());
+
+    let bad = CampaignTuning { ends_ms: Some(meta.starts_ms - 1), ..Default::default() };
+    assert_eq!(e.tune(&cid("c"), &bad).await.unwrap(), TuneOutcome::EndsBeforeStart);
+    let end_now =
+        CampaignTuning { ends_ms: Some(now_ms()), max_orders_per_sec: Some(None), ..Default::default() };
+    assert_eq!(e.tune(&cid("c"), &end_now).await.unwrap(), TuneOutcome::Tuned);
+    assert_eq!(e.campaign(&cid("c")).await.unwrap().unwrap().max_orders_per_sec, None);
+    let r = e.reserve(&cid("c"), &user("v"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::NotActive);
+    assert_eq!(e.tune(&cid("zz"), &CampaignTuning::default()).await.unwrap(), TuneOutcome::NotFound);
+}
+
+#[tokio::test]
+async fn a_full_outbox_refuses_new_reservations() {
+    let ns = Ns::with(|s| s.engine.outbox_max_len = 2);
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 50, 100)], 50)).await;
+    for i in 0..2 {
+        reserved(
+            e.reserve(&cid("c"), &user("u"), &key(&format!("k{i}")), &lines(&[("a", 1)])).await.unwrap(),
+        );
+    }
+    let err = e.reserve(&cid("c"), &user("u"), &key("k9"), &lines(&[("a", 1)])).await.unwrap_err();
+    assert!(matches!(err, EngineError::Backpressure(2)), "{err:?}");
+    assert_eq!(available(&e, "c", "a").await, 48);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 100, 100)], 1)).await;
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                e.reserve(&cid("c"), &user(&format!("u{i}")), &key("k"), &lines(&[("a", 1)])).await.unwrap()
+            })
+        })
+        .collect();
+    let mut won = HashSet::new();
+    let mut sold_out = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ReserveOutcome::Reserved(r) => assert!(won.insert(r.order_id)),
+            ReserveOutcome::SoldOut(s) => {
+                assert_eq!(s, sku("a"));
+                sold_out += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((won.len(), sold_out), (100, 900));
+    let c = &counters(&e, "c", &["a"]).await[0];
+    assert_eq!((c.available, c.reserved, c.sold, c.total), (0, 100, 0, 100));
+    assert_eq!(outbox(&ns, "c").await.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_requests_with_one_key_make_one_reservation() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 100, 100)], 5)).await;
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                e.reserve(&cid("c"), &user("u"), &key("same"), &lines(&[("a", 2)])).await.unwrap()
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let mut fresh = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ReserveOutcome::Reserved(r) => {
+                fresh += 1;
+                ids.insert(r.order_id);
+            }
+            ReserveOutcome::Replayed(r) => {
+                ids.insert(r.order_id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((fresh, ids.len()), (1, 1));
+    assert_eq!(available(&e, "c", "a").await, 98);
+    assert_eq!(outbox(&ns, "c").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_winner_retrying_after_sell_out_gets_the_replay_not_sold_out() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let other = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 1, 100)], 1)).await;
+    until_live(&e).await;
+    until_live(&other).await;
+    let won = reserved(e.reserve(&cid("c"), &user("winner"), &key("k"), &lines(&[("a", 1)])).await.unwrap());
+    // Both processes learn the sku is sold out.
+    for p in [&e, &other] {
+        let r = p.reserve(&cid("c"), &user("loser"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+        assert_eq!(r, ReserveOutcome::SoldOut(sku("a")));
+    }
+    let before = other.stats();
+    let r = other.reserve(&cid("c"), &user("loser"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::SoldOut(sku("a")));
+    assert_eq!(other.stats().answered_locally, before.answered_locally + 1, "answered from the cache");
+    // The winner's retry, on either process, is a replay.
+    for p in [&e, &other] {
+        let r = p.reserve(&cid("c"), &user("winner"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+        assert_eq!(r, ReserveOutcome::Replayed(won.clone()));
+    }
+}
+
+#[tokio::test]
+async fn redis_down_is_unavailable_fast() {
+    let ns = Ns::with(|s| {
+        s.redis.url = "redis://127.0.0.1:1".into();
+        s.redis.call_timeout_ms = 300;
+        s.redis.connect_timeout_ms = 300;
+    });
+    let e = ns.engine();
+    let started = std::time::Instant::now();
+    let err = e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap_err();
+    assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(e.store().probe().await.is_err());
+}
+
+#[tokio::test]
+async fn the_readiness_probe_runs_the_reservation_script() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    e.store().probe().await.unwrap();
+    let mut raw = ns.raw().await;
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+    e.store().probe().await.unwrap();
+}

@@ -1,0 +1,117 @@
+//! Test support: each test gets its own namespace on the real Redis, removed on drop.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::config::Settings;
+use engine::domain::{CampaignId, IdempotencyKey, OrderLines, SkuId, UserId};
+use engine::engine::now_ms;
+use engine::store::{CampaignLaunch, LaunchItem, LaunchOutcome};
+use engine::Engine;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A namespace of its own on the test Redis; its keys are deleted on drop.
+pub struct Ns {
+    pub settings: Settings,
+}
+
+impl Ns {
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = Settings::load(None).expect("settings");
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        settings.namespace = format!("t{}-{n}", std::process::id());
+        tweak(&mut settings);
+        Self { settings }
+    }
+
+    pub fn engine(&self) -> Engine {
+        Engine::start(&self.settings).expect("engine")
+    }
+
+    /// A raw connection for assertions that look under the engine.
+    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.settings.redis.url.as_str()) else { return };
+        let Ok(mut conn) = client.get_connection() else { return };
+        let pattern = format!("{}:*", self.settings.namespace);
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+pub fn cid(s: &str) -> CampaignId {
+    CampaignId::parse(s).unwrap()
+}
+
+pub fn sku(s: &str) -> SkuId {
+    SkuId::parse(s).unwrap()
+}
+
+pub fn user(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+pub fn key(s: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(s).unwrap()
+}
+
+pub fn lines(l: &[(&str, u64)]) -> OrderLines {
+    OrderLines::parse(l.iter().map(|(s, q)| ((*s).to_owned(), *q)).collect()).unwrap()
+}
+
+/// A campaign open from a minute ago for an hour.
+pub fn open_campaign(id: &str, items: &[(&str, u64, i64)], limit: u64) -> CampaignLaunch {
+    let now = now_ms();
+    window_campaign(id, items, limit, now - 60_000, now + 3_600_000)
+}
+
+pub fn window_campaign(
+    id: &str,
+    items: &[(&str, u64, i64)],
+    limit: u64,
+    starts_ms: i64,
+    ends_ms: i64,
+) -> CampaignLaunch {
+    CampaignLaunch {
+        campaign: cid(id),
+        starts_ms,
+        ends_ms,
+        per_user_limit: limit,
+        payment_window_secs: 900,
+        max_orders_per_sec: None,
+        max_user_requests_per_sec: None,
+        items: items
+            .iter()
+            .map(|(s, stock, price)| LaunchItem { sku: sku(s), stock: *stock, price_cents: *price })
+            .collect(),
+    }
+}
+
+pub async fn launch(engine: &Engine, spec: &CampaignLaunch) {
+    assert_eq!(engine.launch(spec).await.unwrap(), LaunchOutcome::Created);
+}
+
+/// Waits until the engine's cache notices are flowing.
+pub async fn until_live(engine: &Engine) {
+    for _ in 0..200 {
+        if engine.cache_is_live() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("cache notices never became live");
+}
