@@ -4,8 +4,10 @@
 //! - [`config`]: layered settings (embedded `config/default.toml` → file → `FLASHSALE__*`).
 //! - [`telemetry`]: `tracing` subscriber set-up.
 //! - [`message`]: the order event carried from the outbox stream to MySQL.
+//! - [`db`]: MySQL schema, campaigns, guarded application of order events.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod db;
 pub mod message;
 pub mod telemetry;

@@ -49,6 +49,13 @@ impl OrderStatus {
         )
     }
 
+    /// Whether an order in `self` can end up in `next` through one or more steps. Events
+    /// may arrive in any order; a consumer applies one only if it moves the order on.
+    pub fn can_reach(self, next: Self) -> bool {
+        use OrderStatus::*;
+        self.can_become(next) || (self == PendingPayment && next == RefundRequired)
+    }
+
     /// Which stock bucket the order's units sit in while the order is in this state.
     pub fn bucket(self) -> StockBucket {
         match self {
@@ -107,6 +114,15 @@ mod tests {
         assert!(!Cancelled.can_become(Paid));
         assert!(!RefundRequired.can_become(Expired));
         assert!(!PendingPayment.can_become(PendingPayment));
+    }
+
+    #[test]
+    fn reach_is_the_closure_of_become() {
+        use OrderStatus::*;
+        assert!(PendingPayment.can_reach(RefundRequired));
+        assert!(PendingPayment.can_reach(Paid));
+        assert!(!Paid.can_reach(RefundRequired));
+        assert!(!RefundRequired.can_reach(Cancelled));
     }
 
     #[test]

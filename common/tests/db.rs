@@ -1,0 +1,201 @@
+//! MySQL layer against the real MariaDB, each test in a database of its own.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::config::{MysqlSettings, Settings};
+use common::db::{CampaignItemRow, CampaignRow, Db, DbError, InsertCampaign};
+use common::message::{OrderEvent, OrderItem, OrderStatus};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+struct TestDb {
+    db: Db,
+    settings: MysqlSettings,
+    name: String,
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        let mut settings = Settings::load(None).unwrap().mysql;
+        let name = format!("fs_test_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let base = settings.url.rsplit_once('/').unwrap().0.to_owned();
+        settings.url = format!("{base}/{name}");
+        let db = Db::connect(&settings).await.unwrap();
+        Self { db, settings, name }
+    }
+}
+
+impl TestDb {
+    /// Closes the pool, then drops the database.
+    async fn cleanup(self) {
+        self.db.close().await;
+        drop_database(&self.settings.url, &self.name).await;
+    }
+}
+
+async fn drop_database(url: &str, name: &str) {
+    use sqlx::Connection;
+    let base = url.rsplit_once('/').unwrap().0.to_owned();
+    if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
+        // Never wait long on a metadata lock a failed test left behind.
+        let _ = sqlx::query("SET SESSION lock_wait_timeout = 2").execute(&mut c).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
+    }
+}
+
+fn campaign(id: &str, stock: i64) -> CampaignRow {
+    CampaignRow {
+        campaign_id: id.into(),
+        name: "Test".into(),
+        starts_ms: 0,
+        ends_ms: 10,
+        per_user_limit: 2,
+        payment_window_secs: 60,
+        max_orders_per_sec: None,
+        max_user_requests_per_sec: None,
+        items: vec![
+            CampaignItemRow { sku_id: "a".into(), price_cents: 100, stock_total: stock },
+            CampaignItemRow { sku_id: "b".into(), price_cents: 50, stock_total: stock },
+        ],
+    }
+}
+
+fn event(order: &str, status: OrderStatus, qty: u64) -> OrderEvent {
+    OrderEvent {
+        order_id: order.into(),
+        campaign_id: "c".into(),
+        user_id: "u".into(),
+        status,
+        items: vec![
+            OrderItem { sku_id: "a".into(), quantity: qty, price_cents: 100 },
+            OrderItem { sku_id: "b".into(), quantity: 1, price_cents: 50 },
+        ],
+        total_cents: qty as i64 * 100 + 50,
+        created_ms: 1,
+        expires_ms: 60_001,
+        paid_ms: if status == OrderStatus::Paid { 5 } else { 0 },
+        payment_window_secs: 60,
+        event_ms: 5,
+    }
+}
+
+async fn buckets(db: &Db, sku: &str) -> (i64, i64, i64) {
+    let rows = db.stock("c").await.unwrap();
+    let r = rows.iter().find(|r| r.sku_id == sku).unwrap();
+    assert_eq!(r.available + r.reserved + r.sold, r.stock_total);
+    (r.available, r.reserved, r.sold)
+}
+
+#[tokio::test]
+async fn campaigns_insert_once_and_report_the_existing_one() {
+    let t = TestDb::new().await;
+    assert_eq!(t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap(), InsertCampaign::Created);
+    match t.db.insert_campaign(&campaign("c", 99), 2).await.unwrap() {
+        InsertCampaign::Exists(row) => assert_eq!(row, campaign("c", 10)),
+        other => panic!("{other:?}"),
+    }
+    t.db.tune_campaign("c", Some(20), Some(5), Some(Some(100)), None).await.unwrap();
+    let row = t.db.campaign("c").await.unwrap().unwrap();
+    assert_eq!((row.ends_ms, row.per_user_limit, row.max_orders_per_sec), (20, 5, Some(100)));
+    assert!(t.db.campaign("zz").await.unwrap().is_none());
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn migrations_are_safe_when_several_processes_start_at_once() {
+    let t = TestDb::new().await;
+    let s = t.settings.clone();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { Db::connect(&s).await.map(|_| ()) })
+        })
+        .collect();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_is_one_order() {
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap();
+    let e = event("o1", OrderStatus::PendingPayment, 2);
+    let applied = t.db.apply_events(&[e.clone(), e.clone()]).await.unwrap();
+    assert_eq!((applied.inserted, applied.unchanged), (1, 1));
+    let applied = t.db.apply_events(&[e.clone()]).await.unwrap();
+    assert_eq!((applied.inserted, applied.unchanged), (0, 1));
+    assert_eq!(t.db.count_orders("c").await.unwrap(), 1);
+    assert_eq!(buckets(&t.db, "a").await, (8, 2, 0));
+    assert_eq!(buckets(&t.db, "b").await, (9, 1, 0));
+    let row = t.db.order("o1").await.unwrap().unwrap();
+    assert_eq!(row.status, OrderStatus::PendingPayment);
+    assert_eq!(row.items.len(), 2);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_in_any_order_end_in_the_furthest_state() {
+    use OrderStatus::*;
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap();
+    // Paid seen before created, in separate batches.
+    t.db.apply_events(&[event("p", Paid, 1)]).await.unwrap();
+    t.db.apply_events(&[event("p", PendingPayment, 1)]).await.unwrap();
+    // Cancelled, then a late payment, arriving refund first.
+    t.db.apply_events(&[event("r", RefundRequired, 3), event("r", PendingPayment, 3)]).await.unwrap();
+    t.db.apply_events(&[event("r", Cancelled, 3)]).await.unwrap();
+    // Created and expired in one batch.
+    t.db.apply_events(&[event("x", PendingPayment, 2), event("x", Expired, 2)]).await.unwrap();
+    // Created, then cancelled in a later batch.
+    t.db.apply_events(&[event("q", PendingPayment, 4)]).await.unwrap();
+    assert_eq!(buckets(&t.db, "a").await, (5, 4, 1));
+    t.db.apply_events(&[event("q", Cancelled, 4), event("q", PendingPayment, 4)]).await.unwrap();
+
+    let status = |id: &'static str| {
+        let db = t.db.clone();
+        async move { db.order(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status("p").await, Paid);
+    assert_eq!(status("r").await, RefundRequired);
+    assert_eq!(status("x").await, Expired);
+    assert_eq!(status("q").await, Cancelled);
+    assert_eq!(buckets(&t.db, "a").await, (9, 0, 1));
+    assert_eq!(buckets(&t.db, "b").await, (9, 0, 1));
+    let rows = t.db.stock("c").await.unwrap();
+    assert_eq!((rows[0].pending_units, rows[0].paid_units), (0, 1));
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_move_past_the_stock_fails_the_batch_and_changes_nothing() {
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 3), 1).await.unwrap();
+    let ok = event("ok", OrderStatus::PendingPayment, 1);
+    let too_big = event("big", OrderStatus::PendingPayment, 5);
+    let err = t.db.apply_events(&[ok.clone(), too_big]).await.unwrap_err();
+    assert!(matches!(err, DbError::StockGuard { ref sku, .. } if sku == "a"), "{err:?}");
+    assert_eq!(t.db.count_orders("c").await.unwrap(), 0);
+    assert_eq!(buckets(&t.db, "a").await, (3, 0, 0));
+    t.db.apply_events(&[ok]).await.unwrap();
+    assert_eq!(buckets(&t.db, "a").await, (2, 1, 0));
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn overdue_pending_orders_are_listed_oldest_first() {
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap();
+    let mut a = event("a", OrderStatus::PendingPayment, 1);
+    a.expires_ms = 100;
+    let mut b = event("b", OrderStatus::PendingPayment, 1);
+    b.expires_ms = 50;
+    let mut c = event("c", OrderStatus::Paid, 1);
+    c.expires_ms = 10;
+    t.db.apply_events(&[a, b, c]).await.unwrap();
+    assert_eq!(t.db.overdue_orders(101, 10).await.unwrap(), vec!["b".to_owned(), "a".to_owned()]);
+    assert_eq!(t.db.overdue_orders(60, 10).await.unwrap(), vec!["b".to_owned()]);
+    t.cleanup().await;
+}
