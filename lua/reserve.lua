@@ -1,17 +1,19 @@
 -- reserve: all lines of one order, or none.
 -- KEYS: 1 meta, 2 user count, 3 idempotency, 4 order, 5 outbox, 6 pending (zset),
---       7 buyers (set), 8.. one stock hash per line, in ARGV order
+--       7 buyers (set), 8 order rate (string "<second> <count>"),
+--       9.. one stock hash per line, in ARGV order
 -- ARGV: 1 campaign, 2 order_id, 3 user_id, 4 fingerprint, 5 idempotency ttl secs,
 --       6 outbox max length, 7 events channel, then (sku, qty) pairs
 -- Replies (first element is the outcome):
 --   {'reserved'|'replay', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}}
 --   {'reused'} {'campaign_not_found'} {'not_active'} {'sku_not_found', sku}
 --   {'sold_out', sku, gen, available} {'limit_exceeded', held, limit} {'backlog_full', len}
+--   {'rate_limited', retry_after_ms}
 -- Every condition is checked before the first write.
 
 local campaign, order_id, user_id, fingerprint = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_ttl, outbox_max, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local FIRST_STOCK_KEY, FIRST_LINE_ARG = 8, 8
+local FIRST_STOCK_KEY, FIRST_LINE_ARG = 9, 8
 local n = (#ARGV - FIRST_LINE_ARG + 1) / 2
 
 local function reply_from_idem(outcome)
@@ -26,7 +28,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   return reply_from_idem('replay')
 end
 
-local meta = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'limit', 'window')
+local meta = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec')
 if not meta[1] then
   return { 'campaign_not_found' }
 end
@@ -64,8 +66,28 @@ end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   return redis.error_reply('order id already in use: ' .. order_id)
 end
+-- max_orders_per_sec counts reservations granted in the current second (Redis clock),
+-- across every gateway; only requests that would otherwise succeed are counted.
+local second = math.floor(now / 1000)
+local granted = 0
+local max_rate = tonumber(meta[5] or '')
+if max_rate then
+  local rate = redis.call('GET', KEYS[8])
+  if rate then
+    local sep = string.find(rate, ' ', 1, true)
+    if tonumber(string.sub(rate, 1, sep - 1)) == second then
+      granted = tonumber(string.sub(rate, sep + 1))
+    end
+  end
+  if granted >= max_rate then
+    return { 'rate_limited', int(1000 - now % 1000) }
+  end
+end
 
 -- All checks passed: from here on every call writes.
+if max_rate then
+  redis.call('SET', KEYS[8], int(second) .. ' ' .. int(granted + 1), 'PX', 2000)
+end
 local total = 0
 local items = {}
 local emptied = {}

@@ -243,6 +243,10 @@ pub enum ReserveOutcome {
         held: u64,
         limit: u64,
     },
+    /// The campaign's `max_orders_per_sec` was reached in this second.
+    RateLimited {
+        retry_after_ms: u64,
+    },
 }
 
 /// Why a reservation is released.

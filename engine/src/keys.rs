@@ -11,6 +11,7 @@
 //! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline |
 //! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |
 //! | `<ns>:{c:<c>}:buyers` | set | users who ever got a reservation |
+//! | `<ns>:{c:<c>}:rate` | string | reservations granted in the current second |
 //! | `<ns>:{c:<c>}:payevt:<event_id>` | string | a payment event already applied |
 //! | `<ns>:campaigns` | set | every campaign id (not in a script) |
 //!
@@ -67,6 +68,10 @@ impl KeySpace {
 
     pub fn outbox(&self, c: &CampaignId) -> String {
         format!("{}outbox", self.prefix(c))
+    }
+
+    pub fn order_rate(&self, c: &CampaignId) -> String {
+        format!("{}rate", self.prefix(c))
     }
 
     pub fn buyers(&self, c: &CampaignId) -> String {
@@ -138,6 +143,7 @@ mod tests {
             ks.pending(&c),
             ks.outbox(&c),
             ks.buyers(&c),
+            ks.order_rate(&c),
             ks.payment_event(&c, &event),
         ];
         let slot = hash_slot(&keys[0]);

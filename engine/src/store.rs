@@ -194,7 +194,8 @@ impl StockStore {
             .key(k.order(order_id))
             .key(k.outbox(campaign))
             .key(k.pending(campaign))
-            .key(k.buyers(campaign));
+            .key(k.buyers(campaign))
+            .key(k.order_rate(campaign));
         inv.arg(campaign.as_str())
             .arg(order_id.as_str())
             .arg(user.as_str())
@@ -240,6 +241,10 @@ impl StockStore {
             }
             "limit_exceeded" => ReserveReply {
                 outcome: ReserveOutcome::LimitExceeded { held: r.int(1)? as u64, limit: r.int(2)? as u64 },
+                sold_out: none(),
+            },
+            "rate_limited" => ReserveReply {
+                outcome: ReserveOutcome::RateLimited { retry_after_ms: r.int(1)? as u64 },
                 sold_out: none(),
             },
             "backlog_full" => return Err(EngineError::Backpressure(r.int(1)? as u64)),
@@ -499,7 +504,7 @@ impl StockStore {
     pub async fn probe(&self) -> Result<()> {
         let mut inv = self.scripts.reserve.prepare_invoke();
         let probe = format!("{}:{{c:readiness-probe}}:", self.keys.namespace());
-        for part in ["meta", "user", "idem", "order", "outbox", "pending", "buyers", "stock:p"] {
+        for part in ["meta", "user", "idem", "order", "outbox", "pending", "buyers", "rate", "stock:p"] {
             inv.key(format!("{probe}{part}"));
         }
         inv.arg("readiness.probe").arg("-").arg("-").arg("-").arg(1).arg(1).arg("-").arg("p").arg(1);

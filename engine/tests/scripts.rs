@@ -301,6 +301,38 @@ async fn a_full_outbox_refuses_new_reservations() {
     assert_eq!(available(&e, "c", "a").await, 48);
 }
 
+#[tokio::test]
+async fn max_orders_per_sec_caps_reservations_granted_per_second() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let mut spec = open_campaign("c", &[("a", 100, 100)], 5);
+    spec.max_orders_per_sec = Some(3);
+    launch(&e, &spec).await;
+    // Align to the start of a second so the burst cannot straddle two.
+    let ms = now_ms() % 1000;
+    if ms > 500 {
+        tokio::time::sleep(std::time::Duration::from_millis(1000 - ms as u64 + 10)).await;
+    }
+    let mut granted = 0;
+    let mut limited = 0;
+    for i in 0..6 {
+        match e.reserve(&cid("c"), &user(&format!("u{i}")), &key("k"), &lines(&[("a", 1)])).await.unwrap() {
+            ReserveOutcome::Reserved(_) => granted += 1,
+            ReserveOutcome::RateLimited { retry_after_ms } => {
+                assert!((1..=1000).contains(&retry_after_ms));
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((granted, limited), (3, 3));
+    assert_eq!(available(&e, "c", "a").await, 97);
+    // The next second grants again.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let r = e.reserve(&cid("c"), &user("late"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+    assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_buyers_for_a_hundred_units_buy_exactly_a_hundred() {
     let ns = Ns::new();
