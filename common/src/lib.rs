@@ -5,9 +5,11 @@
 //! - [`telemetry`]: `tracing` subscriber set-up.
 //! - [`message`]: the order event carried from the outbox stream to MySQL.
 //! - [`db`]: MySQL schema, campaigns, guarded application of order events.
+//! - [`reconcile`]: Redis against MySQL, per sku.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod db;
 pub mod message;
+pub mod reconcile;
 pub mod telemetry;

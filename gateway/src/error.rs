@@ -1,0 +1,149 @@
+//! The gateway's one error type: every failure a handler can have, mapped once to
+//! the contract's status and `{"error": {"code", "message"}}` body. Internal details
+//! are logged here, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use common::db::DbError;
+use engine::EngineError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("invalid signature")]
+    InvalidSignature,
+    #[error("campaign {0} not found")]
+    CampaignNotFound(String),
+    #[error("sku {0} not found")]
+    SkuNotFound(String),
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("campaign {0} already exists")]
+    CampaignExists(String),
+    #[error("sku {0} is sold out")]
+    SoldOut(String),
+    #[error("per-user limit of {limit} units reached ({held} held)")]
+    PurchaseLimitExceeded { held: u64, limit: u64 },
+    #[error("campaign is not active")]
+    CampaignNotActive,
+    #[error("order is {0} and cannot be cancelled")]
+    OrderNotCancellable(&'static str),
+    #[error("idempotency key already used with another request")]
+    IdempotencyKeyReused,
+    #[error("amount {got} does not match the order total {expected}")]
+    AmountMismatch { got: i64, expected: i64 },
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("not found")]
+    NotFound,
+    #[error("a dependency is unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        use AppError::*;
+        match self {
+            InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Unauthenticated | InvalidSignature => StatusCode::UNAUTHORIZED,
+            CampaignNotFound(_) | SkuNotFound(_) | OrderNotFound | NotFound => StatusCode::NOT_FOUND,
+            CampaignExists(_)
+            | SoldOut(_)
+            | PurchaseLimitExceeded { .. }
+            | CampaignNotActive
+            | OrderNotCancellable(_) => StatusCode::CONFLICT,
+            IdempotencyKeyReused | AmountMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use AppError::*;
+        match self {
+            InvalidRequest(_) => "invalid_request",
+            Unauthenticated => "unauthenticated",
+            InvalidSignature => "invalid_signature",
+            CampaignNotFound(_) => "campaign_not_found",
+            SkuNotFound(_) => "sku_not_found",
+            OrderNotFound => "order_not_found",
+            CampaignExists(_) => "campaign_exists",
+            SoldOut(_) => "sold_out",
+            PurchaseLimitExceeded { .. } => "purchase_limit_exceeded",
+            CampaignNotActive => "campaign_not_active",
+            OrderNotCancellable(_) => "order_not_cancellable",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            AmountMismatch { .. } => "amount_mismatch",
+            RateLimited { .. } => "rate_limited",
+            PayloadTooLarge => "payload_too_large",
+            NotFound => "not_found",
+            Unavailable(_) => "unavailable",
+            Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            AppError::Unavailable(detail) => {
+                tracing::warn!(%detail, "dependency unavailable");
+                "a dependency is unavailable; retry later".to_owned()
+            }
+            AppError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = Json(json!({"error": {"code": self.code(), "message": message}}));
+        let mut res = (self.status(), body).into_response();
+        let retry = match &self {
+            AppError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            AppError::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        res
+    }
+}
+
+impl From<EngineError> for AppError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Unavailable(d) => AppError::Unavailable(d),
+            EngineError::Backpressure(n) => AppError::Unavailable(format!("outbox backlog {n}")),
+            EngineError::Protocol(d) => AppError::Internal(d),
+        }
+    }
+}
+
+impl From<DbError> for AppError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(_) | DbError::Timeout(_) => AppError::Unavailable(e.to_string()),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<engine::domain::InvalidInput> for AppError {
+    fn from(e: engine::domain::InvalidInput) -> Self {
+        AppError::InvalidRequest(e.to_string())
+    }
+}

@@ -1,0 +1,301 @@
+//! Operator API: launch, view, tune and reconcile campaigns.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use common::db::{CampaignItemRow, CampaignRow, InsertCampaign};
+use common::reconcile::{compare, Reconciliation, RedisStock};
+use engine::domain::{CampaignId, SkuId};
+use engine::engine::now_ms;
+use engine::store::{CampaignLaunch, CampaignMeta, CampaignTuning, LaunchItem, LaunchOutcome, TuneOutcome};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::Operator;
+use crate::body::{double_option, JsonBody};
+use crate::error::AppError;
+use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignView, Thresholds};
+
+/// Most skus in one campaign (each is a key of the warm-up script).
+pub const MAX_SKUS: usize = 1000;
+/// Largest stock of one sku.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+/// Largest price of one unit, in cents; with [`MAX_PER_USER_LIMIT`] it keeps every
+/// order total exact in the scripts' number format.
+pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
+/// Largest per-user limit.
+pub const MAX_PER_USER_LIMIT: i64 = 10_000;
+/// Longest campaign name.
+pub const MAX_NAME_CHARS: usize = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRequest {
+    campaign_id: String,
+    name: String,
+    starts_at: String,
+    ends_at: String,
+    per_user_limit: i64,
+    payment_window_secs: i64,
+    items: Vec<LaunchItemRequest>,
+    #[serde(default)]
+    thresholds: Option<ThresholdsRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LaunchItemRequest {
+    sku_id: String,
+    stock: i64,
+    price_cents: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdsRequest {
+    #[serde(default, deserialize_with = "double_option")]
+    max_orders_per_sec: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "double_option")]
+    max_user_requests_per_sec: Option<Option<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuneRequest {
+    #[serde(default)]
+    ends_at: Option<String>,
+    #[serde(default)]
+    per_user_limit: Option<i64>,
+    #[serde(default)]
+    thresholds: Option<ThresholdsRequest>,
+}
+
+fn invalid(msg: impl Into<String>) -> AppError {
+    AppError::InvalidRequest(msg.into())
+}
+
+fn check_limit(v: i64) -> Result<u64, AppError> {
+    if !(1..=MAX_PER_USER_LIMIT).contains(&v) {
+        return Err(invalid(format!("per_user_limit must be 1..={MAX_PER_USER_LIMIT}")));
+    }
+    Ok(v as u64)
+}
+
+fn check_threshold(name: &str, v: Option<Option<u32>>) -> Result<Option<Option<u32>>, AppError> {
+    if v == Some(Some(0)) {
+        return Err(invalid(format!("thresholds.{name} must be at least 1 or null")));
+    }
+    Ok(v)
+}
+
+fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), AppError> {
+    let campaign = CampaignId::parse(&r.campaign_id)?;
+    let name_chars = r.name.chars().count();
+    if name_chars == 0 || name_chars > MAX_NAME_CHARS || r.name.chars().any(char::is_control) {
+        return Err(invalid(format!("name must be 1..={MAX_NAME_CHARS} characters")));
+    }
+    let starts_ms = parse_time("starts_at", &r.starts_at)?;
+    let ends_ms = parse_time("ends_at", &r.ends_at)?;
+    if ends_ms <= starts_ms {
+        return Err(invalid("ends_at must be after starts_at"));
+    }
+    let per_user_limit = check_limit(r.per_user_limit)?;
+    if !(1..=86_400).contains(&r.payment_window_secs) {
+        return Err(invalid("payment_window_secs must be 1..=86400"));
+    }
+    if r.items.is_empty() || r.items.len() > MAX_SKUS {
+        return Err(invalid(format!("items must have 1..={MAX_SKUS} entries")));
+    }
+    let mut items: Vec<LaunchItem> = Vec::with_capacity(r.items.len());
+    for i in &r.items {
+        let sku = SkuId::parse(&i.sku_id)?;
+        if items.iter().any(|x| x.sku == sku) {
+            return Err(invalid(format!("sku {sku} appears twice")));
+        }
+        if !(0..=MAX_STOCK).contains(&i.stock) {
+            return Err(invalid(format!("stock of {sku} must be 0..={MAX_STOCK}")));
+        }
+        if !(0..=MAX_PRICE_CENTS).contains(&i.price_cents) {
+            return Err(invalid(format!("price_cents of {sku} must be 0..={MAX_PRICE_CENTS}")));
+        }
+        items.push(LaunchItem { sku, stock: i.stock as u64, price_cents: i.price_cents });
+    }
+    let t = r.thresholds.unwrap_or_default();
+    let max_orders = check_threshold("max_orders_per_sec", t.max_orders_per_sec)?.flatten();
+    let max_user = check_threshold("max_user_requests_per_sec", t.max_user_requests_per_sec)?.flatten();
+    let mut row_items: Vec<CampaignItemRow> = items
+        .iter()
+        .map(|i| CampaignItemRow {
+            sku_id: i.sku.to_string(),
+            price_cents: i.price_cents,
+            stock_total: i.stock as i64,
+        })
+        .collect();
+    row_items.sort_by(|a, b| a.sku_id.cmp(&b.sku_id));
+    let row = CampaignRow {
+        campaign_id: campaign.to_string(),
+        name: r.name,
+        starts_ms,
+        ends_ms,
+        per_user_limit: per_user_limit as i64,
+        payment_window_secs: r.payment_window_secs as u32,
+        max_orders_per_sec: max_orders,
+        max_user_requests_per_sec: max_user,
+        items: row_items,
+    };
+    let launch = CampaignLaunch {
+        campaign,
+        starts_ms,
+        ends_ms,
+        per_user_limit,
+        payment_window_secs: r.payment_window_secs as u32,
+        max_orders_per_sec: max_orders,
+        max_user_requests_per_sec: max_user,
+        items,
+    };
+    Ok((launch, row))
+}
+
+/// `POST /admin/v1/campaigns`: persisted in MySQL first, then warmed in Redis. A
+/// launch repeated with the same definition after a failure half-way completes it;
+/// any other repeat is `campaign_exists`.
+pub async fn launch(
+    State(state): State<AppState>,
+    _: Operator,
+    JsonBody(body): JsonBody<LaunchRequest>,
+) -> Result<(StatusCode, Json<CampaignView>), AppError> {
+    let (launch, row) = validate_launch(body)?;
+    let id = launch.campaign.to_string();
+    match state.db.insert_campaign(&row, now_ms()).await? {
+        InsertCampaign::Created => {}
+        InsertCampaign::Exists(existing) if existing == row => {}
+        InsertCampaign::Exists(_) => return Err(AppError::CampaignExists(id)),
+    }
+    match state.engine.launch(&launch).await? {
+        LaunchOutcome::Created => {
+            Ok((StatusCode::CREATED, Json(campaign_view(&state, &launch.campaign).await?)))
+        }
+        LaunchOutcome::AlreadyExists => Err(AppError::CampaignExists(id)),
+    }
+}
+
+async fn load(state: &AppState, id: &str) -> Result<(CampaignId, CampaignMeta), AppError> {
+    let campaign = CampaignId::parse(id).map_err(|_| AppError::CampaignNotFound(id.to_owned()))?;
+    let meta = state
+        .engine
+        .store()
+        .campaign_meta(&campaign)
+        .await?
+        .ok_or_else(|| AppError::CampaignNotFound(id.to_owned()))?;
+    Ok((campaign, meta))
+}
+
+async fn campaign_view(state: &AppState, campaign: &CampaignId) -> Result<CampaignView, AppError> {
+    let (_, meta) = load(state, campaign.as_str()).await?;
+    let counters = state.engine.store().counters(campaign, &meta.skus).await?;
+    let name = state.db.campaign(campaign.as_str()).await?.map(|c| c.name).unwrap_or_default();
+    let now = now_ms();
+    let status = if now < meta.starts_ms {
+        "scheduled"
+    } else if now < meta.ends_ms {
+        "active"
+    } else {
+        "ended"
+    };
+    Ok(CampaignView {
+        campaign_id: campaign.to_string(),
+        name,
+        status,
+        starts_at: rfc3339(meta.starts_ms),
+        ends_at: rfc3339(meta.ends_ms),
+        per_user_limit: meta.per_user_limit,
+        payment_window_secs: meta.payment_window_secs,
+        thresholds: Thresholds {
+            max_orders_per_sec: meta.max_orders_per_sec,
+            max_user_requests_per_sec: meta.max_user_requests_per_sec,
+        },
+        items: counters
+            .into_iter()
+            .map(|c| CampaignItemView {
+                sku_id: c.sku.to_string(),
+                price_cents: c.price_cents,
+                stock_total: c.total,
+                available: c.available,
+                reserved: c.reserved,
+                sold: c.sold,
+            })
+            .collect(),
+    })
+}
+
+/// `GET /admin/v1/campaigns/{id}`: the campaign with live counters from Redis.
+pub async fn view(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignView>, AppError> {
+    let (campaign, _) = load(&state, &id).await?;
+    campaign_view(&state, &campaign).await.map(Json)
+}
+
+/// `PATCH /admin/v1/campaigns/{id}`: takes effect on every gateway within 1 s.
+pub async fn tune(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<TuneRequest>,
+) -> Result<Json<CampaignView>, AppError> {
+    let (campaign, _) = load(&state, &id).await?;
+    let t = body.thresholds.unwrap_or_default();
+    let tuning = CampaignTuning {
+        ends_ms: body.ends_at.as_deref().map(|s| parse_time("ends_at", s)).transpose()?,
+        per_user_limit: body.per_user_limit.map(check_limit).transpose()?,
+        max_orders_per_sec: check_threshold("max_orders_per_sec", t.max_orders_per_sec)?,
+        max_user_requests_per_sec: check_threshold("max_user_requests_per_sec", t.max_user_requests_per_sec)?,
+    };
+    match state.engine.tune(&campaign, &tuning).await? {
+        TuneOutcome::Tuned => {}
+        TuneOutcome::NotFound => return Err(AppError::CampaignNotFound(id)),
+        TuneOutcome::EndsBeforeStart => return Err(invalid("ends_at must be after starts_at")),
+    }
+    state
+        .db
+        .tune_campaign(
+            campaign.as_str(),
+            tuning.ends_ms,
+            tuning.per_user_limit.map(|v| v as i64),
+            tuning.max_orders_per_sec,
+            tuning.max_user_requests_per_sec,
+        )
+        .await?;
+    campaign_view(&state, &campaign).await.map(Json)
+}
+
+/// `GET /admin/v1/campaigns/{id}/reconciliation`
+pub async fn reconciliation(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<Reconciliation>, AppError> {
+    let (campaign, meta) = load(&state, &id).await?;
+    Ok(Json(reconcile(&state, &campaign, &meta).await?))
+}
+
+pub async fn reconcile(
+    state: &AppState,
+    campaign: &CampaignId,
+    meta: &CampaignMeta,
+) -> Result<Reconciliation, AppError> {
+    let counters = state.engine.store().counters(campaign, &meta.skus).await?;
+    let redis: Vec<RedisStock> = counters
+        .iter()
+        .map(|c| RedisStock {
+            sku_id: c.sku.to_string(),
+            available: c.available as i64,
+            reserved: c.reserved as i64,
+            sold: c.sold as i64,
+        })
+        .collect();
+    let mysql = state.db.stock(campaign.as_str()).await?;
+    Ok(compare(&redis, &mysql))
+}

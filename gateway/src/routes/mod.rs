@@ -1,0 +1,6 @@
+//! One module per audience of the API.
+
+pub mod admin;
+pub mod health;
+pub mod orders;
+pub mod payments;

@@ -1,0 +1,177 @@
+//! Storefront: reserve, read and cancel orders.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use common::message::OrderStatus;
+use engine::domain::{
+    CampaignId, IdempotencyKey, OrderId, OrderLines, ReleaseOutcome, ReleaseReason, Reservation,
+    ReserveOutcome, UserId,
+};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::Buyer;
+use crate::body::JsonBody;
+use crate::error::AppError;
+use crate::view::{rfc3339, OrderView, ReservationView};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    items: Vec<LineRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineRequest {
+    sku_id: String,
+    quantity: u64,
+}
+
+/// `POST /api/v1/campaigns/{id}/orders`
+pub async fn create(
+    State(state): State<AppState>,
+    Path(campaign): Path<String>,
+    Buyer(user): Buyer,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<OrderRequest>,
+) -> Result<Response, AppError> {
+    let key = headers
+        .get("idempotency-key")
+        .ok_or_else(|| AppError::InvalidRequest("Idempotency-Key header is required".into()))?
+        .to_str()
+        .map_err(|_| AppError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
+    let key = IdempotencyKey::parse(key)?;
+    let lines = OrderLines::parse(body.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())?;
+    // An id outside the alphabet cannot name a campaign.
+    let campaign = CampaignId::parse(&campaign).map_err(|_| AppError::CampaignNotFound(campaign.clone()))?;
+    check_user_rate(&state, &campaign, &user).await?;
+
+    let started = Instant::now();
+    let outcome = state.engine.reserve(&campaign, &user, &key, &lines).await;
+    let label = match &outcome {
+        Ok(o) => outcome_label(o),
+        Err(_) => "unavailable",
+    };
+    state.metrics.reservations.with_label_values(&[label]).inc();
+    state.metrics.reserve_latency.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+
+    match outcome? {
+        ReserveOutcome::Reserved(r) => {
+            Ok((StatusCode::CREATED, Json(reservation_view(&campaign, r))).into_response())
+        }
+        ReserveOutcome::Replayed(r) => {
+            Ok((StatusCode::OK, Json(reservation_view(&campaign, r))).into_response())
+        }
+        ReserveOutcome::KeyReused => Err(AppError::IdempotencyKeyReused),
+        ReserveOutcome::CampaignNotFound => Err(AppError::CampaignNotFound(campaign.to_string())),
+        ReserveOutcome::SkuNotFound(s) => Err(AppError::SkuNotFound(s.to_string())),
+        ReserveOutcome::NotActive => Err(AppError::CampaignNotActive),
+        ReserveOutcome::SoldOut(s) => Err(AppError::SoldOut(s.to_string())),
+        ReserveOutcome::LimitExceeded { held, limit } => Err(AppError::PurchaseLimitExceeded { held, limit }),
+        ReserveOutcome::RateLimited { retry_after_ms } => {
+            Err(AppError::RateLimited { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) })
+        }
+    }
+}
+
+async fn check_user_rate(state: &AppState, campaign: &CampaignId, user: &UserId) -> Result<(), AppError> {
+    let Some(meta) = state.engine.campaign(campaign).await? else {
+        return Ok(()); // the engine answers campaign_not_found
+    };
+    state
+        .user_limits
+        .check(campaign, meta.max_user_requests_per_sec, user)
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
+}
+
+fn outcome_label(o: &ReserveOutcome) -> &'static str {
+    match o {
+        ReserveOutcome::Reserved(_) => "reserved",
+        ReserveOutcome::Replayed(_) => "replayed",
+        ReserveOutcome::KeyReused => "key_reused",
+        ReserveOutcome::CampaignNotFound => "campaign_not_found",
+        ReserveOutcome::SkuNotFound(_) => "sku_not_found",
+        ReserveOutcome::NotActive => "not_active",
+        ReserveOutcome::SoldOut(_) => "sold_out",
+        ReserveOutcome::LimitExceeded { .. } => "limit_exceeded",
+        ReserveOutcome::RateLimited { .. } => "rate_limited",
+    }
+}
+
+fn reservation_view(campaign: &CampaignId, r: Reservation) -> ReservationView {
+    ReservationView {
+        order_id: r.order_id.to_string(),
+        campaign_id: campaign.to_string(),
+        status: OrderStatus::PendingPayment.as_str(),
+        items: r.items,
+        total_cents: r.total_cents,
+        expires_at: rfc3339(r.expires_ms),
+    }
+}
+
+/// The order as its owner may see it: Redis holds it from the moment of the 201;
+/// MySQL answers for orders Redis no longer has. Another user's order is not found.
+pub async fn load_order(state: &AppState, order_id: &str, owner: &UserId) -> Result<OrderView, AppError> {
+    let id = OrderId::parse(order_id).map_err(|_| AppError::OrderNotFound)?;
+    if let Some(o) = state.engine.store().order(&id).await? {
+        if o.user != owner.as_str() {
+            return Err(AppError::OrderNotFound);
+        }
+        return Ok(OrderView {
+            order_id: o.order_id.to_string(),
+            campaign_id: id.campaign().to_string(),
+            status: o.status,
+            items: o.items,
+            total_cents: o.total_cents,
+            created_at: rfc3339(o.created_ms),
+            expires_at: rfc3339(o.expires_ms),
+            paid_at: o.paid_ms.map(rfc3339),
+        });
+    }
+    match state.db.order(id.as_str()).await? {
+        Some(o) if o.user_id == owner.as_str() => Ok(OrderView {
+            order_id: o.order_id,
+            campaign_id: o.campaign_id,
+            status: o.status,
+            items: o.items,
+            total_cents: o.total_cents,
+            created_at: rfc3339(o.created_ms),
+            expires_at: rfc3339(o.expires_ms),
+            paid_at: o.paid_ms.map(rfc3339),
+        }),
+        _ => Err(AppError::OrderNotFound),
+    }
+}
+
+/// `GET /api/v1/orders/{order_id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    Buyer(user): Buyer,
+) -> Result<Json<OrderView>, AppError> {
+    load_order(&state, &order_id, &user).await.map(Json)
+}
+
+/// `POST /api/v1/orders/{order_id}/cancel`: pending → cancelled, units back at once;
+/// cancelling a cancelled order answers the order again.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(order_id): Path<String>,
+    Buyer(user): Buyer,
+) -> Result<Json<OrderView>, AppError> {
+    let order = load_order(&state, &order_id, &user).await?;
+    let id = OrderId::parse(&order.order_id).map_err(|_| AppError::OrderNotFound)?;
+    match state.engine.release(&id, ReleaseReason::Cancelled).await? {
+        ReleaseOutcome::Released | ReleaseOutcome::NotPending(OrderStatus::Cancelled) => {}
+        ReleaseOutcome::NotPending(other) => return Err(AppError::OrderNotCancellable(other.as_str())),
+        ReleaseOutcome::NotFound if order.status == OrderStatus::Cancelled => {}
+        ReleaseOutcome::NotFound => return Err(AppError::OrderNotCancellable(order.status.as_str())),
+        ReleaseOutcome::NotDue { .. } => return Err(AppError::Internal("cancel answered not_due".into())),
+    }
+    load_order(&state, &order_id, &user).await.map(Json)
+}

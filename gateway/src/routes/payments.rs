@@ -1,0 +1,71 @@
+//! Payment provider callbacks, signed with HMAC-SHA256.
+
+use axum::extract::{Request, State};
+use axum::Json;
+use engine::domain::{ConfirmOutcome, EventId, OrderId, PaymentStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::auth::{verify_signature, SIGNATURE_HEADER};
+use crate::body::{parse, raw_body};
+use crate::error::AppError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Callback {
+    event_id: String,
+    order_id: String,
+    amount_cents: i64,
+    status: CallbackStatus,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum CallbackStatus {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CallbackAnswer {
+    event_id: String,
+    order_id: String,
+    /// The order's status after this event.
+    order_status: String,
+    /// What this event did: `paid`, `refund_required`, `failed_noted`, `duplicate`, `no_effect`.
+    result: &'static str,
+}
+
+/// `POST /api/v1/payments/callback`
+pub async fn callback(State(state): State<AppState>, req: Request) -> Result<Json<CallbackAnswer>, AppError> {
+    let header = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = raw_body(req, &state).await?;
+    let now_secs = engine::engine::now_ms() / 1000;
+    let p = &state.settings.payments;
+    verify_signature(header.as_deref(), &body, &p.webhook_secret, now_secs, p.signature_tolerance_secs)?;
+    let cb: Callback = parse(&body)?;
+    let event = EventId::parse(&cb.event_id)?;
+    let order = OrderId::parse(&cb.order_id).map_err(|_| AppError::OrderNotFound)?;
+    let status = match cb.status {
+        CallbackStatus::Succeeded => PaymentStatus::Succeeded,
+        CallbackStatus::Failed => PaymentStatus::Failed,
+    };
+    let result = match state.engine.confirm(&order, &event, cb.amount_cents, status).await? {
+        ConfirmOutcome::Paid => "paid",
+        ConfirmOutcome::RefundRequired => "refund_required",
+        ConfirmOutcome::FailedNoted => "failed_noted",
+        ConfirmOutcome::Duplicate => "duplicate",
+        ConfirmOutcome::AlreadySettled(_) => "no_effect",
+        ConfirmOutcome::AmountMismatch { total_cents } => {
+            return Err(AppError::AmountMismatch { got: cb.amount_cents, expected: total_cents })
+        }
+        ConfirmOutcome::NotFound => return Err(AppError::OrderNotFound),
+    };
+    let order_status = state
+        .engine
+        .store()
+        .order(&order)
+        .await?
+        .map_or_else(|| "unknown".to_owned(), |o| o.status.as_str().to_owned());
+    Ok(Json(CallbackAnswer { event_id: cb.event_id, order_id: cb.order_id, order_status, result }))
+}

@@ -1,0 +1,72 @@
+//! Response bodies, exactly as the contract shows them.
+
+use common::message::{OrderItem, OrderStatus};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time into Unix milliseconds.
+pub fn parse_time(field: &str, s: &str) -> Result<i64, crate::error::AppError> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| crate::error::AppError::InvalidRequest(format!("{field}: not an RFC 3339 time: {e}")))?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReservationView {
+    pub order_id: String,
+    pub campaign_id: String,
+    pub status: &'static str,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub campaign_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub created_at: String,
+    pub expires_at: String,
+    pub paid_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Thresholds {
+    pub max_orders_per_sec: Option<u32>,
+    pub max_user_requests_per_sec: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CampaignItemView {
+    pub sku_id: String,
+    pub price_cents: i64,
+    pub stock_total: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CampaignView {
+    pub campaign_id: String,
+    pub name: String,
+    pub status: &'static str,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub per_user_limit: u64,
+    pub payment_window_secs: u32,
+    pub thresholds: Thresholds,
+    pub items: Vec<CampaignItemView>,
+}

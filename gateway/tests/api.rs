@@ -1,0 +1,469 @@
+//! The contract of ../shared/API.md, row by row, against the real services.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn launch_validates_and_refuses_duplicates() {
+    let env = Env::start().await;
+    let ok = campaign("spring", json!([{"sku_id": "phone", "stock": 10, "price_cents": 99900}]), 2);
+    let (s, v) = env.launch(ok.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["status"], "active");
+    assert_eq!(v["items"][0]["available"], 10);
+    assert_eq!(v["thresholds"], json!({"max_orders_per_sec": null, "max_user_requests_per_sec": null}));
+    let (s, v) = env.launch(ok.clone()).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "campaign_exists"));
+
+    let mut bad = Vec::new();
+    let mut b = campaign("x1", json!([]), 2);
+    bad.push(b.clone());
+    b = campaign(
+        "x2",
+        json!([{"sku_id": "a", "stock": 1, "price_cents": 1}, {"sku_id": "a", "stock": 1, "price_cents": 1}]),
+        2,
+    );
+    bad.push(b);
+    bad.push(campaign("x3", json!([{"sku_id": "a", "stock": -1, "price_cents": 1}]), 2));
+    bad.push(campaign("x4", json!([{"sku_id": "a", "stock": 1, "price_cents": -1}]), 2));
+    bad.push(campaign("x5", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 0));
+    let mut w = campaign("x6", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1);
+    w["payment_window_secs"] = json!(0);
+    bad.push(w.clone());
+    w["payment_window_secs"] = json!(86_401);
+    bad.push(w);
+    let mut e = campaign("x7", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1);
+    e["ends_at"] = e["starts_at"].clone();
+    bad.push(e);
+    let mut u = campaign("x8", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1);
+    u["is_admin"] = json!(true);
+    bad.push(u);
+    bad.push(campaign("bad id", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1));
+    for body in bad {
+        let (s, v) = env.launch(body.clone()).await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
+    }
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns/x1", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"), "refused launches left nothing");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn ordering_follows_every_row_of_the_table() {
+    let env = Env::start().await;
+    env.launch(campaign(
+        "c",
+        json!([
+            {"sku_id": "a", "stock": 5, "price_cents": 1000},
+            {"sku_id": "b", "stock": 1, "price_cents": 250}
+        ]),
+        3,
+    ))
+    .await;
+
+    // reserved, 201
+    let (s, first) = env
+        .order("c", "u1", "k1", json!([{"sku_id": "a", "quantity": 2}, {"sku_id": "b", "quantity": 1}]))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    assert_eq!(first["status"], "pending_payment");
+    assert_eq!(first["total_cents"], 2250);
+    assert_eq!(first["campaign_id"], "c");
+    assert!(first["expires_at"].as_str().unwrap().ends_with('Z'));
+    // same key, same body: 200 with the same body
+    let (s, again) = env
+        .order("c", "u1", "k1", json!([{"sku_id": "a", "quantity": 2}, {"sku_id": "b", "quantity": 1}]))
+        .await;
+    assert_eq!((s, &again), (StatusCode::OK, &first));
+    // same key, other body: 422
+    let (s, v) = env.order("c", "u1", "k1", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+    // a line short: 409 sold_out naming the sku, nothing taken
+    let (s, v) = env
+        .order("c", "u2", "k", json!([{"sku_id": "a", "quantity": 1}, {"sku_id": "b", "quantity": 1}]))
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "sold_out"));
+    assert!(v["error"]["message"].as_str().unwrap().contains('b'), "{v}");
+    assert_eq!(env.item("c", "a").await["available"], 3);
+    // over the per-user limit (3): u1 holds 3 units
+    let (s, v) = env.order("c", "u1", "k2", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "purchase_limit_exceeded"));
+    // unknown campaign or sku
+    let (s, v) = env.order("nope", "u1", "k3", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"));
+    let (s, v) = env.order("c", "u1", "k3", json!([{"sku_id": "zz", "quantity": 1}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "sku_not_found"));
+    // bad requests
+    for items in [
+        json!([]),
+        json!([{"sku_id": "a", "quantity": 0}]),
+        json!([{"sku_id": "a", "quantity": -1}]),
+        json!([{"sku_id": "a", "quantity": 1}, {"sku_id": "a", "quantity": 1}]),
+        json!((0..17).map(|i| json!({"sku_id": format!("s{i}"), "quantity": 1})).collect::<Vec<_>>()),
+        json!([{"sku_id": "a", "quantity": "1"}]),
+        json!([{"sku_id": "a", "quantity": 1, "price_cents": 1}]),
+    ] {
+        let (s, v) = env.order("c", "u3", "k", items.clone()).await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{items}");
+    }
+    // missing or bad Idempotency-Key
+    let res = env
+        .http
+        .post(env.url(0, "/api/v1/campaigns/c/orders"))
+        .bearer_auth(env.token("u3"))
+        .json(&json!({"items": [{"sku_id": "a", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let (s, _) = env.order("c", "u3", "bad key!", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = env.order("c", "u3", &"k".repeat(129), json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn outside_the_window_is_not_active() {
+    let env = Env::start().await;
+    let mut later = campaign("later", json!([{"sku_id": "a", "stock": 5, "price_cents": 1}]), 1);
+    later["starts_at"] = json!(rfc3339_in(3600));
+    later["ends_at"] = json!(rfc3339_in(7200));
+    assert_eq!(env.launch(later).await.0, StatusCode::CREATED);
+    let (s, v) = env.order("later", "u", "k", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "campaign_not_active"));
+    let (_, v) = env.admin(Method::GET, "/admin/v1/campaigns/later", None).await;
+    assert_eq!(v["status"], "scheduled");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn orders_are_visible_to_their_owner_only_and_cancel_twice_is_fine() {
+    let env = Env::start().await;
+    env.launch(campaign("c", json!([{"sku_id": "a", "stock": 2, "price_cents": 500}]), 2)).await;
+    let (_, o) = env.order("c", "alice", "k", json!([{"sku_id": "a", "quantity": 2}])).await;
+    let id = o["order_id"].as_str().unwrap().to_owned();
+    let (s, v) = env.get_order("alice", &id).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "pending_payment");
+    assert_eq!(v["paid_at"], json!(null));
+    assert!(v["created_at"].is_string());
+    for (s, v) in [
+        env.get_order("mallory", &id).await,
+        env.cancel(0, "mallory", &id).await,
+        env.get_order("alice", "c.0123456789abcdef0123456789abcdef").await,
+        env.get_order("alice", "garbage").await,
+    ] {
+        assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "order_not_found"));
+    }
+    assert_eq!(env.item("c", "a").await["available"], 0);
+    let (s, v) = env.cancel(0, "alice", &id).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    assert_eq!(env.item("c", "a").await["available"], 2, "units released at once");
+    let (s, v) = env.cancel(0, "alice", &id).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    assert_eq!(env.item("c", "a").await["available"], 2);
+    // A paid order is not cancellable.
+    let (_, o) = env.order("c", "bob", "k", json!([{"sku_id": "a", "quantity": 1}])).await;
+    let paid = o["order_id"].as_str().unwrap();
+    assert_eq!(env.pay("evt-1", paid, 500, "succeeded").await.0, StatusCode::OK);
+    let (s, v) = env.cancel(0, "bob", paid).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "order_not_cancellable"));
+    // Units of the cancelled order no longer count against alice's limit.
+    let (s, _) = env.order("c", "alice", "k2", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!(s, StatusCode::CREATED);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn payments_follow_the_contract() {
+    let env = Env::start().await;
+    env.launch(campaign("c", json!([{"sku_id": "a", "stock": 5, "price_cents": 700}]), 5)).await;
+    let (_, o) = env.order("c", "u", "k1", json!([{"sku_id": "a", "quantity": 2}])).await;
+    let id = o["order_id"].as_str().unwrap().to_owned();
+
+    let (s, v) = env.pay("e0", &id, 1399, "succeeded").await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "amount_mismatch"));
+    let (s, v) = env.pay("e1", &id, 1400, "failed").await;
+    assert_eq!((s, v["order_status"].as_str()), (StatusCode::OK, Some("pending_payment")));
+    let (s, v) = env.pay("e2", &id, 1400, "succeeded").await;
+    assert_eq!((s, v["order_status"].as_str()), (StatusCode::OK, Some("paid")));
+    let (s, v) = env.pay("e2", &id, 1400, "succeeded").await;
+    assert_eq!((s, v["result"].as_str()), (StatusCode::OK, Some("duplicate")));
+    let (_, order) = env.get_order("u", &id).await;
+    assert_eq!(order["status"], "paid");
+    assert!(order["paid_at"].is_string());
+    let item = env.item("c", "a").await;
+    assert_eq!(
+        (item["available"].as_i64(), item["reserved"].as_i64(), item["sold"].as_i64()),
+        (Some(3), Some(0), Some(2))
+    );
+
+    // Late payment for a cancelled order: refund_required, units not taken again.
+    let (_, o) = env.order("c", "u", "k2", json!([{"sku_id": "a", "quantity": 1}])).await;
+    let late = o["order_id"].as_str().unwrap().to_owned();
+    env.cancel(0, "u", &late).await;
+    let (s, v) = env.pay("e3", &late, 700, "succeeded").await;
+    assert_eq!((s, v["order_status"].as_str()), (StatusCode::OK, Some("refund_required")));
+    assert_eq!(env.item("c", "a").await["available"], 3);
+
+    // Signatures: bad, stale, body changed after signing, missing, rotated keys.
+    let body =
+        json!({"event_id": "e9", "order_id": id, "amount_cents": 1400, "status": "succeeded"}).to_string();
+    let secret = env.settings.payments.webhook_secret.clone();
+    let good = gateway::auth::sign(&secret, now_secs(), body.as_bytes());
+    let wrong = gateway::auth::sign("not-the-secret", now_secs(), body.as_bytes());
+    let stale = gateway::auth::sign(&secret, now_secs() - 301, body.as_bytes());
+    for sig in [wrong.as_str(), stale.as_str(), "", "t=1,v1=00"] {
+        let (s, v) = env.pay_raw(&body, sig).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "invalid_signature"), "{sig}");
+    }
+    let changed = body.replace("1400", "1");
+    let (s, _) = env.pay_raw(&changed, &good).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let rotated = format!("{},{}", good, wrong.split_once(',').unwrap().1);
+    let (s, _) = env.pay_raw(&body, &rotated).await;
+    assert_eq!(s, StatusCode::OK, "one matching v1 among several suffices");
+    // Unknown fields are refused even when signed.
+    let extra =
+        json!({"event_id": "e10", "order_id": id, "amount_cents": 1400, "status": "succeeded", "x": 1})
+            .to_string();
+    let sig = gateway::auth::sign(&secret, now_secs(), extra.as_bytes());
+    assert_eq!(env.pay_raw(&extra, &sig).await.0, StatusCode::BAD_REQUEST);
+    let (s, v) = env.pay("e11", "c.0123456789abcdef0123456789abcdef", 1, "succeeded").await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "order_not_found"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn authentication_refuses_every_bad_token() {
+    let env = Env::start().await;
+    env.launch(campaign("c", json!([{"sku_id": "a", "stock": 5, "price_cents": 1}]), 1)).await;
+    let secret = env.settings.auth.jwt_secret.clone();
+    let now = now_secs();
+    let none_alg = {
+        use base64_like::encode;
+        format!(
+            "{}.{}.",
+            encode(br#"{"alg":"none","typ":"JWT"}"#),
+            encode(format!(r#"{{"sub":"u","exp":{}}}"#, now + 600).as_bytes())
+        )
+    };
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &json!({"sub": "u", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let tokens = [
+        none_alg,
+        hs512,
+        token_with("wrong-key", json!({"sub": "u", "exp": now + 600})),
+        token_with(&secret, json!({"sub": "u"})),
+        token_with(&secret, json!({"exp": now + 600})),
+        token_with(&secret, json!({"sub": "u", "exp": now - 61})),
+        token_with(&secret, json!({"sub": "", "exp": now + 600})),
+        "not.a.jwt".to_owned(),
+    ];
+    for t in tokens {
+        let res = env
+            .http
+            .post(env.url(0, "/api/v1/campaigns/c/orders"))
+            .bearer_auth(&t)
+            .header("Idempotency-Key", "k")
+            .json(&json!({"items": [{"sku_id": "a", "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        let (s, v) = decode(res).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthenticated"), "{t}");
+    }
+    // Within the 60 s leeway an expired token still works.
+    let leeway = token_with(&secret, json!({"sub": "u", "exp": now - 30}));
+    let res = env
+        .http
+        .post(env.url(0, "/api/v1/campaigns/c/orders"))
+        .bearer_auth(&leeway)
+        .header("Idempotency-Key", "k")
+        .json(&json!({"items": [{"sku_id": "a", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // Operator API: wrong or missing token.
+    let res = env.http.get(env.url(0, "/admin/v1/campaigns/c")).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = env.http.get(env.url(0, "/admin/v1/campaigns/c")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    env.cleanup().await;
+}
+
+/// Base64url without padding, enough to forge an `alg: none` token.
+mod base64_like {
+    pub fn encode(input: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in input.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn bodies_and_unknown_routes_get_contract_errors() {
+    let env = Env::start().await;
+    env.launch(campaign("c", json!([{"sku_id": "a", "stock": 5, "price_cents": 1}]), 1)).await;
+    let big = format!("{{\"items\": [{{\"sku_id\": \"{}\", \"quantity\": 1}}]}}", "a".repeat(1 << 20));
+    let res = env
+        .http
+        .post(env.url(0, "/api/v1/campaigns/c/orders"))
+        .bearer_auth(env.token("u"))
+        .header("Idempotency-Key", "k")
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = decode(res).await;
+    assert_eq!((s, code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let res = env
+        .http
+        .post(env.url(0, "/api/v1/campaigns/c/orders"))
+        .bearer_auth(env.token("u"))
+        .header("Idempotency-Key", "k")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = env
+        .http
+        .post(env.url(0, "/api/v1/campaigns/c/orders"))
+        .bearer_auth(env.token("u"))
+        .header("Idempotency-Key", "k")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = decode(res).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
+    let (s, v) = decode(env.http.get(env.url(0, "/nowhere")).send().await.unwrap()).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, _) = decode(env.http.get(env.url(0, "/healthz")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = decode(env.http.get(env.url(0, "/readyz")).send().await.unwrap()).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")), "{v}");
+    let metrics = env
+        .http
+        .get(format!("http://{}/metrics", env.gateways[0].metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("flashsale_http_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("flashsale_reservations_total") || metrics.contains("flashsale_cache_answers_total")
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn tuning_and_thresholds_take_effect() {
+    let env = Env::start().await;
+    env.launch(campaign("c", json!([{"sku_id": "a", "stock": 50, "price_cents": 1}]), 1)).await;
+    let (s, v) = env
+        .admin(
+            Method::PATCH,
+            "/admin/v1/campaigns/c",
+            Some(json!({"per_user_limit": 3, "thresholds": {"max_user_requests_per_sec": 2}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["per_user_limit"], 3);
+    assert_eq!(v["thresholds"]["max_user_requests_per_sec"], 2);
+    assert_eq!(
+        env.order("c", "u", "k1", json!([{"sku_id": "a", "quantity": 1}])).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        env.order("c", "u", "k2", json!([{"sku_id": "a", "quantity": 1}])).await.0,
+        StatusCode::CREATED
+    );
+    let res = env
+        .http
+        .post(env.url(0, "/api/v1/campaigns/c/orders"))
+        .bearer_auth(env.token("u"))
+        .header("Idempotency-Key", "k3")
+        .json(&json!({"items": [{"sku_id": "a", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().get("retry-after").is_some());
+    let (s, v) = env
+        .admin(
+            Method::PATCH,
+            "/admin/v1/campaigns/c",
+            Some(json!({"thresholds": {"max_user_requests_per_sec": null}, "bogus": 1})),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
+    let (s, v) = env
+        .admin(
+            Method::PATCH,
+            "/admin/v1/campaigns/c",
+            Some(json!({"thresholds": {"max_user_requests_per_sec": null}})),
+        )
+        .await;
+    assert_eq!((s, &v["thresholds"]["max_user_requests_per_sec"]), (StatusCode::OK, &json!(null)));
+    // End the sale now.
+    let (s, v) =
+        env.admin(Method::PATCH, "/admin/v1/campaigns/c", Some(json!({"ends_at": rfc3339_in(0)}))).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ended")));
+    let (s, v) = env.order("c", "w", "k", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "campaign_not_active"));
+    let (s, _) = env
+        .admin(Method::PATCH, "/admin/v1/campaigns/c", Some(json!({"ends_at": rfc3339_in(-999_999)})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) =
+        env.admin(Method::PATCH, "/admin/v1/campaigns/nope", Some(json!({"per_user_limit": 2}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_gateways_agree_on_stock() {
+    let env = Env::start_many(2, |_| {}).await;
+    env.launch(campaign("c", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1)).await;
+    let (s, o) = env.order_on(0, "c", "u1", "k", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!(s, StatusCode::CREATED);
+    for _ in 0..2 {
+        let (s, v) = env.order_on(1, "c", "u2", "k", json!([{"sku_id": "a", "quantity": 1}])).await;
+        assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "sold_out"));
+    }
+    // Released through gateway 0, sold again through gateway 1 within a second.
+    env.cancel(0, "u1", o["order_id"].as_str().unwrap()).await;
+    let started = std::time::Instant::now();
+    loop {
+        let (s, _) = env.order_on(1, "c", "u2", "k", json!([{"sku_id": "a", "quantity": 1}])).await;
+        if s == StatusCode::CREATED {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "not resold within 1 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    env.cleanup().await;
+}
