@@ -125,7 +125,7 @@ async fn the_same_event_three_times_is_one_order() {
     let e = event("o1", OrderStatus::PendingPayment, 2);
     let applied = t.db.apply_events(&[e.clone(), e.clone()]).await.unwrap();
     assert_eq!((applied.inserted, applied.unchanged), (1, 1));
-    let applied = t.db.apply_events(&[e.clone()]).await.unwrap();
+    let applied = t.db.apply_events(std::slice::from_ref(&e)).await.unwrap();
     assert_eq!((applied.inserted, applied.unchanged), (0, 1));
     assert_eq!(t.db.count_orders("c").await.unwrap(), 1);
     assert_eq!(buckets(&t.db, "a").await, (8, 2, 0));
