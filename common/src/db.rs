@@ -24,6 +24,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum DbError {
     #[error("mysql unavailable: {0}")]
     Unavailable(String),
+    /// The server refused a statement (duplicate key from a racing writer, deadlock,
+    /// constraint): retrying the work alone may succeed.
+    #[error("mysql refused a statement: {0}")]
+    Statement(String),
     #[error("mysql call timed out after {0:?}")]
     Timeout(Duration),
     /// A guarded stock move found too few units: MySQL disagrees with Redis.
@@ -35,7 +39,10 @@ pub enum DbError {
 
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
-        DbError::Unavailable(e.to_string())
+        match e {
+            sqlx::Error::Database(d) => DbError::Statement(d.to_string()),
+            other => DbError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -140,6 +147,22 @@ impl Db {
         let db = Self { pool, timeout };
         bounded(timeout * 10, async { Ok(sqlx::migrate!("../migrations").run(&db.pool).await?) }).await?;
         Ok(db)
+    }
+
+    /// [`Db::connect`], retried for up to `patience` while MySQL is not up yet
+    /// (processes may start before the database).
+    pub async fn connect_retrying(settings: &MysqlSettings, patience: Duration) -> Result<Self> {
+        let started = std::time::Instant::now();
+        loop {
+            match Self::connect(settings).await {
+                Ok(db) => return Ok(db),
+                Err(e) if started.elapsed() < patience => {
+                    tracing::warn!(error = %e, "mysql not ready; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn pool(&self) -> &MySqlPool {

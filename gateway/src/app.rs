@@ -48,7 +48,7 @@ impl Deref for AppState {
 impl AppState {
     /// Connects to MySQL (creating the database and migrating) and starts the engine.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let db = connect_db(&settings).await?;
+        let db = Db::connect_retrying(&settings.mysql, DB_STARTUP_PATIENCE).await?;
         let engine = Engine::start(&settings)?;
         let jwt = JwtVerifier::new(&settings.auth.jwt_secret, settings.auth.leeway_secs);
         let amqp = AmqpCheck::new(&settings.amqp.url, Duration::from_millis(settings.amqp.call_timeout_ms));
@@ -67,21 +67,7 @@ impl AppState {
 }
 
 /// How long start-up keeps trying to reach MySQL before giving up.
-const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
-
-pub async fn connect_db(settings: &Settings) -> anyhow::Result<Db> {
-    let started = Instant::now();
-    loop {
-        match Db::connect(&settings.mysql).await {
-            Ok(db) => return Ok(db),
-            Err(e) if started.elapsed() < DB_STARTUP_PATIENCE => {
-                tracing::warn!(error = %e, "mysql not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
+pub const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Whether RabbitMQ answers (readiness): one connection, reopened when lost.
 pub struct AmqpCheck {

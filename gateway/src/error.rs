@@ -136,7 +136,9 @@ impl From<EngineError> for AppError {
 impl From<DbError> for AppError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unavailable(_) | DbError::Timeout(_) => AppError::Unavailable(e.to_string()),
+            DbError::Unavailable(_) | DbError::Timeout(_) | DbError::Statement(_) => {
+                AppError::Unavailable(e.to_string())
+            }
             other => AppError::Internal(other.to_string()),
         }
     }

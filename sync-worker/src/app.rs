@@ -1,0 +1,130 @@
+//! Starting and stopping the worker's tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use common::config::Settings;
+use common::db::Db;
+use engine::Engine;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Connection, ConnectionProperties};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::context::{pause, Ctx};
+use crate::error::{bounded, Result};
+use crate::metrics::Metrics;
+use crate::topology::{self, DelayQueues, Names};
+use crate::{expiry, persister, reconcile, relay};
+
+/// How long start-up keeps trying to reach MySQL.
+const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+/// Longest pause between two attempts to reach the broker.
+const MAX_BROKER_BACKOFF: Duration = Duration::from_secs(2);
+
+pub struct Running {
+    pub metrics_addr: SocketAddr,
+    pub ctx: Arc<Ctx>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Asks every task to finish its current batch, then waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(settings.worker.metrics_listen).await?;
+    let db = Db::connect_retrying(&settings.mysql, DB_STARTUP_PATIENCE).await?;
+    let engine = Engine::start(&settings)?;
+    let ctx = Arc::new(Ctx {
+        names: Names::new(&settings.namespace),
+        consumer: format!("worker-{}-{}", std::process::id(), engine::engine::now_ms()),
+        metrics: Metrics::new()?,
+        delay_queues: DelayQueues::default(),
+        engine,
+        db,
+        settings,
+    });
+    let (stop, stopped) = watch::channel(false);
+    let metrics_addr = listener.local_addr()?;
+    let mut tasks = Vec::new();
+
+    let app = Router::new()
+        .route("/metrics", get(|State(c): State<Arc<Ctx>>| async move { c.metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(Arc::clone(&ctx));
+    let mut rx = stopped.clone();
+    tasks.push(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    }));
+    let (c, rx) = (Arc::clone(&ctx), stopped.clone());
+    tasks.push(tokio::spawn(async move { broker_loop(&c, rx).await }));
+    let (c, rx) = (Arc::clone(&ctx), stopped.clone());
+    tasks.push(tokio::spawn(async move { expiry::sweep_redis(&c, rx).await }));
+    let (c, rx) = (Arc::clone(&ctx), stopped.clone());
+    tasks.push(tokio::spawn(async move { expiry::sweep_mysql(&c, rx).await }));
+    let (c, rx) = (Arc::clone(&ctx), stopped);
+    tasks.push(tokio::spawn(async move { reconcile::run(&c, rx).await }));
+    tracing::info!(%metrics_addr, consumer = %ctx.consumer, "sync-worker running");
+    Ok(Running { metrics_addr, ctx, stop, tasks })
+}
+
+/// Connects to the broker and runs the relay, the persister and the timer consumer
+/// until one fails (then reconnects with backoff) or the worker stops.
+async fn broker_loop(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match run_broker_tasks(ctx, stop.clone()).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "broker session ended; reconnecting"),
+        }
+        if pause(backoff, &mut stop).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_BROKER_BACKOFF);
+    }
+}
+
+async fn run_broker_tasks(ctx: &Ctx, stop: watch::Receiver<bool>) -> Result<()> {
+    let limit = ctx.broker_timeout();
+    let conn = bounded(
+        limit,
+        "connect",
+        Connection::connect(&ctx.settings.amqp.url, ConnectionProperties::default()),
+    )
+    .await?;
+    let declare_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    topology::declare(&declare_ch, &ctx.names, ctx.settings.worker.max_deliveries, limit).await?;
+    ctx.delay_queues.forget().await;
+    let relay_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    bounded(limit, "confirm.select", relay_ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    let persist_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    let timer_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    bounded(limit, "confirm.select", timer_ch.confirm_select(ConfirmSelectOptions::default())).await?;
+    let timeout_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    tracing::info!("broker connected; topology declared");
+    let result = tokio::try_join!(
+        relay::run(ctx, &relay_ch, stop.clone()),
+        persister::run(ctx, &persist_ch, &timer_ch, stop.clone()),
+        expiry::consume_timers(ctx, &timeout_ch, stop),
+    );
+    let _ = tokio::time::timeout(limit, conn.close(200, "shutting down".into())).await;
+    result.map(|_| ())
+}

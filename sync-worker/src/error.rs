@@ -1,0 +1,36 @@
+//! The worker's one error type.
+
+use common::db::DbError;
+use engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("rabbitmq: {0}")]
+    Broker(String),
+    #[error("redis: {0}")]
+    Redis(#[from] EngineError),
+    #[error("mysql: {0}")]
+    Db(#[from] DbError),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+impl From<lapin::Error> for WorkerError {
+    fn from(e: lapin::Error) -> Self {
+        WorkerError::Broker(e.to_string())
+    }
+}
+
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+/// Bounds a broker call.
+pub async fn bounded<T, E: Into<WorkerError>>(
+    limit: std::time::Duration,
+    what: &'static str,
+    f: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(WorkerError::Timeout(what)),
+    }
+}

@@ -1,0 +1,22 @@
+//! The sync-worker: makes MySQL agree with what buyers were told, and gives unpaid
+//! stock back.
+//!
+//! # Layout
+//! - [`app`]: starts the tasks, reconnects to the broker, drains on shutdown.
+//! - [`relay`]: outbox streams → RabbitMQ with publisher confirms.
+//! - [`persister`]: RabbitMQ → MySQL in batches; schedules payment timers.
+//! - [`expiry`]: payment timers, the Redis sweep and the MySQL sweep.
+//! - [`reconcile`]: Redis against MySQL, as a metric and a warning.
+//! - [`topology`]: exchange and queue names and declarations.
+//! - [`context`], [`metrics`], [`error`]: what the tasks share.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod context;
+pub mod error;
+pub mod expiry;
+pub mod metrics;
+pub mod persister;
+pub mod reconcile;
+pub mod relay;
+pub mod topology;

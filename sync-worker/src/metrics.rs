@@ -1,0 +1,118 @@
+//! Prometheus metrics of the sync-worker (bounded labels: campaign ids are chosen
+//! by operators and few; no user or order ids).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub relayed: IntCounter,
+    pub relay_failures: IntCounter,
+    pub publish_seconds: Histogram,
+    pub outbox_length: IntGaugeVec,
+    pub relay_lag_seconds: prometheus::Gauge,
+    pub persisted: IntCounterVec,
+    pub persist_batch_size: Histogram,
+    pub persist_seconds: Histogram,
+    pub poisoned: IntCounter,
+    pub expired: IntCounterVec,
+    pub drift_units: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Result<Histogram, prometheus::Error> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let r = Registry::new();
+        let seconds = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+        let outbox_length = IntGaugeVec::new(
+            Opts::new("flashsale_outbox_entries", "Outbox stream entries not yet relayed, per campaign"),
+            &["campaign"],
+        )?;
+        r.register(Box::new(outbox_length.clone()))?;
+        let relay_lag_seconds = prometheus::Gauge::new(
+            "flashsale_relay_lag_seconds",
+            "Age of the oldest entry relayed in the last round",
+        )?;
+        r.register(Box::new(relay_lag_seconds.clone()))?;
+        let persisted = IntCounterVec::new(
+            Opts::new("flashsale_persisted_events_total", "Order events applied to MySQL, by effect"),
+            &["effect"],
+        )?;
+        r.register(Box::new(persisted.clone()))?;
+        let expired = IntCounterVec::new(
+            Opts::new("flashsale_expired_orders_total", "Orders expired and released, by what found them"),
+            &["source"],
+        )?;
+        r.register(Box::new(expired.clone()))?;
+        let drift_units = IntGaugeVec::new(
+            Opts::new(
+                "flashsale_reconciliation_drift_units",
+                "Redis available minus MySQL available, per campaign",
+            ),
+            &["campaign"],
+        )?;
+        r.register(Box::new(drift_units.clone()))?;
+        Ok(Self {
+            relayed: counter(&r, "flashsale_relayed_events_total", "Outbox entries confirmed by the broker")?,
+            relay_failures: counter(
+                &r,
+                "flashsale_relay_failures_total",
+                "Publishes nacked, returned or timed out",
+            )?,
+            publish_seconds: histogram(
+                &r,
+                "flashsale_publish_duration_seconds",
+                "Publish-to-confirm time of a relay batch",
+                seconds.clone(),
+            )?,
+            persist_batch_size: histogram(
+                &r,
+                "flashsale_persist_batch_size",
+                "Order events per MySQL transaction",
+                vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+            )?,
+            persist_seconds: histogram(
+                &r,
+                "flashsale_persist_duration_seconds",
+                "MySQL time per batch",
+                seconds,
+            )?,
+            poisoned: counter(
+                &r,
+                "flashsale_poison_messages_total",
+                "Messages sent to the dead-letter queue",
+            )?,
+            outbox_length,
+            relay_lag_seconds,
+            persisted,
+            expired,
+            drift_units,
+            registry: r,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

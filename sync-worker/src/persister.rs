@@ -1,0 +1,200 @@
+//! The persister: order events from RabbitMQ into MySQL, in batches.
+//!
+//! A batch is applied in one transaction ([`common::db::Db::apply_events`]: a
+//! redelivered or reordered event is a no-op) and its messages are acknowledged only
+//! after the commit and after the payment timer of each pending order is confirmed by
+//! the broker. While MySQL is down the batch is held unacknowledged and retried, so an
+//! outage costs no delivery attempt; a batch the server refuses is split and retried
+//! message by message; a message that can never apply (not JSON, or a stock move
+//! MySQL cannot make) goes to the dead-letter queue.
+
+use std::time::{Duration, Instant};
+
+use common::db::DbError;
+use common::message::{OrderEvent, OrderStatus};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::context::{pause, Ctx};
+use crate::error::{bounded, Result, WorkerError};
+
+/// Longest pause between two attempts while MySQL is down.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// The body of a payment-timer message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Timer {
+    pub order_id: String,
+    pub expires_ms: i64,
+}
+
+pub async fn run(ctx: &Ctx, ch: &Channel, timer_ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let limit = ctx.broker_timeout();
+    bounded(limit, "basic.qos", ch.basic_qos(ctx.settings.amqp.prefetch, BasicQosOptions::default())).await?;
+    let mut consumer = bounded(
+        limit,
+        "basic.consume",
+        ch.basic_consume(
+            ctx.names.orders_queue.as_str().into(),
+            format!("persister-{}", ctx.consumer).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let max = ctx.settings.worker.persist_batch_max;
+    let wait = Duration::from_millis(ctx.settings.worker.persist_batch_wait_ms);
+    loop {
+        let first = tokio::select! {
+            d = consumer.next() => d,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(first) = first else {
+            return Err(WorkerError::Broker("order consumer ended".into()));
+        };
+        let mut batch = vec![first?];
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(d)) => batch.push(d?),
+                Ok(None) => return Err(WorkerError::Broker("order consumer ended".into())),
+                Err(_) => break,
+            }
+        }
+        process(ctx, timer_ch, batch, &mut stop).await?;
+    }
+}
+
+async fn process(
+    ctx: &Ctx,
+    timer_ch: &Channel,
+    batch: Vec<Delivery>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let mut good = Vec::with_capacity(batch.len());
+    for d in batch {
+        match serde_json::from_slice::<OrderEvent>(&d.data) {
+            Ok(e) => good.push((e, d)),
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable order message; dead-lettered");
+                poison(ctx, &d).await?;
+            }
+        }
+    }
+    apply(ctx, timer_ch, good, stop).await
+}
+
+async fn poison(ctx: &Ctx, d: &Delivery) -> Result<()> {
+    ctx.metrics.poisoned.inc();
+    let reject = d.acker.reject(BasicRejectOptions { requeue: false });
+    bounded(ctx.broker_timeout(), "basic.reject", reject).await?;
+    Ok(())
+}
+
+async fn apply(
+    ctx: &Ctx,
+    timer_ch: &Channel,
+    group: Vec<(OrderEvent, Delivery)>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    if group.is_empty() {
+        return Ok(());
+    }
+    let events: Vec<OrderEvent> = group.iter().map(|(e, _)| e.clone()).collect();
+    let mut retry = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        match ctx.db.apply_events(&events).await {
+            Ok(applied) => {
+                ctx.metrics.persist_seconds.observe(started.elapsed().as_secs_f64());
+                ctx.metrics.persist_batch_size.observe(events.len() as f64);
+                ctx.metrics.persisted.with_label_values(&["inserted"]).inc_by(applied.inserted as u64);
+                ctx.metrics.persisted.with_label_values(&["advanced"]).inc_by(applied.advanced as u64);
+                ctx.metrics.persisted.with_label_values(&["unchanged"]).inc_by(applied.unchanged as u64);
+                schedule_timers(ctx, timer_ch, &events).await?;
+                for (_, d) in &group {
+                    bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default()))
+                        .await?;
+                }
+                return Ok(());
+            }
+            Err(DbError::Unavailable(e)) => {
+                tracing::warn!(error = %e, batch = events.len(), "mysql unavailable; holding the batch");
+            }
+            Err(DbError::Timeout(d)) => {
+                tracing::warn!(after = ?d, batch = events.len(), "mysql timed out; holding the batch");
+            }
+            Err(e) if group.len() > 1 => {
+                tracing::warn!(error = %e, batch = events.len(), "batch refused; applying one by one");
+                for one in group {
+                    Box::pin(apply(ctx, timer_ch, vec![one], stop)).await?;
+                }
+                return Ok(());
+            }
+            Err(DbError::Statement(e)) => {
+                // A racing writer or a deadlock: another delivery will find the row.
+                tracing::warn!(error = %e, "statement refused; message requeued");
+                for (_, d) in &group {
+                    let nack =
+                        d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() });
+                    bounded(ctx.broker_timeout(), "basic.nack", nack).await?;
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, order = %events[0].order_id, "event cannot apply; dead-lettered");
+                for (_, d) in &group {
+                    poison(ctx, d).await?;
+                }
+                return Ok(());
+            }
+        }
+        if pause(retry, stop).await {
+            // Unacknowledged: the broker redelivers the batch to whoever runs next.
+            return Ok(());
+        }
+        retry = (retry * 2).min(MAX_RETRY_PAUSE);
+    }
+}
+
+/// Publishes a payment timer for every pending order of the batch into the delay
+/// queue of its payment window (redeliveries schedule again: expiry is idempotent).
+async fn schedule_timers(ctx: &Ctx, ch: &Channel, events: &[OrderEvent]) -> Result<()> {
+    let limit = ctx.broker_timeout();
+    let mut confirms = Vec::new();
+    for e in events.iter().filter(|e| e.status == OrderStatus::PendingPayment) {
+        let queue = ctx.delay_queues.ensure(ch, &ctx.names, e.payment_window_secs, limit).await?;
+        let body = serde_json::to_vec(&Timer { order_id: e.order_id.clone(), expires_ms: e.expires_ms })
+            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let confirm = bounded(
+            limit,
+            "basic.publish",
+            ch.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                &body,
+                props,
+            ),
+        )
+        .await?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        match bounded(limit, "publisher confirm", confirm).await? {
+            Confirmation::Ack(None) => {}
+            _ => return Err(WorkerError::Broker("payment timer not confirmed".into())),
+        }
+    }
+    Ok(())
+}

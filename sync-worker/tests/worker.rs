@@ -1,0 +1,363 @@
+//! The worker against the real RabbitMQ, MariaDB and Redis.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::config::Settings;
+use common::db::Db;
+use common::message::{OrderEvent, OrderStatus};
+use engine::domain::{
+    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseReason,
+    ReserveOutcome, SkuId, UserId,
+};
+use engine::engine::now_ms;
+use engine::store::{CampaignLaunch, LaunchItem};
+use engine::Engine;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+struct Env {
+    settings: Settings,
+    engine: Engine,
+    db: Db,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let mut s = Settings::load(None).unwrap();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        s.namespace = format!("w{}-{n}", std::process::id());
+        let base = s.mysql.url.rsplit_once('/').unwrap().0.to_owned();
+        s.mysql.url = format!("{base}/fs_wk_{}_{n}", std::process::id());
+        s.mysql.max_connections = 4;
+        s.worker.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        s.worker.reconcile_interval_ms = 200;
+        s.worker.relay_claim_idle_ms = 1000;
+        let db = Db::connect(&s.mysql).await.unwrap();
+        let engine = Engine::start(&s).unwrap();
+        Self { settings: s, engine, db }
+    }
+
+    /// Launches in MySQL and Redis, as the operator API does.
+    async fn launch(&self, id: &str, stock: u64, window_secs: u32, limit: u64) -> CampaignId {
+        let now = now_ms();
+        let row = common::db::CampaignRow {
+            campaign_id: id.into(),
+            name: "t".into(),
+            starts_ms: now - 1000,
+            ends_ms: now + 3_600_000,
+            per_user_limit: limit as i64,
+            payment_window_secs: window_secs,
+            max_orders_per_sec: None,
+            max_user_requests_per_sec: None,
+            items: vec![common::db::CampaignItemRow {
+                sku_id: "a".into(),
+                price_cents: 100,
+                stock_total: stock as i64,
+            }],
+        };
+        self.db.insert_campaign(&row, now).await.unwrap();
+        let spec = CampaignLaunch {
+            campaign: CampaignId::parse(id).unwrap(),
+            starts_ms: now - 1000,
+            ends_ms: now + 3_600_000,
+            per_user_limit: limit,
+            payment_window_secs: window_secs,
+            max_orders_per_sec: None,
+            max_user_requests_per_sec: None,
+            items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
+        };
+        self.engine.launch(&spec).await.unwrap();
+        spec.campaign
+    }
+
+    async fn reserve(&self, c: &CampaignId, user: &str) -> OrderId {
+        let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+        let r = self
+            .engine
+            .reserve(c, &UserId::parse(user).unwrap(), &IdempotencyKey::parse("k").unwrap(), &lines)
+            .await
+            .unwrap();
+        match r {
+            ReserveOutcome::Reserved(r) => r.order_id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn wait_for(&self, what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
+        let started = Instant::now();
+        while !ok().await {
+            assert!(started.elapsed() < limit, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn consistent(&self, c: &CampaignId) -> bool {
+        let meta = self.engine.store().campaign_meta(c).await.unwrap().unwrap();
+        let counters = self.engine.store().counters(c, &meta.skus).await.unwrap();
+        let redis: Vec<_> = counters
+            .iter()
+            .map(|c| common::reconcile::RedisStock {
+                sku_id: c.sku.to_string(),
+                available: c.available as i64,
+                reserved: c.reserved as i64,
+                sold: c.sold as i64,
+            })
+            .collect();
+        common::reconcile::compare(&redis, &self.db.stock(c.as_str()).await.unwrap()).consistent
+    }
+
+    async fn publish_raw(&self, body: &[u8]) {
+        let conn =
+            Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.basic_publish(
+            format!("{}.orders", self.settings.namespace).as_str().into(),
+            "order".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+        conn.close(200, "done".into()).await.unwrap();
+    }
+
+    async fn queue_len(&self, queue: &str) -> u32 {
+        let conn =
+            Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count()
+    }
+
+    async fn cleanup(self) {
+        let ns = self.settings.namespace.clone();
+        if let Ok(conn) = Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await
+        {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in ["orders", "dead", "timeouts", "delay.1", "delay.2", "delay.900"] {
+                    let _ = ch
+                        .queue_delete(format!("{ns}.{q}").as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for x in ["orders", "dlx", "timeouts"] {
+                    let _ = ch.exchange_delete(format!("{ns}.{x}").as_str().into(), Default::default()).await;
+                }
+            }
+        }
+        self.db.close().await;
+        use sqlx::Connection as _;
+        let (base, name) = self.settings.mysql.url.rsplit_once('/').unwrap();
+        if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
+            let _ = sqlx::query("SET SESSION lock_wait_timeout = 5").execute(&mut c).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
+        }
+        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.unwrap();
+        for chunk in keys.chunks(500) {
+            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reservation_becomes_exactly_one_mysql_order_in_its_final_state() {
+    let env = Env::new().await;
+    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let c = env.launch("c", 500, 900, 1).await;
+    let mut orders = Vec::new();
+    for i in 0..200 {
+        orders.push(env.reserve(&c, &format!("u{i}")).await);
+    }
+    for (i, o) in orders.iter().enumerate().take(50) {
+        let ev = EventId::parse(&format!("e{i}")).unwrap();
+        assert_eq!(
+            env.engine.confirm(o, &ev, 100, PaymentStatus::Succeeded).await.unwrap(),
+            ConfirmOutcome::Paid
+        );
+    }
+    for o in &orders[50..100] {
+        env.engine.release(o, ReleaseReason::Cancelled).await.unwrap();
+    }
+    env.wait_for("200 orders, consistent", Duration::from_secs(20), async || {
+        env.db.count_orders("c").await.unwrap() == 200 && env.consistent(&c).await
+    })
+    .await;
+    for (i, o) in orders.iter().enumerate() {
+        let row = env.db.order(o.as_str()).await.unwrap().unwrap();
+        let expected = match i {
+            0..50 => OrderStatus::Paid,
+            50..100 => OrderStatus::Cancelled,
+            _ => OrderStatus::PendingPayment,
+        };
+        assert_eq!(row.status, expected, "order {i}");
+    }
+    let stock = env.db.stock("c").await.unwrap();
+    assert_eq!((stock[0].available, stock[0].reserved, stock[0].sold), (350, 100, 50));
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaid_orders_expire_once_in_both_stores_and_late_payments_need_a_refund() {
+    let env = Env::new().await;
+    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let c = env.launch("c", 20, 1, 1).await;
+    let mut orders = Vec::new();
+    for i in 0..10 {
+        orders.push(env.reserve(&c, &format!("u{i}")).await);
+    }
+    for (i, o) in orders.iter().enumerate().take(5) {
+        let ev = EventId::parse(&format!("e{i}")).unwrap();
+        env.engine.confirm(o, &ev, 100, PaymentStatus::Succeeded).await.unwrap();
+    }
+    let deadline = now_ms() + 1000;
+    env.wait_for("expiry in redis and mysql", Duration::from_secs(10), async || {
+        let mut ok = true;
+        for o in &orders[5..] {
+            ok &= env.engine.store().order(o).await.unwrap().unwrap().status == OrderStatus::Expired;
+            ok &= env.db.order(o.as_str()).await.unwrap().is_some_and(|r| r.status == OrderStatus::Expired);
+        }
+        ok && env.consistent(&c).await
+    })
+    .await;
+    // Expired within the contract's 2 s of the deadline.
+    assert!(now_ms() - deadline < 4000);
+    let counters = env.engine.store().counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
+    assert_eq!((counters[0].available, counters[0].reserved, counters[0].sold), (15, 0, 5));
+    // A payment after expiry: refund_required, no unit taken again, no second release.
+    let ev = EventId::parse("late").unwrap();
+    let late = env.engine.confirm(&orders[9], &ev, 100, PaymentStatus::Succeeded).await.unwrap();
+    assert_eq!(late, ConfirmOutcome::RefundRequired);
+    assert_eq!(
+        env.engine.release(&orders[9], ReleaseReason::Expired).await.unwrap(),
+        engine::domain::ReleaseOutcome::NotPending(OrderStatus::RefundRequired)
+    );
+    env.wait_for("refund_required in mysql", Duration::from_secs(10), async || {
+        env.db.order(orders[9].as_str()).await.unwrap().unwrap().status == OrderStatus::RefundRequired
+    })
+    .await;
+    let stock = env.db.stock("c").await.unwrap();
+    assert_eq!((stock[0].available, stock[0].reserved, stock[0].sold), (15, 0, 5));
+    assert!(env.consistent(&c).await);
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_three_times_and_a_poison_message() {
+    let env = Env::new().await;
+    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    env.launch("c", 10, 900, 5).await;
+    let event = OrderEvent {
+        order_id: OrderId::generate(&CampaignId::parse("c").unwrap()).to_string(),
+        campaign_id: "c".into(),
+        user_id: "u".into(),
+        status: OrderStatus::PendingPayment,
+        items: vec![common::message::OrderItem { sku_id: "a".into(), quantity: 2, price_cents: 100 }],
+        total_cents: 200,
+        created_ms: now_ms(),
+        expires_ms: now_ms() + 900_000,
+        paid_ms: 0,
+        payment_window_secs: 900,
+        event_ms: now_ms(),
+    };
+    // Wait for the topology.
+    env.wait_for("topology", Duration::from_secs(10), async || {
+        Connection::connect(&env.settings.amqp.url, ConnectionProperties::default()).await.is_ok_and(|_| true)
+            && worker.ctx.metrics.render().contains("flashsale")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.publish_raw(b"{ not an order").await;
+    let body = serde_json::to_vec(&event).unwrap();
+    for _ in 0..3 {
+        env.publish_raw(&body).await;
+    }
+    env.wait_for("one order", Duration::from_secs(10), async || env.db.count_orders("c").await.unwrap() == 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.db.count_orders("c").await.unwrap(), 1);
+    let stock = env.db.stock("c").await.unwrap();
+    assert_eq!((stock[0].available, stock[0].reserved), (8, 2), "moved once");
+    let dead = format!("{}.dead", env.settings.namespace);
+    env.wait_for("poison in the dead-letter queue", Duration::from_secs(10), async || {
+        env.queue_len(&dead).await == 1
+    })
+    .await;
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+fn spawn_worker(settings: &Settings) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sync-worker"))
+        .env("FLASHSALE__NAMESPACE", &settings.namespace)
+        .env("FLASHSALE__MYSQL__URL", &settings.mysql.url)
+        .env("FLASHSALE__WORKER__METRICS_LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__WORKER__RELAY_CLAIM_IDLE_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
+    let env = Env::new().await;
+    let c = env.launch("c", 20_000, 900, 1).await;
+    let mut worker = spawn_worker(&env.settings);
+    let total = 10_000;
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let engine = env.engine.clone();
+            let c = c.clone();
+            tokio::spawn(async move {
+                let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+                let key = IdempotencyKey::parse("k").unwrap();
+                for i in (w..total).step_by(8) {
+                    let user = UserId::parse(&format!("u{i}")).unwrap();
+                    let r = engine.reserve(&c, &user, &key, &lines).await.unwrap();
+                    assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+                }
+            })
+        })
+        .collect();
+    // Kill it once part of the stream is in MySQL.
+    env.wait_for("some orders persisted", Duration::from_secs(30), async || {
+        env.db.count_orders("c").await.unwrap() > 500
+    })
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let at_kill = env.db.count_orders("c").await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut worker = spawn_worker(&env.settings);
+    env.wait_for("all 10,000 orders, consistent", Duration::from_secs(60), async || {
+        env.db.count_orders("c").await.unwrap() == total as i64 && env.consistent(&c).await
+    })
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(at_kill < total as i64, "the kill happened mid-stream ({at_kill} persisted)");
+    let stock = env.db.stock("c").await.unwrap();
+    assert_eq!((stock[0].available, stock[0].reserved), (10_000, 10_000));
+    env.cleanup().await;
+}
