@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Demo campaign driver: standard library only.
+
+Launches a campaign, sends a burst of orders from many buyers (some retrying with the
+same idempotency key), pays some through signed callbacks, cancels some, lets the rest
+expire, then checks the invariants through the operator API and MySQL.
+"""
+import argparse, base64, hashlib, hmac, json, os, subprocess, sys, time, uuid
+import urllib.error, urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+JWT_SECRET = os.environ.get("FLASHSALE__AUTH__JWT_SECRET", "dev-jwt-secret")
+ADMIN_TOKEN = os.environ.get("FLASHSALE__ADMIN__TOKEN", "dev-admin-token")
+WEBHOOK_SECRET = os.environ.get("FLASHSALE__PAYMENTS__WEBHOOK_SECRET", "dev-webhook-secret")
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt(sub: str) -> str:
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"sub": sub, "exp": int(time.time()) + 3600}).encode())
+    sig = hmac.new(JWT_SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def call(method, url, body=None, headers=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", default="http://127.0.0.1:8080")
+    ap.add_argument("--mysql-db", default="flashsale")
+    ap.add_argument("--buyers", type=int, default=1500)
+    ap.add_argument("--stock", type=int, default=300)
+    args = ap.parse_args()
+    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    cid = "demo-" + uuid.uuid4().hex[:8]
+    now = datetime.now(timezone.utc)
+    window = 4
+    launch = {
+        "campaign_id": cid, "name": "Demo flash sale",
+        "starts_at": (now - timedelta(seconds=1)).isoformat().replace("+00:00", "Z"),
+        "ends_at": (now + timedelta(minutes=10)).isoformat().replace("+00:00", "Z"),
+        "per_user_limit": 2, "payment_window_secs": window,
+        "items": [{"sku_id": "phone-128g", "stock": args.stock, "price_cents": 99900},
+                  {"sku_id": "case", "stock": args.stock * 2, "price_cents": 1500}],
+    }
+    status, view = call("POST", f"{args.base}/admin/v1/campaigns", launch, admin)
+    assert status == 201, (status, view)
+    print(f"launched {cid}: {args.stock} phones, {args.stock * 2} cases, payment window {window}s")
+
+    def buy(i):
+        user = f"buyer-{i}"
+        items = [{"sku_id": "phone-128g", "quantity": 1}]
+        if i % 5 == 0:
+            items.append({"sku_id": "case", "quantity": 1})
+        h = {"authorization": f"Bearer {jwt(user)}", "idempotency-key": f"{cid}-{i}"}
+        url = f"{args.base}/api/v1/campaigns/{cid}/orders"
+        first = call("POST", url, {"items": items}, h)
+        retry = call("POST", url, {"items": items}, h) if i % 7 == 0 else None
+        return user, first, retry
+
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(buy, range(args.buyers)))
+    elapsed = time.time() - started
+    outcomes = Counter(r[1][0] for r in results)
+    print(f"{args.buyers} buyers in {elapsed:.2f}s: " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
+    winners = [(u, b) for u, (s, b), _ in results if s == 201]
+    replays_ok = all(r[2][0] == 200 and r[2][1]["order_id"] == r[1][1]["order_id"]
+                     for r in results if r[2] is not None and r[1][0] == 201)
+
+    paid, cancelled = 0, 0
+    for n, (user, order) in enumerate(winners):
+        if n % 10 < 6:
+            body = json.dumps({"event_id": f"evt-{order['order_id']}", "order_id": order["order_id"],
+                               "amount_cents": order["total_cents"], "status": "succeeded"}).encode()
+            t = int(time.time())
+            sig = hmac.new(WEBHOOK_SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+            s, _ = call("POST", f"{args.base}/api/v1/payments/callback", raw=body,
+                        headers={"flashsale-signature": f"t={t},v1={sig}"})
+            paid += s == 200
+        elif n % 10 == 6:
+            s, _ = call("POST", f"{args.base}/api/v1/orders/{order['order_id']}/cancel",
+                        headers={"authorization": f"Bearer {jwt(user)}"})
+            cancelled += s == 200
+    left = len(winners) - paid - cancelled
+    print(f"{len(winners)} orders: {paid} paid, {cancelled} cancelled, {left} left to expire")
+
+    print(f"waiting for expiry ({window}s window) and for MySQL to catch up ...")
+    deadline = time.time() + 60
+    recon = None
+    while time.time() < deadline:
+        time.sleep(1)
+        _, recon = call("GET", f"{args.base}/admin/v1/campaigns/{cid}/reconciliation", headers=admin)
+        _, view = call("GET", f"{args.base}/admin/v1/campaigns/{cid}", headers=admin)
+        reserved = sum(i["reserved"] for i in view["items"])
+        if recon and recon.get("consistent") and reserved == 0:
+            break
+    print(json.dumps(view, indent=2))
+
+    sold_units = sum(i["sold"] for i in view["items"])
+    expected_sold = sum(len(o["items"]) for n, (_, o) in enumerate(winners) if n % 10 < 6)
+    try:
+        mysql_orders = int(subprocess.run(
+            ["mariadb", "-uroot", "-h127.0.0.1", "-N", "-e",
+             f"SELECT COUNT(*) FROM orders WHERE campaign_id = '{cid}'", args.mysql_db],
+            capture_output=True, text=True, check=True).stdout.strip())
+    except Exception as e:  # noqa: BLE001
+        print(f"cannot count MySQL orders: {e}")
+        mysql_orders = -1
+    checks = {
+        "available + reserved + sold = stock_total for every sku":
+            all(i["available"] + i["reserved"] + i["sold"] == i["stock_total"] for i in view["items"]),
+        "no oversell: phones reserved or sold <= stock": winners and len(winners) <= args.stock,
+        "no undersell: demand above stock sold every phone": len(winners) == args.stock or args.buyers * 2 < args.stock,
+        "idempotent retries returned the same order": replays_ok,
+        "only 201, 200 and 409 sold_out/limit answers": set(outcomes) <= {201, 409},
+        "units sold = units paid for": sold_units == expected_sold,
+        "every unpaid order expired and was released (nothing reserved)": all(i["reserved"] == 0 for i in view["items"]),
+        "one MySQL order per 201": mysql_orders == len(winners),
+        "Redis and MySQL reconcile": bool(recon and recon.get("consistent")),
+    }
+    print("\ninvariants:")
+    for name, ok in checks.items():
+        print(f"  [{'ok' if ok else 'FAIL'}] {name}")
+    sys.exit(0 if all(checks.values()) else 1)
+
+
+if __name__ == "__main__":
+    main()
