@@ -53,28 +53,33 @@ pub async fn consume_timers(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<b
             return Err(WorkerError::Broker("timeout consumer ended".into()));
         };
         let d = d?;
-        let order =
-            serde_json::from_slice::<Timer>(&d.data).ok().and_then(|t| OrderId::parse(&t.order_id).ok());
-        let Some(order) = order else {
+        let Ok(timer) = serde_json::from_slice::<Timer>(&d.data) else {
             ctx.metrics.poisoned.inc();
             bounded(limit, "basic.reject", d.acker.reject(BasicRejectOptions { requeue: false })).await?;
             continue;
         };
-        match ctx.engine.release(&order, ReleaseReason::Expired).await {
-            Ok(outcome) => {
-                if outcome == ReleaseOutcome::Released {
-                    ctx.metrics.expired.with_label_values(&["timer"]).inc();
-                }
+        match expire_all(ctx, &timer.order_ids).await {
+            Ok(()) => {
                 bounded(limit, "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
             }
             Err(e) => {
-                tracing::warn!(error = %e, %order, "expiry failed; timer requeued (the sweep also covers it)");
+                tracing::warn!(error = %e, "expiry failed; timer requeued (the sweep also covers it)");
                 pause(Duration::from_millis(500), &mut stop).await;
                 let nack = d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() });
                 bounded(limit, "basic.nack", nack).await?;
             }
         }
     }
+}
+
+async fn expire_all(ctx: &Ctx, ids: &[String]) -> Result<()> {
+    for id in ids {
+        let Ok(order) = OrderId::parse(id) else { continue };
+        if ctx.engine.release(&order, ReleaseReason::Expired).await? == ReleaseOutcome::Released {
+            ctx.metrics.expired.with_label_values(&["timer"]).inc();
+        }
+    }
+    Ok(())
 }
 
 pub async fn sweep_redis(ctx: &Ctx, mut stop: watch::Receiver<bool>) {

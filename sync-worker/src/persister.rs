@@ -30,11 +30,12 @@ use crate::error::{bounded, Result, WorkerError};
 /// Longest pause between two attempts while MySQL is down.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
-/// The body of a payment-timer message.
+/// The body of a payment-timer message: the pending orders of one persisted batch
+/// that share a payment window. Published after every one of them was created, it
+/// dead-letters after the window, so never before any of their deadlines.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Timer {
-    pub order_id: String,
-    pub expires_ms: i64,
+    pub order_ids: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, ch: &Channel, timer_ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
@@ -166,15 +167,19 @@ async fn apply(
     }
 }
 
-/// Publishes a payment timer for every pending order of the batch into the delay
-/// queue of its payment window (redeliveries schedule again: expiry is idempotent).
+/// Publishes one payment timer per payment window for the batch's pending orders
+/// (redeliveries schedule again: expiry is idempotent).
 async fn schedule_timers(ctx: &Ctx, ch: &Channel, events: &[OrderEvent]) -> Result<()> {
     let limit = ctx.broker_timeout();
-    let mut confirms = Vec::new();
+    let mut by_window: std::collections::BTreeMap<u32, Vec<String>> = std::collections::BTreeMap::new();
     for e in events.iter().filter(|e| e.status == OrderStatus::PendingPayment) {
-        let queue = ctx.delay_queues.ensure(ch, &ctx.names, e.payment_window_secs, limit).await?;
-        let body = serde_json::to_vec(&Timer { order_id: e.order_id.clone(), expires_ms: e.expires_ms })
-            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+        by_window.entry(e.payment_window_secs).or_default().push(e.order_id.clone());
+    }
+    let mut confirms = Vec::new();
+    for (window, order_ids) in by_window {
+        let queue = ctx.delay_queues.ensure(ch, &ctx.names, window, limit).await?;
+        let body =
+            serde_json::to_vec(&Timer { order_ids }).map_err(|e| WorkerError::Broker(e.to_string()))?;
         let props = BasicProperties::default().with_delivery_mode(2);
         let confirm = bounded(
             limit,

@@ -1,0 +1,143 @@
+//! Can the sync-worker keep up with a sale? Measures, in one run on this machine:
+//!
+//! 1. the reservation rate: N reservations through the engine, 64 in flight, with the
+//!    worker stopped (the Redis side alone);
+//! 2. the drain rate: the worker started on that backlog, until all N orders are in
+//!    MySQL and reconciliation is consistent (relay → RabbitMQ with confirms →
+//!    persister → MariaDB, payment timers included).
+//!
+//! `drain / reserve >= 1` means a backlog cannot grow during a sale.
+//! Run: `cargo bench -p flashsale-benches --bench pipeline` (`PIPELINE_ORDERS` to size).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use common::config::Settings;
+use common::db::{CampaignItemRow, CampaignRow, Db};
+use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReserveOutcome, SkuId, UserId};
+use engine::engine::now_ms;
+use engine::store::{CampaignLaunch, LaunchItem};
+use engine::Engine;
+
+const IN_FLIGHT: usize = 64;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("pipeline: bench");
+        return;
+    }
+    let orders: usize = std::env::var("PIPELINE_ORDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let mut s = Settings::load(None).expect("settings");
+    s.namespace = format!("pipe{}", std::process::id());
+    let base = s.mysql.url.rsplit_once('/').unwrap().0.to_owned();
+    s.mysql.url = format!("{base}/fs_bench_{}", std::process::id());
+    s.worker.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    s.engine.outbox_max_len = 10_000_000;
+    let db = Db::connect(&s.mysql).await.expect("mysql");
+    let engine = Engine::start(&s).expect("engine");
+    let c = CampaignId::parse("bench").unwrap();
+    let now = now_ms();
+    let stock = orders as u64 * 2;
+    db.insert_campaign(
+        &CampaignRow {
+            campaign_id: "bench".into(),
+            name: "bench".into(),
+            starts_ms: now - 1000,
+            ends_ms: now + 3_600_000,
+            per_user_limit: 1,
+            payment_window_secs: 900,
+            max_orders_per_sec: None,
+            max_user_requests_per_sec: None,
+            items: vec![CampaignItemRow { sku_id: "a".into(), price_cents: 100, stock_total: stock as i64 }],
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    engine
+        .launch(&CampaignLaunch {
+            campaign: c.clone(),
+            starts_ms: now - 1000,
+            ends_ms: now + 3_600_000,
+            per_user_limit: 1,
+            payment_window_secs: 900,
+            max_orders_per_sec: None,
+            max_user_requests_per_sec: None,
+            items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
+        })
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|w| {
+            let (engine, c) = (engine.clone(), c.clone());
+            tokio::spawn(async move {
+                let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+                let key = IdempotencyKey::parse("k").unwrap();
+                for i in (w..orders).step_by(IN_FLIGHT) {
+                    let user = UserId::parse(&format!("u{i}")).unwrap();
+                    let r = engine.reserve(&c, &user, &key, &lines).await.unwrap();
+                    assert!(matches!(r, ReserveOutcome::Reserved(_)));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let reserve_secs = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let worker = sync_worker::app::start(s.clone()).await.expect("worker");
+    loop {
+        if db.count_orders("bench").await.unwrap() == orders as i64 {
+            let rows = db.stock("bench").await.unwrap();
+            if rows[0].reserved == orders as i64 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "drain took over 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_secs = started.elapsed().as_secs_f64();
+    worker.shutdown().await;
+
+    let reserve_rate = orders as f64 / reserve_secs;
+    let drain_rate = orders as f64 / drain_secs;
+    println!("pipeline/orders            {orders}");
+    println!("pipeline/reserve_rate      {reserve_rate:.0} orders/s ({reserve_secs:.2} s, {IN_FLIGHT} in flight, worker stopped)");
+    println!("pipeline/drain_rate        {drain_rate:.0} orders/s ({drain_secs:.2} s: relay + broker + MariaDB + timers)");
+    println!("pipeline/drain_vs_reserve  {:.2}", drain_rate / reserve_rate);
+
+    db.close().await;
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `fs_bench_{}`", std::process::id()))
+            .execute(&mut conn)
+            .await;
+    }
+    cleanup_broker_and_redis(&s).await;
+}
+
+async fn cleanup_broker_and_redis(s: &Settings) {
+    let ns = &s.namespace;
+    if let Ok(conn) = lapin_connect(&s.amqp.url).await {
+        if let Ok(ch) = conn.create_channel().await {
+            for q in ["orders", "dead", "timeouts", "delay.900"] {
+                let _ = ch.queue_delete(format!("{ns}.{q}").as_str().into(), Default::default()).await;
+            }
+        }
+    }
+    let client = redis::Client::open(s.redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.unwrap();
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
+    }
+}
+
+async fn lapin_connect(url: &str) -> lapin::Result<lapin::Connection> {
+    lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
+}
