@@ -154,7 +154,9 @@ pub async fn cleanup_settings(settings: &Settings) {
     let name = settings.mysql.url.rsplit_once('/').unwrap().1.to_owned();
     if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
         let _ = sqlx::query("SET SESSION lock_wait_timeout = 5").execute(&mut c).await;
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
+        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await {
+            eprintln!("cleanup of {name} failed: {e}");
+        }
     }
     let client = redis::Client::open(settings.redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
