@@ -15,6 +15,7 @@ use common::db::Db;
 use engine::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore};
+use tracing::Instrument;
 
 use crate::auth::JwtVerifier;
 use crate::body::MAX_BODY_BYTES;
@@ -129,7 +130,8 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
         Ok(_permit) => {
             state.metrics.in_flight.inc();
             let limit = Duration::from_millis(state.settings.gateway.request_timeout_ms);
-            let res = match tokio::time::timeout(limit, next.run(req)).await {
+            let span = tracing::info_span!("request", method = %method, route = %route);
+            let res = match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
                 Ok(res) => res,
                 Err(_) => AppError::Unavailable(format!("request took over {limit:?}")).into_response(),
             };
