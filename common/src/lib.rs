@@ -1,6 +1,7 @@
 //! What the gateway and the sync-worker share.
 //!
 //! # Layout
+//! - [`cli`]: settings from the command line, the shutdown signal.
 //! - [`config`]: layered settings (embedded `config/default.toml` → file → `FLASHSALE__*`).
 //! - [`telemetry`]: `tracing` subscriber set-up.
 //! - [`message`]: the order event carried from the outbox stream to MySQL.
@@ -8,6 +9,7 @@
 //! - [`reconcile`]: Redis against MySQL, per sku.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod message;

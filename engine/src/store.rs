@@ -97,6 +97,18 @@ pub struct SkuCounters {
     pub price_cents: i64,
 }
 
+impl SkuCounters {
+    /// The Redis side of a reconciliation.
+    pub fn to_redis_stock(&self) -> common::reconcile::RedisStock {
+        common::reconcile::RedisStock {
+            sku_id: self.sku.to_string(),
+            available: self.available as i64,
+            reserved: self.reserved as i64,
+            sold: self.sold as i64,
+        }
+    }
+}
+
 /// A reservation as Redis holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::reconcile::{compare, Reconciliation, RedisStock};
+use common::reconcile::{compare, Reconciliation};
 use engine::domain::CampaignId;
 use tokio::sync::watch;
 
@@ -51,17 +51,8 @@ pub async fn check(ctx: &Ctx, campaign: &CampaignId) -> Result<Option<Reconcilia
     let Some(meta) = store.campaign_meta(campaign).await? else {
         return Ok(None);
     };
-    let redis: Vec<RedisStock> = store
-        .counters(campaign, &meta.skus)
-        .await?
-        .into_iter()
-        .map(|c| RedisStock {
-            sku_id: c.sku.to_string(),
-            available: c.available as i64,
-            reserved: c.reserved as i64,
-            sold: c.sold as i64,
-        })
-        .collect();
+    let counters = store.counters(campaign, &meta.skus).await?;
+    let redis: Vec<_> = counters.iter().map(|c| c.to_redis_stock()).collect();
     let mysql = ctx.db.stock(campaign.as_str()).await?;
     Ok(Some(compare(&redis, &mysql)))
 }

@@ -100,15 +100,7 @@ impl Env {
     async fn consistent(&self, c: &CampaignId) -> bool {
         let meta = self.engine.store().campaign_meta(c).await.unwrap().unwrap();
         let counters = self.engine.store().counters(c, &meta.skus).await.unwrap();
-        let redis: Vec<_> = counters
-            .iter()
-            .map(|c| common::reconcile::RedisStock {
-                sku_id: c.sku.to_string(),
-                available: c.available as i64,
-                reserved: c.reserved as i64,
-                sold: c.sold as i64,
-            })
-            .collect();
+        let redis: Vec<_> = counters.iter().map(|c| c.to_redis_stock()).collect();
         common::reconcile::compare(&redis, &self.db.stock(c.as_str()).await.unwrap()).consistent
     }
 

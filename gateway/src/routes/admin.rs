@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use common::db::{CampaignItemRow, CampaignRow, InsertCampaign};
-use common::reconcile::{compare, Reconciliation, RedisStock};
+use common::reconcile::{compare, Reconciliation};
 use engine::domain::{CampaignId, SkuId};
 use engine::engine::now_ms;
 use engine::store::{CampaignLaunch, CampaignMeta, CampaignTuning, LaunchItem, LaunchOutcome, TuneOutcome};
@@ -287,15 +287,7 @@ pub async fn reconcile(
     meta: &CampaignMeta,
 ) -> Result<Reconciliation, AppError> {
     let counters = state.engine.store().counters(campaign, &meta.skus).await?;
-    let redis: Vec<RedisStock> = counters
-        .iter()
-        .map(|c| RedisStock {
-            sku_id: c.sku.to_string(),
-            available: c.available as i64,
-            reserved: c.reserved as i64,
-            sold: c.sold as i64,
-        })
-        .collect();
+    let redis: Vec<_> = counters.iter().map(|c| c.to_redis_stock()).collect();
     let mysql = state.db.stock(campaign.as_str()).await?;
     Ok(compare(&redis, &mysql))
 }
