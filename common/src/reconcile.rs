@@ -17,7 +17,7 @@ pub struct RedisStock {
     pub sold: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReconciliationItem {
     pub sku_id: String,
     pub redis_available: i64,
@@ -34,7 +34,7 @@ pub struct ReconciliationItem {
     pub drift: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Reconciliation {
     pub consistent: bool,
     pub items: Vec<ReconciliationItem>,

@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/campaigns", post(admin::launch))
         .route("/admin/v1/campaigns/{campaign_id}", get(admin::view).patch(admin::tune))
         .route("/admin/v1/campaigns/{campaign_id}/reconciliation", get(admin::reconciliation))
+        .route("/openapi.json", get(crate::openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { AppError::NotFound })

@@ -10,6 +10,7 @@
 //! - [`error`]: [`error::AppError`], the one error type, mapped to status and code.
 //! - [`limits`]: per-user request rate limits.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`openapi`]: the OpenAPI document, generated from the code.
 //! - [`view`]: response bodies and time formatting.
 #![forbid(unsafe_code)]
 
@@ -19,5 +20,6 @@ pub mod body;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod view;

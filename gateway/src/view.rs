@@ -20,7 +20,7 @@ pub fn parse_time(field: &str, s: &str) -> Result<i64, crate::error::AppError> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReservationView {
     pub order_id: String,
     pub campaign_id: String,
@@ -30,7 +30,7 @@ pub struct ReservationView {
     pub expires_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
     pub order_id: String,
     pub campaign_id: String,
@@ -42,13 +42,13 @@ pub struct OrderView {
     pub paid_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Thresholds {
     pub max_orders_per_sec: Option<u32>,
     pub max_user_requests_per_sec: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignItemView {
     pub sku_id: String,
     pub price_cents: i64,
@@ -58,7 +58,7 @@ pub struct CampaignItemView {
     pub sold: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignView {
     pub campaign_id: String,
     pub name: String,
@@ -69,4 +69,16 @@ pub struct CampaignView {
     pub payment_window_secs: u32,
     pub thresholds: Thresholds,
     pub items: Vec<CampaignItemView>,
+}
+
+/// Every error: `{"error": {"code": "<snake_case>", "message": "..."}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
 }

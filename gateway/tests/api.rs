@@ -359,6 +359,22 @@ async fn bodies_and_unknown_routes_get_contract_errors() {
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
     let (s, v) = decode(env.http.get(env.url(0, "/nowhere")).send().await.unwrap()).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, doc) = decode(env.http.get(env.url(0, "/openapi.json")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    for path in [
+        "/api/v1/campaigns/{campaign_id}/orders",
+        "/api/v1/orders/{order_id}",
+        "/api/v1/orders/{order_id}/cancel",
+        "/api/v1/payments/callback",
+        "/admin/v1/campaigns",
+        "/admin/v1/campaigns/{campaign_id}",
+        "/admin/v1/campaigns/{campaign_id}/reconciliation",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    }
+    assert!(doc["components"]["schemas"]["OrderRequest"].is_object());
     let (s, _) = decode(env.http.get(env.url(0, "/healthz")).send().await.unwrap()).await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = decode(env.http.get(env.url(0, "/readyz")).send().await.unwrap()).await;

@@ -14,7 +14,7 @@ use crate::app::AppState;
 use crate::auth::Operator;
 use crate::body::{double_option, JsonBody};
 use crate::error::AppError;
-use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignView, Thresholds};
+use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignView, ErrorBody, Thresholds};
 
 /// Most skus in one campaign (each is a key of the warm-up script).
 pub const MAX_SKUS: usize = 1000;
@@ -28,7 +28,7 @@ pub const MAX_PER_USER_LIMIT: i64 = 10_000;
 /// Longest campaign name.
 pub const MAX_NAME_CHARS: usize = 200;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchRequest {
     campaign_id: String,
@@ -42,15 +42,15 @@ pub struct LaunchRequest {
     thresholds: Option<ThresholdsRequest>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LaunchItemRequest {
+pub struct LaunchItemRequest {
     sku_id: String,
     stock: i64,
     price_cents: i64,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdsRequest {
     #[serde(default, deserialize_with = "double_option")]
@@ -59,7 +59,7 @@ pub struct ThresholdsRequest {
     max_user_requests_per_sec: Option<Option<u32>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TuneRequest {
     #[serde(default)]
@@ -159,6 +159,8 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
 /// `POST /admin/v1/campaigns`: persisted in MySQL first, then warmed in Redis. A
 /// launch repeated with the same definition after a failure half-way completes it;
 /// any other repeat is `campaign_exists`.
+#[utoipa::path(post, path = "/admin/v1/campaigns", tag = "operator", request_body = LaunchRequest,
+    responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 409, body = ErrorBody, description = "campaign_exists"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn launch(
     State(state): State<AppState>,
     _: Operator,
@@ -229,6 +231,8 @@ async fn campaign_view(state: &AppState, campaign: &CampaignId) -> Result<Campai
 }
 
 /// `GET /admin/v1/campaigns/{id}`: the campaign with live counters from Redis.
+#[utoipa::path(get, path = "/admin/v1/campaigns/{campaign_id}", tag = "operator", params(("campaign_id" = String, Path)),
+    responses((status = 200, body = CampaignView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn view(
     State(state): State<AppState>,
     _: Operator,
@@ -239,6 +243,9 @@ pub async fn view(
 }
 
 /// `PATCH /admin/v1/campaigns/{id}`: takes effect on every gateway within 1 s.
+#[utoipa::path(patch, path = "/admin/v1/campaigns/{campaign_id}", tag = "operator", params(("campaign_id" = String, Path)),
+    request_body = TuneRequest,
+    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn tune(
     State(state): State<AppState>,
     _: Operator,
@@ -272,6 +279,9 @@ pub async fn tune(
 }
 
 /// `GET /admin/v1/campaigns/{id}/reconciliation`
+#[utoipa::path(get, path = "/admin/v1/campaigns/{campaign_id}/reconciliation", tag = "operator",
+    params(("campaign_id" = String, Path)),
+    responses((status = 200, body = Reconciliation), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn reconciliation(
     State(state): State<AppState>,
     _: Operator,

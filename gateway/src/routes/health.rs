@@ -9,11 +9,14 @@ use serde_json::json;
 use crate::app::AppState;
 
 /// `GET /healthz`: the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "running")))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: Redis runs the reservation script, MySQL and RabbitMQ answer.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "every dependency answers"), (status = 503, description = "names what is down")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (redis, mysql, amqp) =
         tokio::join!(state.engine.store().probe(), state.db.ping(), state.amqp.check());

@@ -17,22 +17,28 @@ use crate::app::AppState;
 use crate::auth::Buyer;
 use crate::body::JsonBody;
 use crate::error::AppError;
-use crate::view::{rfc3339, OrderView, ReservationView};
+use crate::view::{rfc3339, ErrorBody, OrderView, ReservationView};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
     items: Vec<LineRequest>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LineRequest {
+pub struct LineRequest {
     sku_id: String,
     quantity: u64,
 }
 
 /// `POST /api/v1/campaigns/{id}/orders`
+#[utoipa::path(post, path = "/api/v1/campaigns/{campaign_id}/orders", tag = "storefront",
+    params(("campaign_id" = String, Path), ("Idempotency-Key" = String, Header, description = "1..=128 of [A-Za-z0-9_.:-]")),
+    request_body = OrderRequest,
+    responses((status = 201, body = ReservationView, description = "reserved"),
+        (status = 200, body = ReservationView, description = "same key, same body: the first answer again"),
+        (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found / sku_not_found"), (status = 409, body = ErrorBody, description = "sold_out / purchase_limit_exceeded / campaign_not_active"), (status = 413, body = ErrorBody, description = "payload_too_large"), (status = 422, body = ErrorBody, description = "idempotency_key_reused"), (status = 429, body = ErrorBody, description = "rate_limited (Retry-After)"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn create(
     State(state): State<AppState>,
     Path(campaign): Path<String>,
@@ -149,6 +155,8 @@ pub async fn load_order(state: &AppState, order_id: &str, owner: &UserId) -> Res
 }
 
 /// `GET /api/v1/orders/{order_id}`
+#[utoipa::path(get, path = "/api/v1/orders/{order_id}", tag = "storefront", params(("order_id" = String, Path)),
+    responses((status = 200, body = OrderView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "order_not_found (also another user's order)"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn get(
     State(state): State<AppState>,
     Path(order_id): Path<String>,
@@ -159,6 +167,8 @@ pub async fn get(
 
 /// `POST /api/v1/orders/{order_id}/cancel`: pending → cancelled, units back at once;
 /// cancelling a cancelled order answers the order again.
+#[utoipa::path(post, path = "/api/v1/orders/{order_id}/cancel", tag = "storefront", params(("order_id" = String, Path)),
+    responses((status = 200, body = OrderView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 409, body = ErrorBody, description = "order_not_cancellable"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(order_id): Path<String>,

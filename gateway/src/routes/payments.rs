@@ -9,24 +9,25 @@ use crate::app::AppState;
 use crate::auth::{verify_signature, SIGNATURE_HEADER};
 use crate::body::{parse, raw_body};
 use crate::error::AppError;
+use crate::view::ErrorBody;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Callback {
+pub struct Callback {
     event_id: String,
     order_id: String,
     amount_cents: i64,
     status: CallbackStatus,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-enum CallbackStatus {
+pub enum CallbackStatus {
     Succeeded,
     Failed,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallbackAnswer {
     event_id: String,
     order_id: String,
@@ -37,6 +38,10 @@ pub struct CallbackAnswer {
 }
 
 /// `POST /api/v1/payments/callback`
+#[utoipa::path(post, path = "/api/v1/payments/callback", tag = "payments",
+    params(("Flashsale-Signature" = String, Header, description = "t=<unix secs>,v1=<hex HMAC-SHA256(secret, \"<t>.<raw body>\")>[,v1=...]")),
+    request_body = Callback,
+    responses((status = 200, body = CallbackAnswer), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "invalid_signature"), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 422, body = ErrorBody, description = "amount_mismatch"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn callback(State(state): State<AppState>, req: Request) -> Result<Json<CallbackAnswer>, AppError> {
     let header = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = raw_body(req, &state).await?;
