@@ -165,10 +165,6 @@ impl Db {
         }
     }
 
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
-    }
-
     /// Closes every pooled connection (after rolling back what is open).
     pub async fn close(&self) {
         self.pool.close().await;

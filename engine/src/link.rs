@@ -23,7 +23,6 @@ pub struct RedisLink {
     slots: Box<[Mutex<Option<Connection>>]>,
     next: AtomicUsize,
     call_timeout: Duration,
-    url: String,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -53,16 +52,7 @@ impl RedisLink {
             .build()
             .map_err(|e| EngineError::Unavailable(format!("redis pool: {e}")))?;
         let slots = (0..connections.max(1)).map(|_| Mutex::new(None)).collect();
-        Ok(Self { pool, slots, next: AtomicUsize::new(0), call_timeout, url: url.to_owned() })
-    }
-
-    /// The URL this link connects to (for the pub/sub listener's own connection).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    pub fn call_timeout(&self) -> Duration {
-        self.call_timeout
+        Ok(Self { pool, slots, next: AtomicUsize::new(0), call_timeout })
     }
 
     /// Runs one Redis exchange on a shared connection, bounded by the call timeout.

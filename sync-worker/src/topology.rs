@@ -53,10 +53,6 @@ impl Names {
     pub fn delay_queue(&self, window_secs: u32) -> String {
         format!("{}.delay.{window_secs}", self.ns)
     }
-
-    pub fn all_queues(&self) -> [&str; 3] {
-        [&self.orders_queue, &self.dead_queue, &self.timeouts_queue]
-    }
 }
 
 fn text(s: &str) -> AMQPValue {
