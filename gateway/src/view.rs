@@ -42,6 +42,36 @@ pub struct OrderView {
     pub paid_at: Option<String>,
 }
 
+impl From<engine::store::OrderRecord> for OrderView {
+    fn from(o: engine::store::OrderRecord) -> Self {
+        Self {
+            campaign_id: o.order_id.campaign().to_string(),
+            order_id: o.order_id.to_string(),
+            status: o.status,
+            items: o.items,
+            total_cents: o.total_cents,
+            created_at: rfc3339(o.created_ms),
+            expires_at: rfc3339(o.expires_ms),
+            paid_at: o.paid_ms.map(rfc3339),
+        }
+    }
+}
+
+impl From<common::db::OrderRow> for OrderView {
+    fn from(o: common::db::OrderRow) -> Self {
+        Self {
+            order_id: o.order_id,
+            campaign_id: o.campaign_id,
+            status: o.status,
+            items: o.items,
+            total_cents: o.total_cents,
+            created_at: rfc3339(o.created_ms),
+            expires_at: rfc3339(o.expires_ms),
+            paid_at: o.paid_ms.map(rfc3339),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Thresholds {
     pub max_orders_per_sec: Option<u32>,

@@ -174,9 +174,10 @@ pub async fn launch(
         InsertCampaign::Exists(_) => return Err(AppError::CampaignExists(id)),
     }
     match state.engine.launch(&launch).await? {
-        LaunchOutcome::Created => {
-            Ok((StatusCode::CREATED, Json(campaign_view(&state, &launch.campaign).await?)))
-        }
+        LaunchOutcome::Created => Ok((StatusCode::CREATED, {
+            let (campaign, meta) = load(&state, launch.campaign.as_str()).await?;
+            Json(campaign_view(&state, &campaign, &meta).await?)
+        })),
         LaunchOutcome::AlreadyExists => Err(AppError::CampaignExists(id)),
     }
 }
@@ -192,8 +193,11 @@ async fn load(state: &AppState, id: &str) -> Result<(CampaignId, CampaignMeta), 
     Ok((campaign, meta))
 }
 
-async fn campaign_view(state: &AppState, campaign: &CampaignId) -> Result<CampaignView, AppError> {
-    let (_, meta) = load(state, campaign.as_str()).await?;
+async fn campaign_view(
+    state: &AppState,
+    campaign: &CampaignId,
+    meta: &CampaignMeta,
+) -> Result<CampaignView, AppError> {
     let counters = state.engine.store().counters(campaign, &meta.skus).await?;
     let name = state.db.campaign(campaign.as_str()).await?.map(|c| c.name).unwrap_or_default();
     let now = now_ms();
@@ -238,8 +242,8 @@ pub async fn view(
     _: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<CampaignView>, AppError> {
-    let (campaign, _) = load(&state, &id).await?;
-    campaign_view(&state, &campaign).await.map(Json)
+    let (campaign, meta) = load(&state, &id).await?;
+    campaign_view(&state, &campaign, &meta).await.map(Json)
 }
 
 /// `PATCH /admin/v1/campaigns/{id}`: takes effect on every gateway within 1 s.
@@ -275,7 +279,8 @@ pub async fn tune(
             tuning.max_user_requests_per_sec,
         )
         .await?;
-    campaign_view(&state, &campaign).await.map(Json)
+    let (campaign, meta) = load(&state, campaign.as_str()).await?;
+    campaign_view(&state, &campaign, &meta).await.map(Json)
 }
 
 /// `GET /admin/v1/campaigns/{id}/reconciliation`

@@ -128,28 +128,10 @@ pub async fn load_order(state: &AppState, order_id: &str, owner: &UserId) -> Res
         if o.user != owner.as_str() {
             return Err(AppError::OrderNotFound);
         }
-        return Ok(OrderView {
-            order_id: o.order_id.to_string(),
-            campaign_id: id.campaign().to_string(),
-            status: o.status,
-            items: o.items,
-            total_cents: o.total_cents,
-            created_at: rfc3339(o.created_ms),
-            expires_at: rfc3339(o.expires_ms),
-            paid_at: o.paid_ms.map(rfc3339),
-        });
+        return Ok(o.into());
     }
     match state.db.order(id.as_str()).await? {
-        Some(o) if o.user_id == owner.as_str() => Ok(OrderView {
-            order_id: o.order_id,
-            campaign_id: o.campaign_id,
-            status: o.status,
-            items: o.items,
-            total_cents: o.total_cents,
-            created_at: rfc3339(o.created_ms),
-            expires_at: rfc3339(o.expires_ms),
-            paid_at: o.paid_ms.map(rfc3339),
-        }),
+        Some(o) if o.user_id == owner.as_str() => Ok(o.into()),
         _ => Err(AppError::OrderNotFound),
     }
 }
