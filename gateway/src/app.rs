@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use common::config::Settings;
 use common::db::Db;
+use common::http::serve_until_stopped;
 use engine::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore};
@@ -174,26 +175,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let metrics_addr = metrics_listener.local_addr()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
-    let app = router(state.clone());
-    let mut rx = stopped.clone();
-    let api = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "public listener failed");
-        }
-    });
+    let api = serve_until_stopped("public", listener, router(state.clone()), stopped.clone());
     let metrics_app = Router::new().route("/metrics", get(health::metrics)).with_state(state.clone());
-    let mut rx = stopped.clone();
-    let metrics = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    });
+    let metrics = serve_until_stopped("metrics", metrics_listener, metrics_app, stopped.clone());
     let pruner_state = state.clone();
     let mut rx = stopped;
     let pruner = tokio::spawn(async move {

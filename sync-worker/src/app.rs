@@ -65,15 +65,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .route("/metrics", get(|State(c): State<Arc<Ctx>>| async move { c.metrics.render() }))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Arc::clone(&ctx));
-    let mut rx = stopped.clone();
-    tasks.push(tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    }));
+    tasks.push(common::http::serve_until_stopped("metrics", listener, app, stopped.clone()));
     let (c, rx) = (Arc::clone(&ctx), stopped.clone());
     tasks.push(tokio::spawn(async move { broker_loop(&c, rx).await }));
     let (c, rx) = (Arc::clone(&ctx), stopped.clone());
