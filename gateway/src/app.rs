@@ -121,11 +121,10 @@ pub fn router(state: AppState) -> Router {
 /// Bounds in-flight work (past `gateway.max_in_flight`: 503 at once, never a queue)
 /// and each request's time (`gateway.request_timeout_ms`: 503), and records metrics.
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    // MatchedPath is shared (Arc), Method is cheap: no per-request string copies.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = req.method().clone();
     let started = Instant::now();
     let response = match Arc::clone(&state.in_flight).try_acquire_owned() {
         Err(_) => AppError::Unavailable("too many requests in flight".into()).into_response(),
@@ -141,9 +140,9 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
             res
         }
     };
-    let status = response.status().as_u16().to_string();
-    state.metrics.http_requests.with_label_values(&[route.as_str(), method.as_str(), status.as_str()]).inc();
-    state.metrics.http_latency.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
+    let status = response.status();
+    state.metrics.http_requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
+    state.metrics.http_latency.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
     response
 }
 
