@@ -43,6 +43,8 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("a dependency is unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -64,6 +66,7 @@ impl AppError {
             IdempotencyKeyReused | AmountMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,6 +91,7 @@ impl AppError {
             RateLimited { .. } => "rate_limited",
             PayloadTooLarge => "payload_too_large",
             NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
         }

@@ -359,6 +359,9 @@ async fn bodies_and_unknown_routes_get_contract_errors() {
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
     let (s, v) = decode(env.http.get(env.url(0, "/nowhere")).send().await.unwrap()).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, v) =
+        decode(env.http.delete(env.url(0, "/api/v1/campaigns/c/orders")).send().await.unwrap()).await;
+    assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     let (s, doc) = decode(env.http.get(env.url(0, "/openapi.json")).send().await.unwrap()).await;
     assert_eq!(s, StatusCode::OK);
     for path in [
