@@ -269,17 +269,17 @@ impl StockStore {
     #[tracing::instrument(level = "debug", skip_all, fields(order = %order_id))]
     pub async fn release(&self, order_id: &OrderId, reason: ReleaseReason) -> Result<ReleaseReply> {
         let campaign = order_id.campaign();
-        let Some((user, items)) = self.order_owner_and_items(order_id).await? else {
+        let Some((user, skus)) = self.order_owner_and_skus(order_id).await? else {
             return Ok(ReleaseReply { outcome: ReleaseOutcome::NotFound, restocked: Vec::new() });
         };
         let k = &self.keys;
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(k.order(order_id))
-            .key(format!("{}user:{}", k.prefix(&campaign), user))
+            .key(k.user(&campaign, &user))
             .key(k.outbox(&campaign))
             .key(k.pending(&campaign));
-        for item in &items {
-            inv.key(format!("{}stock:{}", k.prefix(&campaign), item.sku_id));
+        for sku in &skus {
+            inv.key(k.stock(&campaign, sku));
         }
         inv.arg(campaign.as_str())
             .arg(order_id.as_str())
@@ -309,7 +309,7 @@ impl StockStore {
         status: PaymentStatus,
     ) -> Result<ConfirmOutcome> {
         let campaign = order_id.campaign();
-        let Some((_, items)) = self.order_owner_and_items(order_id).await? else {
+        let Some((_, skus)) = self.order_owner_and_skus(order_id).await? else {
             return Ok(ConfirmOutcome::NotFound);
         };
         let k = &self.keys;
@@ -318,8 +318,8 @@ impl StockStore {
             .key(k.outbox(&campaign))
             .key(k.pending(&campaign))
             .key(k.payment_event(&campaign, event));
-        for item in &items {
-            inv.key(format!("{}stock:{}", k.prefix(&campaign), item.sku_id));
+        for sku in &skus {
+            inv.key(k.stock(&campaign, sku));
         }
         let status = match status {
             PaymentStatus::Succeeded => "succeeded",
@@ -514,21 +514,19 @@ impl StockStore {
     /// Runs the reservation script itself against a campaign that cannot exist: proves
     /// Redis answers and the script runs (readiness).
     pub async fn probe(&self) -> Result<()> {
-        let mut inv = self.scripts.reserve.prepare_invoke();
-        let probe = format!("{}:{{c:readiness-probe}}:", self.keys.namespace());
-        for part in ["meta", "user", "idem", "order", "outbox", "pending", "buyers", "rate", "stock:p"] {
-            inv.key(format!("{probe}{part}"));
-        }
-        inv.arg("readiness.probe").arg("-").arg("-").arg("-").arg(1).arg(1).arg("-").arg("p").arg(1);
-        let r = self.eval(inv).await?;
-        match r.tag()? {
-            "campaign_not_found" => Ok(()),
-            other => Err(EngineError::Protocol(format!("probe: {other}"))),
+        let campaign = CampaignId::parse(PROBE_CAMPAIGN).map_err(protocol)?;
+        let user = UserId::parse("readiness").map_err(protocol)?;
+        let key = IdempotencyKey::parse("readiness").map_err(protocol)?;
+        let lines = OrderLines::parse(vec![("probe".to_owned(), 1)]).map_err(protocol)?;
+        let reply = self.reserve(&campaign, &OrderId::generate(&campaign), &user, &key, &lines).await?;
+        match reply.outcome {
+            ReserveOutcome::CampaignNotFound => Ok(()),
+            other => Err(EngineError::Protocol(format!("probe: {other:?}"))),
         }
     }
 
-    /// The order's owner and lines: the keys a release or confirmation must name.
-    async fn order_owner_and_items(&self, order_id: &OrderId) -> Result<Option<(String, Vec<OrderItem>)>> {
+    /// The order's owner and skus: the keys a release or confirmation must name.
+    async fn order_owner_and_skus(&self, order_id: &OrderId) -> Result<Option<(UserId, Vec<SkuId>)>> {
         let key = self.keys.order(order_id);
         let (user, items): (Option<String>, Option<String>) = self
             .link
@@ -537,11 +535,23 @@ impl StockStore {
             })
             .await?;
         match (user, items) {
-            (Some(user), Some(items)) => Ok(Some((user, parse_items(&items)?))),
+            (Some(user), Some(items)) => {
+                let user = UserId::parse(&user).map_err(protocol)?;
+                let skus = parse_items(&items)?
+                    .iter()
+                    .map(|i| SkuId::parse(&i.sku_id).map_err(protocol))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Some((user, skus)))
+            }
             _ => Ok(None),
         }
     }
 }
+
+/// The campaign the readiness probe reserves from: a reserved id the operator API
+/// refuses to launch, so the probe always ends at `campaign_not_found` and writes
+/// nothing. It only proves that Redis runs the reservation script.
+pub const PROBE_CAMPAIGN: &str = "readiness-probe-never-launched";
 
 fn threshold_arg(v: Option<u32>) -> String {
     v.map(|n| n.to_string()).unwrap_or_default()

@@ -43,6 +43,11 @@ async fn launch_validates_and_refuses_duplicates() {
     u["is_admin"] = json!(true);
     bad.push(u);
     bad.push(campaign("bad id", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1));
+    bad.push(campaign(
+        engine::store::PROBE_CAMPAIGN,
+        json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]),
+        1,
+    ));
     for body in bad {
         let (s, v) = env.launch(body.clone()).await;
         assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");

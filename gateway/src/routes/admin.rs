@@ -90,6 +90,9 @@ fn check_threshold(name: &str, v: Option<Option<u32>>) -> Result<Option<Option<u
 
 fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), AppError> {
     let campaign = CampaignId::parse(&r.campaign_id)?;
+    if campaign.as_str() == engine::store::PROBE_CAMPAIGN {
+        return Err(invalid(format!("campaign_id {campaign} is reserved")));
+    }
     let name_chars = r.name.chars().count();
     if name_chars == 0 || name_chars > MAX_NAME_CHARS || r.name.chars().any(char::is_control) {
         return Err(invalid(format!("name must be 1..={MAX_NAME_CHARS} characters")));
