@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use common::config::Settings;
-use common::db::{CampaignItemRow, CampaignRow, Db};
+use common::db::Db;
 use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReserveOutcome, SkuId, UserId};
 use engine::engine::now_ms;
 use engine::store::{CampaignLaunch, LaunchItem};
@@ -39,35 +39,18 @@ async fn main() {
     let c = CampaignId::parse("bench").unwrap();
     let now = now_ms();
     let stock = orders as u64 * 2;
-    db.insert_campaign(
-        &CampaignRow {
-            campaign_id: "bench".into(),
-            name: "bench".into(),
-            starts_ms: now - 1000,
-            ends_ms: now + 3_600_000,
-            per_user_limit: 1,
-            payment_window_secs: 900,
-            max_orders_per_sec: None,
-            max_user_requests_per_sec: None,
-            items: vec![CampaignItemRow { sku_id: "a".into(), price_cents: 100, stock_total: stock as i64 }],
-        },
-        now,
-    )
-    .await
-    .unwrap();
-    engine
-        .launch(&CampaignLaunch {
-            campaign: c.clone(),
-            starts_ms: now - 1000,
-            ends_ms: now + 3_600_000,
-            per_user_limit: 1,
-            payment_window_secs: 900,
-            max_orders_per_sec: None,
-            max_user_requests_per_sec: None,
-            items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
-        })
-        .await
-        .unwrap();
+    let spec = CampaignLaunch {
+        campaign: c.clone(),
+        starts_ms: now - 1000,
+        ends_ms: now + 3_600_000,
+        per_user_limit: 1,
+        payment_window_secs: 900,
+        max_orders_per_sec: None,
+        max_user_requests_per_sec: None,
+        items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
+    };
+    db.insert_campaign(&spec.to_row("bench"), now).await.unwrap();
+    engine.launch(&spec).await.unwrap();
 
     let started = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)

@@ -56,6 +56,34 @@ pub struct CampaignLaunch {
     pub items: Vec<LaunchItem>,
 }
 
+impl CampaignLaunch {
+    /// The same campaign as MySQL stores it (items in sku order, as MySQL reads them
+    /// back), so a repeated launch can be compared with what is stored.
+    pub fn to_row(&self, name: &str) -> common::db::CampaignRow {
+        let mut items: Vec<common::db::CampaignItemRow> = self
+            .items
+            .iter()
+            .map(|i| common::db::CampaignItemRow {
+                sku_id: i.sku.to_string(),
+                price_cents: i.price_cents,
+                stock_total: i.stock as i64,
+            })
+            .collect();
+        items.sort_by(|a, b| a.sku_id.cmp(&b.sku_id));
+        common::db::CampaignRow {
+            campaign_id: self.campaign.to_string(),
+            name: name.to_owned(),
+            starts_ms: self.starts_ms,
+            ends_ms: self.ends_ms,
+            per_user_limit: self.per_user_limit as i64,
+            payment_window_secs: self.payment_window_secs,
+            max_orders_per_sec: self.max_orders_per_sec,
+            max_user_requests_per_sec: self.max_user_requests_per_sec,
+            items,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LaunchItem {
     pub sku: SkuId,

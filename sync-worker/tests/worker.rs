@@ -46,22 +46,6 @@ impl Env {
     /// Launches in MySQL and Redis, as the operator API does.
     async fn launch(&self, id: &str, stock: u64, window_secs: u32, limit: u64) -> CampaignId {
         let now = now_ms();
-        let row = common::db::CampaignRow {
-            campaign_id: id.into(),
-            name: "t".into(),
-            starts_ms: now - 1000,
-            ends_ms: now + 3_600_000,
-            per_user_limit: limit as i64,
-            payment_window_secs: window_secs,
-            max_orders_per_sec: None,
-            max_user_requests_per_sec: None,
-            items: vec![common::db::CampaignItemRow {
-                sku_id: "a".into(),
-                price_cents: 100,
-                stock_total: stock as i64,
-            }],
-        };
-        self.db.insert_campaign(&row, now).await.unwrap();
         let spec = CampaignLaunch {
             campaign: CampaignId::parse(id).unwrap(),
             starts_ms: now - 1000,
@@ -72,6 +56,7 @@ impl Env {
             max_user_requests_per_sec: None,
             items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
         };
+        self.db.insert_campaign(&spec.to_row("t"), now).await.unwrap();
         self.engine.launch(&spec).await.unwrap();
         spec.campaign
     }

@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use common::db::{CampaignItemRow, CampaignRow, InsertCampaign};
+use common::db::{CampaignRow, InsertCampaign};
 use common::reconcile::{compare, Reconciliation};
 use engine::domain::{CampaignId, SkuId};
 use engine::engine::now_ms;
@@ -126,26 +126,6 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
     let t = r.thresholds.unwrap_or_default();
     let max_orders = check_threshold("max_orders_per_sec", t.max_orders_per_sec)?.flatten();
     let max_user = check_threshold("max_user_requests_per_sec", t.max_user_requests_per_sec)?.flatten();
-    let mut row_items: Vec<CampaignItemRow> = items
-        .iter()
-        .map(|i| CampaignItemRow {
-            sku_id: i.sku.to_string(),
-            price_cents: i.price_cents,
-            stock_total: i.stock as i64,
-        })
-        .collect();
-    row_items.sort_by(|a, b| a.sku_id.cmp(&b.sku_id));
-    let row = CampaignRow {
-        campaign_id: campaign.to_string(),
-        name: r.name,
-        starts_ms,
-        ends_ms,
-        per_user_limit: per_user_limit as i64,
-        payment_window_secs: r.payment_window_secs as u32,
-        max_orders_per_sec: max_orders,
-        max_user_requests_per_sec: max_user,
-        items: row_items,
-    };
     let launch = CampaignLaunch {
         campaign,
         starts_ms,
@@ -156,6 +136,7 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
         max_user_requests_per_sec: max_user,
         items,
     };
+    let row = launch.to_row(&r.name);
     Ok((launch, row))
 }
 
