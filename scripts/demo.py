@@ -5,37 +5,12 @@ Launches a campaign, sends a burst of orders from many buyers (some retrying wit
 same idempotency key), pays some through signed callbacks, cancels some, lets the rest
 expire, then checks the invariants through the operator API and MySQL.
 """
-import argparse, base64, hashlib, hmac, json, os, subprocess, sys, time, uuid
-import urllib.error, urllib.request
+import argparse, json, os, sys, time, uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
 
-JWT_SECRET = os.environ.get("FLASHSALE__AUTH__JWT_SECRET", "dev-jwt-secret")
-ADMIN_TOKEN = os.environ.get("FLASHSALE__ADMIN__TOKEN", "dev-admin-token")
-WEBHOOK_SECRET = os.environ.get("FLASHSALE__PAYMENTS__WEBHOOK_SECRET", "dev-webhook-secret")
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def jwt(sub: str) -> str:
-    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps({"sub": sub, "exp": int(time.time()) + 3600}).encode())
-    sig = hmac.new(JWT_SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64(sig)}"
-
-
-def call(method, url, body=None, headers=None, raw=None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fsclient import ADMIN, call, jwt, rfc3339, signature, sql  # noqa: E402
 
 
 def main():
@@ -45,14 +20,13 @@ def main():
     ap.add_argument("--buyers", type=int, default=1500)
     ap.add_argument("--stock", type=int, default=300)
     args = ap.parse_args()
-    admin = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    admin = ADMIN
     cid = "demo-" + uuid.uuid4().hex[:8]
-    now = datetime.now(timezone.utc)
     window = 4
     launch = {
         "campaign_id": cid, "name": "Demo flash sale",
-        "starts_at": (now - timedelta(seconds=1)).isoformat().replace("+00:00", "Z"),
-        "ends_at": (now + timedelta(minutes=10)).isoformat().replace("+00:00", "Z"),
+        "starts_at": rfc3339(-1),
+        "ends_at": rfc3339(600),
         "per_user_limit": 2, "payment_window_secs": window,
         "items": [{"sku_id": "phone-128g", "stock": args.stock, "price_cents": 99900},
                   {"sku_id": "case", "stock": args.stock * 2, "price_cents": 1500}],
@@ -87,10 +61,8 @@ def main():
         if n % 10 < 6:
             body = json.dumps({"event_id": f"evt-{order['order_id']}", "order_id": order["order_id"],
                                "amount_cents": order["total_cents"], "status": "succeeded"}).encode()
-            t = int(time.time())
-            sig = hmac.new(WEBHOOK_SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
             s, _ = call("POST", f"{args.base}/api/v1/payments/callback", raw=body,
-                        headers={"flashsale-signature": f"t={t},v1={sig}"})
+                        headers={"flashsale-signature": signature(body)})
             paid += s == 200
         elif n % 10 == 6:
             s, _ = call("POST", f"{args.base}/api/v1/orders/{order['order_id']}/cancel",
@@ -114,10 +86,7 @@ def main():
     sold_units = sum(i["sold"] for i in view["items"])
     expected_sold = sum(len(o["items"]) for n, (_, o) in enumerate(winners) if n % 10 < 6)
     try:
-        mysql_orders = int(subprocess.run(
-            ["mariadb", "-uroot", "-h127.0.0.1", "-N", "-e",
-             f"SELECT COUNT(*) FROM orders WHERE campaign_id = '{cid}'", args.mysql_db],
-            capture_output=True, text=True, check=True).stdout.strip())
+        mysql_orders = int(sql(args.mysql_db, f"SELECT COUNT(*) FROM orders WHERE campaign_id = '{cid}'")[0][0])
     except Exception as e:  # noqa: BLE001
         print(f"cannot count MySQL orders: {e}")
         mysql_orders = -1

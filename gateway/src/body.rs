@@ -23,6 +23,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The raw body, within the size limit (too large → 413), for handlers that parse it
+/// themselves.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        raw_body(req, state).await.map(RawBody)
+    }
+}
+
 /// The raw body, within the size limit.
 pub async fn raw_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppError> {
     Bytes::from_request(req, state).await.map_err(|rejection| {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::auth::Buyer;
-use crate::body::JsonBody;
+use crate::body::RawBody;
 use crate::error::AppError;
 use crate::view::{rfc3339, ErrorBody, OrderView, ReservationView};
 
@@ -44,17 +44,9 @@ pub async fn create(
     Path(campaign): Path<String>,
     Buyer(user): Buyer,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<OrderRequest>,
+    RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
-    let key = headers
-        .get("idempotency-key")
-        .ok_or_else(|| AppError::InvalidRequest("Idempotency-Key header is required".into()))?
-        .to_str()
-        .map_err(|_| AppError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
-    let key = IdempotencyKey::parse(key)?;
-    let lines = OrderLines::parse(body.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())?;
-    // An id outside the alphabet cannot name a campaign.
-    let campaign = CampaignId::parse(&campaign).map_err(|_| AppError::CampaignNotFound(campaign.clone()))?;
+    let ParsedOrder { campaign, key, lines } = parse_order(campaign, &headers, &body)?;
     check_user_rate(&state, &campaign, &user).await?;
 
     let started = Instant::now();
@@ -83,6 +75,30 @@ pub async fn create(
             Err(AppError::RateLimited { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) })
         }
     }
+}
+
+/// An order request checked against the contract, before anything is reserved.
+#[derive(Debug)]
+pub struct ParsedOrder {
+    pub campaign: CampaignId,
+    pub key: IdempotencyKey,
+    pub lines: OrderLines,
+}
+
+/// Validates an order request's path id, `Idempotency-Key` header and JSON body (the
+/// body within the size limit already): 400 `invalid_request`, or 404 for a campaign id
+/// outside the alphabet (it cannot name a campaign).
+pub fn parse_order(campaign: String, headers: &HeaderMap, body: &[u8]) -> Result<ParsedOrder, AppError> {
+    let key = headers
+        .get("idempotency-key")
+        .ok_or_else(|| AppError::InvalidRequest("Idempotency-Key header is required".into()))?
+        .to_str()
+        .map_err(|_| AppError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
+    let key = IdempotencyKey::parse(key)?;
+    let body: OrderRequest = crate::body::parse(body)?;
+    let lines = OrderLines::parse(body.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())?;
+    let campaign = CampaignId::parse(&campaign).map_err(|_| AppError::CampaignNotFound(campaign))?;
+    Ok(ParsedOrder { campaign, key, lines })
 }
 
 async fn check_user_rate(state: &AppState, campaign: &CampaignId, user: &UserId) -> Result<(), AppError> {

@@ -1,0 +1,69 @@
+//! Criterion benches of what the gateway does to an order request before the engine
+//! sees it (no I/O):
+//!
+//! - `request/jwt_verify`: the storefront token (HS256 signature, `exp`, `sub`);
+//! - `request/parse_order_1_line`, `request/parse_order_16_lines`: path id,
+//!   `Idempotency-Key` and JSON body checked against the contract (`parse_order`);
+//! - `request/reject_unknown_field`: a body the contract refuses (400), to show that a
+//!   hostile body costs no more than a good one.
+//!
+//! Run: `cargo bench -p flashsale-benches --bench request`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use criterion::{criterion_group, criterion_main, Criterion};
+use gateway::auth::JwtVerifier;
+use gateway::routes::orders::parse_order;
+
+fn token(secret: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims { sub: "user-123456", exp },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn body(lines: usize) -> Vec<u8> {
+    let items: Vec<String> =
+        (0..lines).map(|i| format!(r#"{{"sku_id":"sku-{i:04}","quantity":{}}}"#, 1 + i % 3)).collect();
+    format!(r#"{{"items":[{}]}}"#, items.join(",")).into_bytes()
+}
+
+fn benches(c: &mut Criterion) {
+    let verifier = JwtVerifier::new("bench-secret", 60);
+    let jwt = token("bench-secret");
+    let mut headers = HeaderMap::new();
+    headers.insert("idempotency-key", HeaderValue::from_static("order-2027-03-01:abc.123"));
+    let (one, sixteen) = (body(1), body(16));
+    let hostile = br#"{"items":[{"sku_id":"a","quantity":1}],"price_cents":0}"#;
+
+    let mut g = c.benchmark_group("request");
+    g.bench_function("jwt_verify", |b| b.iter(|| verifier.verify(black_box(&jwt)).unwrap()));
+    g.bench_function("parse_order_1_line", |b| {
+        b.iter(|| parse_order(black_box("spring-sale".to_owned()), &headers, black_box(&one)).unwrap())
+    });
+    g.bench_function("parse_order_16_lines", |b| {
+        b.iter(|| parse_order(black_box("spring-sale".to_owned()), &headers, black_box(&sixteen)).unwrap())
+    });
+    g.bench_function("reject_unknown_field", |b| {
+        b.iter(|| parse_order(black_box("spring-sale".to_owned()), &headers, black_box(hostile)).unwrap_err())
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = request_benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = benches
+}
+criterion_main!(request_benches);

