@@ -431,7 +431,7 @@ def run_ratios(p, out, stack):
             ("reserve_worker_paused", GATEWAY, stocked, True)]
     for label, addr, cid, pause in plan:
         env = dict(BASE=f"http://{addr}", CAMPAIGN=cid, SKUS="sku0", TOKENS=tok, VUS=p["vus"],
-                   DURATION=p["duration"], LOG_ORDERS=0)
+                   DURATION=p["duration"], LOG_ORDERS=0, RUN=label)
         if pause:
             drain(stocked, rates["reserve"]["orders_created"], watch, 0)
             stack.signal("sync-worker", signal.SIGSTOP)

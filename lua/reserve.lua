@@ -5,9 +5,12 @@
 -- ARGV: 1 campaign, 2 order_id, 3 user_id, 4 fingerprint, 5 idempotency ttl secs,
 --       6 outbox max length, 7 events channel, then (sku, qty) pairs
 -- Replies (first element is the outcome):
---   {'reserved'|'replay', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}}
+--   {'reserved'|'replay', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
 --   {'reused'} {'campaign_not_found'} {'not_active'} {'sku_not_found', sku}
---   {'sold_out', sku, gen, available} {'limit_exceeded', held, limit} {'backlog_full', len}
+--   {'sold_out', sku, gen, available, buyers}
+-- `buyers` (the buyer set's size) comes with every reply that can flag a sku sold out:
+-- a gateway trusts that flag only once it has heard of that many buyers, so a
+-- buyer's retry is never answered sold_out before their notice has arrived. {'limit_exceeded', held, limit} {'backlog_full', len}
 --   {'rate_limited', retry_after_ms}
 -- Every condition is checked before the first write.
 
@@ -50,7 +53,7 @@ for i = 1, n do
 end
 for i = 1, n do
   if lines[i].avail < lines[i].qty then
-    return { 'sold_out', lines[i].sku, lines[i].gen, int(lines[i].avail) }
+    return { 'sold_out', lines[i].sku, lines[i].gen, int(lines[i].avail), redis.call('SCARD', KEYS[7]) }
   end
 end
 
@@ -120,4 +123,4 @@ if redis.call('SADD', KEYS[7], user_id) == 1 then
   redis.call('PUBLISH', channel, 'buyer ' .. campaign .. ' ' .. user_id)
 end
 emit(KEYS[5], campaign, order_id, KEYS[4], now)
-return { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied }
+return { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied, redis.call('SCARD', KEYS[7]) }

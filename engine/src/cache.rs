@@ -79,6 +79,9 @@ pub struct CampaignEntry {
     pub meta: Arc<CampaignMeta>,
     flags: Arc<HashMap<SkuId, SoldOutFlag>>,
     buyers: Arc<DashSet<String>>,
+    /// Buyers Redis had when it last flagged a sku here: until this process has heard
+    /// of as many, a buyer may be missing and no flag is trusted.
+    buyers_required: Arc<AtomicU64>,
 }
 
 impl CampaignEntry {
@@ -167,11 +170,12 @@ impl LocalCache {
             Some(old) if old.meta.skus == meta.skus => Arc::clone(&old.flags),
             _ => Arc::new(meta.skus.iter().map(|s| (s.clone(), SoldOutFlag::default())).collect()),
         };
+        let buyers_required = old.as_ref().map_or_else(Arc::default, |o| Arc::clone(&o.buyers_required));
         let buyers = old.map_or_else(|| Arc::new(DashSet::new()), |o| Arc::clone(&o.buyers));
         for b in loaded_buyers.into_iter().flatten() {
             buyers.insert(b);
         }
-        let entry = Arc::new(CampaignEntry { meta: Arc::new(meta), flags, buyers });
+        let entry = Arc::new(CampaignEntry { meta: Arc::new(meta), flags, buyers, buyers_required });
         self.campaigns.insert(campaign.clone(), entry);
     }
 
@@ -196,7 +200,9 @@ impl LocalCache {
     }
 
     pub fn is_sold_out(&self, entry: &CampaignEntry, sku: &SkuId) -> bool {
-        self.is_live() && entry.flags.get(sku).is_some_and(|f| f.is_set(self.now(), self.sold_out_ttl_ms))
+        self.is_live()
+            && entry.flags.get(sku).is_some_and(|f| f.is_set(self.now(), self.sold_out_ttl_ms))
+            && entry.buyers.len() as u64 >= entry.buyers_required.load(Ordering::Relaxed)
     }
 
     pub fn add_buyer(&self, campaign: &str, user: &str) {
@@ -207,8 +213,10 @@ impl LocalCache {
         }
     }
 
-    pub fn mark_sold_out(&self, campaign: &str, sku: &SkuId, gen: u64) {
+    /// Flags `sku` sold out as of generation `gen`, seen when the campaign had `buyers`.
+    pub fn mark_sold_out(&self, campaign: &str, sku: &SkuId, gen: u64, buyers: u64) {
         if let Some(e) = self.campaigns.get(campaign) {
+            e.buyers_required.fetch_max(buyers, Ordering::Relaxed);
             if let Some(f) = e.flags.get(sku) {
                 f.mark(gen, self.now());
             }
@@ -264,16 +272,35 @@ mod tests {
         let c = CampaignId::parse("c").unwrap();
         let sku = SkuId::parse("a").unwrap();
         cache.put(&c, Some(meta(&["a"])), None);
-        cache.mark_sold_out("c", &sku, 0);
+        cache.mark_sold_out("c", &sku, 0, 0);
         assert!(cache.is_sold_out(&entry(&cache), &sku));
         cache.restock("c", &sku, 1);
         assert!(!cache.is_sold_out(&entry(&cache), &sku));
         // A sold-out answer seen before the restock arrives late: ignored.
-        cache.mark_sold_out("c", &sku, 0);
+        cache.mark_sold_out("c", &sku, 0, 0);
         assert!(!cache.is_sold_out(&entry(&cache), &sku));
         // A sold-out answer after the restock counts.
-        cache.mark_sold_out("c", &sku, 1);
+        cache.mark_sold_out("c", &sku, 1, 0);
         assert!(cache.is_sold_out(&entry(&cache), &sku));
+    }
+
+    #[test]
+    fn a_flag_waits_for_the_buyers_redis_had_when_it_was_set() {
+        let cache = LocalCache::new(Duration::from_secs(1), Duration::from_secs(1));
+        cache.set_live(true);
+        let c = CampaignId::parse("c").unwrap();
+        let sku = SkuId::parse("a").unwrap();
+        cache.put(&c, Some(meta(&["a"])), None);
+        cache.add_buyer("c", "u1");
+        // Redis had two buyers; the notice of the second has not arrived here yet.
+        cache.mark_sold_out("c", &sku, 0, 2);
+        assert!(!cache.is_sold_out(&entry(&cache), &sku), "u2 could be a buyer retrying");
+        cache.add_buyer("c", "u2");
+        assert!(cache.is_sold_out(&entry(&cache), &sku));
+        // A reload keeps what is required.
+        cache.put(&c, Some(meta(&["a"])), None);
+        cache.mark_sold_out("c", &sku, 0, 3);
+        assert!(!cache.is_sold_out(&entry(&cache), &sku));
     }
 
     #[test]
@@ -298,7 +325,7 @@ mod tests {
         let c = CampaignId::parse("c").unwrap();
         let sku = SkuId::parse("a").unwrap();
         cache.put(&c, Some(meta(&["a"])), None);
-        cache.mark_sold_out("c", &sku, 0);
+        cache.mark_sold_out("c", &sku, 0, 0);
         assert!(cache.is_sold_out(&entry(&cache), &sku));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!cache.is_sold_out(&entry(&cache), &sku));
@@ -311,12 +338,12 @@ mod tests {
         let c = CampaignId::parse("c").unwrap();
         let sku = SkuId::parse("a").unwrap();
         cache.put(&c, Some(meta(&["a"])), None);
-        cache.mark_sold_out("c", &sku, 0);
+        cache.mark_sold_out("c", &sku, 0, 0);
         cache.put(&c, Some(meta(&["a"])), None);
         assert!(cache.is_sold_out(&entry(&cache), &sku));
         cache.forget_sold_out();
         assert!(!cache.is_sold_out(&entry(&cache), &sku));
-        cache.mark_sold_out("c", &sku, 0);
+        cache.mark_sold_out("c", &sku, 0, 0);
         cache.set_live(false);
         assert!(!cache.is_sold_out(&entry(&cache), &sku), "flags are not trusted while notices are down");
 

@@ -142,11 +142,11 @@ impl Engine {
         inner.sent_to_redis.fetch_add(1, Ordering::Relaxed);
         let order_id = OrderId::generate(campaign);
         let reply = inner.store.reserve(campaign, &order_id, user, key, lines).await?;
-        for (sku, gen) in &reply.sold_out {
-            inner.cache.mark_sold_out(campaign.as_str(), sku, *gen);
-        }
         if matches!(reply.outcome, ReserveOutcome::Reserved(_)) {
             inner.cache.add_buyer(campaign.as_str(), user.as_str());
+        }
+        for (sku, gen) in &reply.sold_out {
+            inner.cache.mark_sold_out(campaign.as_str(), sku, *gen, reply.buyers);
         }
         Ok(reply.outcome)
     }

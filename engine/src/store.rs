@@ -157,6 +157,9 @@ pub struct OrderRecord {
 pub struct ReserveReply {
     pub outcome: ReserveOutcome,
     pub sold_out: Vec<(SkuId, u64)>,
+    /// With `sold_out`: how many buyers the campaign had then. The flags may be trusted
+    /// only by a process that has heard of at least that many.
+    pub buyers: u64,
 }
 
 /// A release outcome plus the skus it brought back from zero, with their new generation.
@@ -259,33 +262,47 @@ impl StockStore {
                     expires_ms: r.int(5)?,
                 };
                 if tag == "reserved" {
-                    ReserveReply { outcome: ReserveOutcome::Reserved(reservation), sold_out: r.sku_gens(6)? }
+                    ReserveReply {
+                        outcome: ReserveOutcome::Reserved(reservation),
+                        sold_out: r.sku_gens(6)?,
+                        buyers: r.int(7)? as u64,
+                    }
                 } else {
-                    ReserveReply { outcome: ReserveOutcome::Replayed(reservation), sold_out: none() }
+                    ReserveReply {
+                        outcome: ReserveOutcome::Replayed(reservation),
+                        sold_out: none(),
+                        buyers: 0,
+                    }
                 }
             }
-            "reused" => ReserveReply { outcome: ReserveOutcome::KeyReused, sold_out: none() },
+            "reused" => ReserveReply { outcome: ReserveOutcome::KeyReused, sold_out: none(), buyers: 0 },
             "campaign_not_found" => {
-                ReserveReply { outcome: ReserveOutcome::CampaignNotFound, sold_out: none() }
+                ReserveReply { outcome: ReserveOutcome::CampaignNotFound, sold_out: none(), buyers: 0 }
             }
-            "not_active" => ReserveReply { outcome: ReserveOutcome::NotActive, sold_out: none() },
+            "not_active" => ReserveReply { outcome: ReserveOutcome::NotActive, sold_out: none(), buyers: 0 },
             "sku_not_found" => {
-                ReserveReply { outcome: ReserveOutcome::SkuNotFound(r.sku(1)?), sold_out: none() }
+                ReserveReply { outcome: ReserveOutcome::SkuNotFound(r.sku(1)?), sold_out: none(), buyers: 0 }
             }
             "sold_out" => {
                 let sku = r.sku(1)?;
                 // Only a sku at zero is flagged: one with fewer units than asked for can
                 // still serve smaller orders.
                 let flag = if r.int(3)? == 0 { vec![(sku.clone(), r.int(2)? as u64)] } else { Vec::new() };
-                ReserveReply { outcome: ReserveOutcome::SoldOut(sku), sold_out: flag }
+                ReserveReply {
+                    outcome: ReserveOutcome::SoldOut(sku),
+                    sold_out: flag,
+                    buyers: r.int(4)? as u64,
+                }
             }
             "limit_exceeded" => ReserveReply {
                 outcome: ReserveOutcome::LimitExceeded { held: r.int(1)? as u64, limit: r.int(2)? as u64 },
                 sold_out: none(),
+                buyers: 0,
             },
             "rate_limited" => ReserveReply {
                 outcome: ReserveOutcome::RateLimited { retry_after_ms: r.int(1)? as u64 },
                 sold_out: none(),
+                buyers: 0,
             },
             "backlog_full" => return Err(EngineError::Backpressure(r.int(1)? as u64)),
             other => return Err(EngineError::Protocol(format!("reserve: {other}"))),

@@ -167,7 +167,7 @@ export function pay(reservation, status, eventId) {
     offContract('callback', res);
     return null;
   }
-  const st = JSON.parse(res.body).status;
+  const st = JSON.parse(res.body).order_status;
   if (status === 'succeeded' && st === 'paid') note(`PAID ${reservation.order_id}`);
   return st;
 }

@@ -12,6 +12,8 @@ import { STANDARD_OPTIONS, BASE, CAMPAIGN, SKUS, ordersCreated, outOfContract, r
 const VUS = Number(__ENV.VUS || 64);
 const DURATION = Number(__ENV.DURATION || 10);
 const URL = `${BASE}/api/v1/campaigns/${CAMPAIGN}/orders`;
+// Keys differ between runs against the same campaign.
+const RUN = __ENV.RUN || 't';
 const BODY = JSON.stringify({ items: [{ sku_id: SKUS[0], quantity: 1 }] });
 
 export const options = {
@@ -28,7 +30,7 @@ export default function () {
     headers: {
       'content-type': 'application/json',
       authorization: `Bearer ${user.token}`,
-      'idempotency-key': `t${exec.vu.idInTest}-${exec.vu.iterationInScenario}`,
+      'idempotency-key': `${RUN}-${exec.vu.idInTest}-${exec.vu.iterationInScenario}`,
     },
     tags: { name: 'order' },
   });

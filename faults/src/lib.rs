@@ -1,0 +1,226 @@
+//! Fault injection owned by the fault tests (`tests/faults.rs`).
+//!
+//! # Layout
+//! - [`Proxy`]: a TCP proxy put between a service and one of its dependencies; the
+//!   test cuts it (connections reset, new ones refused), blackholes it (connections
+//!   stay open, nothing arrives: the case only timeouts catch), delays it, and
+//!   restores it.
+//! - [`RedisServer`]: a private `redis-server` process with an append-only file, which
+//!   the test kills with SIGKILL and restarts on the same port: the data comes back,
+//!   the script cache does not.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the proxy does to traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    /// Every chunk, in either direction, is held this long before it is forwarded.
+    Delay(Duration),
+    /// Connections stay open but nothing is forwarded until the mode changes.
+    Blackhole,
+    /// Open connections are reset; new ones are reset as soon as they are accepted.
+    Refuse,
+}
+
+/// A TCP proxy on 127.0.0.1 (port chosen by the system) in front of `upstream`.
+pub struct Proxy {
+    addr: SocketAddr,
+    mode: Arc<watch::Sender<Mode>>,
+    stop: CancellationToken,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mode = Arc::new(watch::Sender::new(Mode::Pass));
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, upstream, Arc::clone(&mode), stop.clone()));
+        Ok(Self { addr, mode, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// The dependency is unreachable: open connections reset, new ones refused.
+    pub fn cut(&self) {
+        self.set(Mode::Refuse);
+    }
+
+    pub fn restore(&self) {
+        self.set(Mode::Pass);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    mode: Arc<watch::Sender<Mode>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((client, _)) = accepted else { continue };
+        reset_on_close(&client);
+        if *mode.borrow() == Mode::Refuse {
+            drop(client);
+            continue;
+        }
+        tokio::spawn(connection(client, upstream, mode.subscribe(), stop.clone()));
+    }
+}
+
+/// Closing a socket with linger 0 sends RST instead of FIN: what a crashed peer looks like.
+fn reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mode: watch::Receiver<Mode>,
+    stop: CancellationToken,
+) {
+    let Ok(server) = TcpStream::connect(upstream).await else { return };
+    reset_on_close(&server);
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let mut refused = mode.clone();
+    tokio::select! {
+        _ = pipe(cr, sw, mode.clone()) => {}
+        _ = pipe(sr, cw, mode) => {}
+        _ = refused.wait_for(|m| *m == Mode::Refuse) => {}
+        _ = stop.cancelled() => {}
+    }
+    // Dropping both halves of both sockets resets them.
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        loop {
+            let current = *mode.borrow_and_update();
+            match current {
+                Mode::Pass => break,
+                Mode::Delay(d) => {
+                    tokio::time::sleep(d).await;
+                    break;
+                }
+                // What arrives while blackholed is lost, as on a dead link.
+                Mode::Blackhole => {
+                    if mode.changed().await.is_err() {
+                        return;
+                    }
+                    if *mode.borrow() != Mode::Refuse {
+                        break;
+                    }
+                }
+                Mode::Refuse => return,
+            }
+        }
+        if *mode.borrow() == Mode::Blackhole {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A private redis-server with an append-only file (fsync always), on a fixed port.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port; `None` when `redis-server` is not installed.
+    pub async fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let dir = std::env::temp_dir().join(format!("flashsale-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mut me = Self { port, dir, child: None };
+        me.restart().await.then_some(me)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGKILL: no shutdown, no save beyond what the append-only file already holds.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts the server on the same port and directory; true once it answers.
+    pub async fn restart(&mut self) -> bool {
+        self.kill();
+        let spawned = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(child) = spawned else { return false };
+        self.child = Some(child);
+        for _ in 0..100 {
+            if TcpStream::connect(self.addr()).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,578 @@
+//! The fault matrix: real traffic through in-process gateways and workers while the
+//! test injects a fault (a proxy it owns between a service and its dependency, a
+//! private redis-server it kills), then the invariants after the worker has drained:
+//! `available + reserved + sold = stock_total` in Redis and MySQL, one MySQL order per
+//! 201, nobody over the limit, Redis and MySQL reconcile, expired orders released once.
+//!
+//! Short by default (outages of a few seconds, hundreds of orders);
+//! `FLASHSALE_FAULTS_FULL=1` runs the full version (the issue's 10 s / 5 s outages,
+//! thousands of orders).
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../gateway/tests/support/mod.rs"]
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::config::Settings;
+use faults::{Mode, Proxy, RedisServer};
+use futures_util::future::join_all;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::Row;
+use support::*;
+
+extern crate flashsale_faults as faults;
+
+fn full() -> bool {
+    std::env::var("FLASHSALE_FAULTS_FULL").is_ok_and(|v| v == "1")
+}
+
+/// The outage length: the issue's in the full run, a short one otherwise.
+fn outage(short_secs: u64, full_secs: u64) -> Duration {
+    Duration::from_secs(if full() { full_secs } else { short_secs })
+}
+
+fn scale(short: usize, full_n: usize) -> usize {
+    if full() {
+        full_n
+    } else {
+        short
+    }
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let hostport = hostport.split('/').next().unwrap();
+    hostport.parse().unwrap()
+}
+
+async fn start_worker(settings: &Settings) -> sync_worker::app::Running {
+    let mut s = settings.clone();
+    s.worker.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    s.worker.relay_claim_idle_ms = 1000;
+    sync_worker::app::start(s).await.unwrap()
+}
+
+fn sale(id: &str, stock: usize, limit: i64, window_secs: u64) -> Value {
+    let mut c = campaign(id, json!([{"sku_id": "a", "stock": stock, "price_cents": 500}]), limit);
+    c["payment_window_secs"] = json!(window_secs);
+    c
+}
+
+#[derive(Default)]
+struct Outcomes {
+    /// (user, order id, total cents) of every 201.
+    created: Vec<(String, String, i64)>,
+    statuses: HashMap<u16, usize>,
+}
+
+/// `users` buyers of one unit each, `concurrency` at a time, spread over the gateways.
+async fn buy(env: &Env, campaign: &str, users: std::ops::Range<usize>, concurrency: usize) -> Outcomes {
+    let mut out = Outcomes::default();
+    let users: Vec<usize> = users.collect();
+    for chunk in users.chunks(concurrency) {
+        let answers = join_all(chunk.iter().map(|&u| async move {
+            let user = format!("user-{u}");
+            let gw = u % env.gateways.len();
+            let (s, v) = env
+                .order_on(gw, campaign, &user, &format!("k{u}"), json!([{"sku_id": "a", "quantity": 1}]))
+                .await;
+            (user, s, v)
+        }))
+        .await;
+        for (user, s, v) in answers {
+            *out.statuses.entry(s.as_u16()).or_default() += 1;
+            if s == StatusCode::CREATED {
+                out.created.push((
+                    user,
+                    v["order_id"].as_str().unwrap().to_owned(),
+                    v["total_cents"].as_i64().unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn pool(env: &Env) -> sqlx::MySqlPool {
+    sqlx::mysql::MySqlPoolOptions::new().max_connections(2).connect(&env.settings.mysql.url).await.unwrap()
+}
+
+/// Waits (up to `patience`) until MySQL holds `orders` orders of the campaign, nothing
+/// is left reserved when `settled`, and reconciliation is consistent.
+async fn drained(
+    env: &Env,
+    db: &sqlx::MySqlPool,
+    campaign: &str,
+    orders: usize,
+    settled: bool,
+    patience: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE campaign_id = ?")
+            .bind(campaign)
+            .fetch_one(db)
+            .await
+            .unwrap();
+        if n as usize == orders {
+            let (_, recon) =
+                env.admin(Method::GET, &format!("/admin/v1/campaigns/{campaign}/reconciliation"), None).await;
+            let reserved = env.item(campaign, "a").await["reserved"].as_i64().unwrap();
+            if recon["consistent"] == json!(true) && (!settled || reserved == 0) {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < patience,
+            "not drained after {patience:?}: {n} of {orders} orders in MySQL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The invariants, once drained. `paid`: order ids the test saw paid.
+async fn assert_invariants(
+    env: &Env,
+    db: &sqlx::MySqlPool,
+    campaign: &str,
+    o: &Outcomes,
+    limit: i64,
+    paid: &HashSet<String>,
+) {
+    let item = env.item(campaign, "a").await;
+    let (avail, resv, sold, total) = (
+        item["available"].as_i64().unwrap(),
+        item["reserved"].as_i64().unwrap(),
+        item["sold"].as_i64().unwrap(),
+        item["stock_total"].as_i64().unwrap(),
+    );
+    assert_eq!(avail + resv + sold, total, "Redis: available + reserved + sold = stock_total ({item})");
+    assert!(avail >= 0 && resv >= 0 && sold >= 0, "Redis: nothing negative ({item})");
+    let row = sqlx::query(
+        "SELECT available, reserved, sold, stock_total FROM campaign_items WHERE campaign_id = ?",
+    )
+    .bind(campaign)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let m: Vec<i64> = (0..4).map(|i| row.get::<i64, _>(i)).collect();
+    assert_eq!(m[0] + m[1] + m[2], m[3], "MySQL: available + reserved + sold = stock_total");
+    assert_eq!((m[0], m[1], m[2]), (avail, resv, sold), "MySQL buckets equal Redis's");
+    let ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT order_id FROM orders WHERE campaign_id = ?")
+        .bind(campaign)
+        .fetch_all(db)
+        .await
+        .unwrap();
+    let mysql: HashSet<String> = ids.into_iter().map(|b| String::from_utf8(b).unwrap()).collect();
+    let answered: HashSet<String> = o.created.iter().map(|(_, id, _)| id.clone()).collect();
+    assert_eq!(answered.len(), o.created.len(), "no order id answered twice");
+    assert_eq!(mysql, answered, "exactly one MySQL order per 201");
+    let over: Option<(String, i64)> = sqlx::query(
+        "SELECT o.user_id, SUM(i.quantity) FROM orders o JOIN order_items i USING (order_id)
+         WHERE o.campaign_id = ? AND o.status IN ('pending_payment', 'paid') GROUP BY o.user_id
+         HAVING SUM(i.quantity) > ?",
+    )
+    .bind(campaign)
+    .bind(limit)
+    .fetch_optional(db)
+    .await
+    .unwrap()
+    .map(|r| (String::from_utf8(r.get::<Vec<u8>, _>(0)).unwrap(), r.get::<i64, _>(1)));
+    assert_eq!(over, None, "no user above the limit of {limit}");
+    let paid_units: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(i.quantity), 0) AS SIGNED) FROM orders o JOIN order_items i USING (order_id)
+         WHERE o.campaign_id = ? AND o.status = 'paid'",
+    )
+    .bind(campaign)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!(sold, paid_units, "units sold = units of paid orders (no unit taken twice)");
+    assert_eq!(sold as usize, paid.len(), "every payment the test saw succeed, and no other");
+}
+
+async fn cleanup(env: Env, workers: Vec<sync_worker::app::Running>, db: sqlx::MySqlPool) {
+    for w in workers {
+        w.shutdown().await;
+    }
+    db.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_unreachable_during_the_sale_loses_nothing() {
+    let env = Env::start().await;
+    let proxy = Proxy::start(addr_of(&env.settings.amqp.url)).await.unwrap();
+    let mut ws = env.settings.clone();
+    ws.amqp.url = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    ws.amqp.call_timeout_ms = 2000;
+    let workers = vec![start_worker(&ws).await];
+    let db = pool(&env).await;
+    let n = scale(300, 3000);
+    assert_eq!(env.launch(sale("c", n * 2, 1, 900)).await.0, StatusCode::CREATED);
+
+    let mut o = buy(&env, "c", 0..n / 3, 32).await;
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(30)).await;
+
+    proxy.cut();
+    let down = outage(3, 10);
+    let started = Instant::now();
+    let mut wave = n / 3;
+    while started.elapsed() < down {
+        let more = buy(&env, "c", wave..wave + n / 30, 32).await;
+        wave += n / 30;
+        o.created.extend(more.created);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Reservations went on while the broker was away: their outbox entries wait in Redis.
+    let mut redis = redis::Client::open(env.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = engine::keys::KeySpace::new(&env.settings.namespace);
+    let backlog: i64 = redis::cmd("XLEN")
+        .arg(keys.outbox(&engine::domain::CampaignId::parse("c").unwrap()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(backlog > 0, "the outbox holds what the broker could not take");
+    proxy.restore();
+
+    let rest = buy(&env, "c", wave..wave + n / 3, 32).await;
+    o.created.extend(rest.created);
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(60)).await;
+    assert_invariants(&env, &db, "c", &o, 1, &HashSet::new()).await;
+    cleanup(env, workers, db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_unreachable_holds_messages_until_it_is_back() {
+    let env = Env::start().await;
+    let proxy = Proxy::start(addr_of(&env.settings.mysql.url)).await.unwrap();
+    let mut ws = env.settings.clone();
+    let db_name = env.settings.mysql.url.rsplit_once('/').unwrap().1.to_owned();
+    ws.mysql.url = format!("mysql://root@{}/{db_name}", proxy.addr());
+    ws.mysql.call_timeout_ms = 1000;
+    let workers = vec![start_worker(&ws).await];
+    let db = pool(&env).await;
+    let n = scale(300, 3000);
+    assert_eq!(env.launch(sale("c", n * 2, 1, 900)).await.0, StatusCode::CREATED);
+
+    let mut o = buy(&env, "c", 0..n / 3, 32).await;
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(30)).await;
+
+    proxy.cut();
+    let down = outage(3, 10);
+    let started = Instant::now();
+    let mut wave = n / 3;
+    while started.elapsed() < down {
+        let more = buy(&env, "c", wave..wave + n / 30, 32).await;
+        wave += n / 30;
+        o.created.extend(more.created);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE campaign_id = 'c'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!((stored as usize) < o.created.len(), "orders made during the outage are not in MySQL yet");
+    proxy.restore();
+
+    let rest = buy(&env, "c", wave..wave + n / 3, 32).await;
+    o.created.extend(rest.created);
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(60)).await;
+    assert_invariants(&env, &db, "c", &o, 1, &HashSet::new()).await;
+    cleanup(env, workers, db).await;
+}
+
+/// One order attempt by a new buyer: its status and how long the answer took.
+async fn timed_order(env: &Env, user: &str) -> (StatusCode, Duration) {
+    let started = Instant::now();
+    let (s, _) = env.order("c", user, user, json!([{"sku_id": "a", "quantity": 1}])).await;
+    (s, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_unreachable_gives_fast_503s_and_recovers_by_itself() {
+    let redis_addr = addr_of(&Settings::load(None).unwrap().redis.url);
+    let proxy = Arc::new(Proxy::start(redis_addr).await.unwrap());
+    let p = Arc::clone(&proxy);
+    let env = Env::start_many(1, move |s| s.redis.url = format!("redis://{}", p.addr())).await;
+    let mut ws = env.settings.clone();
+    ws.redis.url = format!("redis://{redis_addr}");
+    let workers = vec![start_worker(&ws).await];
+    let db = pool(&env).await;
+    assert_eq!(env.launch(sale("c", 10_000, 1, 900)).await.0, StatusCode::CREATED);
+    let mut o = buy(&env, "c", 0..50, 16).await;
+    let budget = Duration::from_millis(env.settings.redis.call_timeout_ms + 1500);
+
+    // Refused (connections reset) and blackholed (connections open, no answer: only
+    // timeouts save a request from hanging).
+    let mut n = 1000;
+    for mode in [Mode::Refuse, Mode::Blackhole] {
+        proxy.set(mode);
+        let started = Instant::now();
+        while started.elapsed() < outage(2, 5) / 2 {
+            let answers = join_all((0..16).map(|i| {
+                let user = format!("during-{n}-{i}");
+                let env = &env;
+                async move { timed_order(env, &user).await }
+            }))
+            .await;
+            n += 1;
+            for (s, took) in answers {
+                assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{mode:?}: a dependency down is 503");
+                assert!(took < budget, "{mode:?}: answered in {took:?}, over {budget:?}");
+            }
+            let ready = env.http.get(env.url(0, "/readyz")).send().await.unwrap().status();
+            assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "{mode:?}: not ready without Redis");
+        }
+    }
+    proxy.restore();
+    // Recovers by itself: no restart, the next requests succeed within seconds.
+    let started = Instant::now();
+    loop {
+        let (s, _) = timed_order(&env, "after-0").await;
+        if s == StatusCode::CREATED {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still {s} 10 s after Redis came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = buy(&env, "c", 2000..2100, 16).await;
+    assert_eq!(after.statuses.get(&201), Some(&100), "{:?}", after.statuses);
+    o.created.extend(after.created);
+    let (_, v) = env.get_order("after-0", "nonexistent.0").await;
+    assert_eq!(code(&v), "order_not_found");
+    // The first order after the outage, found through its replay.
+    let (s, v) = env.order("c", "after-0", "after-0", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!(s, StatusCode::OK);
+    o.created.push(("after-0".into(), v["order_id"].as_str().unwrap().to_owned(), 500));
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(30)).await;
+    assert_invariants(&env, &db, "c", &o, 1, &HashSet::new()).await;
+    cleanup(env, workers, db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_empties_the_script_cache_and_nothing_breaks() {
+    let Some(mut server) = RedisServer::start().await else {
+        panic!("redis-server is needed for this test (scripts/ensure-services.sh installs it)");
+    };
+    let url = server.url();
+    let env = Env::start_many(1, move |s| s.redis.url = url).await;
+    let workers = vec![start_worker(&env.settings).await];
+    let db = pool(&env).await;
+    let n = scale(200, 2000);
+    assert_eq!(env.launch(sale("c", n * 2, 1, 900)).await.0, StatusCode::CREATED);
+    let mut o = buy(&env, "c", 0..n / 2, 32).await;
+
+    server.kill();
+    let (s, took) = timed_order(&env, "while-down").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(took < Duration::from_secs(3), "answered in {took:?}");
+    assert!(server.restart().await, "redis-server restarts");
+    let mut conn =
+        redis::Client::open(server.url().as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let cached: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(redis::Script::new("return 1").get_hash())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(cached, vec![false]);
+
+    // Every script runs again (NOSCRIPT → reload), the data came back from the AOF.
+    let started = Instant::now();
+    loop {
+        if timed_order(&env, "after-0").await.0 == StatusCode::CREATED {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no reservation 10 s after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, v) = env.order("c", "after-0", "after-0", json!([{"sku_id": "a", "quantity": 1}])).await;
+    o.created.push(("after-0".into(), v["order_id"].as_str().unwrap().to_owned(), 500));
+    let rest = buy(&env, "c", n / 2..n, 32).await;
+    assert_eq!(rest.statuses.get(&201), Some(&(n - n / 2)), "{:?}", rest.statuses);
+    o.created.extend(rest.created);
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(60)).await;
+    assert_invariants(&env, &db, "c", &o, 1, &HashSet::new()).await;
+    cleanup(env, workers, db).await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_racing_the_timeout_has_one_winner() {
+    let env = Env::start().await;
+    let workers = vec![start_worker(&env.settings).await];
+    let db = pool(&env).await;
+    let n = scale(150, 1000);
+    assert_eq!(env.launch(sale("c", n, 1, 1)).await.0, StatusCode::CREATED);
+    let o = buy(&env, "c", 0..n, 64).await;
+    assert_eq!(o.created.len(), n);
+
+    // Each payment lands between 300 ms before and 300 ms after its order's deadline,
+    // while the sweeper and the payment timers expire the same orders.
+    let env_ref = &env;
+    let answers = join_all(o.created.iter().enumerate().map(|(i, (user, id, total))| async move {
+        let offset_ms = (i as i64 * 37) % 600 - 300;
+        let (_, v) = env_ref.get_order(user, id).await;
+        let expires = v["expires_at"].as_str().unwrap().to_owned();
+        let expires_ms = time_ms(&expires);
+        let wait = expires_ms + offset_ms - engine::engine::now_ms();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+        let (s, v) = env_ref.pay(&format!("evt-{id}"), id, *total, "succeeded").await;
+        (id.clone(), s, v["order_status"].as_str().unwrap_or("").to_owned())
+    }))
+    .await;
+    let mut paid = HashSet::new();
+    for (id, s, status) in &answers {
+        assert_eq!(*s, StatusCode::OK, "{id}: {status}");
+        match status.as_str() {
+            "paid" => {
+                paid.insert(id.clone());
+            }
+            "refund_required" => {}
+            other => panic!("{id}: a payment answered {other}"),
+        }
+    }
+    drained(&env, &db, "c", n, true, Duration::from_secs(30)).await;
+    // One winner each: the final state is the one the payment answer announced (the
+    // refund_required events may land in MySQL just after the stock has reconciled).
+    let started = Instant::now();
+    loop {
+        let mut wrong = Vec::new();
+        for (id, _, status) in &answers {
+            let got: Vec<u8> = sqlx::query_scalar("SELECT status FROM orders WHERE order_id = ?")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            let got = String::from_utf8(got).unwrap();
+            let expected = if status == "paid" { "paid" } else { "refund_required" };
+            if got != expected {
+                wrong.push(format!("{id}: {got}, announced {expected}"));
+            }
+        }
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{wrong:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!paid.is_empty() && paid.len() < n, "the race went both ways: {} of {n} paid", paid.len());
+    assert_invariants(&env, &db, "c", &o, 1, &paid).await;
+    let item = env.item("c", "a").await;
+    assert_eq!(item["available"].as_i64().unwrap(), (n - paid.len()) as i64, "units released at most once");
+    cleanup(env, workers, db).await;
+}
+
+fn time_ms(rfc3339: &str) -> i64 {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).unwrap();
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_storm_of_ten_identical_requests_reserves_once() {
+    let env = Env::start_many(2, |_| {}).await;
+    let workers = vec![start_worker(&env.settings).await];
+    let db = pool(&env).await;
+    let n = scale(100, 1000);
+    let stock = n * 2 / 3;
+    assert_eq!(env.launch(sale("c", stock, 1, 900)).await.0, StatusCode::CREATED);
+    let mut o = Outcomes::default();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(20) {
+        let groups = join_all(chunk.iter().map(|&u| {
+            let env = &env;
+            async move {
+                let user = format!("user-{u}");
+                let tries = join_all((0..10).map(|t| {
+                    let user = user.clone();
+                    async move {
+                        env.order_on(
+                            t % 2,
+                            "c",
+                            &user,
+                            &format!("k{u}"),
+                            json!([{"sku_id": "a", "quantity": 1}]),
+                        )
+                        .await
+                    }
+                }))
+                .await;
+                (user, tries)
+            }
+        }))
+        .await;
+        for (user, tries) in groups {
+            let created: Vec<&Value> =
+                tries.iter().filter(|(s, _)| *s == StatusCode::CREATED).map(|(_, v)| v).collect();
+            let replayed = tries.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+            let sold_out =
+                tries.iter().filter(|(s, v)| *s == StatusCode::CONFLICT && code(v) == "sold_out").count();
+            match created.as_slice() {
+                [first] => {
+                    let statuses: Vec<_> = tries.iter().map(|(s, v)| format!("{s} {}", code(v))).collect();
+                    assert_eq!(replayed, 9, "{user}: one 201, nine replays: {statuses:?}");
+                    let id = first["order_id"].as_str().unwrap();
+                    assert!(
+                        tries.iter().all(|(_, v)| v["order_id"] == id),
+                        "{user}: the same order every time"
+                    );
+                    o.created.push((user, id.to_owned(), 500));
+                }
+                [] => assert_eq!(sold_out, 10, "{user}: all ten sold out"),
+                many => panic!("{user}: {} reservations for one key", many.len()),
+            }
+        }
+    }
+    assert_eq!(o.created.len(), stock, "every unit sold, once");
+    drained(&env, &db, "c", stock, false, Duration::from_secs(30)).await;
+    assert_invariants(&env, &db, "c", &o, 1, &HashSet::new()).await;
+    cleanup(env, workers, db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_and_two_workers_sell_pay_cancel_and_expire_consistently() {
+    let env = Env::start_many(2, |_| {}).await;
+    let workers = vec![start_worker(&env.settings).await, start_worker(&env.settings).await];
+    let db = pool(&env).await;
+    let n = scale(600, 6000);
+    let stock = n / 3;
+    assert_eq!(env.launch(sale("c", stock, 1, 2)).await.0, StatusCode::CREATED);
+    let o = buy(&env, "c", 0..n, 64).await;
+    assert_eq!(o.created.len(), stock, "{:?}", o.statuses);
+    let mut paid = HashSet::new();
+    for (i, (user, id, total)) in o.created.iter().enumerate() {
+        match i % 4 {
+            0 | 1 => {
+                let (s, v) = env.pay(&format!("evt-{id}"), id, *total, "succeeded").await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+                if v["order_status"] == "paid" {
+                    paid.insert(id.clone());
+                }
+            }
+            2 => assert_eq!(env.cancel(i % 2, user, id).await.0, StatusCode::OK),
+            _ => {} // left to expire
+        }
+    }
+    drained(&env, &db, "c", stock, true, Duration::from_secs(30)).await;
+    assert_invariants(&env, &db, "c", &o, 1, &paid).await;
+    let expired: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE campaign_id = 'c' AND status = 'expired'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    let paid_late = o.created.len() / 2 - paid.len();
+    assert_eq!(expired as usize + paid_late, o.created.len() / 4, "every unpaid order expired, once");
+    cleanup(env, workers, db).await;
+}
