@@ -408,8 +408,10 @@ def run_scenario(name, p, out, stack):
             (f"p99 latency < {SPIKE_P99_MS_MAX} ms", numbers["p99_ms"] < SPIKE_P99_MS_MAX, f"{numbers['p99_ms']} ms"),
             (f"every order in MySQL within {MYSQL_LAG_SECS_MAX} s of the last request",
              lag is not None and lag <= MYSQL_LAG_SECS_MAX, f"{lag:.2f} s" if lag is not None else "never"),
-            (f"{p['rate']} requests/s offered", numbers["rate_per_sec"] >= 0.95 * p["rate"],
-             f"{numbers['rate_per_sec']}/s over the run incl. the 1 s ramp"),
+            # The 1 s ramp from 0 offers half its rate: the run's average is below the plateau.
+            (f"{p['rate']} requests/s offered", numbers["rate_per_sec"] >= 0.95 * p["rate"] * (p["duration"] + 0.5)
+             / (p["duration"] + 1), f"{numbers['rate_per_sec']}/s over the run incl. the 1 s ramp, "
+             f"{numbers['dropped_iterations']} iterations k6 could not start"),
         ]
     return {"scenario": name, "campaign": cid, "params": p, "k6": numbers, "invariants": invariants,
             "targets": targets}
