@@ -99,6 +99,19 @@ async fn buy(env: &Env, campaign: &str, users: std::ops::Range<usize>, concurren
     out
 }
 
+/// Waves of `step` new buyers (from user `first` on) every 200 ms for `how_long`; the
+/// reservations are added to `o`. Returns the next unused user number.
+async fn buy_for(env: &Env, o: &mut Outcomes, first: usize, step: usize, how_long: Duration) -> usize {
+    let started = Instant::now();
+    let mut next = first;
+    while started.elapsed() < how_long {
+        o.created.extend(buy(env, "c", next..next + step, 32).await.created);
+        next += step;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    next
+}
+
 async fn pool(env: &Env) -> sqlx::MySqlPool {
     sqlx::mysql::MySqlPoolOptions::new().max_connections(2).connect(&env.settings.mysql.url).await.unwrap()
 }
@@ -221,15 +234,7 @@ async fn rabbitmq_unreachable_during_the_sale_loses_nothing() {
     drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(30)).await;
 
     proxy.cut();
-    let down = outage(3, 10);
-    let started = Instant::now();
-    let mut wave = n / 3;
-    while started.elapsed() < down {
-        let more = buy(&env, "c", wave..wave + n / 30, 32).await;
-        wave += n / 30;
-        o.created.extend(more.created);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let wave = buy_for(&env, &mut o, n / 3, n / 30, outage(3, 10)).await;
     // Reservations went on while the broker was away: their outbox entries wait in Redis.
     let mut redis = redis::Client::open(env.settings.redis.url.as_str())
         .unwrap()
@@ -269,15 +274,7 @@ async fn mysql_unreachable_holds_messages_until_it_is_back() {
     drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(30)).await;
 
     proxy.cut();
-    let down = outage(3, 10);
-    let started = Instant::now();
-    let mut wave = n / 3;
-    while started.elapsed() < down {
-        let more = buy(&env, "c", wave..wave + n / 30, 32).await;
-        wave += n / 30;
-        o.created.extend(more.created);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let wave = buy_for(&env, &mut o, n / 3, n / 30, outage(3, 10)).await;
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE campaign_id = 'c'")
         .fetch_one(&db)
         .await

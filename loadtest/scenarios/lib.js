@@ -42,6 +42,25 @@ const MINE = (() => {
   return Array.from({ length: WINDOW }, (_, j) => TOKENS[(start + j) % TOKENS.length]);
 })();
 
+// A constant-arrival-rate scenario from RATE, DURATION and VUS (defaults per scenario).
+export function arrivalScenario(name, defaults) {
+  const rate = Number(__ENV.RATE || defaults.rate);
+  const vus = Number(__ENV.VUS || defaults.vus);
+  return {
+    ...STANDARD_OPTIONS,
+    scenarios: {
+      [name]: {
+        executor: 'constant-arrival-rate',
+        rate,
+        timeUnit: '1s',
+        duration: `${Number(__ENV.DURATION || 30)}s`,
+        preAllocatedVUs: vus,
+        maxVUs: vus * 5,
+      },
+    },
+  };
+}
+
 export function randomUser() {
   return MINE[Math.floor(Math.random() * MINE.length)];
 }

@@ -4,25 +4,9 @@
 // the rest read back and left to expire when the payment window passes.
 // Env: RATE (orders/s), DURATION, VUS, plus lib.js's.
 import exec from 'k6/execution';
-import { STANDARD_OPTIONS, SKUS, cancel, getOrder, order, pay, randomUser } from './lib.js';
+import { arrivalScenario, SKUS, cancel, getOrder, order, pay, randomUser } from './lib.js';
 
-const RATE = Number(__ENV.RATE || 500);
-const DURATION = Number(__ENV.DURATION || 30);
-const VUS = Number(__ENV.VUS || 100);
-
-export const options = {
-  ...STANDARD_OPTIONS,
-  scenarios: {
-    mixed: {
-      executor: 'constant-arrival-rate',
-      rate: RATE,
-      timeUnit: '1s',
-      duration: `${DURATION}s`,
-      preAllocatedVUs: VUS,
-      maxVUs: VUS * 5,
-    },
-  },
-};
+export const options = arrivalScenario('mixed', { rate: 500, vus: 100 });
 
 function lines() {
   const n = 1 + Math.floor(Math.random() * Math.min(3, SKUS.length));
