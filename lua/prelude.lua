@@ -12,7 +12,13 @@ end
 
 -- Appends one state-change entry for an order to the campaign's outbox stream.
 -- The entry carries the whole order, so a consumer can apply entries in any order.
-local function emit(outbox, campaign, order_id, order_key, event_ms)
+-- When the stream was empty, an `outbox <campaign>` notice tells the relays that this
+-- campaign has work again: an idle relay polls nothing (a missed notice is caught by
+-- the relay's periodic rescan).
+local function emit(outbox, campaign, order_id, order_key, event_ms, channel)
+  if redis.call('XLEN', outbox) == 0 then
+    redis.call('PUBLISH', channel, 'outbox ' .. campaign)
+  end
   local o = redis.call('HMGET', order_key, 'user', 'state', 'items', 'total', 'created', 'expires', 'paid', 'window')
   local doc = '{"order_id":' .. cjson.encode(order_id)
     .. ',"campaign_id":' .. cjson.encode(campaign)
@@ -39,8 +45,8 @@ end
 
 -- Every stock key must be the one derived from the order's own lines: a caller
 -- that passed other keys would otherwise move the wrong counters.
-local function check_stock_keys(prefix, lines, first_key_index)
-  if #KEYS - first_key_index + 1 ~= #lines then
+local function stock_keys_match(prefix, lines, first_key_index, count)
+  if count ~= #lines then
     return false
   end
   for i, line in ipairs(lines) do

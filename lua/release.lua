@@ -1,53 +1,82 @@
--- release: a pending reservation becomes cancelled or expired; its units go back to
--- stock and off the user's count. Runs once: a second call says what the order is.
--- KEYS: 1 order, 2 user count, 3 outbox, 4 pending (zset), 5.. stock hash per order line
--- ARGV: 1 campaign, 2 order_id, 3 target state ('cancelled'|'expired'), 4 key prefix,
---       5 events channel
--- Replies: {'released', {sku, gen, ...}} {'not_found'} {'not_pending', state}
---          {'not_due', expires_ms} {'bad_keys'}
+-- release: pending reservations become cancelled or expired; their units go back to
+-- stock and off their users' counts. Many orders per call (the sweep expires a burst
+-- of deadlines in a few calls); each order is released at most once: a second call
+-- says what the order is.
+-- KEYS: 1 meta, 2 outbox, 3 pending (zset), then per order, in ARGV order:
+--       the order hash, the user count, one stock hash per order line
+-- ARGV: 1 campaign, 2 target state ('cancelled'|'expired'), 3 key prefix,
+--       4 events channel, then per order: (order_id, number of stock keys)
+-- Replies: {'restoring'} while the campaign is not in Redis (rebuilt from MySQL), or
+--   {'done', {outcome, ...}, {sku, gen, ...}} with one outcome per order, in order:
+--   'released' | 'not_found' | 'not_pending:<state>' | 'not_due:<expires_ms>' | 'bad_keys'.
+--   An order id without an order hash also leaves the pending set (nothing can ever
+--   release it). The flat list names each sku brought back from zero with its new
+--   generation (one restock notice per sku per call).
+-- Every order's conditions are checked before its first write.
 
-local campaign, order_id, target, prefix, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local campaign, target, prefix, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if target ~= 'cancelled' and target ~= 'expired' then
   return redis.error_reply('release target must be cancelled or expired')
 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return { 'restoring' }
+end
 
-local o = redis.call('HMGET', KEYS[1], 'state', 'items', 'units', 'expires')
-if not o[1] then
-  return { 'not_found' }
-end
-if o[1] ~= 'pending_payment' then
-  return { 'not_pending', o[1] }
-end
 local now = now_ms()
-if target == 'expired' and now < tonumber(o[4]) then
-  return { 'not_due', o[4] }
-end
-local lines = order_lines(o[2])
-if not check_stock_keys(prefix, lines, 5) then
-  return { 'bad_keys' }
+local outcomes = {}
+local restocked = {}
+local restocked_order = {}
+local key_at = 4
+
+for arg = 5, #ARGV, 2 do
+  local order_id, nstock = ARGV[arg], tonumber(ARGV[arg + 1])
+  local order_key, user_key, first_stock = KEYS[key_at], KEYS[key_at + 1], key_at + 2
+  key_at = first_stock + nstock
+  local o = redis.call('HMGET', order_key, 'state', 'items', 'units', 'expires', 'user')
+  local outcome
+  if not o[1] then
+    redis.call('ZREM', KEYS[3], order_id)
+    outcome = 'not_found'
+  elseif o[1] ~= 'pending_payment' then
+    outcome = 'not_pending:' .. o[1]
+  elseif target == 'expired' and now < tonumber(o[4]) then
+    outcome = 'not_due:' .. o[4]
+  else
+    local lines = order_lines(o[2])
+    if user_key ~= prefix .. 'user:' .. o[5] or not stock_keys_match(prefix, lines, first_stock, nstock) then
+      outcome = 'bad_keys'
+    else
+      for i, line in ipairs(lines) do
+        local key = KEYS[first_stock + i - 1]
+        local avail = redis.call('HINCRBY', key, 'avail', line[2])
+        redis.call('HINCRBY', key, 'resv', -line[2])
+        if avail == line[2] then
+          -- This sku was sold out until now: a new generation lets every gateway drop
+          -- its sold-out flag and ignore older sold-out answers still in flight.
+          local gen = redis.call('HINCRBY', key, 'gen', 1)
+          if not restocked[line[1]] then
+            restocked_order[#restocked_order + 1] = line[1]
+          end
+          restocked[line[1]] = gen
+        end
+      end
+      local held = redis.call('DECRBY', user_key, tonumber(o[3]))
+      if held <= 0 then
+        redis.call('DEL', user_key)
+      end
+      redis.call('HSET', order_key, 'state', target, 'ended', int(now))
+      redis.call('ZREM', KEYS[3], order_id)
+      emit(KEYS[2], campaign, order_id, order_key, now, channel)
+      outcome = 'released'
+    end
+  end
+  outcomes[#outcomes + 1] = outcome
 end
 
-local restocked = {}
-for i, line in ipairs(lines) do
-  local key = KEYS[4 + i]
-  local avail = redis.call('HINCRBY', key, 'avail', line[2])
-  redis.call('HINCRBY', key, 'resv', -line[2])
-  if avail == line[2] then
-    -- This sku was sold out until now: a new generation lets every gateway drop
-    -- its sold-out flag and ignore older sold-out answers still in flight.
-    local gen = redis.call('HINCRBY', key, 'gen', 1)
-    restocked[#restocked + 1] = line[1]
-    restocked[#restocked + 1] = int(gen)
-  end
+local flat = {}
+for _, sku in ipairs(restocked_order) do
+  flat[#flat + 1] = sku
+  flat[#flat + 1] = int(restocked[sku])
+  redis.call('PUBLISH', channel, 'restock ' .. campaign .. ' ' .. sku .. ' ' .. int(restocked[sku]))
 end
-local held = redis.call('DECRBY', KEYS[2], tonumber(o[3]))
-if held <= 0 then
-  redis.call('DEL', KEYS[2])
-end
-redis.call('HSET', KEYS[1], 'state', target, 'ended', int(now))
-redis.call('ZREM', KEYS[4], order_id)
-emit(KEYS[3], campaign, order_id, KEYS[1], now)
-for i = 1, #restocked, 2 do
-  redis.call('PUBLISH', channel, 'restock ' .. campaign .. ' ' .. restocked[i] .. ' ' .. restocked[i + 1])
-end
-return { 'released', restocked }
+return { 'done', outcomes, flat }

@@ -122,5 +122,5 @@ redis.call('ZADD', KEYS[6], expires, order_id)
 if redis.call('SADD', KEYS[7], user_id) == 1 then
   redis.call('PUBLISH', channel, 'buyer ' .. campaign .. ' ' .. user_id)
 end
-emit(KEYS[5], campaign, order_id, KEYS[4], now)
+emit(KEYS[5], campaign, order_id, KEYS[4], now, channel)
 return { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied, redis.call('SCARD', KEYS[7]) }

@@ -1,22 +1,22 @@
--- warmup: loads a new campaign's window and stock. Refuses to touch a campaign that
--- already exists, so a repeated launch can never reset live stock.
--- KEYS: 1 meta, 2.. one stock hash per sku, in ARGV order
+-- warmup: loads a new campaign's window and stock and lists it in the campaign index,
+-- in one step: a campaign that can sell is always one the relay and the sweeps visit.
+-- Refuses to touch a campaign that already exists, so a repeated launch can never
+-- reset live stock.
+-- KEYS: 1 meta, 2 campaign index (set), 3.. one stock hash per sku, in ARGV order
 -- ARGV: 1 campaign, 2 starts_ms, 3 ends_ms, 4 per_user_limit, 5 payment_window_secs,
 --       6 max_orders_per_sec ('' = none), 7 max_user_requests_per_sec ('' = none),
 --       8 events channel, then (sku, stock, price_cents) triples
 -- Replies: {'created'} {'exists'}
 
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return { 'exists' }
-end
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
+local FIRST_STOCK_KEY = 3
+for i = 1, #KEYS do
+  if i ~= 2 and redis.call('EXISTS', KEYS[i]) == 1 then
     return { 'exists' }
   end
 end
 local skus = {}
-for i = 2, #KEYS do
-  local base = 9 + (i - 2) * 3
+for i = FIRST_STOCK_KEY, #KEYS do
+  local base = 9 + (i - FIRST_STOCK_KEY) * 3
   local sku, stock, price = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   skus[#skus + 1] = sku
   redis.call('HSET', KEYS[i], 'total', stock, 'avail', stock, 'resv', 0, 'sold', 0,
@@ -25,5 +25,6 @@ end
 redis.call('HSET', KEYS[1], 'starts', ARGV[2], 'ends', ARGV[3], 'limit', ARGV[4],
   'window', ARGV[5], 'max_orders_per_sec', ARGV[6], 'max_user_rps', ARGV[7],
   'skus', table.concat(skus, ','), 'version', 1)
+redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[8], 'meta ' .. ARGV[1])
 return { 'created' }

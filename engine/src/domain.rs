@@ -291,10 +291,12 @@ pub enum ConfirmOutcome {
     Paid,
     /// Paid after the order was cancelled or expired: the money goes back, not the units.
     RefundRequired,
-    /// A failed payment: noted, order unchanged.
-    FailedNoted,
-    /// This event id was seen before: no effect.
-    Duplicate,
+    /// A failed payment: noted, order unchanged (its state is given).
+    FailedNoted(common::message::OrderStatus),
+    /// This event id was seen before for this order: no effect (the order's state is given).
+    Duplicate(common::message::OrderStatus),
+    /// This event id was seen before for another order: nothing changes.
+    EventConflict,
     /// The order was already paid or refund-required: no effect.
     AlreadySettled(common::message::OrderStatus),
     AmountMismatch {

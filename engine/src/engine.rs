@@ -153,12 +153,27 @@ impl Engine {
 
     /// Cancels or expires a pending reservation; units come back on every process.
     pub async fn release(&self, order: &OrderId, reason: ReleaseReason) -> Result<ReleaseOutcome> {
-        let reply = self.inner.store.release(order, reason).await?;
         let campaign = order.campaign();
+        let mut outcomes = self.release_many(&campaign, std::slice::from_ref(order), reason).await?;
+        outcomes
+            .pop()
+            .map(|(_, outcome)| outcome)
+            .ok_or_else(|| crate::EngineError::Protocol("release: no outcome".into()))
+    }
+
+    /// Cancels or expires many pending reservations of one campaign in a few script
+    /// calls, each order at most once; units come back on every process.
+    pub async fn release_many(
+        &self,
+        campaign: &CampaignId,
+        orders: &[OrderId],
+        reason: ReleaseReason,
+    ) -> Result<Vec<(OrderId, ReleaseOutcome)>> {
+        let reply = self.inner.store.release_many(campaign, orders, reason).await?;
         for (sku, gen) in &reply.restocked {
             self.inner.cache.restock(campaign.as_str(), sku, *gen);
         }
-        Ok(reply.outcome)
+        Ok(reply.outcomes)
     }
 
     /// Applies a payment provider's verdict to an order.

@@ -162,10 +162,11 @@ pub struct ReserveReply {
     pub buyers: u64,
 }
 
-/// A release outcome plus the skus it brought back from zero, with their new generation.
+/// Each order's release outcome plus the skus brought back from zero, with their new
+/// generation.
 #[derive(Debug, Clone)]
 pub struct ReleaseReply {
-    pub outcome: ReleaseOutcome,
+    pub outcomes: Vec<(OrderId, ReleaseOutcome)>,
     pub restocked: Vec<(SkuId, u64)>,
 }
 
@@ -310,38 +311,60 @@ impl StockStore {
         Ok(reply)
     }
 
-    /// Cancels or expires a pending reservation, giving its units back (`release.lua`).
-    #[tracing::instrument(level = "debug", skip_all, fields(order = %order_id))]
-    pub async fn release(&self, order_id: &OrderId, reason: ReleaseReason) -> Result<ReleaseReply> {
-        let campaign = order_id.campaign();
-        let Some((user, skus)) = self.order_owner_and_skus(order_id).await? else {
-            return Ok(ReleaseReply { outcome: ReleaseOutcome::NotFound, restocked: Vec::new() });
-        };
-        let k = &self.keys;
-        let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(k.order(order_id))
-            .key(k.user(&campaign, &user))
-            .key(k.outbox(&campaign))
-            .key(k.pending(&campaign));
-        for sku in &skus {
-            inv.key(k.stock(&campaign, sku));
-        }
-        inv.arg(campaign.as_str())
-            .arg(order_id.as_str())
-            .arg(reason.as_str())
-            .arg(k.prefix(&campaign))
-            .arg(k.events_channel());
-        let r = self.eval(inv).await?;
-        let outcome = match r.tag()? {
-            "released" => {
-                return Ok(ReleaseReply { outcome: ReleaseOutcome::Released, restocked: r.sku_gens(1)? })
+    /// Cancels or expires pending reservations of one campaign, giving their units back
+    /// (`release.lua`, one call per [`RELEASE_BATCH_MAX`] orders). The orders' owners
+    /// and lines are read first in one pipelined round trip: the script must name
+    /// every key it touches.
+    #[tracing::instrument(level = "debug", skip_all, fields(campaign = %campaign, orders = orders.len()))]
+    pub async fn release_many(
+        &self,
+        campaign: &CampaignId,
+        orders: &[OrderId],
+        reason: ReleaseReason,
+    ) -> Result<ReleaseReply> {
+        let mut reply = ReleaseReply { outcomes: Vec::with_capacity(orders.len()), restocked: Vec::new() };
+        for chunk in orders.chunks(RELEASE_BATCH_MAX) {
+            let owners = self.owners_and_skus(chunk).await?;
+            let k = &self.keys;
+            let mut inv = self.scripts.release.prepare_invoke();
+            inv.key(k.meta(campaign)).key(k.outbox(campaign)).key(k.pending(campaign));
+            inv.arg(campaign.as_str()).arg(reason.as_str()).arg(k.prefix(campaign)).arg(k.events_channel());
+            for (order, owner) in chunk.iter().zip(&owners) {
+                inv.key(k.order(order));
+                match owner {
+                    Some((user, skus)) => {
+                        inv.key(k.user(campaign, user));
+                        for sku in skus {
+                            inv.key(k.stock(campaign, sku));
+                        }
+                        inv.arg(order.as_str()).arg(skus.len());
+                    }
+                    // No order hash: the script only takes the id off the pending set.
+                    None => {
+                        inv.key(format!("{}user:", k.prefix(campaign)));
+                        inv.arg(order.as_str()).arg(0);
+                    }
+                }
             }
-            "not_found" => ReleaseOutcome::NotFound,
-            "not_pending" => ReleaseOutcome::NotPending(r.status(1)?),
-            "not_due" => ReleaseOutcome::NotDue { expires_ms: r.int(1)? },
-            other => return Err(EngineError::Protocol(format!("release: {other}"))),
-        };
-        Ok(ReleaseReply { outcome, restocked: Vec::new() })
+            let r = self.eval(inv).await?;
+            match r.tag()? {
+                "done" => {}
+                "restoring" => return Err(restoring(campaign)),
+                other => return Err(EngineError::Protocol(format!("release: {other}"))),
+            }
+            let Some(Value::Array(outcomes)) = r.0.get(1) else {
+                return Err(EngineError::Protocol("release: no outcome list".into()));
+            };
+            if outcomes.len() != chunk.len() {
+                return Err(EngineError::Protocol("release: one outcome per order expected".into()));
+            }
+            let outcomes = Reply(outcomes.clone());
+            for (i, order) in chunk.iter().enumerate() {
+                reply.outcomes.push((order.clone(), parse_release_outcome(&outcomes.string(i)?)?));
+            }
+            reply.restocked.extend(r.sku_gens(2)?);
+        }
+        Ok(reply)
     }
 
     /// Applies a payment provider's verdict (`confirm.lua`).
@@ -354,7 +377,8 @@ impl StockStore {
         status: PaymentStatus,
     ) -> Result<ConfirmOutcome> {
         let campaign = order_id.campaign();
-        let Some((_, skus)) = self.order_owner_and_skus(order_id).await? else {
+        let owners = self.owners_and_skus(std::slice::from_ref(order_id)).await?;
+        let Some(Some((_, skus))) = owners.into_iter().next() else {
             return Ok(ConfirmOutcome::NotFound);
         };
         let k = &self.keys;
@@ -362,7 +386,8 @@ impl StockStore {
         inv.key(k.order(order_id))
             .key(k.outbox(&campaign))
             .key(k.pending(&campaign))
-            .key(k.payment_event(&campaign, event));
+            .key(k.payment_event(&campaign, event))
+            .key(k.meta(&campaign));
         for sku in &skus {
             inv.key(k.stock(&campaign, sku));
         }
@@ -375,27 +400,30 @@ impl StockStore {
             .arg(amount_cents.to_string())
             .arg(status)
             .arg(k.prefix(&campaign))
-            .arg(self.limits.payment_event_ttl_secs);
+            .arg(self.limits.payment_event_ttl_secs)
+            .arg(k.events_channel());
         let r = self.eval(inv).await?;
         Ok(match r.tag()? {
             "paid" => ConfirmOutcome::Paid,
             "refund_required" => ConfirmOutcome::RefundRequired,
-            "failed_noted" => ConfirmOutcome::FailedNoted,
-            "duplicate" => ConfirmOutcome::Duplicate,
+            "failed_noted" => ConfirmOutcome::FailedNoted(r.status(1)?),
+            "duplicate" => ConfirmOutcome::Duplicate(r.status(1)?),
             "already" => ConfirmOutcome::AlreadySettled(r.status(1)?),
             "amount_mismatch" => ConfirmOutcome::AmountMismatch { total_cents: r.int(1)? },
+            "event_conflict" => ConfirmOutcome::EventConflict,
             "not_found" => ConfirmOutcome::NotFound,
+            "restoring" => return Err(restoring(&campaign)),
             other => return Err(EngineError::Protocol(format!("confirm: {other}"))),
         })
     }
 
-    /// Loads a new campaign's window and stock (`warmup.lua`) and lists it.
+    /// Loads a new campaign's window and stock and lists it, in one step (`warmup.lua`).
     #[tracing::instrument(level = "debug", skip_all, fields(campaign = %spec.campaign))]
     pub async fn launch(&self, spec: &CampaignLaunch) -> Result<LaunchOutcome> {
         let k = &self.keys;
         let c = &spec.campaign;
         let mut inv = self.scripts.warmup.prepare_invoke();
-        inv.key(k.meta(c));
+        inv.key(k.meta(c)).key(k.campaigns());
         inv.arg(c.as_str())
             .arg(spec.starts_ms)
             .arg(spec.ends_ms)
@@ -414,13 +442,6 @@ impl StockStore {
             "exists" => LaunchOutcome::AlreadyExists,
             other => return Err(EngineError::Protocol(format!("warmup: {other}"))),
         };
-        let index = k.campaigns();
-        let id = c.as_str().to_owned();
-        self.link
-            .call(|mut conn| async move {
-                redis::cmd("SADD").arg(index).arg(id).query_async::<()>(&mut conn).await
-            })
-            .await?;
         Ok(outcome)
     }
 
@@ -570,26 +591,28 @@ impl StockStore {
         }
     }
 
-    /// The order's owner and skus: the keys a release or confirmation must name.
-    async fn order_owner_and_skus(&self, order_id: &OrderId) -> Result<Option<(UserId, Vec<SkuId>)>> {
-        let key = self.keys.order(order_id);
-        let (user, items): (Option<String>, Option<String>) = self
-            .link
-            .call(|mut c| async move {
-                redis::cmd("HMGET").arg(key).arg("user").arg("items").query_async(&mut c).await
-            })
-            .await?;
-        match (user, items) {
-            (Some(user), Some(items)) => {
-                let user = UserId::parse(&user).map_err(protocol)?;
-                let skus = parse_items(&items)?
-                    .iter()
-                    .map(|i| SkuId::parse(&i.sku_id).map_err(protocol))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Some((user, skus)))
-            }
-            _ => Ok(None),
+    /// Each order's owner and skus (`None` where Redis has no such order): the keys a
+    /// release or confirmation must name. One pipelined round trip.
+    async fn owners_and_skus(&self, orders: &[OrderId]) -> Result<Vec<Option<(UserId, Vec<SkuId>)>>> {
+        let mut pipe = redis::pipe();
+        for order in orders {
+            pipe.cmd("HMGET").arg(self.keys.order(order)).arg("user").arg("items");
         }
+        let rows: Vec<(Option<String>, Option<String>)> =
+            self.link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        rows.into_iter()
+            .map(|row| match row {
+                (Some(user), Some(items)) => {
+                    let user = UserId::parse(&user).map_err(protocol)?;
+                    let skus = parse_items(&items)?
+                        .iter()
+                        .map(|i| SkuId::parse(&i.sku_id).map_err(protocol))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Some((user, skus)))
+                }
+                _ => Ok(None),
+            })
+            .collect()
     }
 }
 
@@ -597,6 +620,27 @@ impl StockStore {
 /// refuses to launch, so the probe always ends at `campaign_not_found` and writes
 /// nothing. It only proves that Redis runs the reservation script.
 pub const PROBE_CAMPAIGN: &str = "readiness-probe-never-launched";
+
+/// Orders released by one script call at most: a burst of 10,000 deadlines is a few
+/// dozen calls, each short enough (a few ms) not to stall the reservations behind it.
+pub const RELEASE_BATCH_MAX: usize = 256;
+
+fn restoring(campaign: &CampaignId) -> EngineError {
+    EngineError::Unavailable(format!("campaign {campaign} is being restored from MySQL"))
+}
+
+fn parse_release_outcome(word: &str) -> Result<ReleaseOutcome> {
+    let (tag, detail) = word.split_once(':').unwrap_or((word, ""));
+    Ok(match tag {
+        "released" => ReleaseOutcome::Released,
+        "not_found" => ReleaseOutcome::NotFound,
+        "not_pending" => ReleaseOutcome::NotPending(
+            OrderStatus::parse(detail).ok_or_else(|| EngineError::Protocol(format!("release: {word}")))?,
+        ),
+        "not_due" => ReleaseOutcome::NotDue { expires_ms: detail.parse().map_err(protocol)? },
+        _ => return Err(EngineError::Protocol(format!("release: {word}"))),
+    })
+}
 
 fn threshold_arg(v: Option<u32>) -> String {
     v.map(|n| n.to_string()).unwrap_or_default()

@@ -109,7 +109,7 @@ async fn run(engine: &Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let status = if ok { PaymentStatus::Succeeded } else { PaymentStatus::Failed };
                 let out = engine.confirm(&o.id, &ev, o.total, status).await.unwrap();
                 let expected = match (ok, o.status) {
-                    (false, _) => ConfirmOutcome::FailedNoted,
+                    (false, s) => ConfirmOutcome::FailedNoted(s),
                     (true, OrderStatus::PendingPayment) => ConfirmOutcome::Paid,
                     (true, OrderStatus::Cancelled | OrderStatus::Expired) => ConfirmOutcome::RefundRequired,
                     (true, s) => ConfirmOutcome::AlreadySettled(s),

@@ -212,14 +212,14 @@ async fn confirm_pays_once_and_never_resells_a_released_order() {
     let r = e.confirm(&paid.order_id, &ev("e0"), 499, PaymentStatus::Succeeded).await.unwrap();
     assert_eq!(r, ConfirmOutcome::AmountMismatch { total_cents: 500 });
     let r = e.confirm(&paid.order_id, &ev("e1"), 500, PaymentStatus::Failed).await.unwrap();
-    assert_eq!(r, ConfirmOutcome::FailedNoted);
+    assert_eq!(r, ConfirmOutcome::FailedNoted(OrderStatus::PendingPayment));
     assert_eq!(
         e.confirm(&paid.order_id, &ev("e2"), 500, PaymentStatus::Succeeded).await.unwrap(),
         ConfirmOutcome::Paid
     );
     assert_eq!(
         e.confirm(&paid.order_id, &ev("e2"), 500, PaymentStatus::Succeeded).await.unwrap(),
-        ConfirmOutcome::Duplicate
+        ConfirmOutcome::Duplicate(OrderStatus::Paid)
     );
     assert_eq!(
         e.confirm(&paid.order_id, &ev("e3"), 500, PaymentStatus::Succeeded).await.unwrap(),
@@ -233,6 +233,10 @@ async fn confirm_pays_once_and_never_resells_a_released_order() {
 
     let late = reserved(e.reserve(&cid("c"), &user("u"), &key("k2"), &lines(&[("a", 1)])).await.unwrap());
     e.release(&late.order_id, ReleaseReason::Cancelled).await.unwrap();
+    // An event id already applied to another order is refused and changes nothing.
+    let r = e.confirm(&late.order_id, &ev("e2"), 250, PaymentStatus::Succeeded).await.unwrap();
+    assert_eq!(r, ConfirmOutcome::EventConflict);
+    assert_eq!(e.store().order(&late.order_id).await.unwrap().unwrap().status, OrderStatus::Cancelled);
     let r = e.confirm(&late.order_id, &ev("e4"), 250, PaymentStatus::Succeeded).await.unwrap();
     assert_eq!(r, ConfirmOutcome::RefundRequired);
     let c = &counters(&e, "c", &["a"]).await[0];
@@ -444,4 +448,48 @@ async fn the_readiness_probe_runs_the_reservation_script() {
     let mut raw = ns.raw().await;
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
     e.store().probe().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_due_orders_is_released_in_few_calls_each_exactly_once() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let n = engine::store::RELEASE_BATCH_MAX * 2 + 7;
+    let mut spec = open_campaign("c", &[("a", n as u64, 100), ("b", n as u64, 50)], 5);
+    spec.payment_window_secs = 1;
+    launch(&e, &spec).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let l = if i % 3 == 0 { lines(&[("a", 1), ("b", 2)]) } else { lines(&[("a", 1)]) };
+        let r = reserved(e.reserve(&cid("c"), &user(&format!("u{i}")), &key("k"), &l).await.unwrap());
+        ids.push(r.order_id);
+    }
+    // One already cancelled, and a pending id whose order hash is gone (Redis lost it).
+    e.release(&ids[5], ReleaseReason::Cancelled).await.unwrap();
+    let ghost = OrderId::generate(&cid("c"));
+    let mut raw = ns.raw().await;
+    let pending = format!("{}:{{c:c}}:pending", ns.settings.namespace);
+    let _: () =
+        redis::cmd("ZADD").arg(&pending).arg(0).arg(ghost.as_str()).query_async(&mut raw).await.unwrap();
+    let early = e.release_many(&cid("c"), &ids[..3], ReleaseReason::Expired).await.unwrap();
+    assert!(early.iter().all(|(_, o)| matches!(o, ReleaseOutcome::NotDue { .. })), "{early:?}");
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut due = e.store().due_orders(&cid("c"), now_ms(), 10 * n).await.unwrap();
+    assert_eq!(due.len(), n, "every pending order and the ghost are due");
+    due.push(ids[7].clone()); // asked twice in one burst: released once
+    let out = e.release_many(&cid("c"), &due, ReleaseReason::Expired).await.unwrap();
+    let released = out.iter().filter(|(_, o)| *o == ReleaseOutcome::Released).count();
+    assert_eq!(released, n - 1);
+    assert_eq!(
+        out.iter().find(|(id, _)| *id == ghost).map(|(_, o)| o.clone()),
+        Some(ReleaseOutcome::NotFound)
+    );
+    assert_eq!(out.last().map(|(_, o)| o.clone()), Some(ReleaseOutcome::NotPending(OrderStatus::Expired)));
+    assert!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty(), "the ghost left too");
+    let c = counters(&e, "c", &["a", "b"]).await;
+    assert_eq!((c[0].available, c[0].reserved), (n as u64, 0));
+    assert_eq!((c[1].available, c[1].reserved), (n as u64, 0));
+    let expired = outbox(&ns, "c").await.iter().filter(|ev| ev.status == OrderStatus::Expired).count();
+    assert_eq!(expired, n - 1, "one outbox entry per released order");
 }

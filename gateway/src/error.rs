@@ -33,6 +33,8 @@ pub enum AppError {
     CampaignNotActive,
     #[error("order is {0} and cannot be cancelled")]
     OrderNotCancellable(&'static str),
+    #[error("payment event id already used for another order")]
+    EventIdConflict,
     #[error("idempotency key already used with another request")]
     IdempotencyKeyReused,
     #[error("amount {got} does not match the order total {expected}")]
@@ -62,7 +64,8 @@ impl AppError {
             | SoldOut(_)
             | PurchaseLimitExceeded { .. }
             | CampaignNotActive
-            | OrderNotCancellable(_) => StatusCode::CONFLICT,
+            | OrderNotCancellable(_)
+            | EventIdConflict => StatusCode::CONFLICT,
             IdempotencyKeyReused | AmountMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -86,6 +89,7 @@ impl AppError {
             PurchaseLimitExceeded { .. } => "purchase_limit_exceeded",
             CampaignNotActive => "campaign_not_active",
             OrderNotCancellable(_) => "order_not_cancellable",
+            EventIdConflict => "event_id_conflict",
             IdempotencyKeyReused => "idempotency_key_reused",
             AmountMismatch { .. } => "amount_mismatch",
             RateLimited { .. } => "rate_limited",

@@ -2,6 +2,7 @@
 
 use axum::extract::{Request, State};
 use axum::Json;
+use common::message::OrderStatus;
 use engine::domain::{ConfirmOutcome, EventId, OrderId, PaymentStatus};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +42,7 @@ pub struct CallbackAnswer {
 #[utoipa::path(post, path = "/api/v1/payments/callback", tag = "payments",
     params(("Flashsale-Signature" = String, Header, description = "t=<unix secs>,v1=<hex HMAC-SHA256(secret, \"<t>.<raw body>\")>[,v1=...]")),
     request_body = Callback,
-    responses((status = 200, body = CallbackAnswer), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "invalid_signature"), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 422, body = ErrorBody, description = "amount_mismatch"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = CallbackAnswer), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "invalid_signature"), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 409, body = ErrorBody, description = "event_id_conflict"), (status = 422, body = ErrorBody, description = "amount_mismatch"), (status = 503, body = ErrorBody, description = "unavailable")))]
 pub async fn callback(State(state): State<AppState>, req: Request) -> Result<Json<CallbackAnswer>, AppError> {
     let header = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = raw_body(req, &state).await?;
@@ -55,22 +56,18 @@ pub async fn callback(State(state): State<AppState>, req: Request) -> Result<Jso
         CallbackStatus::Succeeded => PaymentStatus::Succeeded,
         CallbackStatus::Failed => PaymentStatus::Failed,
     };
-    let result = match state.engine.confirm(&order, &event, cb.amount_cents, status).await? {
-        ConfirmOutcome::Paid => "paid",
-        ConfirmOutcome::RefundRequired => "refund_required",
-        ConfirmOutcome::FailedNoted => "failed_noted",
-        ConfirmOutcome::Duplicate => "duplicate",
-        ConfirmOutcome::AlreadySettled(_) => "no_effect",
+    let (result, order_status) = match state.engine.confirm(&order, &event, cb.amount_cents, status).await? {
+        ConfirmOutcome::Paid => ("paid", OrderStatus::Paid),
+        ConfirmOutcome::RefundRequired => ("refund_required", OrderStatus::RefundRequired),
+        ConfirmOutcome::FailedNoted(s) => ("failed_noted", s),
+        ConfirmOutcome::Duplicate(s) => ("duplicate", s),
+        ConfirmOutcome::AlreadySettled(s) => ("no_effect", s),
         ConfirmOutcome::AmountMismatch { total_cents } => {
             return Err(AppError::AmountMismatch { got: cb.amount_cents, expected: total_cents })
         }
+        ConfirmOutcome::EventConflict => return Err(AppError::EventIdConflict),
         ConfirmOutcome::NotFound => return Err(AppError::OrderNotFound),
     };
-    let order_status = state
-        .engine
-        .store()
-        .order(&order)
-        .await?
-        .map_or_else(|| "unknown".to_owned(), |o| o.status.as_str().to_owned());
+    let order_status = order_status.as_str().to_owned();
     Ok(Json(CallbackAnswer { event_id: cb.event_id, order_id: cb.order_id, order_status, result }))
 }
