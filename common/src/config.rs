@@ -63,6 +63,10 @@ pub struct WorkerSettings {
     pub max_deliveries: u32,
     pub sweep_interval_ms: u64,
     pub reconcile_interval_ms: u64,
+    pub persist_retry_ms: u64,
+    pub persist_retry_max: u32,
+    pub retain_finished_secs: u64,
+    pub restore_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +173,10 @@ impl Settings {
             ("worker.max_deliveries", u64::from(self.worker.max_deliveries)),
             ("worker.sweep_interval_ms", self.worker.sweep_interval_ms),
             ("worker.reconcile_interval_ms", self.worker.reconcile_interval_ms),
+            ("worker.persist_retry_ms", self.worker.persist_retry_ms),
+            ("worker.persist_retry_max", u64::from(self.worker.persist_retry_max)),
+            ("worker.retain_finished_secs", self.worker.retain_finished_secs),
+            ("worker.restore_check_ms", self.worker.restore_check_ms),
             ("redis.connections", self.redis.connections as u64),
             ("redis.call_timeout_ms", self.redis.call_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),

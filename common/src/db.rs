@@ -351,18 +351,121 @@ impl Db {
         .await
     }
 
-    /// Pending orders whose deadline passed before `before_ms`, oldest first.
-    pub async fn overdue_orders(&self, before_ms: i64, limit: u32) -> Result<Vec<String>> {
+    /// Pending orders whose deadline passed before `before_ms`, oldest first, from just
+    /// after `after` (a `(expires_ms, order_id)` cursor): a sweep that cannot settle
+    /// some rows still reaches the ones behind them.
+    pub async fn overdue_orders(
+        &self,
+        before_ms: i64,
+        after: Option<&(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>> {
         bounded(self.timeout, async {
+            let (after_ms, after_id) = after.map_or((i64::MIN, ""), |(ms, id)| (*ms, id.as_str()));
             let rows = sqlx::query(
-                "SELECT order_id FROM orders WHERE status = 'pending_payment' AND expires_ms < ? \
-                 ORDER BY expires_ms LIMIT ?",
+                "SELECT expires_ms, order_id FROM orders WHERE status = 'pending_payment' AND expires_ms < ? \
+                 AND (expires_ms > ? OR (expires_ms = ? AND order_id > ?)) ORDER BY expires_ms, order_id LIMIT ?",
             )
             .bind(before_ms)
+            .bind(after_ms)
+            .bind(after_ms)
+            .bind(after_id)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
+            rows.iter().map(|r| Ok((r.try_get(0)?, text(r, 1)?))).collect()
+        })
+        .await
+    }
+
+    /// Campaigns whose data Redis should still hold (not retired).
+    pub async fn unretired_campaigns(&self) -> Result<Vec<String>> {
+        bounded(self.timeout, async {
+            let rows = sqlx::query("SELECT campaign_id FROM campaigns WHERE retired_ms IS NULL")
+                .fetch_all(&self.pool)
+                .await?;
             rows.iter().map(|r| text(r, 0)).collect()
+        })
+        .await
+    }
+
+    /// Unretired campaigns that ended before `ended_before_ms`.
+    pub async fn campaigns_to_retire(&self, ended_before_ms: i64) -> Result<Vec<String>> {
+        bounded(self.timeout, async {
+            let rows = sqlx::query(
+                "SELECT campaign_id FROM campaigns WHERE retired_ms IS NULL AND ends_ms < ? LIMIT 100",
+            )
+            .bind(ended_before_ms)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(|r| text(r, 0)).collect()
+        })
+        .await
+    }
+
+    /// Records that a campaign's per-order data left Redis.
+    pub async fn mark_retired(&self, campaign: &str, now_ms: i64) -> Result<()> {
+        bounded(self.timeout, async {
+            sqlx::query("UPDATE campaigns SET retired_ms = ? WHERE campaign_id = ?")
+                .bind(now_ms)
+                .bind(campaign)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every order of a campaign with its items (restoring a campaign Redis lost).
+    pub async fn campaign_orders(&self, campaign: &str) -> Result<Vec<OrderRow>> {
+        bounded(self.timeout * 10, async {
+            let rows = sqlx::query(
+                "SELECT o.order_id, o.user_id, o.status, o.total_cents, o.created_ms, o.expires_ms, o.paid_ms, \
+                 i.sku_id, i.quantity, i.price_cents FROM orders o JOIN order_items i ON i.order_id = o.order_id \
+                 WHERE o.campaign_id = ? ORDER BY o.order_id, i.sku_id",
+            )
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut out: Vec<OrderRow> = Vec::new();
+            for r in rows {
+                let id = text(&r, 0)?;
+                let quantity: i64 = r.try_get(8)?;
+                let item = OrderItem { sku_id: text(&r, 7)?, quantity: quantity as u64, price_cents: r.try_get(9)? };
+                if let Some(last) = out.last_mut().filter(|o| o.order_id == id) {
+                    last.items.push(item);
+                    continue;
+                }
+                let status = text(&r, 2)?;
+                out.push(OrderRow {
+                    order_id: id,
+                    campaign_id: campaign.to_owned(),
+                    user_id: text(&r, 1)?,
+                    status: OrderStatus::parse(&status)
+                        .ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?,
+                    items: vec![item],
+                    total_cents: r.try_get(3)?,
+                    created_ms: r.try_get(4)?,
+                    expires_ms: r.try_get(5)?,
+                    paid_ms: r.try_get(6)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Whether MySQL has a stock row for this sku (an event naming none can never apply).
+    pub async fn has_stock_row(&self, campaign: &str, sku: &str) -> Result<bool> {
+        bounded(self.timeout, async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM campaign_items WHERE campaign_id = ? AND sku_id = ?",
+            )
+            .bind(campaign)
+            .bind(sku)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(n > 0)
         })
         .await
     }

@@ -195,7 +195,11 @@ async fn overdue_pending_orders_are_listed_oldest_first() {
     let mut c = event("c", OrderStatus::Paid, 1);
     c.expires_ms = 10;
     t.db.apply_events(&[a, b, c]).await.unwrap();
-    assert_eq!(t.db.overdue_orders(101, 10).await.unwrap(), vec!["b".to_owned(), "a".to_owned()]);
-    assert_eq!(t.db.overdue_orders(60, 10).await.unwrap(), vec!["b".to_owned()]);
+    let ids = |rows: Vec<(i64, String)>| rows.into_iter().map(|(_, id)| id).collect::<Vec<_>>();
+    assert_eq!(ids(t.db.overdue_orders(101, None, 10).await.unwrap()), vec!["b".to_owned(), "a".to_owned()]);
+    assert_eq!(ids(t.db.overdue_orders(60, None, 10).await.unwrap()), vec!["b".to_owned()]);
+    // From a cursor on: the rows behind it, never the ones before.
+    let first = t.db.overdue_orders(101, None, 1).await.unwrap();
+    assert_eq!(ids(t.db.overdue_orders(101, first.last(), 10).await.unwrap()), vec!["a".to_owned()]);
     t.cleanup().await;
 }

@@ -14,7 +14,7 @@
 //! depend on them (unknown campaign or sku, not started yet) are given locally.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ const MAX_MISSING_ENTRIES: usize = 10_000;
 /// Most buyers remembered per campaign. Past this the campaign's sold-out and ended
 /// answers all go to Redis: slower, never wrong.
 const MAX_BUYERS_PER_CAMPAIGN: usize = 1_000_000;
+/// How far this process's clock may be behind Redis's: a buyer count read this long
+/// after a campaign's end (by the local clock) is final, no reservation can follow it.
+const END_CLOCK_SKEW_MS: i64 = 1_000;
 
 /// One sku's sold-out flag, packed in one word so readers never lock:
 /// high 32 bits the stock generation, low 32 bits the time (ms since the cache's
@@ -79,9 +82,12 @@ pub struct CampaignEntry {
     pub meta: Arc<CampaignMeta>,
     flags: Arc<HashMap<SkuId, SoldOutFlag>>,
     buyers: Arc<DashSet<String>>,
-    /// Buyers Redis had when it last flagged a sku here: until this process has heard
-    /// of as many, a buyer may be missing and no flag is trusted.
+    /// Buyers Redis had when it last flagged a sku here (or when the campaign was last
+    /// reloaded): until this process has heard of as many, a buyer may be missing and
+    /// no flag is trusted.
     buyers_required: Arc<AtomicU64>,
+    /// When (local clock, ms) Redis's buyer count was last read into `buyers_required`.
+    buyers_counted_ms: Arc<AtomicI64>,
 }
 
 impl CampaignEntry {
@@ -171,11 +177,18 @@ impl LocalCache {
             _ => Arc::new(meta.skus.iter().map(|s| (s.clone(), SoldOutFlag::default())).collect()),
         };
         let buyers_required = old.as_ref().map_or_else(Arc::default, |o| Arc::clone(&o.buyers_required));
+        let buyers_counted_ms = old.as_ref().map_or_else(Arc::default, |o| Arc::clone(&o.buyers_counted_ms));
         let buyers = old.map_or_else(|| Arc::new(DashSet::new()), |o| Arc::clone(&o.buyers));
         for b in loaded_buyers.into_iter().flatten() {
             buyers.insert(b);
         }
-        let entry = Arc::new(CampaignEntry { meta: Arc::new(meta), flags, buyers, buyers_required });
+        let entry = Arc::new(CampaignEntry {
+            meta: Arc::new(meta),
+            flags,
+            buyers,
+            buyers_required,
+            buyers_counted_ms,
+        });
         self.campaigns.insert(campaign.clone(), entry);
     }
 
@@ -202,6 +215,23 @@ impl LocalCache {
     pub fn is_sold_out(&self, entry: &CampaignEntry, sku: &SkuId) -> bool {
         self.is_live()
             && entry.flags.get(sku).is_some_and(|f| f.is_set(self.now(), self.sold_out_ttl_ms))
+            && entry.buyers.len() as u64 >= entry.buyers_required.load(Ordering::Relaxed)
+    }
+
+    /// Redis had `count` buyers when read at `read_at_ms` (local clock).
+    pub fn note_buyer_count(&self, campaign: &str, count: u64, read_at_ms: i64) {
+        if let Some(e) = self.campaigns.get(campaign) {
+            e.buyers_required.fetch_max(count, Ordering::Relaxed);
+            e.buyers_counted_ms.fetch_max(read_at_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an "ended" answer may be given here: notices flow, Redis's buyer count
+    /// was read after the end (so it is final) and this process knows that many buyers
+    /// (so everyone who could replay an order is in the buyer set).
+    pub fn may_answer_ended(&self, entry: &CampaignEntry) -> bool {
+        self.is_live()
+            && entry.buyers_counted_ms.load(Ordering::Relaxed) >= entry.meta.ends_ms + END_CLOCK_SKEW_MS
             && entry.buyers.len() as u64 >= entry.buyers_required.load(Ordering::Relaxed)
     }
 
@@ -301,6 +331,25 @@ mod tests {
         cache.put(&c, Some(meta(&["a"])), None);
         cache.mark_sold_out("c", &sku, 0, 3);
         assert!(!cache.is_sold_out(&entry(&cache), &sku));
+    }
+
+    #[test]
+    fn ended_is_answered_only_once_every_buyer_after_the_end_is_known() {
+        let cache = LocalCache::new(Duration::from_secs(1), Duration::from_secs(1));
+        cache.set_live(true);
+        let c = CampaignId::parse("c").unwrap();
+        let mut m = meta(&["a"]);
+        m.ends_ms = 10_000;
+        cache.put(&c, Some(m), Some(vec!["u1".into()]));
+        assert!(!cache.may_answer_ended(&entry(&cache)), "no buyer count read after the end yet");
+        cache.note_buyer_count("c", 2, 10_500);
+        assert!(!cache.may_answer_ended(&entry(&cache)), "read within the clock skew: not final");
+        cache.note_buyer_count("c", 2, 11_000);
+        assert!(!cache.may_answer_ended(&entry(&cache)), "u2's notice has not arrived: u2 may be retrying");
+        cache.add_buyer("c", "u2");
+        assert!(cache.may_answer_ended(&entry(&cache)));
+        cache.set_live(false);
+        assert!(!cache.may_answer_ended(&entry(&cache)), "not while notices are down");
     }
 
     #[test]

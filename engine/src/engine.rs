@@ -13,7 +13,7 @@ use crate::domain::{
     ReleaseReason, ReserveOutcome, UserId,
 };
 use crate::error::Result;
-use crate::events::{self, Notice};
+use crate::events::{self, Notice, WorkSignal};
 use crate::keys::KeySpace;
 use crate::link::RedisLink;
 use crate::store::{
@@ -41,8 +41,14 @@ pub(crate) struct Inner {
     pub(crate) cache: LocalCache,
     answered_locally: AtomicU64,
     sent_to_redis: AtomicU64,
+    /// Outbox work notices, for the relay (nobody listens in a gateway).
+    pub(crate) work: tokio::sync::broadcast::Sender<WorkSignal>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
+
+/// Work signals buffered per listener; one that falls further behind gets a lag error
+/// and treats it as [`WorkSignal::Resync`].
+const WORK_SIGNAL_BUFFER: usize = 4096;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -83,6 +89,7 @@ impl Engine {
             cache,
             answered_locally: AtomicU64::new(0),
             sent_to_redis: AtomicU64::new(0),
+            work: tokio::sync::broadcast::channel(WORK_SIGNAL_BUFFER).0,
             tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
@@ -109,6 +116,11 @@ impl Engine {
             answered_locally: self.inner.answered_locally.load(Ordering::Relaxed),
             sent_to_redis: self.inner.sent_to_redis.load(Ordering::Relaxed),
         }
+    }
+
+    /// Outbox work notices from every process: which campaigns have entries to relay.
+    pub fn work_signals(&self) -> tokio::sync::broadcast::Receiver<WorkSignal> {
+        self.inner.work.subscribe()
     }
 
     /// Whether restock and buyer notices are flowing (local sold-out answers are on).
@@ -238,7 +250,9 @@ impl Inner {
             return None;
         }
         if now >= meta.ends_ms {
-            return Some(ReserveOutcome::NotActive);
+            // Only once this process knows every buyer Redis had after the end: a
+            // winner whose notice has not arrived yet must reach the script.
+            return self.cache.may_answer_ended(entry).then_some(ReserveOutcome::NotActive);
         }
         lines
             .iter()
@@ -250,12 +264,17 @@ impl Inner {
     /// has not cached the campaign yet (an entry must never start with a partial set).
     pub(crate) async fn reload(&self, campaign: &CampaignId, with_buyers: bool) -> Result<()> {
         let with_buyers = with_buyers || !self.cache.contains(campaign.as_str());
-        let meta = self.store.campaign_meta(campaign).await?;
-        let buyers = match (&meta, with_buyers) {
+        let read_at_ms = now_ms();
+        let found = self.store.campaign_meta_and_buyer_count(campaign).await?;
+        let buyers = match (&found, with_buyers) {
             (Some(_), true) => Some(self.store.buyers(campaign).await?),
             _ => None,
         };
-        self.cache.put(campaign, meta, buyers);
+        let count = found.as_ref().map(|(_, n)| *n);
+        self.cache.put(campaign, found.map(|(meta, _)| meta), buyers);
+        if let Some(count) = count {
+            self.cache.note_buyer_count(campaign.as_str(), count, read_at_ms);
+        }
         Ok(())
     }
 
@@ -270,6 +289,9 @@ impl Inner {
         match Notice::parse(text) {
             Some(Notice::Restock { campaign, sku, gen }) => self.cache.restock(&campaign, &sku, gen),
             Some(Notice::Buyer { campaign, user }) => self.cache.add_buyer(&campaign, &user),
+            Some(Notice::Outbox { campaign }) => {
+                let _ = self.work.send(WorkSignal::Outbox(campaign));
+            }
             Some(Notice::Meta { campaign }) => {
                 self.cache.unmark_missing(campaign.as_str());
                 if let Err(e) = self.reload(&campaign, false).await {

@@ -3,6 +3,12 @@
 //! - The listener subscribes to `<ns>:events`. After each (re)subscription it forgets
 //!   every sold-out flag and reloads every cached campaign with its buyers, because
 //!   notices sent while it was away are lost; only then does it mark the cache live.
+//!   A link can die without closing (a half-open TCP connection): the listener PINGs
+//!   the subscription every [`PING_EVERY`] and drops to "not live" (no local sold-out
+//!   or ended answers) when a PING goes unanswered for [`PING_TIMEOUT`].
+//! - `outbox <c>` notices (a campaign's outbox went from empty to non-empty) are passed
+//!   on as [`WorkSignal`]s to whoever relays; after a resubscription a
+//!   [`WorkSignal::Resync`] says that some may have been missed.
 //! - The refresher reloads every cached campaign's window, limit and thresholds every
 //!   `campaign_refresh_ms`, so tuning reaches this process within that bound even if a
 //!   `meta` notice is lost.
@@ -18,6 +24,20 @@ use crate::engine::Inner;
 
 /// Longest pause between two reconnection attempts of the listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the subscription is PINGed: with [`PING_TIMEOUT`], a dead link stops
+/// local answers within 1.5 s.
+pub const PING_EVERY: Duration = Duration::from_millis(500);
+/// A PING unanswered this long means the link is dead.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the notice stream tells the relays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkSignal {
+    /// This campaign's outbox has entries again.
+    Outbox(CampaignId),
+    /// The stream was interrupted: notices may have been lost, look at every campaign.
+    Resync,
+}
 /// First pause after a failed subscription.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -35,19 +55,33 @@ pub(crate) async fn listen(engine: Weak<Inner>, url: String, channel: String, ti
                         continue;
                     }
                     inner.cache.set_live(true);
+                    let _ = inner.work.send(WorkSignal::Resync);
                     tracing::debug!(%channel, "cache notices live");
                 }
-                let mut messages = pubsub.into_on_message();
-                while let Some(msg) = messages.next().await {
+                let (sink, mut messages) = pubsub.split();
+                let (dead_tx, mut dead) = tokio::sync::oneshot::channel::<()>();
+                let heartbeat = tokio::spawn(heartbeat(sink, dead_tx));
+                loop {
+                    let msg = tokio::select! {
+                        m = messages.next() => m,
+                        _ = &mut dead => {
+                            tracing::warn!(%channel, "notice link unanswered; resubscribing");
+                            break;
+                        }
+                    };
+                    let Some(msg) = msg else {
+                        tracing::warn!(%channel, "cache notice stream ended; resubscribing");
+                        break;
+                    };
                     let Some(inner) = engine.upgrade() else { return };
                     if let Ok(text) = msg.get_payload::<String>() {
                         inner.apply_notice(&text).await;
                     }
                 }
+                heartbeat.abort();
                 if let Some(inner) = engine.upgrade() {
                     inner.cache.set_live(false);
                 }
-                tracing::warn!(%channel, "cache notice stream ended; resubscribing");
             }
             Err(e) => {
                 if engine.strong_count() == 0 {
@@ -58,6 +92,20 @@ pub(crate) async fn listen(engine: Weak<Inner>, url: String, channel: String, ti
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// PINGs the subscription until a PING goes unanswered, then says so.
+async fn heartbeat(mut sink: redis::aio::PubSubSink, dead: tokio::sync::oneshot::Sender<()>) {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                let _ = dead.send(());
+                return;
+            }
+        }
     }
 }
 
@@ -96,6 +144,7 @@ pub(crate) enum Notice {
     Restock { campaign: String, sku: SkuId, gen: u64 },
     Meta { campaign: CampaignId },
     Buyer { campaign: String, user: String },
+    Outbox { campaign: CampaignId },
 }
 
 impl Notice {
@@ -115,6 +164,7 @@ impl Notice {
             }
             "meta" => Some(Self::Meta { campaign: CampaignId::parse(campaign).ok()? }),
             "buyer" => Some(Self::Buyer { campaign: campaign.to_owned(), user: parts.next()?.to_owned() }),
+            "outbox" => Some(Self::Outbox { campaign: CampaignId::parse(campaign).ok()? }),
             _ => None,
         }
     }
@@ -135,6 +185,7 @@ mod tests {
             Some(Notice::Buyer { campaign: "c1".into(), user: "jane doe".into() })
         );
         assert!(matches!(Notice::parse("meta c1"), Some(Notice::Meta { .. })));
+        assert!(matches!(Notice::parse("outbox c1"), Some(Notice::Outbox { .. })));
         assert_eq!(Notice::parse("restock c1 sku"), None);
         assert_eq!(Notice::parse("bogus c1"), None);
         assert_eq!(Notice::parse(""), None);

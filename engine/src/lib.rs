@@ -5,6 +5,8 @@
 //! - [`keys`]: the Redis key layout (one hash tag per campaign).
 //! - [`link`]: shared multiplexed Redis connections with a timeout on every call.
 //! - [`store`]: the Redis stock store: the Lua scripts and the reads beside them.
+//! - [`outbox`]: the outbox protocol, the worker's pipelined campaign-wide reads,
+//!   and restoring or retiring a whole campaign.
 //! - [`cache`]: the local sharded cache answering sold-out, not-started and unknown
 //!   requests without Redis.
 //! - [`events`]: the pub/sub listener that keeps every process's cache fresh.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod link;
+pub mod outbox;
 pub mod store;
 
 pub use engine::{Engine, EngineStats};

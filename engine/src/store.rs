@@ -171,13 +171,20 @@ pub struct ReleaseReply {
 }
 
 /// The scripts, hashed once.
-struct Scripts {
+pub(crate) struct Scripts {
     reserve: Script,
     release: Script,
     confirm: Script,
     warmup: Script,
     tune: Script,
     counters: Script,
+    pub(crate) restore: Script,
+}
+
+pub(crate) struct StoreParts<'a> {
+    pub(crate) link: &'a RedisLink,
+    pub(crate) keys: &'a KeySpace,
+    pub(crate) scripts: &'a Scripts,
 }
 
 /// The Redis side of the engine.
@@ -203,12 +210,18 @@ impl StockStore {
             warmup: Script::new(flashsale_lua::WARMUP),
             tune: Script::new(flashsale_lua::TUNE),
             counters: Script::new(flashsale_lua::COUNTERS),
+            restore: Script::new(flashsale_lua::RESTORE),
         };
         Self { link, keys, limits, scripts }
     }
 
     pub fn keys(&self) -> &KeySpace {
         &self.keys
+    }
+
+    /// What the outbox and whole-campaign operations (`outbox.rs`) share with the scripts here.
+    pub(crate) fn parts(&self) -> StoreParts<'_> {
+        StoreParts { link: &self.link, keys: &self.keys, scripts: &self.scripts }
     }
 
     pub fn link(&self) -> &RedisLink {
@@ -484,6 +497,22 @@ impl StockStore {
         parse_meta(campaign, &map).map(Some)
     }
 
+    /// [`StockStore::campaign_meta`] and how many buyers the campaign has, in one
+    /// round trip (what a process's cache reloads).
+    pub async fn campaign_meta_and_buyer_count(
+        &self,
+        campaign: &CampaignId,
+    ) -> Result<Option<(CampaignMeta, u64)>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL").arg(self.keys.meta(campaign)).cmd("SCARD").arg(self.keys.buyers(campaign));
+        let (map, buyers): (HashMap<String, String>, u64) =
+            self.link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((parse_meta(campaign, &map)?, buyers)))
+    }
+
     /// Every sku's counters in one consistent snapshot (`counters.lua`).
     pub async fn counters(&self, campaign: &CampaignId, skus: &[SkuId]) -> Result<Vec<SkuCounters>> {
         let mut inv = self.scripts.counters.prepare_invoke();
@@ -565,16 +594,6 @@ impl StockStore {
     pub async fn buyers(&self, campaign: &CampaignId) -> Result<Vec<String>> {
         let key = self.keys.buyers(campaign);
         self.link.call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }).await
-    }
-
-    /// Every campaign ever launched in this namespace.
-    pub async fn campaign_ids(&self) -> Result<Vec<CampaignId>> {
-        let key = self.keys.campaigns();
-        let ids: Vec<String> = self
-            .link
-            .call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
-            .await?;
-        Ok(ids.iter().filter_map(|s| CampaignId::parse(s).ok()).collect())
     }
 
     /// Runs the reservation script itself against a campaign that cannot exist: proves

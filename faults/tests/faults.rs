@@ -573,3 +573,31 @@ async fn two_gateways_and_two_workers_sell_pay_cancel_and_expire_consistently() 
     assert_eq!(expired as usize + paid_late, o.created.len() / 4, "every unpaid order expired, once");
     cleanup(env, workers, db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_notice_link_stops_local_answers_within_two_seconds() {
+    let mut s = Settings::load(None).unwrap();
+    let redis_addr = addr_of(&s.redis.url);
+    let proxy = Proxy::start(redis_addr).await.unwrap();
+    s.namespace = format!("fpub{}", std::process::id());
+    s.redis.url = format!("redis://{}", proxy.addr());
+    let engine = engine::Engine::start(&s).unwrap();
+    let started = Instant::now();
+    while !engine.cache_is_live() {
+        assert!(started.elapsed() < Duration::from_secs(5), "notices never became live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Connections stay open, nothing arrives: no FIN, no RST, only silence.
+    proxy.set(Mode::Blackhole);
+    let cut = Instant::now();
+    while engine.cache_is_live() {
+        assert!(cut.elapsed() < Duration::from_secs(2), "still answering locally 2 s into a dead link");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.restore();
+    let back = Instant::now();
+    while !engine.cache_is_live() {
+        assert!(back.elapsed() < Duration::from_secs(10), "notices did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

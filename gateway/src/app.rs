@@ -71,7 +71,10 @@ impl AppState {
 /// How long start-up keeps trying to reach MySQL before giving up.
 pub const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Whether RabbitMQ answers (readiness): one connection, reopened when lost.
+/// Whether RabbitMQ answers (readiness): one connection, reopened when lost, and a
+/// real round trip on it (a channel opened and closed) every check, bounded by the
+/// AMQP call timeout: a connection that still claims to be open proves nothing when
+/// the broker is blackholed.
 pub struct AmqpCheck {
     url: String,
     timeout: Duration,
@@ -85,18 +88,27 @@ impl AmqpCheck {
 
     pub async fn check(&self) -> Result<(), String> {
         let mut conn = self.conn.lock().await;
-        if conn.as_ref().is_some_and(|c| c.status().connected()) {
-            return Ok(());
-        }
-        let connect = lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default());
-        match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(c)) => {
-                *conn = Some(c);
-                Ok(())
+        let result = tokio::time::timeout(self.timeout, async {
+            if !conn.as_ref().is_some_and(|c| c.status().connected()) {
+                let fresh =
+                    lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default()).await?;
+                *conn = Some(fresh);
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
-        }
+            if let Some(c) = conn.as_ref() {
+                let ch = c.create_channel().await?;
+                ch.close(200, "readiness".into()).await?;
+            }
+            Ok::<(), lapin::Error>(())
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        // A connection that failed a round trip is not trusted again.
+        *conn = None;
+        Err(outcome)
     }
 }
 
@@ -130,21 +142,37 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let response = match Arc::clone(&state.in_flight).try_acquire_owned() {
         Err(_) => AppError::Unavailable("too many requests in flight".into()).into_response(),
         Ok(_permit) => {
-            state.metrics.in_flight.inc();
+            // Decremented on drop: also when the client goes away mid-request and
+            // this future is dropped.
+            let _in_flight = InFlight::enter(&state.metrics.in_flight);
             let limit = Duration::from_millis(state.settings.gateway.request_timeout_ms);
             let span = tracing::info_span!("request", method = %method, route = %route);
-            let res = match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
+            match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
                 Ok(res) => res,
                 Err(_) => AppError::Unavailable(format!("request took over {limit:?}")).into_response(),
-            };
-            state.metrics.in_flight.dec();
-            res
+            }
         }
     };
     let status = response.status();
     state.metrics.http_requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
     state.metrics.http_latency.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// One request counted in the in-flight gauge for as long as it lives.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A running gateway (tests start several in one process).

@@ -20,7 +20,7 @@ use crate::context::{pause, Ctx};
 use crate::error::{bounded, Result};
 use crate::metrics::Metrics;
 use crate::topology::{self, DelayQueues, Names};
-use crate::{expiry, persister, reconcile, relay};
+use crate::{expiry, persister, reconcile, relay, restore, retire};
 
 /// How long start-up keeps trying to reach MySQL.
 const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -49,6 +49,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let db = Db::connect_retrying(&settings.mysql, DB_STARTUP_PATIENCE).await?;
     let engine = Engine::start(&settings)?;
     let ctx = Arc::new(Ctx {
+        activity: Default::default(),
         names: Names::new(&settings.namespace),
         consumer: format!("worker-{}-{}", std::process::id(), engine::engine::now_ms()),
         metrics: Metrics::new()?,
@@ -72,8 +73,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     tasks.push(tokio::spawn(async move { expiry::sweep_redis(&c, rx).await }));
     let (c, rx) = (Arc::clone(&ctx), stopped.clone());
     tasks.push(tokio::spawn(async move { expiry::sweep_mysql(&c, rx).await }));
-    let (c, rx) = (Arc::clone(&ctx), stopped);
+    let (c, rx) = (Arc::clone(&ctx), stopped.clone());
     tasks.push(tokio::spawn(async move { reconcile::run(&c, rx).await }));
+    let (c, rx) = (Arc::clone(&ctx), stopped.clone());
+    tasks.push(tokio::spawn(async move { restore::run(&c, rx).await }));
+    let (c, rx) = (Arc::clone(&ctx), stopped);
+    tasks.push(tokio::spawn(async move { retire::run(&c, rx).await }));
     tracing::info!(%metrics_addr, consumer = %ctx.consumer, "sync-worker running");
     Ok(Running { metrics_addr, ctx, stop, tasks })
 }
@@ -103,7 +108,8 @@ async fn run_broker_tasks(ctx: &Ctx, stop: watch::Receiver<bool>) -> Result<()> 
     )
     .await?;
     let declare_ch = bounded(limit, "channel", conn.create_channel()).await?;
-    topology::declare(&declare_ch, &ctx.names, ctx.settings.worker.max_deliveries, limit).await?;
+    let w = &ctx.settings.worker;
+    topology::declare(&declare_ch, &ctx.names, w.max_deliveries, w.persist_retry_ms, limit).await?;
     ctx.delay_queues.forget().await;
     let relay_ch = bounded(limit, "channel", conn.create_channel()).await?;
     bounded(limit, "confirm.select", relay_ch.confirm_select(ConfirmSelectOptions::default())).await?;

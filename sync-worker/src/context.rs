@@ -1,15 +1,20 @@
 //! What every task of the worker shares.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use common::config::Settings;
 use common::db::Db;
+use engine::domain::CampaignId;
 use engine::Engine;
 
 use crate::metrics::Metrics;
 use crate::topology::{DelayQueues, Names};
 
 pub struct Ctx {
+    /// Campaigns with recent outbox work, shared by the relay (which records it) and
+    /// the sweep and reconciliation (which look only there between full scans).
+    pub activity: Activity,
     pub settings: Settings,
     pub engine: Engine,
     pub db: Db,
@@ -18,6 +23,26 @@ pub struct Ctx {
     pub delay_queues: DelayQueues,
     /// This process's name in the outbox consumer group.
     pub consumer: String,
+}
+
+/// When each campaign last had outbox work (by this process's clock).
+#[derive(Default)]
+pub struct Activity {
+    seen: std::sync::Mutex<HashMap<CampaignId, Instant>>,
+}
+
+impl Activity {
+    pub fn touch(&self, campaign: &CampaignId) {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.insert(campaign.clone(), Instant::now());
+    }
+
+    /// Campaigns active within `window`; older entries are forgotten.
+    pub fn within(&self, window: Duration) -> Vec<CampaignId> {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.retain(|_, at| at.elapsed() < window);
+        seen.keys().cloned().collect()
+    }
 }
 
 impl Ctx {

@@ -1,18 +1,27 @@
 //! Giving unpaid stock back, exactly once, within 2 s of the deadline.
 //!
 //! Three paths lead to `release.lua` (which expires a pending order at most once and
-//! refuses before its deadline):
+//! refuses before its deadline; many orders per call, so a burst of 10,000 deadlines
+//! in one second is a few dozen calls):
 //! - payment timers from the delay queues (`<ns>.timeouts`);
-//! - the Redis sweep: every `worker.sweep_interval_ms`, each campaign's pending set
-//!   is read for deadlines past, so expiry does not depend on the broker at all;
-//! - the MySQL sweep: orders MySQL still shows pending well past their deadline;
-//!   one Redis no longer knows is expired in MySQL directly.
+//! - the Redis sweep: every `worker.sweep_interval_ms` it releases every order past
+//!   its deadline in the campaigns whose earliest deadline has come. It knows each
+//!   campaign's earliest deadline (one pipelined read for all of them at start and
+//!   every [`RESCAN_EVERY`]) and re-reads it only for campaigns that had outbox work
+//!   since (new reservations), so it never polls idle campaigns;
+//! - the MySQL sweep: orders MySQL still shows pending well past their deadline. Each
+//!   is settled: released in Redis if Redis holds it pending, given Redis's state if
+//!   Redis moved on (the event that would have told MySQL was lost or is late), or
+//!   expired in MySQL alone if Redis no longer knows it. It walks the overdue rows with
+//!   a cursor, so a row it cannot settle never hides the rows behind it.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
-use common::message::OrderEvent;
-use engine::domain::{OrderId, ReleaseOutcome, ReleaseReason};
+use common::message::{OrderEvent, OrderStatus};
+use engine::domain::{CampaignId, OrderId, ReleaseOutcome, ReleaseReason};
 use engine::engine::now_ms;
+use engine::store::OrderRecord;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -22,14 +31,21 @@ use tokio::sync::watch;
 use crate::context::{pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
 use crate::persister::Timer;
+use crate::relay::RESCAN_EVERY;
 
-/// Orders released per campaign per sweep at most.
-const SWEEP_BATCH: usize = 512;
+/// Orders read from one campaign's pending set per round at most (released in
+/// batches of `engine::store::RELEASE_BATCH_MAX`).
+const SWEEP_BATCH: usize = 4096;
 /// How late an order must be before the MySQL sweep looks at it (the other paths
 /// normally win well before).
 const MYSQL_SWEEP_GRACE_MS: i64 = 5_000;
 /// How often the MySQL sweep runs.
 const MYSQL_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Overdue rows the MySQL sweep reads per query.
+const MYSQL_SWEEP_PAGE: u32 = 512;
+/// Rows the MySQL sweep looks at per run at most: a run stays short, the cursor
+/// carries on from there next time.
+const MYSQL_SWEEP_MAX_ROWS: usize = 8192;
 
 pub async fn consume_timers(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
     let limit = ctx.broker_timeout();
@@ -73,20 +89,38 @@ pub async fn consume_timers(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<b
 }
 
 async fn expire_all(ctx: &Ctx, ids: &[String]) -> Result<()> {
+    let mut by_campaign: BTreeMap<CampaignId, Vec<OrderId>> = BTreeMap::new();
     for id in ids {
-        let Ok(order) = OrderId::parse(id) else { continue };
-        if ctx.engine.release(&order, ReleaseReason::Expired).await? == ReleaseOutcome::Released {
-            ctx.metrics.expired.with_label_values(&["timer"]).inc();
+        if let Ok(order) = OrderId::parse(id) {
+            by_campaign.entry(order.campaign()).or_default().push(order);
         }
+    }
+    for (campaign, orders) in by_campaign {
+        let released =
+            count_released(&ctx.engine.release_many(&campaign, &orders, ReleaseReason::Expired).await?);
+        ctx.metrics.expired.with_label_values(&["timer"]).inc_by(released as u64);
     }
     Ok(())
 }
 
+fn count_released(outcomes: &[(OrderId, ReleaseOutcome)]) -> usize {
+    outcomes.iter().filter(|(_, o)| *o == ReleaseOutcome::Released).count()
+}
+
+/// What the Redis sweep knows of each campaign: its earliest pending deadline.
+#[derive(Default)]
+pub struct SweepState {
+    next_due: HashMap<CampaignId, i64>,
+    last_scan: Option<Instant>,
+}
+
 pub async fn sweep_redis(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(ctx.settings.worker.sweep_interval_ms);
+    let mut state = SweepState::default();
     loop {
-        if let Err(e) = sweep_redis_once(ctx).await {
+        if let Err(e) = sweep_redis_once(ctx, &mut state).await {
             tracing::warn!(error = %e, "redis expiry sweep failed");
+            state.last_scan = None;
         }
         if pause(every, &mut stop).await {
             return;
@@ -94,17 +128,51 @@ pub async fn sweep_redis(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Releases every pending order past its deadline; returns how many it released.
-pub async fn sweep_redis_once(ctx: &Ctx) -> Result<usize> {
+/// Releases every pending order past its deadline in the campaigns where one is due;
+/// returns how many it released.
+pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize> {
     let store = ctx.engine.store();
+    let rescan = state.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY);
+    let stale: Vec<CampaignId> = if rescan {
+        state.last_scan = Some(Instant::now());
+        state.next_due.clear();
+        store.campaign_ids().await?
+    } else {
+        // Campaigns with outbox work since the last round may have new deadlines.
+        ctx.activity.within(Duration::from_millis(ctx.settings.worker.sweep_interval_ms * 4))
+    };
+    for (c, due) in stale.iter().zip(store.next_deadlines(&stale).await?) {
+        match due {
+            Some(ms) => state.next_due.insert(c.clone(), ms),
+            None => state.next_due.remove(c),
+        };
+    }
+    let now = now_ms();
+    let due: Vec<CampaignId> =
+        state.next_due.iter().filter(|(_, ms)| **ms <= now).map(|(c, _)| c.clone()).collect();
     let mut released = 0;
-    for campaign in store.campaign_ids().await? {
-        for order in store.due_orders(&campaign, now_ms(), SWEEP_BATCH).await? {
-            if ctx.engine.release(&order, ReleaseReason::Expired).await? == ReleaseOutcome::Released {
-                ctx.metrics.expired.with_label_values(&["sweeper"]).inc();
-                released += 1;
+    for campaign in &due {
+        loop {
+            let orders = store.due_orders(campaign, now_ms(), SWEEP_BATCH).await?;
+            if orders.is_empty() {
+                break;
+            }
+            let outcomes = ctx.engine.release_many(campaign, &orders, ReleaseReason::Expired).await?;
+            let n = count_released(&outcomes);
+            ctx.metrics.expired.with_label_values(&["sweeper"]).inc_by(n as u64);
+            released += n;
+            // A short read is everything due; a read with nothing released is orders
+            // the Redis clock does not see due yet.
+            if orders.len() < SWEEP_BATCH || n == 0 {
+                break;
             }
         }
+    }
+    for (c, ms) in due.iter().zip(store.next_deadlines(&due).await?) {
+        match ms {
+            Some(ms) => state.next_due.insert(c.clone(), ms),
+            None => state.next_due.remove(c),
+        };
     }
     Ok(released)
 }
@@ -120,38 +188,91 @@ pub async fn sweep_mysql(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Settles every order MySQL shows pending well past its deadline (see the module
+/// docs); returns how many it settled.
 pub async fn sweep_mysql_once(ctx: &Ctx) -> Result<usize> {
-    let mut fixed = 0;
-    for id in ctx.db.overdue_orders(now_ms() - MYSQL_SWEEP_GRACE_MS, SWEEP_BATCH as u32).await? {
-        let Ok(order) = OrderId::parse(&id) else { continue };
-        match ctx.engine.release(&order, ReleaseReason::Expired).await? {
-            ReleaseOutcome::NotFound => {
-                // Redis lost this reservation: MySQL is all there is; expire it there.
-                let Some(row) = ctx.db.order(&id).await? else { continue };
-                let event = OrderEvent {
-                    order_id: row.order_id,
-                    campaign_id: row.campaign_id,
-                    user_id: row.user_id,
-                    status: common::message::OrderStatus::Expired,
-                    items: row.items,
-                    total_cents: row.total_cents,
-                    created_ms: row.created_ms,
-                    expires_ms: row.expires_ms,
-                    paid_ms: 0,
-                    payment_window_secs: 0,
-                    event_ms: now_ms(),
-                };
-                ctx.db.apply_events(&[event]).await?;
-                tracing::warn!(order = %id, "expired in MySQL only: Redis no longer knew the order");
-                ctx.metrics.expired.with_label_values(&["mysql_sweeper"]).inc();
-                fixed += 1;
+    let before = now_ms() - MYSQL_SWEEP_GRACE_MS;
+    let mut cursor: Option<(i64, String)> = None;
+    let mut settled = 0;
+    let mut seen = 0;
+    while seen < MYSQL_SWEEP_MAX_ROWS {
+        let page = ctx.db.overdue_orders(before, cursor.as_ref(), MYSQL_SWEEP_PAGE).await?;
+        let Some(last) = page.last().cloned() else { break };
+        seen += page.len();
+        let mut by_campaign: BTreeMap<CampaignId, Vec<OrderId>> = BTreeMap::new();
+        for (_, id) in &page {
+            if let Ok(order) = OrderId::parse(id) {
+                by_campaign.entry(order.campaign()).or_default().push(order);
             }
-            ReleaseOutcome::Released => {
-                ctx.metrics.expired.with_label_values(&["mysql_sweeper"]).inc();
-                fixed += 1;
-            }
-            _ => {}
         }
+        for (campaign, orders) in by_campaign {
+            for (order, outcome) in
+                ctx.engine.release_many(&campaign, &orders, ReleaseReason::Expired).await?
+            {
+                settled += usize::from(settle(ctx, &order, outcome).await?);
+            }
+        }
+        if page.len() < MYSQL_SWEEP_PAGE as usize {
+            break;
+        }
+        cursor = Some(last);
     }
-    Ok(fixed)
+    Ok(settled)
+}
+
+/// Makes MySQL agree with Redis about one overdue order; returns whether it changed.
+async fn settle(ctx: &Ctx, order: &OrderId, outcome: ReleaseOutcome) -> Result<bool> {
+    let id = order.as_str();
+    let source = match outcome {
+        // The expired event is on its way to MySQL through the outbox.
+        ReleaseOutcome::Released => "released",
+        ReleaseOutcome::NotDue { .. } => return Ok(false),
+        // Redis moved on and the event that would have told MySQL was lost or is late:
+        // take Redis's state.
+        ReleaseOutcome::NotPending(_) => {
+            let Some(record) = ctx.engine.store().order(order).await? else { return Ok(false) };
+            ctx.db.apply_events(&[event_from_redis(order, &record)]).await?;
+            tracing::warn!(order = %id, status = record.status.as_str(), "mysql sweep: took redis's state");
+            "redis_state"
+        }
+        // Redis no longer knows the order: MySQL is all there is; expire it there.
+        ReleaseOutcome::NotFound => {
+            let Some(row) = ctx.db.order(id).await? else { return Ok(false) };
+            let event = OrderEvent {
+                order_id: row.order_id,
+                campaign_id: row.campaign_id,
+                user_id: row.user_id,
+                status: OrderStatus::Expired,
+                items: row.items,
+                total_cents: row.total_cents,
+                created_ms: row.created_ms,
+                expires_ms: row.expires_ms,
+                paid_ms: 0,
+                payment_window_secs: 0,
+                event_ms: now_ms(),
+            };
+            ctx.db.apply_events(&[event]).await?;
+            tracing::warn!(order = %id, "mysql sweep: expired in MySQL only, Redis no longer knew the order");
+            "mysql_only"
+        }
+    };
+    ctx.metrics.expired.with_label_values(&["mysql_sweeper"]).inc();
+    ctx.metrics.sweep_repairs.with_label_values(&[source]).inc();
+    Ok(true)
+}
+
+fn event_from_redis(order: &OrderId, r: &OrderRecord) -> OrderEvent {
+    OrderEvent {
+        order_id: order.as_str().to_owned(),
+        campaign_id: order.campaign().as_str().to_owned(),
+        user_id: r.user.clone(),
+        status: r.status,
+        items: r.items.clone(),
+        total_cents: r.total_cents,
+        created_ms: r.created_ms,
+        expires_ms: r.expires_ms,
+        paid_ms: r.paid_ms.unwrap_or(0),
+        payment_window_secs: 0,
+        event_ms: now_ms(),
+    }
 }

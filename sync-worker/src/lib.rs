@@ -7,6 +7,8 @@
 //! - [`persister`]: RabbitMQ → MySQL in batches; schedules payment timers.
 //! - [`expiry`]: payment timers, the Redis sweep and the MySQL sweep.
 //! - [`reconcile`]: Redis against MySQL, as a metric and a warning.
+//! - [`restore`]: rebuilds campaigns Redis lost from MySQL.
+//! - [`retire`]: drops a finished, settled campaign's per-order data from Redis.
 //! - [`topology`]: exchange and queue names and declarations.
 //! - [`context`], [`metrics`], [`error`]: what the tasks share.
 #![forbid(unsafe_code)]
@@ -19,4 +21,6 @@ pub mod metrics;
 pub mod persister;
 pub mod reconcile;
 pub mod relay;
+pub mod restore;
+pub mod retire;
 pub mod topology;

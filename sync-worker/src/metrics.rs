@@ -1,8 +1,8 @@
-//! Prometheus metrics of the sync-worker (bounded labels: campaign ids are chosen
-//! by operators and few; no user or order ids).
+//! Prometheus metrics of the sync-worker. Labels are bounded (effects, sources,
+//! reasons): no campaign, user or order ids, so thousands of campaigns cost no series.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -10,14 +10,37 @@ pub struct Metrics {
     pub relayed: IntCounter,
     pub relay_failures: IntCounter,
     pub publish_seconds: Histogram,
-    pub outbox_length: IntGaugeVec,
+    pub outbox_length: IntGauge,
     pub relay_lag_seconds: prometheus::Gauge,
     pub persisted: IntCounterVec,
     pub persist_batch_size: Histogram,
     pub persist_seconds: Histogram,
     pub poisoned: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub persist_retries: IntCounter,
     pub expired: IntCounterVec,
-    pub drift_units: IntGaugeVec,
+    pub drift_units: IntGauge,
+    pub inconsistent_campaigns: IntGauge,
+    pub restored_campaigns: IntCounter,
+    pub retired_campaigns: IntCounter,
+    pub sweep_repairs: IntCounterVec,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -41,11 +64,11 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
         let seconds = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
-        let outbox_length = IntGaugeVec::new(
-            Opts::new("flashsale_outbox_entries", "Outbox stream entries not yet relayed, per campaign"),
-            &["campaign"],
+        let outbox_length = gauge(
+            &r,
+            "flashsale_outbox_entries",
+            "Outbox stream entries not yet relayed, summed over the campaigns with work",
         )?;
-        r.register(Box::new(outbox_length.clone()))?;
         let relay_lag_seconds = prometheus::Gauge::new(
             "flashsale_relay_lag_seconds",
             "Age of the oldest entry relayed in the last round",
@@ -61,14 +84,16 @@ impl Metrics {
             &["source"],
         )?;
         r.register(Box::new(expired.clone()))?;
-        let drift_units = IntGaugeVec::new(
-            Opts::new(
-                "flashsale_reconciliation_drift_units",
-                "Redis available minus MySQL available, per campaign",
-            ),
-            &["campaign"],
+        let drift_units = gauge(
+            &r,
+            "flashsale_reconciliation_drift_units",
+            "Sum over recently active campaigns and skus of |Redis available - MySQL available|",
         )?;
-        r.register(Box::new(drift_units.clone()))?;
+        let inconsistent_campaigns = gauge(
+            &r,
+            "flashsale_reconciliation_inconsistent_campaigns",
+            "Recently active campaigns whose Redis and MySQL disagree",
+        )?;
         Ok(Self {
             relayed: counter(&r, "flashsale_relayed_events_total", "Outbox entries confirmed by the broker")?,
             relay_failures: counter(
@@ -99,11 +124,39 @@ impl Metrics {
                 "flashsale_poison_messages_total",
                 "Messages sent to the dead-letter queue",
             )?,
+            dead_lettered: counter_vec(
+                &r,
+                "flashsale_dead_lettered_events_total",
+                "Order events that can never apply, sent to the dead-letter queue, by reason",
+                "reason",
+            )?,
+            persist_retries: counter(
+                &r,
+                "flashsale_persist_retries_total",
+                "Order events set aside to apply later (a stock move waiting for an event behind it)",
+            )?,
+            restored_campaigns: counter(
+                &r,
+                "flashsale_restored_campaigns_total",
+                "Campaigns Redis had lost, rebuilt from MySQL",
+            )?,
+            retired_campaigns: counter(
+                &r,
+                "flashsale_retired_campaigns_total",
+                "Finished campaigns whose per-order data left Redis",
+            )?,
+            sweep_repairs: counter_vec(
+                &r,
+                "flashsale_sweep_repairs_total",
+                "Overdue MySQL orders the MySQL sweep settled, by what it took the state from",
+                "source",
+            )?,
             outbox_length,
             relay_lag_seconds,
             persisted,
             expired,
             drift_units,
+            inconsistent_campaigns,
             registry: r,
         })
     }

@@ -5,8 +5,18 @@
 //! after the commit and after the payment timer of each pending order is confirmed by
 //! the broker. While MySQL is down the batch is held unacknowledged and retried, so an
 //! outage costs no delivery attempt; a batch the server refuses is split and retried
-//! message by message; a message that can never apply (not JSON, or a stock move
-//! MySQL cannot make) goes to the dead-letter queue.
+//! message by message.
+//!
+//! MySQL is a projection of Redis, and events reach it in any order (two workers on
+//! one queue, a relay retry, a redelivery): order B's reservation of the unit order
+//! A's release freed can arrive before that release, and the guarded stock move
+//! (`available >= 0`) refuses it. Such an event is set aside, not dead-lettered: it is
+//! republished to `<ns>.retry`, which hands it back to `<ns>.orders` after
+//! `worker.persist_retry_ms`, until the event it waits for has been applied. Only an
+//! event that can never apply goes to the dead-letter queue, with a metric
+//! (`flashsale_dead_lettered_events_total{reason}`) and an error naming the order:
+//! not JSON, a sku MySQL does not have, an order Redis no longer knows (lost with
+//! Redis's data, its units sold again since), or `worker.persist_retry_max` tries.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +28,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
@@ -101,6 +111,82 @@ async fn poison(ctx: &Ctx, d: &Delivery) -> Result<()> {
     Ok(())
 }
 
+async fn dead_letter(ctx: &Ctx, d: &Delivery, reason: &'static str) -> Result<()> {
+    ctx.metrics.dead_lettered.with_label_values(&[reason]).inc();
+    poison(ctx, d).await
+}
+
+/// Header counting how often an event was set aside.
+const ATTEMPTS_HEADER: &str = "x-flashsale-attempts";
+/// Tries after which an order Redis does not know is taken as lost by Redis.
+const LOST_ORDER_TRIES: u32 = 8;
+
+fn attempts(d: &Delivery) -> u32 {
+    let Some(headers) = d.properties.headers() else { return 0 };
+    match headers.inner().get(ATTEMPTS_HEADER) {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// An event whose stock move MySQL cannot make yet: back through the retry queue,
+/// unless it can never apply (see the module docs).
+async fn set_aside(ctx: &Ctx, ch: &Channel, event: &OrderEvent, d: &Delivery) -> Result<()> {
+    let tries = attempts(d) + 1;
+    if let Some(reason) = never_applies(ctx, event, tries).await? {
+        tracing::error!(order = %event.order_id, campaign = %event.campaign_id, status = event.status.as_str(),
+            reason, tries, "order event can never apply to MySQL; dead-lettered");
+        return dead_letter(ctx, d, reason).await;
+    }
+    tracing::debug!(order = %event.order_id, tries, "stock move waits for another event; set aside");
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(tries));
+    let props = d.properties.clone().with_headers(headers);
+    let limit = ctx.broker_timeout();
+    let confirm = bounded(
+        limit,
+        "basic.publish",
+        ch.basic_publish(
+            "".into(),
+            ctx.names.retry_queue.as_str().into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            &d.data,
+            props,
+        ),
+    )
+    .await?;
+    match bounded(limit, "publisher confirm", confirm).await? {
+        Confirmation::Ack(None) => {}
+        _ => return Err(WorkerError::Broker("retry publish not confirmed".into())),
+    }
+    ctx.metrics.persist_retries.inc();
+    bounded(limit, "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
+    Ok(())
+}
+
+async fn never_applies(ctx: &Ctx, event: &OrderEvent, tries: u32) -> Result<Option<&'static str>> {
+    for item in &event.items {
+        if !ctx.db.has_stock_row(&event.campaign_id, &item.sku_id).await? {
+            return Ok(Some("unknown_sku"));
+        }
+    }
+    if tries >= LOST_ORDER_TRIES {
+        if let Ok(order) = engine::domain::OrderId::parse(&event.order_id) {
+            let store = ctx.engine.store();
+            let campaign_back = store.campaign_meta(&order.campaign()).await?.is_some();
+            if campaign_back && store.order(&order).await?.is_none() {
+                return Ok(Some("lost_by_redis"));
+            }
+        }
+    }
+    if tries > ctx.settings.worker.persist_retry_max {
+        return Ok(Some("retries_exhausted"));
+    }
+    Ok(None)
+}
+
 async fn apply(
     ctx: &Ctx,
     timer_ch: &Channel,
@@ -151,10 +237,16 @@ async fn apply(
                 }
                 return Ok(());
             }
+            Err(DbError::StockGuard { .. }) => {
+                for (event, d) in &group {
+                    set_aside(ctx, timer_ch, event, d).await?;
+                }
+                return Ok(());
+            }
             Err(e) => {
                 tracing::error!(error = %e, order = %events[0].order_id, "event cannot apply; dead-lettered");
                 for (_, d) in &group {
-                    poison(ctx, d).await?;
+                    dead_letter(ctx, d, "corrupt").await?;
                 }
                 return Ok(());
             }

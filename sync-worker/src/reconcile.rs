@@ -1,4 +1,8 @@
 //! Periodic Redis/MySQL reconciliation: exports the drift and warns when it lasts.
+//!
+//! Only campaigns with outbox work in the last [`ACTIVE_WINDOW`] are checked, plus
+//! every campaign that was inconsistent at its last check until it is consistent
+//! again: a finished, settled campaign costs nothing, however many there are.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,6 +17,8 @@ use crate::error::Result;
 /// Consecutive inconsistent checks before a warning: a check taken while events are
 /// in flight is normally inconsistent for a moment.
 const WARN_AFTER_CHECKS: u32 = 3;
+/// A campaign is checked for this long after its last outbox work.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(120);
 
 pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(ctx.settings.worker.reconcile_interval_ms);
@@ -21,28 +27,33 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
         if pause(every, &mut stop).await {
             return;
         }
-        let campaigns = match ctx.engine.store().campaign_ids().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "reconciliation: cannot list campaigns");
-                continue;
-            }
-        };
+        let mut campaigns = ctx.activity.within(ACTIVE_WINDOW);
+        campaigns.extend(streak.keys().filter(|c| !campaigns.contains(c)).cloned().collect::<Vec<_>>());
+        let (mut drift_total, mut inconsistent) = (0, 0);
         for campaign in campaigns {
             match check(ctx, &campaign).await {
                 Ok(Some(r)) => {
                     let drift: i64 = r.items.iter().map(|i| i.drift.abs()).sum();
-                    ctx.metrics.drift_units.with_label_values(&[campaign.as_str()]).set(drift);
+                    drift_total += drift;
+                    if r.consistent {
+                        streak.remove(&campaign);
+                        continue;
+                    }
+                    inconsistent += 1;
                     let n = streak.entry(campaign.clone()).or_default();
-                    *n = if r.consistent { 0 } else { *n + 1 };
+                    *n += 1;
                     if *n == WARN_AFTER_CHECKS {
                         tracing::warn!(%campaign, drift, report = ?r.items, "redis and mysql disagree");
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    streak.remove(&campaign);
+                }
                 Err(e) => tracing::warn!(error = %e, %campaign, "reconciliation failed"),
             }
         }
+        ctx.metrics.drift_units.set(drift_total);
+        ctx.metrics.inconsistent_campaigns.set(inconsistent);
     }
 }
 

@@ -6,127 +6,139 @@
 //! `mandatory` and acknowledged in the stream (`XACK` + `XDEL`) only after the broker
 //! confirmed it; a nack, a return (unroutable) or a timeout leaves it pending, to be
 //! claimed and published again. Duplicates are possible downstream, loss is not.
+//!
+//! The relay visits only campaigns with work: a script that writes to an empty outbox
+//! publishes an `outbox <campaign>` notice, and a campaign stays in the work set until
+//! its outbox is empty. A full rescan (one `SMEMBERS` and pipelined `XLEN`s) runs at
+//! start, after the notice stream was interrupted, and every [`RESCAN_EVERY`] as a
+//! safety net, so an idle relay costs a few Redis calls a minute however many
+//! campaigns were ever launched.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use engine::domain::CampaignId;
 use engine::engine::now_ms;
+use engine::events::WorkSignal;
 use lapin::options::BasicPublishOptions;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use tokio::sync::watch;
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::{broadcast, watch};
 
 use crate::context::{pause, Ctx};
-use crate::error::{bounded, Result};
+use crate::error::{bounded, Result, WorkerError};
 use crate::topology::ORDER_ROUTING_KEY;
 
-pub const GROUP: &str = "relay";
-/// Pause of an idle relay between rounds: bounds the added latency of an order.
-const IDLE_PAUSE: Duration = Duration::from_millis(10);
+/// Pause of a relay with work that moved nothing this round (entries pending for a
+/// worker that has not been idle long enough to be claimed from).
+const BUSY_PAUSE: Duration = Duration::from_millis(10);
+/// Full rescan of every campaign's outbox, in case a notice was lost.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let mut signals = ctx.engine.work_signals();
     let mut with_group: HashSet<CampaignId> = HashSet::new();
+    let mut work = rescan(ctx).await?;
+    let mut next_rescan = Instant::now() + RESCAN_EVERY;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
+        let mut resync = Instant::now() >= next_rescan;
+        loop {
+            match signals.try_recv() {
+                Ok(WorkSignal::Outbox(c)) => {
+                    work.insert(c);
+                }
+                Ok(WorkSignal::Resync) | Err(TryRecvError::Lagged(_)) => resync = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if resync {
+            work.extend(rescan(ctx).await?);
+            next_rescan = Instant::now() + RESCAN_EVERY;
+        }
         let mut moved = 0;
-        for campaign in ctx.engine.store().campaign_ids().await? {
+        let mut backlog = 0;
+        for campaign in work.clone() {
             if !with_group.contains(&campaign) {
-                ensure_group(ctx, &campaign).await?;
+                ctx.engine.store().outbox_ensure_group(&campaign).await?;
                 with_group.insert(campaign.clone());
             }
-            moved += relay_campaign(ctx, ch, &campaign).await?;
+            match relay_campaign(ctx, ch, &campaign).await {
+                Ok((n, left)) => {
+                    moved += n;
+                    backlog += left;
+                    if n > 0 {
+                        ctx.activity.touch(&campaign);
+                    }
+                    if left == 0 {
+                        work.remove(&campaign);
+                    }
+                }
+                // Redis lost the stream (and its group): make it again next round.
+                Err(WorkerError::Redis(engine::EngineError::Unavailable(msg))) if msg.contains("NOGROUP") => {
+                    with_group.remove(&campaign);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if moved == 0 && pause(IDLE_PAUSE, &mut stop).await {
+        ctx.metrics.outbox_length.set(backlog as i64);
+        if moved > 0 {
+            continue;
+        }
+        let idle =
+            if work.is_empty() { next_rescan.saturating_duration_since(Instant::now()) } else { BUSY_PAUSE };
+        if wait_for_work(&mut signals, &mut work, idle, &mut stop).await {
             return Ok(());
         }
     }
 }
 
-async fn ensure_group(ctx: &Ctx, campaign: &CampaignId) -> Result<()> {
-    let key = ctx.engine.store().keys().outbox(campaign);
-    let created = ctx
-        .engine
-        .store()
-        .link()
-        .call(|mut c| async move {
-            redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(key)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await;
-    match created {
-        Err(engine::EngineError::Unavailable(msg)) if msg.contains("BUSYGROUP") => Ok(()),
-        other => Ok(other?),
+/// Sleeps up to `idle` or until a work notice arrives; returns whether to stop.
+async fn wait_for_work(
+    signals: &mut broadcast::Receiver<WorkSignal>,
+    work: &mut HashSet<CampaignId>,
+    idle: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        s = signals.recv() => {
+            if let Ok(WorkSignal::Outbox(c)) = s {
+                work.insert(c);
+            }
+            // A resync or a lag is handled by the next round's drain (or rescan).
+            false
+        }
+        stopped = pause(idle, stop) => stopped,
     }
 }
 
-/// Relays one batch of one campaign; returns how many entries the broker confirmed.
-async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Result<usize> {
+/// Every listed campaign whose outbox is not empty.
+async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
     let store = ctx.engine.store();
-    let key = store.keys().outbox(campaign);
+    let campaigns = store.campaign_ids().await?;
+    let lengths = store.outbox_lengths(&campaigns).await?;
+    Ok(campaigns.into_iter().zip(lengths).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect())
+}
+
+/// Relays one batch of one campaign; returns how many entries the broker confirmed
+/// and how many are left in the stream.
+async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Result<(usize, u64)> {
+    let store = ctx.engine.store();
     let max = ctx.settings.worker.relay_batch_max;
     let idle_ms = ctx.settings.worker.relay_claim_idle_ms;
-    let consumer = ctx.consumer.clone();
-
-    let (k, me) = (key.clone(), consumer.clone());
-    let claimed: StreamAutoClaimReply = store
-        .link()
-        .call(|mut c| async move {
-            redis::cmd("XAUTOCLAIM")
-                .arg(k)
-                .arg(GROUP)
-                .arg(me)
-                .arg(idle_ms)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(max)
-                .query_async(&mut c)
-                .await
-        })
-        .await?;
-    let mut entries: Vec<StreamId> = claimed.claimed;
-    if entries.len() < max {
-        let (k, me, n) = (key.clone(), consumer, max - entries.len());
-        let fresh: Option<StreamReadReply> = store
-            .link()
-            .call(|mut c| async move {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(me)
-                    .arg("COUNT")
-                    .arg(n)
-                    .arg("STREAMS")
-                    .arg(k)
-                    .arg(">")
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        entries.extend(fresh.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
-    }
-    let k = key.clone();
-    let backlog: i64 =
-        store.link().call(|mut c| async move { redis::cmd("XLEN").arg(k).query_async(&mut c).await }).await?;
-    ctx.metrics.outbox_length.with_label_values(&[campaign.as_str()]).set(backlog);
+    let entries = store.outbox_take(campaign, &ctx.consumer, idle_ms, max).await?;
     if entries.is_empty() {
-        return Ok(0);
+        return Ok((0, store.outbox_ack(campaign, &[]).await?));
     }
 
     let started = Instant::now();
     let limit = ctx.broker_timeout();
     let mut confirms = Vec::with_capacity(entries.len());
     for entry in &entries {
-        let Some(doc) = entry.get::<String>("order") else {
+        let Some(doc) = &entry.doc else {
             tracing::error!(id = %entry.id, "outbox entry without an order; left pending");
             continue;
         };
@@ -168,27 +180,7 @@ async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Resul
     {
         ctx.metrics.relay_lag_seconds.set((now_ms() - oldest).max(0) as f64 / 1000.0);
     }
-    if !confirmed.is_empty() {
-        let n = confirmed.len();
-        let ids = confirmed.clone();
-        store
-            .link()
-            .call(|mut c| async move {
-                redis::pipe()
-                    .cmd("XACK")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(&ids)
-                    .ignore()
-                    .cmd("XDEL")
-                    .arg(&key)
-                    .arg(&ids)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await?;
-        ctx.metrics.relayed.inc_by(n as u64);
-    }
-    Ok(confirmed.len())
+    let left = store.outbox_ack(campaign, &confirmed).await?;
+    ctx.metrics.relayed.inc_by(confirmed.len() as u64);
+    Ok((confirmed.len(), left))
 }

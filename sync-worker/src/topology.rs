@@ -6,6 +6,7 @@
 //! | `<ns>.dlx` → `<ns>.dead` | direct exchange + quorum queue | poison messages, after `worker.max_deliveries` |
 //! | `<ns>.delay.<secs>` | classic queue, `x-message-ttl` | one per payment window; expired messages dead-letter to timeouts |
 //! | `<ns>.timeouts` | direct exchange + quorum queue | payment deadlines reached |
+//! | `<ns>.retry` | classic queue, `x-message-ttl` | order events set aside; back to `<ns>.orders` after `worker.persist_retry_ms` |
 //!
 //! RabbitMQ here has no delayed-message plugin, and per-message TTLs in one queue
 //! only leave from the head, so each distinct payment window gets its own queue with
@@ -34,6 +35,7 @@ pub struct Names {
     pub dead_queue: String,
     pub timeouts_exchange: String,
     pub timeouts_queue: String,
+    pub retry_queue: String,
     ns: String,
 }
 
@@ -46,6 +48,7 @@ impl Names {
             dead_queue: format!("{ns}.dead"),
             timeouts_exchange: format!("{ns}.timeouts"),
             timeouts_queue: format!("{ns}.timeouts"),
+            retry_queue: format!("{ns}.retry"),
             ns: ns.to_owned(),
         }
     }
@@ -72,7 +75,13 @@ fn durable() -> QueueDeclareOptions {
 }
 
 /// Declares the fixed part of the topology (idempotent).
-pub async fn declare(ch: &Channel, n: &Names, max_deliveries: u32, limit: Duration) -> Result<()> {
+pub async fn declare(
+    ch: &Channel,
+    n: &Names,
+    max_deliveries: u32,
+    retry_ms: u64,
+    limit: Duration,
+) -> Result<()> {
     let ex = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     for name in [&n.orders_exchange, &n.dead_exchange, &n.timeouts_exchange] {
         bounded(
@@ -109,6 +118,13 @@ pub async fn declare(ch: &Channel, n: &Names, max_deliveries: u32, limit: Durati
         )
         .await?;
     }
+    let retry = table(&[
+        ("x-message-ttl", AMQPValue::LongUInt(u32::try_from(retry_ms).unwrap_or(u32::MAX))),
+        ("x-dead-letter-exchange", text(&n.orders_exchange)),
+        ("x-dead-letter-routing-key", text(ORDER_ROUTING_KEY)),
+    ]);
+    bounded(limit, "queue.declare", ch.queue_declare(n.retry_queue.as_str().into(), durable(), retry))
+        .await?;
     Ok(())
 }
 

@@ -1,0 +1,392 @@
+//! The outbox protocol and the campaign-wide reads the sync-worker's loops make:
+//! consumer-group reads of a campaign's outbox stream, acknowledgement, and the
+//! pipelined look-ups that let an idle worker cost almost nothing (one round trip for
+//! every campaign's outbox length or next payment deadline, not one per campaign).
+//! Also the two whole-campaign operations: [`StockStore::restore`] (Redis lost the
+//! campaign; MySQL's copy is loaded back) and [`StockStore::retire`] (a finished
+//! campaign's per-order data leaves Redis once MySQL holds all of it).
+
+use std::collections::BTreeMap;
+
+use common::message::{OrderItem, OrderStatus};
+use deadpool_redis::redis::{self, streams::StreamAutoClaimReply, streams::StreamReadReply, Value};
+
+use crate::domain::{CampaignId, OrderId, SkuId, UserId};
+use crate::error::{EngineError, Result};
+use crate::store::StockStore;
+
+/// The consumer group every relay reads campaign outboxes through.
+pub const RELAY_GROUP: &str = "relay";
+/// Keys named by one pipelined read or one delete at most.
+const PIPELINE_MAX: usize = 500;
+/// Orders written by one restore step at most.
+const RESTORE_ORDERS_PER_CALL: usize = 200;
+
+/// One outbox entry: its stream id and the order document it carries.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub id: String,
+    /// `None` for a malformed entry (left pending, never published).
+    pub doc: Option<String>,
+}
+
+/// A campaign as MySQL holds it, to be loaded back into a Redis that lost it.
+#[derive(Debug, Clone)]
+pub struct CampaignSnapshot {
+    pub campaign: CampaignId,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: u64,
+    pub payment_window_secs: u32,
+    pub max_orders_per_sec: Option<u32>,
+    pub max_user_requests_per_sec: Option<u32>,
+    /// Every sku with its total stock and price.
+    pub skus: Vec<(SkuId, u64, i64)>,
+    /// Every order of the campaign.
+    pub orders: Vec<SnapshotOrder>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotOrder {
+    pub order_id: OrderId,
+    pub user: UserId,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub paid_ms: Option<i64>,
+}
+
+/// What a restore loaded: per sku (available, reserved, sold).
+pub type RestoredStock = BTreeMap<SkuId, (u64, u64, u64)>;
+
+impl CampaignSnapshot {
+    /// Units held (pending) and sold (paid) per sku, and units counted against each user.
+    fn tally(&self) -> Result<(RestoredStock, BTreeMap<&UserId, u64>)> {
+        let mut stock: RestoredStock =
+            self.skus.iter().map(|(sku, total, _)| (sku.clone(), (*total, 0, 0))).collect();
+        let mut users: BTreeMap<&UserId, u64> = BTreeMap::new();
+        for o in &self.orders {
+            let counted = matches!(o.status, OrderStatus::PendingPayment | OrderStatus::Paid);
+            let holder = users.entry(&o.user).or_default();
+            for item in &o.items {
+                if !counted {
+                    continue;
+                }
+                *holder += item.quantity;
+                let sku = SkuId::parse(&item.sku_id).map_err(|e| EngineError::Protocol(e.to_string()))?;
+                let (avail, resv, sold) = stock.get_mut(&sku).ok_or_else(|| {
+                    EngineError::Protocol(format!("order {} names unknown sku {sku}", o.order_id))
+                })?;
+                let units = item.quantity;
+                *avail = avail.checked_sub(units).ok_or_else(|| {
+                    EngineError::Protocol(format!("MySQL holds more units of {sku} than its stock"))
+                })?;
+                if o.status == OrderStatus::Paid {
+                    *sold += units;
+                } else {
+                    *resv += units;
+                }
+            }
+        }
+        Ok((stock, users))
+    }
+}
+
+impl StockStore {
+    /// Creates the relay group on a campaign's outbox (and the stream), if missing.
+    pub async fn outbox_ensure_group(&self, campaign: &CampaignId) -> Result<()> {
+        let key = self.parts().keys.outbox(campaign);
+        let created = self
+            .parts()
+            .link
+            .call(|mut c| async move {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(key)
+                    .arg(RELAY_GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+        match created {
+            Err(EngineError::Unavailable(msg)) if msg.contains("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Up to `max` entries for `consumer`: first those another consumer left pending
+    /// for over `claim_idle_ms` (it died), then new ones.
+    pub async fn outbox_take(
+        &self,
+        campaign: &CampaignId,
+        consumer: &str,
+        claim_idle_ms: u64,
+        max: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let key = self.parts().keys.outbox(campaign);
+        let (k, me) = (key.clone(), consumer.to_owned());
+        let claimed: StreamAutoClaimReply = self
+            .parts()
+            .link
+            .call(|mut c| async move {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(k)
+                    .arg(RELAY_GROUP)
+                    .arg(me)
+                    .arg(claim_idle_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut entries = claimed.claimed;
+        if entries.len() < max {
+            let (me, n) = (consumer.to_owned(), max - entries.len());
+            let fresh: Option<StreamReadReply> = self
+                .parts()
+                .link
+                .call(|mut c| async move {
+                    redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(RELAY_GROUP)
+                        .arg(me)
+                        .arg("COUNT")
+                        .arg(n)
+                        .arg("STREAMS")
+                        .arg(key)
+                        .arg(">")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            entries.extend(fresh.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
+        }
+        Ok(entries.into_iter().map(|e| OutboxEntry { doc: e.get::<String>("order"), id: e.id }).collect())
+    }
+
+    /// Acknowledges and deletes relayed entries; returns the entries left in the stream.
+    pub async fn outbox_ack(&self, campaign: &CampaignId, ids: &[String]) -> Result<u64> {
+        let key = self.parts().keys.outbox(campaign);
+        let mut pipe = redis::pipe();
+        if !ids.is_empty() {
+            pipe.cmd("XACK").arg(&key).arg(RELAY_GROUP).arg(ids).ignore();
+            pipe.cmd("XDEL").arg(&key).arg(ids).ignore();
+        }
+        pipe.cmd("XLEN").arg(&key);
+        let (left,): (u64,) =
+            self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        Ok(left)
+    }
+
+    /// Every campaign in the index.
+    pub async fn campaign_ids(&self) -> Result<Vec<CampaignId>> {
+        let key = self.parts().keys.campaigns();
+        let ids: Vec<String> = self
+            .parts()
+            .link
+            .call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+            .await?;
+        Ok(ids.iter().filter_map(|s| CampaignId::parse(s).ok()).collect())
+    }
+
+    /// Each campaign's outbox length, in as few round trips as the count allows.
+    pub async fn outbox_lengths(&self, campaigns: &[CampaignId]) -> Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(campaigns.len());
+        for chunk in campaigns.chunks(PIPELINE_MAX) {
+            let mut pipe = redis::pipe();
+            for c in chunk {
+                pipe.cmd("XLEN").arg(self.parts().keys.outbox(c));
+            }
+            let lens: Vec<u64> =
+                self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+            out.extend(lens);
+        }
+        Ok(out)
+    }
+
+    /// Each campaign's earliest pending payment deadline (`None`: nothing pending).
+    pub async fn next_deadlines(&self, campaigns: &[CampaignId]) -> Result<Vec<Option<i64>>> {
+        let mut out = Vec::with_capacity(campaigns.len());
+        for chunk in campaigns.chunks(PIPELINE_MAX) {
+            let mut pipe = redis::pipe();
+            for c in chunk {
+                pipe.cmd("ZRANGE").arg(self.parts().keys.pending(c)).arg(0).arg(0).arg("WITHSCORES");
+            }
+            let rows: Vec<Vec<(String, i64)>> =
+                self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+            out.extend(rows.into_iter().map(|r| r.first().map(|(_, score)| *score)));
+        }
+        Ok(out)
+    }
+
+    /// Whether Redis holds these campaigns (their meta), in one round trip per chunk.
+    pub async fn campaigns_present(&self, campaigns: &[CampaignId]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(campaigns.len());
+        for chunk in campaigns.chunks(PIPELINE_MAX) {
+            let mut pipe = redis::pipe();
+            for c in chunk {
+                pipe.cmd("EXISTS").arg(self.parts().keys.meta(c));
+            }
+            let found: Vec<bool> =
+                self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+            out.extend(found);
+        }
+        Ok(out)
+    }
+
+    /// Sets the marker whose disappearance says Redis lost its data; returns whether it
+    /// was there already.
+    pub async fn data_marker_present(&self) -> Result<bool> {
+        let key = format!("{}:data-marker", self.parts().keys.namespace());
+        let created: Option<String> =
+            self.parts()
+                .link
+                .call(|mut c| async move {
+                    redis::cmd("SET").arg(key).arg("1").arg("NX").query_async(&mut c).await
+                })
+                .await?;
+        Ok(created.is_none())
+    }
+
+    /// Deletes the data marker, so the next check looks at every campaign again.
+    pub async fn clear_data_marker(&self) -> Result<()> {
+        let key = format!("{}:data-marker", self.parts().keys.namespace());
+        self.parts()
+            .link
+            .call(|mut c| async move { redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await })
+            .await
+    }
+
+    /// Loads a campaign Redis lost back from MySQL's copy (`restore.lua`, in steps;
+    /// the campaign goes live in the last one). Returns `None` if the campaign exists
+    /// in Redis after all, else what was loaded per sku.
+    pub async fn restore(
+        &self,
+        snap: &CampaignSnapshot,
+        stock_generation: u64,
+    ) -> Result<Option<RestoredStock>> {
+        let (stock, users) = snap.tally()?;
+        let k = &self.parts().keys;
+        let c = &snap.campaign;
+        for chunk in snap.orders.chunks(RESTORE_ORDERS_PER_CALL) {
+            let mut inv = self.parts().scripts.restore.prepare_invoke();
+            inv.key(k.meta(c)).key(k.pending(c)).key(k.buyers(c)).arg("orders");
+            for o in chunk {
+                let units: u64 = o.items.iter().map(|i| i.quantity).sum();
+                let items =
+                    serde_json::to_string(&o.items).map_err(|e| EngineError::Protocol(e.to_string()))?;
+                inv.key(k.order(&o.order_id));
+                inv.arg(o.order_id.as_str())
+                    .arg(o.user.as_str())
+                    .arg(o.status.as_str())
+                    .arg(items)
+                    .arg(units)
+                    .arg(o.total_cents)
+                    .arg(o.created_ms)
+                    .arg(o.expires_ms)
+                    .arg(o.paid_ms.map(|p| p.to_string()).unwrap_or_default())
+                    .arg(snap.payment_window_secs);
+            }
+            if !self.restore_step(inv).await? {
+                return Ok(None);
+            }
+        }
+        let users: Vec<(&&UserId, &u64)> = users.iter().collect();
+        for chunk in users.chunks(PIPELINE_MAX) {
+            let mut inv = self.parts().scripts.restore.prepare_invoke();
+            inv.key(k.meta(c)).arg("users");
+            for (user, units) in chunk {
+                inv.key(k.user(c, user)).arg(**units);
+            }
+            if !self.restore_step(inv).await? {
+                return Ok(None);
+            }
+        }
+        let mut inv = self.parts().scripts.restore.prepare_invoke();
+        inv.key(k.meta(c)).key(k.campaigns());
+        inv.arg("finish")
+            .arg(c.as_str())
+            .arg(snap.starts_ms)
+            .arg(snap.ends_ms)
+            .arg(snap.per_user_limit)
+            .arg(snap.payment_window_secs)
+            .arg(snap.max_orders_per_sec.map(|v| v.to_string()).unwrap_or_default())
+            .arg(snap.max_user_requests_per_sec.map(|v| v.to_string()).unwrap_or_default())
+            .arg(k.events_channel())
+            .arg(stock_generation);
+        for (sku, total, price) in &snap.skus {
+            let (avail, resv, sold) = stock.get(sku).copied().unwrap_or((*total, 0, 0));
+            inv.key(k.stock(c, sku));
+            inv.arg(sku.as_str()).arg(*total).arg(avail).arg(resv).arg(sold).arg(*price);
+        }
+        if !self.restore_step(inv).await? {
+            return Ok(None);
+        }
+        Ok(Some(stock))
+    }
+
+    async fn restore_step(&self, inv: redis::ScriptInvocation<'_>) -> Result<bool> {
+        let v: Value = self.parts().link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        match v {
+            Value::Array(items) => match items.first() {
+                Some(Value::BulkString(b)) if b.as_slice() == b"ok" => Ok(true),
+                Some(Value::BulkString(b)) if b.as_slice() == b"exists" => Ok(false),
+                other => Err(EngineError::Protocol(format!("restore: {other:?}"))),
+            },
+            other => Err(EngineError::Protocol(format!("restore: {other:?}"))),
+        }
+    }
+
+    /// Drops a finished campaign's per-order data (orders, user counts, buyers, pending
+    /// set, outbox, rate) and takes it off the index. Its meta and stock stay, so the
+    /// campaign still answers "ended" and its counters still show. The caller makes
+    /// sure MySQL holds everything first.
+    pub async fn retire(&self, campaign: &CampaignId, orders: &[OrderId]) -> Result<()> {
+        let k = &self.parts().keys;
+        let buyers: Vec<String> = {
+            let key = k.buyers(campaign);
+            self.parts()
+                .link
+                .call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+                .await?
+        };
+        let mut doomed: Vec<String> = orders.iter().map(|o| k.order(o)).collect();
+        for b in &buyers {
+            if let Ok(user) = UserId::parse(b) {
+                doomed.push(k.user(campaign, &user));
+            }
+        }
+        doomed.extend([k.pending(campaign), k.outbox(campaign), k.order_rate(campaign), k.buyers(campaign)]);
+        for chunk in doomed.chunks(PIPELINE_MAX) {
+            let chunk = chunk.to_vec();
+            self.parts()
+                .link
+                .call(|mut c| async move { redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut c).await })
+                .await?;
+        }
+        let (meta, index, id) = (k.meta(campaign), k.campaigns(), campaign.as_str().to_owned());
+        self.parts()
+            .link
+            .call(|mut c| async move {
+                redis::pipe()
+                    .cmd("HSET")
+                    .arg(meta)
+                    .arg("retired")
+                    .arg(1)
+                    .ignore()
+                    .cmd("SREM")
+                    .arg(index)
+                    .arg(id)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+    }
+}

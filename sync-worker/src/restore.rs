@@ -1,0 +1,127 @@
+//! Rebuilding campaigns Redis lost.
+//!
+//! Redis here keeps nothing on disk, and even with AOF `everysec` a crash can lose a
+//! second. Every `worker.restore_check_ms` the worker reads a marker key it keeps in
+//! Redis (one call); a missing marker means Redis lost its data. Then every campaign
+//! MySQL holds unretired is checked (pipelined) and each one missing from Redis is
+//! rebuilt from MySQL: stock available = stock − units of pending orders − units of
+//! paid orders, every order with its state, the pending deadlines, the buyers and
+//! each user's count ([`engine::store::StockStore::restore`]; the campaign goes live
+//! in the script's last step, and releases and payments wait for it with 503). The
+//! campaign sells again within a few seconds, and MySQL never holds more units than
+//! stock.
+//!
+//! What cannot come back: reservations granted but not yet relayed to the broker
+//! when Redis died (their outbox entries died with it), idempotency records (a
+//! buyer's retry with the same key makes a new reservation, within their limit) and
+//! payment-event markers. Relayed-but-unpersisted orders of a restored campaign that
+//! Redis no longer knows are dead-lettered by the persister as `lost_by_redis`.
+
+use std::time::Duration;
+
+use common::db::{CampaignRow, OrderRow};
+use engine::domain::{CampaignId, OrderId, SkuId, UserId};
+use engine::engine::now_ms;
+use engine::outbox::{CampaignSnapshot, SnapshotOrder};
+use tokio::sync::watch;
+
+use crate::context::{pause, Ctx};
+use crate::error::{Result, WorkerError};
+
+pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(ctx.settings.worker.restore_check_ms);
+    loop {
+        if let Err(e) = check_once(ctx).await {
+            tracing::warn!(error = %e, "restore check failed");
+        }
+        if pause(every, &mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Rebuilds every campaign Redis lost, if the marker says it lost anything; returns
+/// how many it rebuilt.
+pub async fn check_once(ctx: &Ctx) -> Result<usize> {
+    let store = ctx.engine.store();
+    if store.data_marker_present().await? {
+        return Ok(0);
+    }
+    let ids: Vec<CampaignId> =
+        ctx.db.unretired_campaigns().await?.iter().filter_map(|c| CampaignId::parse(c).ok()).collect();
+    let present = store.campaigns_present(&ids).await?;
+    let mut restored = 0;
+    for (campaign, present) in ids.iter().zip(present) {
+        if present {
+            continue;
+        }
+        match restore_campaign(ctx, campaign).await {
+            Ok(true) => restored += 1,
+            Ok(false) => {}
+            Err(e) => {
+                // Try again next round: the marker must not say "all is well" yet.
+                forget_marker(ctx).await;
+                return Err(e);
+            }
+        }
+    }
+    if restored > 0 {
+        tracing::warn!(restored, "redis had lost campaigns; rebuilt from MySQL");
+    }
+    Ok(restored)
+}
+
+async fn forget_marker(ctx: &Ctx) {
+    let _ = ctx.engine.store().clear_data_marker().await;
+}
+
+async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
+    let Some(row) = ctx.db.campaign(campaign.as_str()).await? else { return Ok(false) };
+    let orders = ctx.db.campaign_orders(campaign.as_str()).await?;
+    let snapshot = snapshot(campaign, &row, orders)?;
+    // A generation above any a gateway has seen: their old sold-out flags cannot
+    // outrank what the rebuilt stock says.
+    let generation = (now_ms() / 1000) as u64;
+    let Some(stock) = ctx.engine.store().restore(&snapshot, generation).await? else {
+        return Ok(false);
+    };
+    ctx.metrics.restored_campaigns.inc();
+    tracing::warn!(%campaign, orders = snapshot.orders.len(), ?stock, "campaign rebuilt from MySQL");
+    Ok(true)
+}
+
+fn snapshot(campaign: &CampaignId, row: &CampaignRow, orders: Vec<OrderRow>) -> Result<CampaignSnapshot> {
+    let bad =
+        |e: engine::domain::InvalidInput| WorkerError::Redis(engine::EngineError::Protocol(e.to_string()));
+    let skus = row
+        .items
+        .iter()
+        .map(|i| Ok((SkuId::parse(&i.sku_id).map_err(bad)?, i.stock_total as u64, i.price_cents)))
+        .collect::<Result<Vec<_>>>()?;
+    let orders = orders
+        .into_iter()
+        .map(|o| {
+            Ok(SnapshotOrder {
+                order_id: OrderId::parse(&o.order_id).map_err(bad)?,
+                user: UserId::parse(&o.user_id).map_err(bad)?,
+                status: o.status,
+                items: o.items,
+                total_cents: o.total_cents,
+                created_ms: o.created_ms,
+                expires_ms: o.expires_ms,
+                paid_ms: o.paid_ms,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CampaignSnapshot {
+        campaign: campaign.clone(),
+        starts_ms: row.starts_ms,
+        ends_ms: row.ends_ms,
+        per_user_limit: row.per_user_limit as u64,
+        payment_window_secs: row.payment_window_secs,
+        max_orders_per_sec: row.max_orders_per_sec,
+        max_user_requests_per_sec: row.max_user_requests_per_sec,
+        skus,
+        orders,
+    })
+}

@@ -1,0 +1,69 @@
+//! Retiring finished campaigns: once a campaign ended more than
+//! `worker.retain_finished_secs` ago and is settled (nothing pending in Redis, its
+//! outbox empty, Redis and MySQL reconciled), its per-order data leaves Redis (orders,
+//! user counts, buyers, pending set, outbox); its meta and stock stay, so it still
+//! answers "ended" and shows its counters. MySQL records the retirement, so the
+//! campaign is never rebuilt, and the relay and sweeps stop seeing it.
+
+use std::time::Duration;
+
+use engine::domain::{CampaignId, OrderId};
+use engine::engine::now_ms;
+use tokio::sync::watch;
+
+use crate::context::{pause, Ctx};
+use crate::error::Result;
+use crate::reconcile;
+
+/// How often finished campaigns are looked for.
+const RETIRE_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
+    loop {
+        if pause(RETIRE_EVERY.min(Duration::from_secs(ctx.settings.worker.retain_finished_secs)), &mut stop)
+            .await
+        {
+            return;
+        }
+        if let Err(e) = retire_once(ctx).await {
+            tracing::warn!(error = %e, "retiring finished campaigns failed");
+        }
+    }
+}
+
+/// Retires every settled campaign past its retention; returns how many.
+pub async fn retire_once(ctx: &Ctx) -> Result<usize> {
+    let retention_ms = (ctx.settings.worker.retain_finished_secs * 1000) as i64;
+    let mut retired = 0;
+    for id in ctx.db.campaigns_to_retire(now_ms() - retention_ms).await? {
+        let Ok(campaign) = CampaignId::parse(&id) else { continue };
+        if !settled(ctx, &campaign).await? {
+            continue;
+        }
+        let orders: Vec<OrderId> = ctx
+            .db
+            .campaign_orders(&id)
+            .await?
+            .iter()
+            .filter_map(|o| OrderId::parse(&o.order_id).ok())
+            .collect();
+        ctx.engine.store().retire(&campaign, &orders).await?;
+        ctx.db.mark_retired(&id, now_ms()).await?;
+        ctx.metrics.retired_campaigns.inc();
+        tracing::info!(%campaign, orders = orders.len(), "finished campaign retired from Redis");
+        retired += 1;
+    }
+    Ok(retired)
+}
+
+async fn settled(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
+    let store = ctx.engine.store();
+    let c = std::slice::from_ref(campaign);
+    if store.next_deadlines(c).await?.first().copied().flatten().is_some() {
+        return Ok(false);
+    }
+    if store.outbox_lengths(c).await?.first().copied().unwrap_or(0) > 0 {
+        return Ok(false);
+    }
+    Ok(reconcile::check(ctx, campaign).await?.is_some_and(|r| r.consistent))
+}
