@@ -106,6 +106,11 @@ impl Env {
     }
 
     async fn queue_len(&self, queue: &str) -> u32 {
+        self.try_queue_len(queue).await.unwrap()
+    }
+
+    /// `None` while the queue does not exist.
+    async fn try_queue_len(&self, queue: &str) -> Option<u32> {
         let conn =
             Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -116,8 +121,8 @@ impl Env {
                 FieldTable::default(),
             )
             .await
-            .unwrap();
-        q.message_count()
+            .ok()?;
+        Some(q.message_count())
     }
 
     async fn cleanup(self) {
@@ -125,7 +130,7 @@ impl Env {
         if let Ok(conn) = Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await
         {
             if let Ok(ch) = conn.create_channel().await {
-                for q in ["orders", "dead", "timeouts", "delay.1", "delay.2", "delay.900"] {
+                for q in ["orders", "dead", "timeouts", "retry", "delay.1", "delay.2", "delay.900"] {
                     let _ = ch
                         .queue_delete(format!("{ns}.{q}").as_str().into(), QueueDeleteOptions::default())
                         .await;
@@ -336,5 +341,226 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
     assert!(at_kill < total as i64, "the kill happened mid-stream ({at_kill} persisted)");
     let stock = env.db.stock("c").await.unwrap();
     assert_eq!((stock[0].available, stock[0].reserved), (10_000, 10_000));
+    env.cleanup().await;
+}
+
+fn order_event(id: &OrderId, user: &str, status: OrderStatus, expires_ms: i64) -> OrderEvent {
+    OrderEvent {
+        order_id: id.to_string(),
+        campaign_id: id.campaign().to_string(),
+        user_id: user.into(),
+        status,
+        items: vec![common::message::OrderItem { sku_id: "a".into(), quantity: 1, price_cents: 100 }],
+        total_cents: 100,
+        created_ms: now_ms(),
+        expires_ms,
+        paid_ms: 0,
+        payment_window_secs: 900,
+        event_ms: now_ms(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_reaching_mysql_before_the_release_it_needs_waits_for_it() {
+    let env = Env::new().await;
+    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let c = env.launch("c", 1, 900, 5).await;
+    let a = OrderId::generate(&c);
+    let b = OrderId::generate(&c);
+    let expires = now_ms() + 900_000;
+    env.wait_for("topology", Duration::from_secs(10), async || {
+        env.try_queue_len(&format!("{}.retry", env.settings.namespace)).await == Some(0)
+    })
+    .await;
+    // A holds the only unit; A is cancelled and B reserves the freed unit, but B's
+    // event reaches MySQL first (a second worker, a relay retry, a redelivery).
+    env.publish_raw(
+        &serde_json::to_vec(&order_event(&a, "ua", OrderStatus::PendingPayment, expires)).unwrap(),
+    )
+    .await;
+    env.wait_for("A in MySQL", Duration::from_secs(10), async || {
+        env.db.order(a.as_str()).await.unwrap().is_some()
+    })
+    .await;
+    env.publish_raw(
+        &serde_json::to_vec(&order_event(&b, "ub", OrderStatus::PendingPayment, expires)).unwrap(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    env.publish_raw(&serde_json::to_vec(&order_event(&a, "ua", OrderStatus::Cancelled, expires)).unwrap())
+        .await;
+    env.wait_for("B applied after A's release", Duration::from_secs(10), async || {
+        env.db.order(b.as_str()).await.unwrap().is_some_and(|r| r.status == OrderStatus::PendingPayment)
+    })
+    .await;
+    assert_eq!(env.db.order(a.as_str()).await.unwrap().unwrap().status, OrderStatus::Cancelled);
+    let stock = env.db.stock("c").await.unwrap();
+    assert_eq!((stock[0].available, stock[0].reserved, stock[0].sold), (0, 1, 0));
+    assert_eq!(env.queue_len(&format!("{}.dead", env.settings.namespace)).await, 0, "nothing dead-lettered");
+    assert!(worker.ctx.metrics.render().contains("flashsale_persist_retries_total"));
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mysql_sweep_settles_rows_redis_moved_on_from_and_reaches_the_rows_behind() {
+    let env = Env::new().await;
+    let c = env.launch("c", 2000, 1, 1).await;
+    // Orders in Redis and in MySQL as pending; then Redis moves on and MySQL never
+    // hears of it (the events are lost): 600 paid (more than one sweep page, at the
+    // head of the overdue list), 30 lost by Redis, and behind them 20 still pending.
+    let mut paid = Vec::new();
+    let mut lost = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..650 {
+        let o = env.reserve(&c, &format!("u{i}")).await;
+        let rec = env.engine.store().order(&o).await.unwrap().unwrap();
+        let mut ev = order_event(&o, &format!("u{i}"), OrderStatus::PendingPayment, rec.expires_ms);
+        ev.created_ms = rec.created_ms;
+        env.db.apply_events(&[ev]).await.unwrap();
+        match i {
+            0..600 => {
+                let ev = EventId::parse(&format!("e{i}")).unwrap();
+                env.engine.confirm(&o, &ev, 100, PaymentStatus::Succeeded).await.unwrap();
+                paid.push(o);
+            }
+            600..630 => lost.push(o),
+            _ => pending.push(o),
+        }
+    }
+    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = engine::keys::KeySpace::new(&env.settings.namespace);
+    for o in &lost {
+        let _: () = redis::cmd("DEL").arg(keys.order(o)).query_async(&mut raw).await.unwrap();
+    }
+    // A worker that never reaches the broker: only the sweeps can settle these.
+    let mut ws = env.settings.clone();
+    ws.amqp.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    ws.amqp.call_timeout_ms = 500;
+    let worker = sync_worker::app::start(ws).await.unwrap();
+    env.wait_for("every overdue row settled", Duration::from_secs(30), async || {
+        let mut ok = true;
+        for o in &paid {
+            ok &= env.db.order(o.as_str()).await.unwrap().unwrap().status == OrderStatus::Paid;
+            if !ok {
+                return false;
+            }
+        }
+        for o in lost.iter().chain(&pending) {
+            ok &= env.db.order(o.as_str()).await.unwrap().unwrap().status == OrderStatus::Expired;
+        }
+        ok
+    })
+    .await;
+    let stock = env.db.stock("c").await.unwrap();
+    assert_eq!((stock[0].reserved, stock[0].sold), (0, 600));
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_deadlines_in_the_same_seconds_are_all_released_within_two_seconds() {
+    let env = Env::new().await;
+    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let total = 10_000;
+    let c = env.launch("c", total as u64, 3, 1).await;
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let engine = env.engine.clone();
+            let c = c.clone();
+            tokio::spawn(async move {
+                let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+                let key = IdempotencyKey::parse("k").unwrap();
+                let mut last_expiry = 0;
+                for i in (w..total).step_by(16) {
+                    let user = UserId::parse(&format!("u{i}")).unwrap();
+                    match engine.reserve(&c, &user, &key, &lines).await.unwrap() {
+                        ReserveOutcome::Reserved(r) => last_expiry = last_expiry.max(r.expires_ms),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                last_expiry
+            })
+        })
+        .collect();
+    let mut last_expiry = 0;
+    for w in writers {
+        last_expiry = last_expiry.max(w.await.unwrap());
+    }
+    env.wait_for("every unit back", Duration::from_secs(30), async || {
+        env.engine.store().counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap()[0].available
+            == total as u64
+    })
+    .await;
+    let late_ms = now_ms() - last_expiry;
+    println!("released {total} orders; the last one {late_ms} ms after the last deadline");
+    assert!(late_ms <= 2000, "the last release came {late_ms} ms after the last deadline");
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention() {
+    let mut env = Env::new().await;
+    env.settings.worker.retain_finished_secs = 1;
+    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let now = now_ms();
+    let spec = CampaignLaunch {
+        campaign: CampaignId::parse("c").unwrap(),
+        starts_ms: now - 1000,
+        ends_ms: now + 1500,
+        per_user_limit: 1,
+        payment_window_secs: 1,
+        max_orders_per_sec: None,
+        max_user_requests_per_sec: None,
+        items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock: 10, price_cents: 100 }],
+    };
+    env.db.insert_campaign(&spec.to_row("t"), now).await.unwrap();
+    env.engine.launch(&spec).await.unwrap();
+    let c = spec.campaign.clone();
+    let paid = env.reserve(&c, "u1").await;
+    env.engine.confirm(&paid, &EventId::parse("e1").unwrap(), 100, PaymentStatus::Succeeded).await.unwrap();
+    let cancelled = env.reserve(&c, "u2").await;
+    env.engine.release(&cancelled, ReleaseReason::Cancelled).await.unwrap();
+    env.reserve(&c, "u3").await; // left to expire
+    env.wait_for("retired", Duration::from_secs(20), async || {
+        let row: Option<i64> = sqlx::query_scalar("SELECT retired_ms FROM campaigns WHERE campaign_id = 'c'")
+            .fetch_one(&sqlx::MySqlPool::connect(&env.settings.mysql.url).await.unwrap())
+            .await
+            .unwrap();
+        row.is_some()
+    })
+    .await;
+    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:{{c:c}}:*", env.settings.namespace))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    left.retain(|k| !k.contains(":payevt:") && !k.contains(":idem:")); // expire by their own TTLs
+    left.sort();
+    let prefix = format!("{}:{{c:c}}:", env.settings.namespace);
+    assert_eq!(left, vec![format!("{prefix}meta"), format!("{prefix}stock:a")], "only meta and stock stay");
+    let campaigns: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{}:campaigns", env.settings.namespace))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(campaigns.is_empty(), "off the index: {campaigns:?}");
+    // Still answers as an ended campaign, and its counters still show.
+    let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+    let (late, k) = (UserId::parse("late").unwrap(), IdempotencyKey::parse("k").unwrap());
+    assert_eq!(env.engine.reserve(&c, &late, &k, &lines).await.unwrap(), ReserveOutcome::NotActive);
+    let counters = env.engine.store().counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
+    assert_eq!((counters[0].available, counters[0].sold), (9, 1));
+    worker.shutdown().await;
     env.cleanup().await;
 }
