@@ -7,7 +7,8 @@
 //!   restores it.
 //! - [`RedisServer`]: a private `redis-server` process with an append-only file, which
 //!   the test kills with SIGKILL and restarts on the same port: the data comes back,
-//!   the script cache does not.
+//!   the script cache does not; or restarts it empty, as a Redis without persistence
+//!   comes back.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -193,6 +194,17 @@ impl RedisServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Restarts it with nothing on disk: a Redis that kept nothing (no persistence),
+    /// or lost its files.
+    pub async fn restart_empty(&mut self) -> bool {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::fs::create_dir_all(&self.dir).is_err() {
+            return false;
+        }
+        self.restart().await
     }
 
     /// (Re)starts the server on the same port and directory; true once it answers.
