@@ -29,6 +29,8 @@ const MAX_MISSING_ENTRIES: usize = 10_000;
 /// Most buyers remembered per campaign. Past this the campaign's sold-out and ended
 /// answers all go to Redis: slower, never wrong.
 const MAX_BUYERS_PER_CAMPAIGN: usize = 1_000_000;
+/// A campaign no request looked up for this long leaves the cache (10 minutes).
+const IDLE_EVICT_MS: u64 = 600_000;
 /// How far this process's clock may be behind Redis's: a buyer count read this long
 /// after a campaign's end (by the local clock) is final, no reservation can follow it.
 const END_CLOCK_SKEW_MS: i64 = 1_000;
@@ -88,6 +90,8 @@ pub struct CampaignEntry {
     buyers_required: Arc<AtomicU64>,
     /// When (local clock, ms) Redis's buyer count was last read into `buyers_required`.
     buyers_counted_ms: Arc<AtomicI64>,
+    /// When (ms since the cache's epoch) a request last looked the campaign up.
+    last_used: Arc<AtomicU64>,
 }
 
 impl CampaignEntry {
@@ -151,6 +155,7 @@ impl LocalCache {
 
     pub fn lookup(&self, campaign: &str) -> Lookup {
         if let Some(e) = self.campaigns.get(campaign) {
+            e.last_used.store(self.elapsed_ms(), Ordering::Relaxed);
             return Lookup::Known(Arc::clone(e.value()));
         }
         match self.missing.get(campaign) {
@@ -178,6 +183,9 @@ impl LocalCache {
         };
         let buyers_required = old.as_ref().map_or_else(Arc::default, |o| Arc::clone(&o.buyers_required));
         let buyers_counted_ms = old.as_ref().map_or_else(Arc::default, |o| Arc::clone(&o.buyers_counted_ms));
+        let last_used = old
+            .as_ref()
+            .map_or_else(|| Arc::new(AtomicU64::new(self.elapsed_ms())), |o| Arc::clone(&o.last_used));
         let buyers = old.map_or_else(|| Arc::new(DashSet::new()), |o| Arc::clone(&o.buyers));
         for b in loaded_buyers.into_iter().flatten() {
             buyers.insert(b);
@@ -188,6 +196,7 @@ impl LocalCache {
             buyers,
             buyers_required,
             buyers_counted_ms,
+            last_used,
         });
         self.campaigns.insert(campaign.clone(), entry);
     }
@@ -206,10 +215,19 @@ impl LocalCache {
         self.campaigns.iter().map(|e| e.key().clone()).collect()
     }
 
-    /// Drops expired "missing" entries.
-    pub fn prune_missing(&self) {
+    /// Drops expired "missing" entries, and campaigns no request looked up for
+    /// [`IDLE_EVICT_MS`]: the refresher reloads only what is in use, however many
+    /// campaigns were ever launched (an evicted one is loaded again, buyers and all,
+    /// on its next request).
+    pub fn prune(&self) {
         let refresh = self.refresh;
         self.missing.retain(|_, at| at.elapsed() < refresh);
+        let now = self.elapsed_ms();
+        self.campaigns.retain(|_, e| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < IDLE_EVICT_MS);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     pub fn is_sold_out(&self, entry: &CampaignEntry, sku: &SkuId) -> bool {

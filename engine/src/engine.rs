@@ -292,12 +292,13 @@ impl Inner {
             Some(Notice::Outbox { campaign }) => {
                 let _ = self.work.send(WorkSignal::Outbox(campaign));
             }
-            Some(Notice::Meta { campaign }) => {
-                self.cache.unmark_missing(campaign.as_str());
+            // Only a campaign this process serves is reloaded; others load on first use.
+            Some(Notice::Meta { campaign }) if self.cache.contains(campaign.as_str()) => {
                 if let Err(e) = self.reload(&campaign, false).await {
                     tracing::warn!(error = %e, %campaign, "reload on notice failed");
                 }
             }
+            Some(Notice::Meta { campaign }) => self.cache.unmark_missing(campaign.as_str()),
             None => tracing::debug!(notice = text, "ignored unknown cache notice"),
         }
     }

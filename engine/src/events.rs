@@ -131,7 +131,7 @@ pub(crate) async fn refresh(engine: Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = engine.upgrade() else { return };
-        inner.cache.prune_missing();
+        inner.cache.prune();
         if let Err(e) = inner.reload_all(false).await {
             tracing::debug!(error = %e, "campaign refresh failed");
         }

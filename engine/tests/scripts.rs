@@ -493,3 +493,34 @@ async fn a_burst_of_due_orders_is_released_in_few_calls_each_exactly_once() {
     let expired = outbox(&ns, "c").await.iter().filter(|ev| ev.status == OrderStatus::Expired).count();
     assert_eq!(expired, n - 1, "one outbox entry per released order");
 }
+
+#[tokio::test]
+async fn the_warmup_script_lists_the_campaign_in_the_same_step() {
+    let ns = Ns::new();
+    let mut raw = ns.raw().await;
+    let keys = engine::keys::KeySpace::new(&ns.settings.namespace);
+    let c = cid("c");
+    // The script alone, as one atomic step: nothing outside it writes the index.
+    let reply: Vec<String> = redis::Script::new(flashsale_lua::WARMUP)
+        .key(keys.meta(&c))
+        .key(keys.campaigns())
+        .key(keys.stock(&c, &sku("a")))
+        .arg("c")
+        .arg(0)
+        .arg(i64::MAX)
+        .arg(1)
+        .arg(60)
+        .arg("")
+        .arg("")
+        .arg(keys.events_channel())
+        .arg("a")
+        .arg(5)
+        .arg(100)
+        .invoke_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(reply, vec!["created".to_owned()]);
+    let listed: Vec<String> =
+        redis::cmd("SMEMBERS").arg(keys.campaigns()).query_async(&mut raw).await.unwrap();
+    assert_eq!(listed, vec!["c".to_owned()]);
+}

@@ -601,3 +601,203 @@ async fn a_silently_dead_notice_link_stops_local_answers_within_two_seconds() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_empty_mid_sale_is_rebuilt_from_mysql_and_sells_on() {
+    let Some(mut server) = RedisServer::start().await else {
+        panic!("redis-server is needed for this test (scripts/ensure-services.sh installs it)");
+    };
+    let url = server.url();
+    let env = Env::start_many(1, move |s| s.redis.url = url).await;
+    let workers = vec![start_worker(&env.settings).await];
+    let db = pool(&env).await;
+    let stock = scale(200, 2000);
+    assert_eq!(env.launch(sale("c", stock, 1, 900)).await.0, StatusCode::CREATED);
+    let mut o = buy(&env, "c", 0..stock / 2, 32).await;
+    assert_eq!(o.created.len(), stock / 2);
+    // Some settled before the crash: paid and cancelled.
+    let mut paid = HashSet::new();
+    for (i, (user, id, total)) in o.created.iter().enumerate().take(20) {
+        if i % 2 == 0 {
+            let (s, v) = env.pay(&format!("evt-{id}"), id, *total, "succeeded").await;
+            assert_eq!((s, v["order_status"].as_str()), (StatusCode::OK, Some("paid")));
+            paid.insert(id.clone());
+        } else {
+            assert_eq!(env.cancel(0, user, id).await.0, StatusCode::OK);
+        }
+    }
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(30)).await;
+
+    // Redis dies and comes back with nothing: no AOF, no RDB.
+    assert!(server.restart_empty().await, "redis-server restarts");
+    let crashed = Instant::now();
+    let mut next = stock;
+    loop {
+        let (s, v) = env
+            .order("c", &format!("user-{next}"), &format!("k{next}"), json!([{"sku_id": "a", "quantity": 1}]))
+            .await;
+        if s == StatusCode::CREATED {
+            o.created.push((format!("user-{next}"), v["order_id"].as_str().unwrap().to_owned(), 500));
+            next += 1;
+            break;
+        }
+        assert!(
+            crashed.elapsed() < Duration::from_secs(5),
+            "the campaign did not sell again within 5 s: {s} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back_after = crashed.elapsed();
+    // A pending order from before the crash can still be paid; a paid one is still paid.
+    let (_, pending_id, total) = o.created[30].clone();
+    let (s, v) = env.pay(&format!("evt-{pending_id}"), &pending_id, total, "succeeded").await;
+    assert_eq!((s, v["order_status"].as_str()), (StatusCode::OK, Some("paid")), "{v}");
+    paid.insert(pending_id);
+    // Demand above what is left: exactly the stock sells, counted against MySQL.
+    let rest = buy(&env, "c", next..next + stock, 32).await;
+    o.created.extend(rest.created);
+    let cancelled = 10;
+    assert_eq!(o.created.len(), stock + cancelled, "every unit sold once, the cancelled ones again");
+    drained(&env, &db, "c", o.created.len(), false, Duration::from_secs(60)).await;
+    assert_invariants(&env, &db, "c", &o, 1, &paid).await;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(i.quantity), 0) AS SIGNED) FROM orders o JOIN order_items i USING (order_id)
+         WHERE o.campaign_id = 'c' AND o.status IN ('pending_payment', 'paid')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(held as usize, stock, "MySQL never holds more units than stock");
+    println!("sold again {back_after:?} after Redis came back empty");
+    cleanup(env, workers, db).await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_relay_with_two_thousand_finished_campaigns_makes_a_handful_of_calls() {
+    let Some(server) = RedisServer::start().await else {
+        panic!("redis-server is needed for this test (scripts/ensure-services.sh installs it)");
+    };
+    let url = server.url();
+    let env = Env::start_many(1, move |s| s.redis.url = url).await;
+    let engine = engine::Engine::start(&env.settings).unwrap();
+    let now = engine::engine::now_ms();
+    let specs: Vec<_> = (0..2000)
+        .map(|i| engine::store::CampaignLaunch {
+            campaign: engine::domain::CampaignId::parse(&format!("old-{i}")).unwrap(),
+            starts_ms: now - 7_200_000,
+            ends_ms: now - 3_600_000,
+            per_user_limit: 1,
+            payment_window_secs: 900,
+            max_orders_per_sec: None,
+            max_user_requests_per_sec: None,
+            items: vec![engine::store::LaunchItem {
+                sku: engine::domain::SkuId::parse("a").unwrap(),
+                stock: 10,
+                price_cents: 100,
+            }],
+        })
+        .collect();
+    for chunk in specs.chunks(100) {
+        for r in join_all(chunk.iter().map(|spec| engine.launch(spec))).await {
+            r.unwrap();
+        }
+    }
+    drop(engine);
+    let workers = vec![start_worker(&env.settings).await];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn =
+        redis::Client::open(server.url().as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    let mut calls = 0u64;
+    let mut seen = Vec::new();
+    for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+        let name = line.split(':').next().unwrap().trim_start_matches("cmdstat_");
+        let n: u64 = line.split("calls=").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+        if name != "info" && name != "config|resetstat" {
+            calls += n;
+            seen.push(format!("{name}={n}"));
+        }
+    }
+    let per_sec = calls as f64 / window.as_secs_f64();
+    println!("idle worker, 2000 finished campaigns: {per_sec:.1} Redis calls/s ({seen:?})");
+    assert!(per_sec <= 10.0, "an idle worker made {per_sec:.1} Redis calls/s: {seen:?}");
+    let metrics = workers[0].ctx.metrics.render();
+    assert!(!metrics.contains("campaign=\""), "no campaign ids in metric labels");
+    let db = pool(&env).await;
+    cleanup(env, workers, db).await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_broker_makes_readiness_fail_within_its_timeout() {
+    let amqp = addr_of(&Settings::load(None).unwrap().amqp.url);
+    let proxy = Arc::new(Proxy::start(amqp).await.unwrap());
+    let p = Arc::clone(&proxy);
+    let env = Env::start_many(1, move |s| {
+        s.amqp.url = format!("amqp://guest:guest@{}/%2f", p.addr());
+        s.amqp.call_timeout_ms = 1000;
+    })
+    .await;
+    let ready = || async { env.http.get(env.url(0, "/readyz")).send().await.unwrap().status() };
+    assert_eq!(ready().await, StatusCode::OK);
+    // The cached connection still says "connected": only a round trip tells.
+    proxy.set(Mode::Blackhole);
+    let cut = Instant::now();
+    assert_eq!(ready().await, StatusCode::SERVICE_UNAVAILABLE, "a blackholed broker is not ready");
+    assert!(cut.elapsed() < Duration::from_secs(3), "readiness answered in {:?}", cut.elapsed());
+    proxy.restore();
+    let back = Instant::now();
+    while ready().await != StatusCode::OK {
+        assert!(back.elapsed() < Duration::from_secs(10), "readiness did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_gone_mid_request_leaves_the_in_flight_gauge() {
+    let redis_addr = addr_of(&Settings::load(None).unwrap().redis.url);
+    let proxy = Arc::new(Proxy::start(redis_addr).await.unwrap());
+    let p = Arc::clone(&proxy);
+    let env = Env::start_many(1, move |s| {
+        s.redis.url = format!("redis://{}", p.addr());
+        s.redis.call_timeout_ms = 2000;
+    })
+    .await;
+    assert_eq!(env.launch(sale("c", 100, 1, 900)).await.0, StatusCode::CREATED);
+    proxy.set(Mode::Delay(Duration::from_millis(1500)));
+    // Clients that give up after 200 ms, while their requests wait on Redis.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+    let gone = join_all((0..8).map(|u| {
+        let req = impatient
+            .post(env.url(0, "/api/v1/campaigns/c/orders"))
+            .bearer_auth(env.token(&format!("u{u}")))
+            .header("Idempotency-Key", format!("k{u}"))
+            .json(&json!({"items": [{"sku_id": "a", "quantity": 1}]}))
+            .send();
+        async move { req.await.is_err() }
+    }))
+    .await;
+    assert!(gone.iter().all(|g| *g), "every client gave up");
+    proxy.restore();
+    let metrics = format!("http://{}/metrics", env.gateways[0].metrics_addr);
+    let started = Instant::now();
+    loop {
+        let text = env.http.get(&metrics).send().await.unwrap().text().await.unwrap();
+        let in_flight = text
+            .lines()
+            .find(|l| l.starts_with("flashsale_http_in_flight_requests "))
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|v| v.parse::<i64>().ok());
+        if in_flight == Some(0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "in flight stuck at {in_flight:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.cleanup().await;
+}

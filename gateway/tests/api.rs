@@ -212,6 +212,10 @@ async fn payments_follow_the_contract() {
     let (_, o) = env.order("c", "u", "k2", json!([{"sku_id": "a", "quantity": 1}])).await;
     let late = o["order_id"].as_str().unwrap().to_owned();
     env.cancel(0, "u", &late).await;
+    // An event id already used for another order: 409, and nothing changes.
+    let (s, v) = env.pay("e2", &late, 700, "succeeded").await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_id_conflict"));
+    assert_eq!(env.get_order("u", &late).await.1["status"], "cancelled");
     let (s, v) = env.pay("e3", &late, 700, "succeeded").await;
     assert_eq!((s, v["order_status"].as_str()), (StatusCode::OK, Some("refund_required")));
     assert_eq!(env.item("c", "a").await["available"], 3);
