@@ -109,9 +109,12 @@ pub struct OrderRow {
 }
 
 /// What applying a batch of events did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     pub inserted: usize,
+    /// Orders refused because Redis lost them before MySQL heard of them (created
+    /// before their campaign was rebuilt from MySQL).
+    pub lost: Vec<String>,
     pub advanced: usize,
     pub unchanged: usize,
 }
@@ -403,6 +406,22 @@ impl Db {
         .await
     }
 
+    /// Records that a campaign is being rebuilt from MySQL: orders created before
+    /// `at_ms` that MySQL does not hold yet are lost from here on. Waits for every
+    /// persister transaction touching the campaign, so a snapshot read after this
+    /// sees every order MySQL will ever accept from before the loss.
+    pub async fn mark_restored(&self, campaign: &str, at_ms: i64) -> Result<()> {
+        bounded(self.timeout, async {
+            sqlx::query("UPDATE campaigns SET restored_ms = ? WHERE campaign_id = ?")
+                .bind(at_ms)
+                .bind(campaign)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Records that a campaign's per-order data left Redis.
     pub async fn mark_retired(&self, campaign: &str, now_ms: i64) -> Result<()> {
         bounded(self.timeout, async {
@@ -587,8 +606,14 @@ impl<'a> Fold<'a> {
         }
     }
 
-    fn add(&mut self, e: &'a OrderEvent, in_db: &HashMap<String, OrderStatus>) {
+    fn add(
+        &mut self,
+        e: &'a OrderEvent,
+        in_db: &HashMap<String, OrderStatus>,
+        restored: &HashMap<String, i64>,
+    ) {
         let id = e.order_id.as_str();
+        let lost = || restored.get(&e.campaign_id).is_some_and(|at| e.created_ms < *at);
         let current = if let Some(&i) = self.insert_index.get(id) {
             Some(self.inserts[i].status)
         } else if let Some((_, seen)) = self.updates.get(id) {
@@ -597,6 +622,11 @@ impl<'a> Fold<'a> {
             in_db.get(id).copied()
         };
         match current {
+            None if lost() => {
+                if !self.applied.lost.iter().any(|l| l == id) {
+                    self.applied.lost.push(id.to_owned());
+                }
+            }
             None => {
                 self.insert_index.insert(id, self.inserts.len());
                 self.inserts.push(e);
@@ -647,8 +677,23 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent]) -> Result<Applied>
         deltas: BTreeMap::new(),
         applied: Applied::default(),
     };
+    // Shared locks on the campaign rows: a rebuild marks `restored_ms` with an update
+    // that waits for this transaction, and every transaction after it sees the mark.
+    let mut q =
+        QueryBuilder::<MySql>::new("SELECT campaign_id, restored_ms FROM campaigns WHERE campaign_id IN (");
+    let mut ids = q.separated(", ");
     for e in events {
-        fold.add(e, &in_db);
+        ids.push_bind(&e.campaign_id);
+    }
+    q.push(") LOCK IN SHARE MODE");
+    let mut restored = HashMap::new();
+    for r in q.build().fetch_all(&mut *tx).await? {
+        if let Some(at) = r.try_get::<Option<i64>, _>(1)? {
+            restored.insert(text(&r, 0)?, at);
+        }
+    }
+    for e in events {
+        fold.add(e, &in_db, &restored);
     }
 
     if !fold.inserts.is_empty() {

@@ -203,3 +203,27 @@ async fn overdue_pending_orders_are_listed_oldest_first() {
     assert_eq!(ids(t.db.overdue_orders(101, first.last(), 10).await.unwrap()), vec!["a".to_owned()]);
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn after_a_rebuild_mysql_refuses_orders_redis_lost_before_it_heard_of_them() {
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap();
+    let mut known = event("known", OrderStatus::PendingPayment, 1);
+    known.created_ms = 1_000;
+    t.db.apply_events(&[known]).await.unwrap();
+    t.db.mark_restored("c", 5_000).await.unwrap();
+    let mut lost = event("lost", OrderStatus::PendingPayment, 2);
+    lost.created_ms = 4_000;
+    let mut lost_cancel = lost.clone();
+    lost_cancel.status = OrderStatus::Cancelled;
+    let mut fresh = event("fresh", OrderStatus::PendingPayment, 1);
+    fresh.created_ms = 6_000;
+    let mut known_paid = event("known", OrderStatus::Paid, 1);
+    known_paid.created_ms = 1_000;
+    let applied = t.db.apply_events(&[lost, fresh, known_paid, lost_cancel]).await.unwrap();
+    assert_eq!(applied.lost, vec!["lost".to_owned()]);
+    assert_eq!((applied.inserted, applied.advanced), (1, 1), "the new order and the known one's payment");
+    assert!(t.db.order("lost").await.unwrap().is_none());
+    assert_eq!(buckets(&t.db, "a").await, (8, 1, 1));
+    t.cleanup().await;
+}

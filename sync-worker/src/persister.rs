@@ -208,7 +208,13 @@ async fn apply(
                 ctx.metrics.persisted.with_label_values(&["advanced"]).inc_by(applied.advanced as u64);
                 ctx.metrics.persisted.with_label_values(&["unchanged"]).inc_by(applied.unchanged as u64);
                 schedule_timers(ctx, timer_ch, &events).await?;
-                for (_, d) in &group {
+                for (event, d) in &group {
+                    if applied.lost.contains(&event.order_id) {
+                        tracing::error!(order = %event.order_id, campaign = %event.campaign_id, user = %event.user_id,
+                            "order lost with Redis's data before MySQL heard of it; its units were sold again; dead-lettered");
+                        dead_letter(ctx, d, "lost_by_redis").await?;
+                        continue;
+                    }
                     bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default()))
                         .await?;
                 }

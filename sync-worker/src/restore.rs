@@ -14,8 +14,11 @@
 //! What cannot come back: reservations granted but not yet relayed to the broker
 //! when Redis died (their outbox entries died with it), idempotency records (a
 //! buyer's retry with the same key makes a new reservation, within their limit) and
-//! payment-event markers. Relayed-but-unpersisted orders of a restored campaign that
-//! Redis no longer knows are dead-lettered by the persister as `lost_by_redis`.
+//! payment-event markers. Orders relayed before the loss but not yet in MySQL when the
+//! campaign is rebuilt are refused by the persister (`campaigns.restored_ms`: created
+//! before it, unknown to MySQL) and dead-lettered as `lost_by_redis`, with an error
+//! naming each order: their units were put back on sale, so MySQL never holds more
+//! units than stock.
 
 use std::time::Duration;
 
@@ -77,6 +80,9 @@ async fn forget_marker(ctx: &Ctx) {
 
 async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
     let Some(row) = ctx.db.campaign(campaign.as_str()).await? else { return Ok(false) };
+    // First the mark (from now on MySQL refuses orders Redis lost), then the snapshot:
+    // it holds every order MySQL will ever hold from before the loss.
+    ctx.db.mark_restored(campaign.as_str(), now_ms()).await?;
     let orders = ctx.db.campaign_orders(campaign.as_str()).await?;
     let snapshot = snapshot(campaign, &row, orders)?;
     // A generation above any a gateway has seen: their old sold-out flags cannot

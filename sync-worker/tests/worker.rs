@@ -637,3 +637,60 @@ async fn two_workers_with_churn_on_one_hot_sku_and_a_kill_lose_nothing() {
     }
     env.cleanup().await;
 }
+
+/// Redis loses a campaign; the worker rebuilds it from MySQL, and an order that was
+/// relayed before the loss but reaches MySQL only after the rebuild is refused and
+/// dead-lettered (its unit went back on sale), never applied on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() {
+    let mut env = Env::new().await;
+    env.settings.worker.restore_check_ms = 100;
+    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let c = env.launch("c", 3, 900, 1).await;
+    let kept = env.reserve(&c, "u1").await;
+    env.wait_for("u1 in MySQL", Duration::from_secs(10), async || {
+        env.db.count_orders("c").await.unwrap() == 1
+    })
+    .await;
+    // An order granted and relayed, its message not yet persisted, when Redis loses
+    // everything (here: the message is published only after the rebuild).
+    let lost = OrderId::generate(&c);
+    let lost_event = order_event(&lost, "u2", OrderStatus::PendingPayment, now_ms() + 900_000);
+    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}:*", env.settings.namespace)).query_async(&mut raw).await.unwrap();
+    let _: () = redis::cmd("DEL").arg(keys).query_async(&mut raw).await.unwrap();
+    env.wait_for("rebuilt", Duration::from_secs(5), async || {
+        env.engine.store().campaign_meta(&c).await.unwrap().is_some()
+    })
+    .await;
+    let a = SkuId::parse("a").unwrap();
+    let counters = env.engine.store().counters(&c, std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!((counters[0].available, counters[0].reserved), (2, 1), "u1's unit still held");
+    assert_eq!(env.engine.store().order(&kept).await.unwrap().unwrap().status, OrderStatus::PendingPayment);
+    env.publish_raw(&serde_json::to_vec(&lost_event).unwrap()).await;
+    let dead = format!("{}.dead", env.settings.namespace);
+    env.wait_for("the lost order dead-lettered", Duration::from_secs(10), async || {
+        env.queue_len(&dead).await == 1
+    })
+    .await;
+    assert!(env.db.order(lost.as_str()).await.unwrap().is_none(), "never applied");
+    // The sale goes on: the two units left sell, once each, and MySQL agrees.
+    env.reserve(&c, "u3").await;
+    env.reserve(&c, "u4").await;
+    env.wait_for("consistent", Duration::from_secs(10), async || {
+        env.db.count_orders("c").await.unwrap() == 3 && env.consistent(&c).await
+    })
+    .await;
+    assert!(worker
+        .ctx
+        .metrics
+        .render()
+        .contains("flashsale_dead_lettered_events_total{reason=\"lost_by_redis\"} 1"));
+    worker.shutdown().await;
+    env.cleanup().await;
+}
