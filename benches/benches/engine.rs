@@ -6,6 +6,8 @@
 //!   through the engine, each call a new buyer.
 //! - `reserve/local_sold_out`, `reserve/local_not_started`: requests the local cache
 //!   answers without Redis.
+//! - `release/batch_<n>`: cancelling pending orders `n` per `release.lua` call (the
+//!   sweep's burst path); criterion's "time" is per order.
 //!
 //! Each group runs sequentially (latency of one call) and with 64 calls in flight
 //! (`x64`, throughput; criterion's "time" is then per call). Compare each path with the
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::config::Settings;
 use criterion::{criterion_group, criterion_main, Criterion};
-use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReserveOutcome, UserId};
+use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReleaseReason, ReserveOutcome, UserId};
 use engine::engine::now_ms;
 use engine::store::{CampaignLaunch, LaunchItem};
 use engine::Engine;
@@ -194,6 +196,29 @@ fn benches(c: &mut Criterion) {
             assert!(matches!(b.reserve(&later, &lines()).await, ReserveOutcome::NotActive));
         })
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("release");
+    for n in [1usize, 32, 256] {
+        g.bench_function(format!("batch_{n}"), |bn| {
+            bn.iter_custom(|iters| {
+                b.rt.block_on(async {
+                    let mut orders = Vec::with_capacity(iters as usize);
+                    for _ in 0..iters {
+                        match b.reserve(&open, &lines()).await {
+                            ReserveOutcome::Reserved(r) => orders.push(r.order_id),
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                    let start = Instant::now();
+                    for chunk in orders.chunks(n) {
+                        b.engine.release_many(&open, chunk, ReleaseReason::Cancelled).await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
     g.finish();
     let stats = b.engine.stats();
     eprintln!(

@@ -13,7 +13,8 @@ use deadpool_redis::redis::{self, streams::StreamAutoClaimReply, streams::Stream
 
 use crate::domain::{CampaignId, OrderId, SkuId, UserId};
 use crate::error::{EngineError, Result};
-use crate::store::StockStore;
+use crate::keys::KeySpace;
+use crate::store::{CampaignLaunch, StockStore};
 
 /// The consumer group every relay reads campaign outboxes through.
 pub const RELAY_GROUP: &str = "relay";
@@ -30,19 +31,11 @@ pub struct OutboxEntry {
     pub doc: Option<String>,
 }
 
-/// A campaign as MySQL holds it, to be loaded back into a Redis that lost it.
+/// A campaign as MySQL holds it, to be loaded back into a Redis that lost it: the
+/// campaign as launched (with its current tuning) and every one of its orders.
 #[derive(Debug, Clone)]
 pub struct CampaignSnapshot {
-    pub campaign: CampaignId,
-    pub starts_ms: i64,
-    pub ends_ms: i64,
-    pub per_user_limit: u64,
-    pub payment_window_secs: u32,
-    pub max_orders_per_sec: Option<u32>,
-    pub max_user_requests_per_sec: Option<u32>,
-    /// Every sku with its total stock and price.
-    pub skus: Vec<(SkuId, u64, i64)>,
-    /// Every order of the campaign.
+    pub launch: CampaignLaunch,
     pub orders: Vec<SnapshotOrder>,
 }
 
@@ -65,7 +58,7 @@ impl CampaignSnapshot {
     /// Units held (pending) and sold (paid) per sku, and units counted against each user.
     fn tally(&self) -> Result<(RestoredStock, BTreeMap<&UserId, u64>)> {
         let mut stock: RestoredStock =
-            self.skus.iter().map(|(sku, total, _)| (sku.clone(), (*total, 0, 0))).collect();
+            self.launch.items.iter().map(|i| (i.sku.clone(), (i.stock, 0, 0))).collect();
         let mut users: BTreeMap<&UserId, u64> = BTreeMap::new();
         for o in &self.orders {
             let counted = matches!(o.status, OrderStatus::PendingPayment | OrderStatus::Paid);
@@ -195,47 +188,47 @@ impl StockStore {
         Ok(ids.iter().filter_map(|s| CampaignId::parse(s).ok()).collect())
     }
 
-    /// Each campaign's outbox length, in as few round trips as the count allows.
+    /// Each campaign's outbox length.
     pub async fn outbox_lengths(&self, campaigns: &[CampaignId]) -> Result<Vec<u64>> {
-        let mut out = Vec::with_capacity(campaigns.len());
-        for chunk in campaigns.chunks(PIPELINE_MAX) {
-            let mut pipe = redis::pipe();
-            for c in chunk {
-                pipe.cmd("XLEN").arg(self.parts().keys.outbox(c));
-            }
-            let lens: Vec<u64> =
-                self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-            out.extend(lens);
-        }
-        Ok(out)
+        self.per_campaign(campaigns, |pipe, k, c| {
+            pipe.cmd("XLEN").arg(k.outbox(c));
+        })
+        .await
     }
 
     /// Each campaign's earliest pending payment deadline (`None`: nothing pending).
     pub async fn next_deadlines(&self, campaigns: &[CampaignId]) -> Result<Vec<Option<i64>>> {
-        let mut out = Vec::with_capacity(campaigns.len());
-        for chunk in campaigns.chunks(PIPELINE_MAX) {
-            let mut pipe = redis::pipe();
-            for c in chunk {
-                pipe.cmd("ZRANGE").arg(self.parts().keys.pending(c)).arg(0).arg(0).arg("WITHSCORES");
-            }
-            let rows: Vec<Vec<(String, i64)>> =
-                self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-            out.extend(rows.into_iter().map(|r| r.first().map(|(_, score)| *score)));
-        }
-        Ok(out)
+        let rows: Vec<Vec<(String, i64)>> = self
+            .per_campaign(campaigns, |pipe, k, c| {
+                pipe.cmd("ZRANGE").arg(k.pending(c)).arg(0).arg(0).arg("WITHSCORES");
+            })
+            .await?;
+        Ok(rows.into_iter().map(|r| r.first().map(|(_, score)| *score)).collect())
     }
 
-    /// Whether Redis holds these campaigns (their meta), in one round trip per chunk.
+    /// Whether Redis holds these campaigns (their meta).
     pub async fn campaigns_present(&self, campaigns: &[CampaignId]) -> Result<Vec<bool>> {
+        self.per_campaign(campaigns, |pipe, k, c| {
+            pipe.cmd("EXISTS").arg(k.meta(c));
+        })
+        .await
+    }
+
+    /// One command per campaign, pipelined: one round trip per [`PIPELINE_MAX`] campaigns.
+    async fn per_campaign<T: redis::FromRedisValue>(
+        &self,
+        campaigns: &[CampaignId],
+        command: impl Fn(&mut redis::Pipeline, &KeySpace, &CampaignId),
+    ) -> Result<Vec<T>> {
         let mut out = Vec::with_capacity(campaigns.len());
         for chunk in campaigns.chunks(PIPELINE_MAX) {
             let mut pipe = redis::pipe();
             for c in chunk {
-                pipe.cmd("EXISTS").arg(self.parts().keys.meta(c));
+                command(&mut pipe, self.parts().keys, c);
             }
-            let found: Vec<bool> =
+            let replies: Vec<T> =
                 self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-            out.extend(found);
+            out.extend(replies);
         }
         Ok(out)
     }
@@ -273,7 +266,8 @@ impl StockStore {
     ) -> Result<Option<RestoredStock>> {
         let (stock, users) = snap.tally()?;
         let k = &self.parts().keys;
-        let c = &snap.campaign;
+        let spec = &snap.launch;
+        let c = &spec.campaign;
         for chunk in snap.orders.chunks(RESTORE_ORDERS_PER_CALL) {
             let mut inv = self.parts().scripts.restore.prepare_invoke();
             inv.key(k.meta(c)).key(k.pending(c)).key(k.buyers(c)).arg("orders");
@@ -291,7 +285,7 @@ impl StockStore {
                     .arg(o.created_ms)
                     .arg(o.expires_ms)
                     .arg(o.paid_ms.map(|p| p.to_string()).unwrap_or_default())
-                    .arg(snap.payment_window_secs);
+                    .arg(spec.payment_window_secs);
             }
             if !self.restore_step(inv).await? {
                 return Ok(None);
@@ -312,18 +306,18 @@ impl StockStore {
         inv.key(k.meta(c)).key(k.campaigns());
         inv.arg("finish")
             .arg(c.as_str())
-            .arg(snap.starts_ms)
-            .arg(snap.ends_ms)
-            .arg(snap.per_user_limit)
-            .arg(snap.payment_window_secs)
-            .arg(snap.max_orders_per_sec.map(|v| v.to_string()).unwrap_or_default())
-            .arg(snap.max_user_requests_per_sec.map(|v| v.to_string()).unwrap_or_default())
+            .arg(spec.starts_ms)
+            .arg(spec.ends_ms)
+            .arg(spec.per_user_limit)
+            .arg(spec.payment_window_secs)
+            .arg(spec.max_orders_per_sec.map(|v| v.to_string()).unwrap_or_default())
+            .arg(spec.max_user_requests_per_sec.map(|v| v.to_string()).unwrap_or_default())
             .arg(k.events_channel())
             .arg(stock_generation);
-        for (sku, total, price) in &snap.skus {
-            let (avail, resv, sold) = stock.get(sku).copied().unwrap_or((*total, 0, 0));
-            inv.key(k.stock(c, sku));
-            inv.arg(sku.as_str()).arg(*total).arg(avail).arg(resv).arg(sold).arg(*price);
+        for item in &spec.items {
+            let (avail, resv, sold) = stock.get(&item.sku).copied().unwrap_or((item.stock, 0, 0));
+            inv.key(k.stock(c, &item.sku));
+            inv.arg(item.sku.as_str()).arg(item.stock).arg(avail).arg(resv).arg(sold).arg(item.price_cents);
         }
         if !self.restore_step(inv).await? {
             return Ok(None);

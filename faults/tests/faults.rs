@@ -357,15 +357,22 @@ async fn redis_unreachable_gives_fast_503s_and_recovers_by_itself() {
     cleanup(env, workers, db).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_redis_restart_empties_the_script_cache_and_nothing_breaks() {
-    let Some(mut server) = RedisServer::start().await else {
+/// A private redis-server that the test may kill, a gateway and a worker on it, and a
+/// MySQL pool.
+async fn on_private_redis() -> (RedisServer, Env, Vec<sync_worker::app::Running>, sqlx::MySqlPool) {
+    let Some(server) = RedisServer::start().await else {
         panic!("redis-server is needed for this test (scripts/ensure-services.sh installs it)");
     };
     let url = server.url();
     let env = Env::start_many(1, move |s| s.redis.url = url).await;
     let workers = vec![start_worker(&env.settings).await];
     let db = pool(&env).await;
+    (server, env, workers, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_empties_the_script_cache_and_nothing_breaks() {
+    let (mut server, env, workers, db) = on_private_redis().await;
     let n = scale(200, 2000);
     assert_eq!(env.launch(sale("c", n * 2, 1, 900)).await.0, StatusCode::CREATED);
     let mut o = buy(&env, "c", 0..n / 2, 32).await;
@@ -604,13 +611,7 @@ async fn a_silently_dead_notice_link_stops_local_answers_within_two_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_restarted_empty_mid_sale_is_rebuilt_from_mysql_and_sells_on() {
-    let Some(mut server) = RedisServer::start().await else {
-        panic!("redis-server is needed for this test (scripts/ensure-services.sh installs it)");
-    };
-    let url = server.url();
-    let env = Env::start_many(1, move |s| s.redis.url = url).await;
-    let workers = vec![start_worker(&env.settings).await];
-    let db = pool(&env).await;
+    let (mut server, env, workers, db) = on_private_redis().await;
     let stock = scale(200, 2000);
     assert_eq!(env.launch(sale("c", stock, 1, 900)).await.0, StatusCode::CREATED);
     let mut o = buy(&env, "c", 0..stock / 2, 32).await;

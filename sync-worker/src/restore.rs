@@ -26,6 +26,7 @@ use common::db::{CampaignRow, OrderRow};
 use engine::domain::{CampaignId, OrderId, SkuId, UserId};
 use engine::engine::now_ms;
 use engine::outbox::{CampaignSnapshot, SnapshotOrder};
+use engine::store::{CampaignLaunch, LaunchItem};
 use tokio::sync::watch;
 
 use crate::context::{pause, Ctx};
@@ -99,10 +100,16 @@ async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
 fn snapshot(campaign: &CampaignId, row: &CampaignRow, orders: Vec<OrderRow>) -> Result<CampaignSnapshot> {
     let bad =
         |e: engine::domain::InvalidInput| WorkerError::Redis(engine::EngineError::Protocol(e.to_string()));
-    let skus = row
+    let items = row
         .items
         .iter()
-        .map(|i| Ok((SkuId::parse(&i.sku_id).map_err(bad)?, i.stock_total as u64, i.price_cents)))
+        .map(|i| {
+            Ok(LaunchItem {
+                sku: SkuId::parse(&i.sku_id).map_err(bad)?,
+                stock: i.stock_total as u64,
+                price_cents: i.price_cents,
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let orders = orders
         .into_iter()
@@ -119,7 +126,7 @@ fn snapshot(campaign: &CampaignId, row: &CampaignRow, orders: Vec<OrderRow>) -> 
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(CampaignSnapshot {
+    let launch = CampaignLaunch {
         campaign: campaign.clone(),
         starts_ms: row.starts_ms,
         ends_ms: row.ends_ms,
@@ -127,7 +134,7 @@ fn snapshot(campaign: &CampaignId, row: &CampaignRow, orders: Vec<OrderRow>) -> 
         payment_window_secs: row.payment_window_secs,
         max_orders_per_sec: row.max_orders_per_sec,
         max_user_requests_per_sec: row.max_user_requests_per_sec,
-        skus,
-        orders,
-    })
+        items,
+    };
+    Ok(CampaignSnapshot { launch, orders })
 }
