@@ -207,7 +207,7 @@ impl RedisServer {
         self.restart().await
     }
 
-    /// (Re)starts the server on the same port and directory; true once it answers.
+    /// (Re)starts the server on the same port and directory; true once it answers PING.
     pub async fn restart(&mut self) -> bool {
         self.kill();
         let spawned = Command::new("redis-server")
@@ -220,13 +220,27 @@ impl RedisServer {
             .spawn();
         let Ok(child) = spawned else { return false };
         self.child = Some(child);
-        for _ in 0..100 {
-            if TcpStream::connect(self.addr()).await.is_ok() {
+        for _ in 0..200 {
+            if self.answers_pong().await {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// Whether it answers PING with PONG: accepting connections is not enough, a
+    /// server still loading its append-only file answers `-LOADING`.
+    async fn answers_pong(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(self.addr()).await else { return false };
+        if s.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(n)) => buf[..n].starts_with(b"+PONG"),
+            _ => false,
+        }
     }
 }
 

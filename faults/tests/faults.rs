@@ -552,24 +552,35 @@ async fn two_gateways_and_two_workers_sell_pay_cancel_and_expire_consistently() 
     let db = pool(&env).await;
     let n = scale(600, 6000);
     let stock = n / 3;
-    assert_eq!(env.launch(sale("c", stock, 1, 2)).await.0, StatusCode::CREATED);
+    // The window must outlast paying and cancelling the lot: 2,000 orders in the full run.
+    let window = scale(2, 10) as u64;
+    assert_eq!(env.launch(sale("c", stock, 1, window)).await.0, StatusCode::CREATED);
     let o = buy(&env, "c", 0..n, 64).await;
     assert_eq!(o.created.len(), stock, "{:?}", o.statuses);
     let mut paid = HashSet::new();
-    for (i, (user, id, total)) in o.created.iter().enumerate() {
-        match i % 4 {
-            0 | 1 => {
-                let (s, v) = env.pay(&format!("evt-{id}"), id, *total, "succeeded").await;
-                assert_eq!(s, StatusCode::OK, "{v}");
-                if v["order_status"] == "paid" {
-                    paid.insert(id.clone());
+    let numbered: Vec<_> = o.created.iter().enumerate().collect();
+    for chunk in numbered.chunks(64) {
+        let answers = join_all(chunk.iter().map(|(i, (user, id, total))| {
+            let env = &env;
+            async move {
+                match i % 4 {
+                    0 | 1 => {
+                        let (s, v) = env.pay(&format!("evt-{id}"), id, *total, "succeeded").await;
+                        assert_eq!(s, StatusCode::OK, "{v}");
+                        (v["order_status"] == "paid").then(|| id.clone())
+                    }
+                    2 => {
+                        assert_eq!(env.cancel(i % 2, user, id).await.0, StatusCode::OK);
+                        None
+                    }
+                    _ => None, // left to expire
                 }
             }
-            2 => assert_eq!(env.cancel(i % 2, user, id).await.0, StatusCode::OK),
-            _ => {} // left to expire
-        }
+        }))
+        .await;
+        paid.extend(answers.into_iter().flatten());
     }
-    drained(&env, &db, "c", stock, true, Duration::from_secs(30)).await;
+    drained(&env, &db, "c", stock, true, Duration::from_secs(30 + window)).await;
     assert_invariants(&env, &db, "c", &o, 1, &paid).await;
     let expired: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE campaign_id = 'c' AND status = 'expired'")
