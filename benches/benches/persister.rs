@@ -12,9 +12,9 @@
 use std::time::{Duration, Instant};
 
 use common::config::Settings;
-use common::db::{CampaignItemRow, CampaignRow, Db};
 use common::message::{OrderEvent, OrderItem, OrderStatus};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use ledger::{CampaignItemRow, CampaignRow, Db};
 
 const STOCK: i64 = 1_000_000_000;
 

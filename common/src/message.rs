@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// Where an order stands. The only ways forward are
 /// `pending_payment → paid | cancelled | expired` and `cancelled | expired → refund_required`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     PendingPayment,
@@ -75,7 +76,8 @@ pub enum StockBucket {
 }
 
 /// One line of an order, with the price at the time of reservation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderItem {
     pub sku_id: String,
     pub quantity: u64,

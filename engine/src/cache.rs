@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::{DashMap, DashSet};
 
+use crate::campaign::CampaignMeta;
 use crate::domain::{CampaignId, SkuId};
-use crate::store::CampaignMeta;
 
 /// Most unknown campaign ids remembered at once: a bot probing random ids cannot grow
 /// memory without bound (past this, unknown ids simply go to Redis).

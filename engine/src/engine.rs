@@ -1,24 +1,29 @@
-//! [`Engine`]: the local cache in front of the Redis stock store.
+//! [`Engine`]: the local cache in front of the Redis stock store, and the only way to
+//! the store: every call that changes stock goes through a method here that keeps
+//! this process's cache right (buyers, sold-out flags, restocks).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::config::Settings;
-use tokio::task::AbortHandle;
 
-use crate::cache::{CampaignEntry, LocalCache, Lookup};
+use crate::cache::LocalCache;
+use crate::campaign::{
+    CampaignLaunch, CampaignMeta, CampaignTuning, LaunchOutcome, OrderRecord, SkuCounters, TuneOutcome,
+};
+use crate::campaign::{CampaignSnapshot, RestoredStock};
 use crate::domain::{
     CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseOutcome,
-    ReleaseReason, ReserveOutcome, UserId,
+    ReleaseReason, ReserveOutcome, SkuId, UserId,
 };
 use crate::error::Result;
-use crate::events::{self, Notice, WorkSignal};
 use crate::keys::KeySpace;
 use crate::link::RedisLink;
-use crate::store::{
-    CampaignLaunch, CampaignMeta, CampaignTuning, LaunchOutcome, StockStore, StoreLimits, TuneOutcome,
-};
+use crate::notices;
+use crate::outbox::{OutboxEntry, WorkSignal};
+use crate::state::Shared;
+use crate::store::{StockStore, StoreSettings};
 
 /// Counters of where reservation requests were answered (exported as metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,38 +37,11 @@ pub struct EngineStats {
 /// The hot path. Cheap to clone; background tasks stop when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct Engine {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) store: StockStore,
-    pub(crate) cache: LocalCache,
-    answered_locally: AtomicU64,
-    sent_to_redis: AtomicU64,
-    /// Outbox work notices, for the relay (nobody listens in a gateway).
-    pub(crate) work: tokio::sync::broadcast::Sender<WorkSignal>,
-    tasks: Mutex<Vec<AbortHandle>>,
-}
-
-/// Work signals buffered per listener; one that falls further behind gets a lag error
-/// and treats it as [`WorkSignal::Resync`].
-const WORK_SIGNAL_BUFFER: usize = 4096;
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let tasks = self.tasks.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tasks.iter().for_each(AbortHandle::abort);
-    }
-}
-
-/// Milliseconds since the Unix epoch by this process's clock.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    inner: Arc<Shared>,
 }
 
 impl Engine {
-    /// Builds the engine and starts its cache listener and refresher. Connects lazily:
+    /// Builds the engine and starts its notice listener and refresher. Connects lazily:
     /// a Redis that is down makes calls fail with `Unavailable`, not this.
     pub fn start(settings: &Settings) -> Result<Self> {
         let r = &settings.redis;
@@ -74,41 +52,30 @@ impl Engine {
             Duration::from_millis(r.connect_timeout_ms),
         )?;
         let e = &settings.engine;
-        let limits = StoreLimits {
+        let store_settings = StoreSettings {
             idempotency_ttl_secs: e.idempotency_ttl_secs,
             outbox_max_len: e.outbox_max_len,
             payment_event_ttl_secs: e.payment_event_ttl_secs,
         };
         let keys = KeySpace::new(&settings.namespace);
-        let channel = keys.events_channel();
-        let store = StockStore::new(link, keys, limits);
+        let channel = keys.notice_channel();
+        let store = StockStore::new(link, keys, store_settings);
         let refresh = Duration::from_millis(e.campaign_refresh_ms);
         let cache = LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh);
-        let inner = Arc::new(Inner {
-            store,
-            cache,
-            answered_locally: AtomicU64::new(0),
-            sent_to_redis: AtomicU64::new(0),
-            work: tokio::sync::broadcast::channel(WORK_SIGNAL_BUFFER).0,
-            tasks: Mutex::new(Vec::new()),
-        });
+        let inner = Arc::new(Shared::new(store, cache));
         let weak = Arc::downgrade(&inner);
-        let listener = tokio::spawn(events::listen(
+        let listener = tokio::spawn(notices::listen(
             weak.clone(),
             r.url.clone(),
             channel,
             Duration::from_millis(r.connect_timeout_ms),
         ));
-        let refresher = tokio::spawn(events::refresh(weak, refresh));
+        let refresher = tokio::spawn(notices::refresh(weak, refresh));
         if let Ok(mut tasks) = inner.tasks.lock() {
             tasks.push(listener.abort_handle());
             tasks.push(refresher.abort_handle());
         }
         Ok(Self { inner })
-    }
-
-    pub fn store(&self) -> &StockStore {
-        &self.inner.store
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -144,14 +111,14 @@ impl Engine {
     ) -> Result<ReserveOutcome> {
         let inner = &self.inner;
         let Some(entry) = inner.entry(campaign).await? else {
-            inner.answered_locally.fetch_add(1, Ordering::Relaxed);
+            Shared::count(&inner.answered_locally);
             return Ok(ReserveOutcome::CampaignNotFound);
         };
         if let Some(answer) = inner.answer_locally(&entry, user, lines) {
-            inner.answered_locally.fetch_add(1, Ordering::Relaxed);
+            Shared::count(&inner.answered_locally);
             return Ok(answer);
         }
-        inner.sent_to_redis.fetch_add(1, Ordering::Relaxed);
+        Shared::count(&inner.sent_to_redis);
         let order_id = OrderId::generate(campaign);
         let reply = inner.store.reserve(campaign, &order_id, user, key, lines).await?;
         if matches!(reply.outcome, ReserveOutcome::Reserved(_)) {
@@ -212,94 +179,99 @@ impl Engine {
         self.inner.reload(campaign, false).await?;
         Ok(outcome)
     }
-}
 
-impl Inner {
-    async fn entry(&self, campaign: &CampaignId) -> Result<Option<Arc<CampaignEntry>>> {
-        match self.cache.lookup(campaign.as_str()) {
-            Lookup::Known(e) => Ok(Some(e)),
-            Lookup::Missing => Ok(None),
-            Lookup::Unknown => {
-                self.reload(campaign, true).await?;
-                match self.cache.lookup(campaign.as_str()) {
-                    Lookup::Known(e) => Ok(Some(e)),
-                    _ => Ok(None),
-                }
-            }
-        }
+    // Reads: they change nothing, so they need not pass the cache.
+
+    /// The campaign's window, limits and skus as Redis holds them, or `None`.
+    pub async fn campaign_meta(&self, campaign: &CampaignId) -> Result<Option<CampaignMeta>> {
+        self.inner.store.campaign_meta(campaign).await
     }
 
-    /// What can be said without Redis, or `None` to ask Redis. The checks follow the
-    /// script's order: window, unknown sku, sold out.
-    fn answer_locally(
+    /// Every sku's counters in one consistent snapshot.
+    pub async fn counters(&self, campaign: &CampaignId, skus: &[SkuId]) -> Result<Vec<SkuCounters>> {
+        self.inner.store.counters(campaign, skus).await
+    }
+
+    /// The reservation as Redis holds it, or `None`.
+    pub async fn order(&self, order: &OrderId) -> Result<Option<OrderRecord>> {
+        self.inner.store.order(order).await
+    }
+
+    /// Pending orders of `campaign` whose deadline is at or before `now_ms`, oldest
+    /// first, at most `limit`.
+    pub async fn due_orders(&self, campaign: &CampaignId, now_ms: i64, limit: usize) -> Result<Vec<OrderId>> {
+        self.inner.store.due_orders(campaign, now_ms, limit).await
+    }
+
+    /// Runs the reservation script against a campaign that cannot exist (readiness).
+    pub async fn probe(&self) -> Result<()> {
+        self.inner.store.probe().await
+    }
+
+    // The sync-worker's side: the outbox protocol and whole-campaign maintenance.
+
+    /// Every campaign in the index.
+    pub async fn campaign_ids(&self) -> Result<Vec<CampaignId>> {
+        self.inner.store.campaign_ids().await
+    }
+
+    /// Creates the relay group on a campaign's outbox, if missing.
+    pub async fn outbox_ensure_group(&self, campaign: &CampaignId) -> Result<()> {
+        self.inner.store.outbox_ensure_group(campaign).await
+    }
+
+    /// Up to `max` outbox entries for `consumer` (claimed from a dead one first).
+    pub async fn outbox_take(
         &self,
-        entry: &CampaignEntry,
-        user: &UserId,
-        lines: &OrderLines,
-    ) -> Option<ReserveOutcome> {
-        let meta = &entry.meta;
-        let now = now_ms();
-        if now < meta.starts_ms {
-            // Nobody can hold a reservation before the start: nothing to replay.
-            return Some(ReserveOutcome::NotActive);
-        }
-        if let Some(line) = lines.iter().find(|l| !entry.has_sku(&l.sku)) {
-            return Some(ReserveOutcome::SkuNotFound(line.sku.clone()));
-        }
-        if !self.cache.is_live() || entry.may_have_bought(user.as_str()) {
-            return None;
-        }
-        if now >= meta.ends_ms {
-            // Only once this process knows every buyer Redis had after the end: a
-            // winner whose notice has not arrived yet must reach the script.
-            return self.cache.may_answer_ended(entry).then_some(ReserveOutcome::NotActive);
-        }
-        lines
-            .iter()
-            .find(|l| self.cache.is_sold_out(entry, &l.sku))
-            .map(|l| ReserveOutcome::SoldOut(l.sku.clone()))
+        campaign: &CampaignId,
+        consumer: &str,
+        claim_idle_ms: u64,
+        max: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.inner.store.outbox_take(campaign, consumer, claim_idle_ms, max).await
     }
 
-    /// Reloads a campaign from Redis; its buyers too when asked, or when this process
-    /// has not cached the campaign yet (an entry must never start with a partial set).
-    pub(crate) async fn reload(&self, campaign: &CampaignId, with_buyers: bool) -> Result<()> {
-        let with_buyers = with_buyers || !self.cache.contains(campaign.as_str());
-        let read_at_ms = now_ms();
-        let found = self.store.campaign_meta_and_buyer_count(campaign).await?;
-        let buyers = match (&found, with_buyers) {
-            (Some(_), true) => Some(self.store.buyers(campaign).await?),
-            _ => None,
-        };
-        let count = found.as_ref().map(|(_, n)| *n);
-        self.cache.put(campaign, found.map(|(meta, _)| meta), buyers);
-        if let Some(count) = count {
-            self.cache.note_buyer_count(campaign.as_str(), count, read_at_ms);
-        }
-        Ok(())
+    /// Acknowledges relayed entries; returns the entries left.
+    pub async fn outbox_ack(&self, campaign: &CampaignId, ids: &[String]) -> Result<u64> {
+        self.inner.store.outbox_ack(campaign, ids).await
     }
 
-    pub(crate) async fn reload_all(&self, with_buyers: bool) -> Result<()> {
-        for campaign in self.cache.cached_campaigns() {
-            self.reload(&campaign, with_buyers).await?;
-        }
-        Ok(())
+    /// Each campaign's outbox length (pipelined).
+    pub async fn outbox_lengths(&self, campaigns: &[CampaignId]) -> Result<Vec<u64>> {
+        self.inner.store.outbox_lengths(campaigns).await
     }
 
-    pub(crate) async fn apply_notice(&self, text: &str) {
-        match Notice::parse(text) {
-            Some(Notice::Restock { campaign, sku, gen }) => self.cache.restock(&campaign, &sku, gen),
-            Some(Notice::Buyer { campaign, user }) => self.cache.add_buyer(&campaign, &user),
-            Some(Notice::Outbox { campaign }) => {
-                let _ = self.work.send(WorkSignal::Outbox(campaign));
-            }
-            // Only a campaign this process serves is reloaded; others load on first use.
-            Some(Notice::Meta { campaign }) if self.cache.contains(campaign.as_str()) => {
-                if let Err(e) = self.reload(&campaign, false).await {
-                    tracing::warn!(error = %e, %campaign, "reload on notice failed");
-                }
-            }
-            Some(Notice::Meta { campaign }) => self.cache.unmark_missing(campaign.as_str()),
-            None => tracing::debug!(notice = text, "ignored unknown cache notice"),
-        }
+    /// Each campaign's earliest pending deadline (pipelined).
+    pub async fn next_deadlines(&self, campaigns: &[CampaignId]) -> Result<Vec<Option<i64>>> {
+        self.inner.store.next_deadlines(campaigns).await
+    }
+
+    /// Whether Redis holds these campaigns (pipelined).
+    pub async fn campaigns_present(&self, campaigns: &[CampaignId]) -> Result<Vec<bool>> {
+        self.inner.store.campaigns_present(campaigns).await
+    }
+
+    /// Sets the data-loss marker; returns whether it was there already.
+    pub async fn data_marker_present(&self) -> Result<bool> {
+        self.inner.store.data_marker_present().await
+    }
+
+    /// Deletes the data-loss marker, so the next check looks at every campaign again.
+    pub async fn clear_data_marker(&self) -> Result<()> {
+        self.inner.store.clear_data_marker().await
+    }
+
+    /// Loads a campaign Redis lost back from MySQL's copy; `None` if it exists after all.
+    pub async fn restore(
+        &self,
+        snapshot: &CampaignSnapshot,
+        generation: u64,
+    ) -> Result<Option<RestoredStock>> {
+        self.inner.store.restore(snapshot, generation).await
+    }
+
+    /// Drops a finished campaign's per-order data from Redis (see `outbox.rs`).
+    pub async fn retire(&self, campaign: &CampaignId, orders: &[OrderId]) -> Result<()> {
+        self.inner.store.retire(campaign, orders).await
     }
 }

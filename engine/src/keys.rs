@@ -86,7 +86,7 @@ impl KeySpace {
         format!("{}:campaigns", self.ns)
     }
 
-    pub fn events_channel(&self) -> String {
+    pub fn notice_channel(&self) -> String {
         format!("{}:events", self.ns)
     }
 }

@@ -4,24 +4,32 @@
 //! - [`domain`]: ids and order lines, parsed once at the edge; outcomes as enums.
 //! - [`keys`]: the Redis key layout (one hash tag per campaign).
 //! - [`link`]: shared multiplexed Redis connections with a timeout on every call.
-//! - [`store`]: the Redis stock store: the Lua scripts and the reads beside them.
+//! - [`campaign`]: a campaign's data as launched, tuned and held in Redis.
+//! - [`scripts`]: each Lua script's keys, arguments and reply, beside `lua/<name>.lua`.
+//! - [`store`]: runs the scripts and the plain reads; reached only through [`Engine`].
 //! - [`outbox`]: the outbox protocol, the worker's pipelined campaign-wide reads,
 //!   and restoring or retiring a whole campaign.
 //! - [`cache`]: the local sharded cache answering sold-out, not-started and unknown
 //!   requests without Redis.
-//! - [`events`]: the pub/sub listener that keeps every process's cache fresh.
-//! - [`engine`]: [`Engine`], the cache in front of the store.
+//! - [`notices`]: the pub/sub listener that keeps every process's cache fresh.
+//! - [`state`]: what the engine's clones and tasks share.
+//! - [`engine`]: [`Engine`], the cache in front of the store, and the only way to it.
+//! - [`clock`]: the process's clock in ms.
 //! - [`error`]: [`EngineError`], the one error type of this layer.
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod campaign;
+pub mod clock;
 pub mod domain;
 pub mod engine;
 pub mod error;
-pub mod events;
 pub mod keys;
 pub mod link;
+pub mod notices;
 pub mod outbox;
+pub mod scripts;
+mod state;
 pub mod store;
 
 pub use engine::{Engine, EngineStats};

@@ -6,15 +6,14 @@
 //! campaign; MySQL's copy is loaded back) and [`StockStore::retire`] (a finished
 //! campaign's per-order data leaves Redis once MySQL holds all of it).
 
-use std::collections::BTreeMap;
-
-use common::message::{OrderItem, OrderStatus};
 use deadpool_redis::redis::{self, streams::StreamAutoClaimReply, streams::StreamReadReply, Value};
 
+use crate::campaign::{CampaignSnapshot, RestoredStock};
 use crate::domain::{CampaignId, OrderId, SkuId, UserId};
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
-use crate::store::{CampaignLaunch, StockStore};
+use crate::scripts;
+use crate::store::StockStore;
 
 /// The consumer group every relay reads campaign outboxes through.
 pub const RELAY_GROUP: &str = "relay";
@@ -23,68 +22,22 @@ const PIPELINE_MAX: usize = 500;
 /// Orders written by one restore step at most.
 const RESTORE_ORDERS_PER_CALL: usize = 200;
 
+/// What the notice stream tells the relays (an `outbox <c>` notice, or a gap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkSignal {
+    /// This campaign's outbox has entries again.
+    Outbox(CampaignId),
+    /// The notice stream was interrupted: notices may have been lost, look at every
+    /// campaign.
+    Resync,
+}
+
 /// One outbox entry: its stream id and the order document it carries.
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
     pub id: String,
     /// `None` for a malformed entry (left pending, never published).
     pub doc: Option<String>,
-}
-
-/// A campaign as MySQL holds it, to be loaded back into a Redis that lost it: the
-/// campaign as launched (with its current tuning) and every one of its orders.
-#[derive(Debug, Clone)]
-pub struct CampaignSnapshot {
-    pub launch: CampaignLaunch,
-    pub orders: Vec<SnapshotOrder>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SnapshotOrder {
-    pub order_id: OrderId,
-    pub user: UserId,
-    pub status: OrderStatus,
-    pub items: Vec<OrderItem>,
-    pub total_cents: i64,
-    pub created_ms: i64,
-    pub expires_ms: i64,
-    pub paid_ms: Option<i64>,
-}
-
-/// What a restore loaded: per sku (available, reserved, sold).
-pub type RestoredStock = BTreeMap<SkuId, (u64, u64, u64)>;
-
-impl CampaignSnapshot {
-    /// Units held (pending) and sold (paid) per sku, and units counted against each user.
-    fn tally(&self) -> Result<(RestoredStock, BTreeMap<&UserId, u64>)> {
-        let mut stock: RestoredStock =
-            self.launch.items.iter().map(|i| (i.sku.clone(), (i.stock, 0, 0))).collect();
-        let mut users: BTreeMap<&UserId, u64> = BTreeMap::new();
-        for o in &self.orders {
-            let counted = matches!(o.status, OrderStatus::PendingPayment | OrderStatus::Paid);
-            let holder = users.entry(&o.user).or_default();
-            for item in &o.items {
-                if !counted {
-                    continue;
-                }
-                *holder += item.quantity;
-                let sku = SkuId::parse(&item.sku_id).map_err(|e| EngineError::Protocol(e.to_string()))?;
-                let (avail, resv, sold) = stock.get_mut(&sku).ok_or_else(|| {
-                    EngineError::Protocol(format!("order {} names unknown sku {sku}", o.order_id))
-                })?;
-                let units = item.quantity;
-                *avail = avail.checked_sub(units).ok_or_else(|| {
-                    EngineError::Protocol(format!("MySQL holds more units of {sku} than its stock"))
-                })?;
-                if o.status == OrderStatus::Paid {
-                    *sold += units;
-                } else {
-                    *resv += units;
-                }
-            }
-        }
-        Ok((stock, users))
-    }
 }
 
 impl StockStore {
@@ -265,61 +218,22 @@ impl StockStore {
         stock_generation: u64,
     ) -> Result<Option<RestoredStock>> {
         let (stock, users) = snap.tally()?;
-        let k = &self.parts().keys;
+        let (k, script) = (self.parts().keys, &self.parts().scripts.restore);
         let spec = &snap.launch;
-        let c = &spec.campaign;
         for chunk in snap.orders.chunks(RESTORE_ORDERS_PER_CALL) {
-            let mut inv = self.parts().scripts.restore.prepare_invoke();
-            inv.key(k.meta(c)).key(k.pending(c)).key(k.buyers(c)).arg("orders");
-            for o in chunk {
-                let units: u64 = o.items.iter().map(|i| i.quantity).sum();
-                let items =
-                    serde_json::to_string(&o.items).map_err(|e| EngineError::Protocol(e.to_string()))?;
-                inv.key(k.order(&o.order_id));
-                inv.arg(o.order_id.as_str())
-                    .arg(o.user.as_str())
-                    .arg(o.status.as_str())
-                    .arg(items)
-                    .arg(units)
-                    .arg(o.total_cents)
-                    .arg(o.created_ms)
-                    .arg(o.expires_ms)
-                    .arg(o.paid_ms.map(|p| p.to_string()).unwrap_or_default())
-                    .arg(spec.payment_window_secs);
-            }
-            if !self.restore_step(inv).await? {
+            if !self.restore_step(scripts::restore::orders(script, k, spec, chunk)?).await? {
                 return Ok(None);
             }
         }
-        let users: Vec<(&&UserId, &u64)> = users.iter().collect();
+        let users: Vec<(&UserId, u64)> = users.into_iter().collect();
         for chunk in users.chunks(PIPELINE_MAX) {
-            let mut inv = self.parts().scripts.restore.prepare_invoke();
-            inv.key(k.meta(c)).arg("users");
-            for (user, units) in chunk {
-                inv.key(k.user(c, user)).arg(**units);
-            }
-            if !self.restore_step(inv).await? {
+            if !self.restore_step(scripts::restore::users(script, k, spec, chunk)).await? {
                 return Ok(None);
             }
         }
-        let mut inv = self.parts().scripts.restore.prepare_invoke();
-        inv.key(k.meta(c)).key(k.campaigns());
-        inv.arg("finish")
-            .arg(c.as_str())
-            .arg(spec.starts_ms)
-            .arg(spec.ends_ms)
-            .arg(spec.per_user_limit)
-            .arg(spec.payment_window_secs)
-            .arg(spec.max_orders_per_sec.map(|v| v.to_string()).unwrap_or_default())
-            .arg(spec.max_user_requests_per_sec.map(|v| v.to_string()).unwrap_or_default())
-            .arg(k.events_channel())
-            .arg(stock_generation);
-        for item in &spec.items {
-            let (avail, resv, sold) = stock.get(&item.sku).copied().unwrap_or((item.stock, 0, 0));
-            inv.key(k.stock(c, &item.sku));
-            inv.arg(item.sku.as_str()).arg(item.stock).arg(avail).arg(resv).arg(sold).arg(item.price_cents);
-        }
-        if !self.restore_step(inv).await? {
+        let levels = |sku: &SkuId| stock.get(sku).copied().unwrap_or((0, 0, 0));
+        let finish = scripts::restore::finish(script, k, spec, stock_generation, levels);
+        if !self.restore_step(finish).await? {
             return Ok(None);
         }
         Ok(Some(stock))
@@ -327,14 +241,7 @@ impl StockStore {
 
     async fn restore_step(&self, inv: redis::ScriptInvocation<'_>) -> Result<bool> {
         let v: Value = self.parts().link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        match v {
-            Value::Array(items) => match items.first() {
-                Some(Value::BulkString(b)) if b.as_slice() == b"ok" => Ok(true),
-                Some(Value::BulkString(b)) if b.as_slice() == b"exists" => Ok(false),
-                other => Err(EngineError::Protocol(format!("restore: {other:?}"))),
-            },
-            other => Err(EngineError::Protocol(format!("restore: {other:?}"))),
-        }
+        scripts::restore::decode(v)
     }
 
     /// Drops a finished campaign's per-order data (orders, user counts, buyers, pending

@@ -107,12 +107,13 @@ async fn a_campaign_launched_elsewhere_is_seen_and_tuning_reaches_others_within_
         }
     }
     // A ends the sale now; B stops selling within 1 s.
-    let end = engine::store::CampaignTuning { ends_ms: Some(engine::engine::now_ms()), ..Default::default() };
+    let end =
+        engine::campaign::CampaignTuning { ends_ms: Some(engine::clock::now_ms()), ..Default::default() };
     a.tune(&cid("c"), &end).await.unwrap();
     let t0 = Instant::now();
     loop {
         let meta = b.campaign(&cid("c")).await.unwrap().unwrap();
-        if meta.ends_ms <= engine::engine::now_ms() {
+        if meta.ends_ms <= engine::clock::now_ms() {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(1), "tuning not seen within 1 s");

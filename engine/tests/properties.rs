@@ -129,7 +129,7 @@ async fn run(engine: &Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 async fn check(engine: &Engine, orders: &[ModelOrder]) -> Result<(), TestCaseError> {
     let skus: Vec<_> = SKUS.iter().map(|s| sku(s)).collect();
-    let counters = engine.store().counters(&cid("p"), &skus).await.unwrap();
+    let counters = engine.counters(&cid("p"), &skus).await.unwrap();
     for (i, c) in counters.iter().enumerate() {
         let units = |status: OrderStatus| -> u64 {
             orders

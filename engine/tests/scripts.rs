@@ -6,18 +6,18 @@ mod support;
 use std::collections::HashSet;
 
 use common::message::{OrderEvent, OrderStatus};
+use engine::campaign::{CampaignTuning, LaunchOutcome, SkuCounters, TuneOutcome};
+use engine::clock::now_ms;
 use engine::domain::{
     ConfirmOutcome, EventId, OrderId, PaymentStatus, ReleaseOutcome, ReleaseReason, Reservation,
     ReserveOutcome,
 };
-use engine::engine::now_ms;
-use engine::store::{CampaignTuning, LaunchOutcome, SkuCounters, TuneOutcome};
 use engine::{Engine, EngineError};
 use support::*;
 
 async fn counters(engine: &Engine, c: &str, skus: &[&str]) -> Vec<SkuCounters> {
     let skus: Vec<_> = skus.iter().map(|s| sku(s)).collect();
-    engine.store().counters(&cid(c), &skus).await.unwrap()
+    engine.counters(&cid(c), &skus).await.unwrap()
 }
 
 async fn available(engine: &Engine, c: &str, s: &str) -> u64 {
@@ -33,7 +33,7 @@ fn reserved(outcome: ReserveOutcome) -> Reservation {
 
 async fn outbox(ns: &Ns, c: &str) -> Vec<OrderEvent> {
     let mut raw = ns.raw().await;
-    let key = format!("{}:{{c:{c}}}:outbox", ns.settings.namespace);
+    let key = ns.keys().outbox(&cid(c));
     let entries: redis::streams::StreamRangeReply =
         redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(&mut raw).await.unwrap();
     entries
@@ -98,10 +98,9 @@ async fn unknown_campaign_and_sku_are_named() {
     assert_eq!(r, ReserveOutcome::SkuNotFound(sku("zzz")));
     // The script says the same without the cache.
     let order = OrderId::generate(&cid("c"));
-    let r = e.store().reserve(&cid("c"), &order, &user("u"), &key("k"), &lines(&[("zzz", 1)])).await.unwrap();
+    let r = ns.reserve_in_script(&cid("c"), &order, &user("u"), &key("k"), &lines(&[("zzz", 1)])).await;
     assert_eq!(r.outcome, ReserveOutcome::SkuNotFound(sku("zzz")));
-    let r =
-        e.store().reserve(&cid("nope"), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+    let r = ns.reserve_in_script(&cid("nope"), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await;
     assert_eq!(r.outcome, ReserveOutcome::CampaignNotFound);
     assert_eq!(available(&e, "c", "a").await, 10);
 }
@@ -117,7 +116,7 @@ async fn outside_the_window_is_not_active_in_the_cache_and_in_the_script() {
         let r = e.reserve(&cid(c), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
         assert_eq!(r, ReserveOutcome::NotActive, "{c}");
         let order = OrderId::generate(&cid(c));
-        let r = e.store().reserve(&cid(c), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+        let r = ns.reserve_in_script(&cid(c), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await;
         assert_eq!(r.outcome, ReserveOutcome::NotActive, "{c} (script)");
         assert_eq!(available(&e, c, "a").await, 5);
     }
@@ -193,11 +192,11 @@ async fn expiry_waits_for_the_deadline() {
         e.release(&r.order_id, ReleaseReason::Expired).await.unwrap(),
         ReleaseOutcome::NotDue { expires_ms: r.expires_ms }
     );
-    assert!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty());
+    assert!(e.due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap(), vec![r.order_id.clone()]);
+    assert_eq!(e.due_orders(&cid("c"), now_ms(), 10).await.unwrap(), vec![r.order_id.clone()]);
     assert_eq!(e.release(&r.order_id, ReleaseReason::Expired).await.unwrap(), ReleaseOutcome::Released);
-    assert!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty());
+    assert!(e.due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty());
     assert_eq!(available(&e, "c", "a").await, 5);
 }
 
@@ -236,12 +235,12 @@ async fn confirm_pays_once_and_never_resells_a_released_order() {
     // An event id already applied to another order is refused and changes nothing.
     let r = e.confirm(&late.order_id, &ev("e2"), 250, PaymentStatus::Succeeded).await.unwrap();
     assert_eq!(r, ConfirmOutcome::EventConflict);
-    assert_eq!(e.store().order(&late.order_id).await.unwrap().unwrap().status, OrderStatus::Cancelled);
+    assert_eq!(e.order(&late.order_id).await.unwrap().unwrap().status, OrderStatus::Cancelled);
     let r = e.confirm(&late.order_id, &ev("e4"), 250, PaymentStatus::Succeeded).await.unwrap();
     assert_eq!(r, ConfirmOutcome::RefundRequired);
     let c = &counters(&e, "c", &["a"]).await[0];
     assert_eq!((c.available, c.reserved, c.sold), (3, 0, 2), "the late payment took no unit");
-    let rec = e.store().order(&late.order_id).await.unwrap().unwrap();
+    let rec = e.order(&late.order_id).await.unwrap().unwrap();
     assert_eq!(rec.status, OrderStatus::RefundRequired);
     let unknown = OrderId::generate(&cid("c"));
     assert_eq!(
@@ -263,7 +262,7 @@ async fn warmup_refuses_to_overwrite_a_live_campaign() {
     let again = e.launch(&open_campaign("c", &[("a", 500, 100)], 5)).await.unwrap();
     assert_eq!(again, LaunchOutcome::AlreadyExists);
     assert_eq!(available(&e, "c", "a").await, 4);
-    assert_eq!(e.store().campaign_ids().await.unwrap(), vec![cid("c")]);
+    assert_eq!(e.campaign_ids().await.unwrap(), vec![cid("c")]);
 }
 
 #[tokio::test]
@@ -437,24 +436,24 @@ async fn redis_down_is_unavailable_fast() {
     let err = e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap_err();
     assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
-    assert!(e.store().probe().await.is_err());
+    assert!(e.probe().await.is_err());
 }
 
 #[tokio::test]
 async fn the_readiness_probe_runs_the_reservation_script() {
     let ns = Ns::new();
     let e = ns.engine();
-    e.store().probe().await.unwrap();
+    e.probe().await.unwrap();
     let mut raw = ns.raw().await;
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
-    e.store().probe().await.unwrap();
+    e.probe().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_burst_of_due_orders_is_released_in_few_calls_each_exactly_once() {
     let ns = Ns::new();
     let e = ns.engine();
-    let n = engine::store::RELEASE_BATCH_MAX * 2 + 7;
+    let n = engine::scripts::release::BATCH_MAX * 2 + 7;
     let mut spec = open_campaign("c", &[("a", n as u64, 100), ("b", n as u64, 50)], 5);
     spec.payment_window_secs = 1;
     launch(&e, &spec).await;
@@ -468,14 +467,14 @@ async fn a_burst_of_due_orders_is_released_in_few_calls_each_exactly_once() {
     e.release(&ids[5], ReleaseReason::Cancelled).await.unwrap();
     let ghost = OrderId::generate(&cid("c"));
     let mut raw = ns.raw().await;
-    let pending = format!("{}:{{c:c}}:pending", ns.settings.namespace);
+    let pending = ns.keys().pending(&cid("c"));
     let _: () =
         redis::cmd("ZADD").arg(&pending).arg(0).arg(ghost.as_str()).query_async(&mut raw).await.unwrap();
     let early = e.release_many(&cid("c"), &ids[..3], ReleaseReason::Expired).await.unwrap();
     assert!(early.iter().all(|(_, o)| matches!(o, ReleaseOutcome::NotDue { .. })), "{early:?}");
 
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let mut due = e.store().due_orders(&cid("c"), now_ms(), 10 * n).await.unwrap();
+    let mut due = e.due_orders(&cid("c"), now_ms(), 10 * n).await.unwrap();
     assert_eq!(due.len(), n, "every pending order and the ghost are due");
     due.push(ids[7].clone()); // asked twice in one burst: released once
     let out = e.release_many(&cid("c"), &due, ReleaseReason::Expired).await.unwrap();
@@ -486,7 +485,7 @@ async fn a_burst_of_due_orders_is_released_in_few_calls_each_exactly_once() {
         Some(ReleaseOutcome::NotFound)
     );
     assert_eq!(out.last().map(|(_, o)| o.clone()), Some(ReleaseOutcome::NotPending(OrderStatus::Expired)));
-    assert!(e.store().due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty(), "the ghost left too");
+    assert!(e.due_orders(&cid("c"), now_ms(), 10).await.unwrap().is_empty(), "the ghost left too");
     let c = counters(&e, "c", &["a", "b"]).await;
     assert_eq!((c[0].available, c[0].reserved), (n as u64, 0));
     assert_eq!((c[1].available, c[1].reserved), (n as u64, 0));
@@ -498,28 +497,12 @@ async fn a_burst_of_due_orders_is_released_in_few_calls_each_exactly_once() {
 async fn the_warmup_script_lists_the_campaign_in_the_same_step() {
     let ns = Ns::new();
     let mut raw = ns.raw().await;
-    let keys = engine::keys::KeySpace::new(&ns.settings.namespace);
-    let c = cid("c");
+    let keys = ns.keys();
     // The script alone, as one atomic step: nothing outside it writes the index.
-    let reply: Vec<String> = redis::Script::new(flashsale_lua::WARMUP)
-        .key(keys.meta(&c))
-        .key(keys.campaigns())
-        .key(keys.stock(&c, &sku("a")))
-        .arg("c")
-        .arg(0)
-        .arg(i64::MAX)
-        .arg(1)
-        .arg(60)
-        .arg("")
-        .arg("")
-        .arg(keys.events_channel())
-        .arg("a")
-        .arg(5)
-        .arg(100)
-        .invoke_async(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(reply, vec!["created".to_owned()]);
+    let script = engine::scripts::warmup::script();
+    let inv = engine::scripts::warmup::invocation(&script, &keys, &open_campaign("c", &[("a", 5, 100)], 1));
+    let reply = engine::scripts::warmup::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap();
+    assert_eq!(reply, LaunchOutcome::Created);
     let listed: Vec<String> =
         redis::cmd("SMEMBERS").arg(keys.campaigns()).query_async(&mut raw).await.unwrap();
     assert_eq!(listed, vec!["c".to_owned()]);

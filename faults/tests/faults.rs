@@ -51,11 +51,11 @@ fn addr_of(url: &str) -> SocketAddr {
     hostport.parse().unwrap()
 }
 
-async fn start_worker(settings: &Settings) -> sync_worker::app::Running {
+async fn start_worker(settings: &Settings) -> sync_worker::supervisor::Running {
     let mut s = settings.clone();
     s.worker.metrics_listen = "127.0.0.1:0".parse().unwrap();
     s.worker.relay_claim_idle_ms = 1000;
-    sync_worker::app::start(s).await.unwrap()
+    sync_worker::supervisor::start(s).await.unwrap()
 }
 
 fn sale(id: &str, stock: usize, limit: i64, window_secs: u64) -> Value {
@@ -210,7 +210,7 @@ async fn assert_invariants(
     assert_eq!(sold as usize, paid.len(), "every payment the test saw succeed, and no other");
 }
 
-async fn cleanup(env: Env, workers: Vec<sync_worker::app::Running>, db: sqlx::MySqlPool) {
+async fn cleanup(env: Env, workers: Vec<sync_worker::supervisor::Running>, db: sqlx::MySqlPool) {
     for w in workers {
         w.shutdown().await;
     }
@@ -359,7 +359,7 @@ async fn redis_unreachable_gives_fast_503s_and_recovers_by_itself() {
 
 /// A private redis-server that the test may kill, a gateway and a worker on it, and a
 /// MySQL pool.
-async fn on_private_redis() -> (RedisServer, Env, Vec<sync_worker::app::Running>, sqlx::MySqlPool) {
+async fn on_private_redis() -> (RedisServer, Env, Vec<sync_worker::supervisor::Running>, sqlx::MySqlPool) {
     let Some(server) = RedisServer::start().await else {
         panic!("redis-server is needed for this test (scripts/ensure-services.sh installs it)");
     };
@@ -430,7 +430,7 @@ async fn a_payment_racing_the_timeout_has_one_winner() {
         let (_, v) = env_ref.get_order(user, id).await;
         let expires = v["expires_at"].as_str().unwrap().to_owned();
         let expires_ms = time_ms(&expires);
-        let wait = expires_ms + offset_ms - engine::engine::now_ms();
+        let wait = expires_ms + offset_ms - engine::clock::now_ms();
         if wait > 0 {
             tokio::time::sleep(Duration::from_millis(wait as u64)).await;
         }
@@ -693,9 +693,9 @@ async fn an_idle_relay_with_two_thousand_finished_campaigns_makes_a_handful_of_c
     let url = server.url();
     let env = Env::start_many(1, move |s| s.redis.url = url).await;
     let engine = engine::Engine::start(&env.settings).unwrap();
-    let now = engine::engine::now_ms();
+    let now = engine::clock::now_ms();
     let specs: Vec<_> = (0..2000)
-        .map(|i| engine::store::CampaignLaunch {
+        .map(|i| engine::campaign::CampaignLaunch {
             campaign: engine::domain::CampaignId::parse(&format!("old-{i}")).unwrap(),
             starts_ms: now - 7_200_000,
             ends_ms: now - 3_600_000,
@@ -703,7 +703,7 @@ async fn an_idle_relay_with_two_thousand_finished_campaigns_makes_a_handful_of_c
             payment_window_secs: 900,
             max_orders_per_sec: None,
             max_user_requests_per_sec: None,
-            items: vec![engine::store::LaunchItem {
+            items: vec![engine::campaign::LaunchItem {
                 sku: engine::domain::SkuId::parse("a").unwrap(),
                 stock: 10,
                 price_cents: 100,

@@ -9,7 +9,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::app::AppState;
 use crate::error::AppError;
 
 /// Header carrying a payment callback's signature.
@@ -48,27 +47,33 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
+/// What the extractors check callers against (the application state provides it).
+pub trait Credentials {
+    fn jwt(&self) -> &JwtVerifier;
+    fn admin_token(&self) -> &str;
+}
+
 /// A storefront user, from `Authorization: Bearer <JWT>`.
 pub struct Buyer(pub UserId);
 
-impl FromRequestParts<AppState> for Buyer {
+impl<S: Credentials + Send + Sync> FromRequestParts<S> for Buyer {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(AppError::Unauthenticated)?;
-        state.jwt.verify(token).map(Buyer)
+        state.jwt().verify(token).map(Buyer)
     }
 }
 
 /// The operator, from `Authorization: Bearer <admin.token>`.
 pub struct Operator;
 
-impl FromRequestParts<AppState> for Operator {
+impl<S: Credentials + Send + Sync> FromRequestParts<S> for Operator {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(AppError::Unauthenticated)?;
-        if constant_time_eq(token.as_bytes(), state.settings.admin.token.as_bytes()) {
+        if constant_time_eq(token.as_bytes(), state.admin_token().as_bytes()) {
             Ok(Operator)
         } else {
             Err(AppError::Unauthenticated)
@@ -129,20 +134,10 @@ pub fn verify_signature(
     }
 }
 
-/// The header a provider would send for `body` at `t` (tests, examples, load tests).
-pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
-    let mut mac = match <Hmac<Sha256>>::new_from_slice(secret.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
+    use testkit::sign;
+
     use super::*;
 
     const NOW: i64 = 1_900_000_000;

@@ -5,8 +5,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use common::db::DbError;
 use engine::EngineError;
+use ledger::DbError;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +148,15 @@ impl From<DbError> for AppError {
                 AppError::Unavailable(e.to_string())
             }
             other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ledger::reconcile::ReconcileError> for AppError {
+    fn from(e: ledger::reconcile::ReconcileError) -> Self {
+        match e {
+            ledger::reconcile::ReconcileError::Redis(e) => e.into(),
+            ledger::reconcile::ReconcileError::Db(e) => e.into(),
         }
     }
 }

@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     let grace = Duration::from_millis(settings.gateway.shutdown_grace_ms);
-    let running = match gateway::app::start(settings).await {
+    let running = match gateway::server::start(settings).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "gateway failed to start");

@@ -3,9 +3,7 @@
 //! templates, methods, status codes, outcome names), never user or order ids.
 
 use engine::EngineStats;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Latency buckets in seconds: fine below 10 ms, where the hot path lives.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -78,11 +76,7 @@ impl Metrics {
     pub fn render(&self, stats: EngineStats) -> String {
         catch_up(&self.answered_locally, stats.answered_locally);
         catch_up(&self.sent_to_redis, stats.sent_to_redis);
-        let mut out = Vec::new();
-        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
-            return String::new();
-        }
-        String::from_utf8(out).unwrap_or_default()
+        serve::metrics_text(&self.registry)
     }
 }
 

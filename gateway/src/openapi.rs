@@ -25,7 +25,7 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
         admin::LaunchRequest, admin::LaunchItemRequest, admin::TuneRequest, admin::ThresholdsRequest,
         payments::Callback, payments::CallbackStatus, payments::CallbackAnswer,
         common::message::OrderItem, common::message::OrderStatus,
-        common::reconcile::Reconciliation, common::reconcile::ReconciliationItem
+        ledger::reconcile::Reconciliation, ledger::reconcile::ReconciliationItem
     )),
     tags(
         (name = "storefront"), (name = "payments"), (name = "operator"), (name = "health")

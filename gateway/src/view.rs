@@ -42,8 +42,8 @@ pub struct OrderView {
     pub paid_at: Option<String>,
 }
 
-impl From<engine::store::OrderRecord> for OrderView {
-    fn from(o: engine::store::OrderRecord) -> Self {
+impl From<engine::campaign::OrderRecord> for OrderView {
+    fn from(o: engine::campaign::OrderRecord) -> Self {
         Self {
             campaign_id: o.order_id.campaign().to_string(),
             order_id: o.order_id.to_string(),
@@ -57,8 +57,8 @@ impl From<engine::store::OrderRecord> for OrderView {
     }
 }
 
-impl From<common::db::OrderRow> for OrderView {
-    fn from(o: common::db::OrderRow) -> Self {
+impl From<ledger::OrderRow> for OrderView {
+    fn from(o: ledger::OrderRow) -> Self {
         Self {
             order_id: o.order_id,
             campaign_id: o.campaign_id,

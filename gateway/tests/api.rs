@@ -224,9 +224,9 @@ async fn payments_follow_the_contract() {
     let body =
         json!({"event_id": "e9", "order_id": id, "amount_cents": 1400, "status": "succeeded"}).to_string();
     let secret = env.settings.payments.webhook_secret.clone();
-    let good = gateway::auth::sign(&secret, now_secs(), body.as_bytes());
-    let wrong = gateway::auth::sign("not-the-secret", now_secs(), body.as_bytes());
-    let stale = gateway::auth::sign(&secret, now_secs() - 301, body.as_bytes());
+    let good = testkit::sign(&secret, now_secs(), body.as_bytes());
+    let wrong = testkit::sign("not-the-secret", now_secs(), body.as_bytes());
+    let stale = testkit::sign(&secret, now_secs() - 301, body.as_bytes());
     for sig in [wrong.as_str(), stale.as_str(), "", "t=1,v1=00"] {
         let (s, v) = env.pay_raw(&body, sig).await;
         assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "invalid_signature"), "{sig}");
@@ -241,7 +241,7 @@ async fn payments_follow_the_contract() {
     let extra =
         json!({"event_id": "e10", "order_id": id, "amount_cents": 1400, "status": "succeeded", "x": 1})
             .to_string();
-    let sig = gateway::auth::sign(&secret, now_secs(), extra.as_bytes());
+    let sig = testkit::sign(&secret, now_secs(), extra.as_bytes());
     assert_eq!(env.pay_raw(&extra, &sig).await.0, StatusCode::BAD_REQUEST);
     let (s, v) = env.pay("e11", "c.0123456789abcdef0123456789abcdef", 1, "succeeded").await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "order_not_found"));

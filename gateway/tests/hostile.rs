@@ -9,12 +9,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
-use gateway::auth::{sign, verify_signature};
+use gateway::auth::verify_signature;
 use gateway::routes::orders::parse_order;
 use proptest::prelude::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use support::*;
+use testkit::sign;
 
 fn cases() -> u32 {
     std::env::var("FLASHSALE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::config::Settings;
-use common::db::Db;
 use engine::domain::CampaignId;
 use engine::Engine;
+use ledger::Db;
 
 use crate::metrics::Metrics;
 use crate::topology::{DelayQueues, Names};

@@ -1,7 +1,7 @@
 //! The worker's one error type.
 
-use common::db::DbError;
 use engine::EngineError;
+use ledger::DbError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -13,6 +13,15 @@ pub enum WorkerError {
     Db(#[from] DbError),
     #[error("timed out: {0}")]
     Timeout(&'static str),
+}
+
+impl From<ledger::reconcile::ReconcileError> for WorkerError {
+    fn from(e: ledger::reconcile::ReconcileError) -> Self {
+        match e {
+            ledger::reconcile::ReconcileError::Redis(e) => e.into(),
+            ledger::reconcile::ReconcileError::Db(e) => e.into(),
+        }
+    }
 }
 
 impl From<lapin::Error> for WorkerError {

@@ -19,9 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::message::{OrderEvent, OrderStatus};
+use engine::campaign::OrderRecord;
+use engine::clock::now_ms;
 use engine::domain::{CampaignId, OrderId, ReleaseOutcome, ReleaseReason};
-use engine::engine::now_ms;
-use engine::store::OrderRecord;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -34,7 +34,7 @@ use crate::persister::Timer;
 use crate::relay::RESCAN_EVERY;
 
 /// Orders read from one campaign's pending set per round at most (released in
-/// batches of `engine::store::RELEASE_BATCH_MAX`).
+/// batches of `engine::scripts::release::BATCH_MAX`).
 const SWEEP_BATCH: usize = 4096;
 /// How late an order must be before the MySQL sweep looks at it (the other paths
 /// normally win well before).
@@ -131,7 +131,7 @@ pub async fn sweep_redis(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
 /// Releases every pending order past its deadline in the campaigns where one is due;
 /// returns how many it released.
 pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize> {
-    let store = ctx.engine.store();
+    let store = &ctx.engine;
     let rescan = state.last_scan.is_none_or(|at| at.elapsed() >= RESCAN_EVERY);
     let stale: Vec<CampaignId> = if rescan {
         state.last_scan = Some(Instant::now());
@@ -230,7 +230,7 @@ async fn settle(ctx: &Ctx, order: &OrderId, outcome: ReleaseOutcome) -> Result<b
         // Redis moved on and the event that would have told MySQL was lost or is late:
         // take Redis's state.
         ReleaseOutcome::NotPending(_) => {
-            let Some(record) = ctx.engine.store().order(order).await? else { return Ok(false) };
+            let Some(record) = ctx.engine.order(order).await? else { return Ok(false) };
             ctx.db.apply_events(&[event_from_redis(order, &record)]).await?;
             tracing::warn!(order = %id, status = record.status.as_str(), "mysql sweep: took redis's state");
             "redis_state"

@@ -2,7 +2,7 @@
 //! stock back.
 //!
 //! # Layout
-//! - [`app`]: starts the tasks, reconnects to the broker, drains on shutdown.
+//! - [`supervisor`]: starts the tasks, reconnects to the broker, drains on shutdown.
 //! - [`relay`]: outbox streams → RabbitMQ with publisher confirms.
 //! - [`persister`]: RabbitMQ → MySQL in batches; schedules payment timers.
 //! - [`expiry`]: payment timers, the Redis sweep and the MySQL sweep.
@@ -13,7 +13,6 @@
 //! - [`context`], [`metrics`], [`error`]: what the tasks share.
 #![forbid(unsafe_code)]
 
-pub mod app;
 pub mod context;
 pub mod error;
 pub mod expiry;
@@ -23,4 +22,5 @@ pub mod reconcile;
 pub mod relay;
 pub mod restore;
 pub mod retire;
+pub mod supervisor;
 pub mod topology;

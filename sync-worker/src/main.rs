@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(code) => return ExitCode::from(code),
     };
-    let running = match sync_worker::app::start(settings).await {
+    let running = match sync_worker::supervisor::start(settings).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "sync-worker failed to start");

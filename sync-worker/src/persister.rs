@@ -1,6 +1,6 @@
 //! The persister: order events from RabbitMQ into MySQL, in batches.
 //!
-//! A batch is applied in one transaction ([`common::db::Db::apply_events`]: a
+//! A batch is applied in one transaction ([`ledger::Db::apply_events`]: a
 //! redelivered or reordered event is a no-op) and its messages are acknowledged only
 //! after the commit and after the payment timer of each pending order is confirmed by
 //! the broker. While MySQL is down the batch is held unacknowledged and retried, so an
@@ -20,7 +20,6 @@
 
 use std::time::{Duration, Instant};
 
-use common::db::DbError;
 use common::message::{OrderEvent, OrderStatus};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -31,6 +30,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
+use ledger::DbError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -174,7 +174,7 @@ async fn never_applies(ctx: &Ctx, event: &OrderEvent, tries: u32) -> Result<Opti
     }
     if tries >= LOST_ORDER_TRIES {
         if let Ok(order) = engine::domain::OrderId::parse(&event.order_id) {
-            let store = ctx.engine.store();
+            let store = &ctx.engine;
             let campaign_back = store.campaign_meta(&order.campaign()).await?.is_some();
             if campaign_back && store.order(&order).await?.is_none() {
                 return Ok(Some("lost_by_redis"));

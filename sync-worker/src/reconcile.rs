@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::reconcile::{compare, Reconciliation};
 use engine::domain::CampaignId;
+use ledger::reconcile::Reconciliation;
 use tokio::sync::watch;
 
 use crate::context::{pause, Ctx};
@@ -58,12 +58,5 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
 }
 
 pub async fn check(ctx: &Ctx, campaign: &CampaignId) -> Result<Option<Reconciliation>> {
-    let store = ctx.engine.store();
-    let Some(meta) = store.campaign_meta(campaign).await? else {
-        return Ok(None);
-    };
-    let counters = store.counters(campaign, &meta.skus).await?;
-    let redis: Vec<_> = counters.iter().map(|c| c.to_redis_stock()).collect();
-    let mysql = ctx.db.stock(campaign.as_str()).await?;
-    Ok(Some(compare(&redis, &mysql)))
+    Ok(ledger::reconcile::check(&ctx.engine, &ctx.db, campaign).await?)
 }

@@ -17,9 +17,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use engine::clock::now_ms;
 use engine::domain::CampaignId;
-use engine::engine::now_ms;
-use engine::events::WorkSignal;
+use engine::outbox::WorkSignal;
 use lapin::options::BasicPublishOptions;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
@@ -63,7 +63,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         let mut backlog = 0;
         for campaign in work.clone() {
             if !with_group.contains(&campaign) {
-                ctx.engine.store().outbox_ensure_group(&campaign).await?;
+                ctx.engine.outbox_ensure_group(&campaign).await?;
                 with_group.insert(campaign.clone());
             }
             match relay_campaign(ctx, ch, &campaign).await {
@@ -117,7 +117,7 @@ async fn wait_for_work(
 
 /// Every listed campaign whose outbox is not empty.
 async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
-    let store = ctx.engine.store();
+    let store = &ctx.engine;
     let campaigns = store.campaign_ids().await?;
     let lengths = store.outbox_lengths(&campaigns).await?;
     Ok(campaigns.into_iter().zip(lengths).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect())
@@ -126,7 +126,7 @@ async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
 /// Relays one batch of one campaign; returns how many entries the broker confirmed
 /// and how many are left in the stream.
 async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Result<(usize, u64)> {
-    let store = ctx.engine.store();
+    let store = &ctx.engine;
     let max = ctx.settings.worker.relay_batch_max;
     let idle_ms = ctx.settings.worker.relay_claim_idle_ms;
     let entries = store.outbox_take(campaign, &ctx.consumer, idle_ms, max).await?;

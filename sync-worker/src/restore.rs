@@ -22,11 +22,11 @@
 
 use std::time::Duration;
 
-use common::db::{CampaignRow, OrderRow};
+use engine::campaign::{CampaignLaunch, LaunchItem};
+use engine::campaign::{CampaignSnapshot, SnapshotOrder};
+use engine::clock::now_ms;
 use engine::domain::{CampaignId, OrderId, SkuId, UserId};
-use engine::engine::now_ms;
-use engine::outbox::{CampaignSnapshot, SnapshotOrder};
-use engine::store::{CampaignLaunch, LaunchItem};
+use ledger::{CampaignRow, OrderRow};
 use tokio::sync::watch;
 
 use crate::context::{pause, Ctx};
@@ -47,7 +47,7 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
 /// Rebuilds every campaign Redis lost, if the marker says it lost anything; returns
 /// how many it rebuilt.
 pub async fn check_once(ctx: &Ctx) -> Result<usize> {
-    let store = ctx.engine.store();
+    let store = &ctx.engine;
     if store.data_marker_present().await? {
         return Ok(0);
     }
@@ -76,7 +76,7 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
 }
 
 async fn forget_marker(ctx: &Ctx) {
-    let _ = ctx.engine.store().clear_data_marker().await;
+    let _ = ctx.engine.clear_data_marker().await;
 }
 
 async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
@@ -89,7 +89,7 @@ async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
     // A generation above any a gateway has seen: their old sold-out flags cannot
     // outrank what the rebuilt stock says.
     let generation = (now_ms() / 1000) as u64;
-    let Some(stock) = ctx.engine.store().restore(&snapshot, generation).await? else {
+    let Some(stock) = ctx.engine.restore(&snapshot, generation).await? else {
         return Ok(false);
     };
     ctx.metrics.restored_campaigns.inc();

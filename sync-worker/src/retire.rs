@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use engine::clock::now_ms;
 use engine::domain::{CampaignId, OrderId};
-use engine::engine::now_ms;
 use tokio::sync::watch;
 
 use crate::context::{pause, Ctx};
@@ -47,7 +47,7 @@ pub async fn retire_once(ctx: &Ctx) -> Result<usize> {
             .iter()
             .filter_map(|o| OrderId::parse(&o.order_id).ok())
             .collect();
-        ctx.engine.store().retire(&campaign, &orders).await?;
+        ctx.engine.retire(&campaign, &orders).await?;
         ctx.db.mark_retired(&id, now_ms()).await?;
         ctx.metrics.retired_campaigns.inc();
         tracing::info!(%campaign, orders = orders.len(), "finished campaign retired from Redis");
@@ -57,7 +57,7 @@ pub async fn retire_once(ctx: &Ctx) -> Result<usize> {
 }
 
 async fn settled(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
-    let store = ctx.engine.store();
+    let store = &ctx.engine;
     let c = std::slice::from_ref(campaign);
     if store.next_deadlines(c).await?.first().copied().flatten().is_some() {
         return Ok(false);

@@ -2,45 +2,41 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::config::Settings;
-use common::db::Db;
 use common::message::{OrderEvent, OrderStatus};
+use engine::campaign::{CampaignLaunch, LaunchItem};
+use engine::clock::now_ms;
 use engine::domain::{
     CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseReason,
     ReserveOutcome, SkuId, UserId,
 };
-use engine::engine::now_ms;
-use engine::store::{CampaignLaunch, LaunchItem};
 use engine::Engine;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
+use ledger::Db;
 
 struct Env {
     settings: Settings,
     engine: Engine,
     db: Db,
+    /// For the test's own queries.
+    pool: sqlx::MySqlPool,
 }
 
 impl Env {
     async fn new() -> Self {
-        let mut s = Settings::load(None).unwrap();
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        s.namespace = format!("w{}-{n}", std::process::id());
-        let base = s.mysql.url.rsplit_once('/').unwrap().0.to_owned();
-        s.mysql.url = format!("{base}/fs_wk_{}_{n}", std::process::id());
+        let mut s = testkit::isolate("wk");
         s.mysql.max_connections = 4;
         s.worker.metrics_listen = "127.0.0.1:0".parse().unwrap();
         s.worker.reconcile_interval_ms = 200;
         s.worker.relay_claim_idle_ms = 1000;
         let db = Db::connect(&s.mysql).await.unwrap();
+        let pool = sqlx::MySqlPool::connect(&s.mysql.url).await.unwrap();
         let engine = Engine::start(&s).unwrap();
-        Self { settings: s, engine, db }
+        Self { settings: s, engine, db, pool }
     }
 
     /// Launches in MySQL and Redis, as the operator API does.
@@ -56,7 +52,7 @@ impl Env {
             max_user_requests_per_sec: None,
             items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
         };
-        self.db.insert_campaign(&spec.to_row("t"), now).await.unwrap();
+        self.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();
         self.engine.launch(&spec).await.unwrap();
         spec.campaign
     }
@@ -83,10 +79,7 @@ impl Env {
     }
 
     async fn consistent(&self, c: &CampaignId) -> bool {
-        let meta = self.engine.store().campaign_meta(c).await.unwrap().unwrap();
-        let counters = self.engine.store().counters(c, &meta.skus).await.unwrap();
-        let redis: Vec<_> = counters.iter().map(|c| c.to_redis_stock()).collect();
-        common::reconcile::compare(&redis, &self.db.stock(c.as_str()).await.unwrap()).consistent
+        ledger::reconcile::check(&self.engine, &self.db, c).await.unwrap().unwrap().consistent
     }
 
     async fn publish_raw(&self, body: &[u8]) {
@@ -125,42 +118,21 @@ impl Env {
         Some(q.message_count())
     }
 
+    async fn count_orders(&self, campaign: &str) -> i64 {
+        testkit::count_orders(&self.pool, campaign).await
+    }
+
     async fn cleanup(self) {
-        let ns = self.settings.namespace.clone();
-        if let Ok(conn) = Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await
-        {
-            if let Ok(ch) = conn.create_channel().await {
-                for q in ["orders", "dead", "timeouts", "retry", "delay.1", "delay.2", "delay.900"] {
-                    let _ = ch
-                        .queue_delete(format!("{ns}.{q}").as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                for x in ["orders", "dlx", "timeouts"] {
-                    let _ = ch.exchange_delete(format!("{ns}.{x}").as_str().into(), Default::default()).await;
-                }
-            }
-        }
+        self.pool.close().await;
         self.db.close().await;
-        use sqlx::Connection as _;
-        let (base, name) = self.settings.mysql.url.rsplit_once('/').unwrap();
-        if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
-            let _ = sqlx::query("SET SESSION lock_wait_timeout = 5").execute(&mut c).await;
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
-        }
-        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.unwrap();
-        for chunk in keys.chunks(500) {
-            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
-        }
+        testkit::cleanup(&self.settings).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reservation_becomes_exactly_one_mysql_order_in_its_final_state() {
     let env = Env::new().await;
-    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let c = env.launch("c", 500, 900, 1).await;
     let mut orders = Vec::new();
     for i in 0..200 {
@@ -177,7 +149,7 @@ async fn every_reservation_becomes_exactly_one_mysql_order_in_its_final_state() 
         env.engine.release(o, ReleaseReason::Cancelled).await.unwrap();
     }
     env.wait_for("200 orders, consistent", Duration::from_secs(20), async || {
-        env.db.count_orders("c").await.unwrap() == 200 && env.consistent(&c).await
+        env.count_orders("c").await == 200 && env.consistent(&c).await
     })
     .await;
     for (i, o) in orders.iter().enumerate() {
@@ -198,7 +170,7 @@ async fn every_reservation_becomes_exactly_one_mysql_order_in_its_final_state() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaid_orders_expire_once_in_both_stores_and_late_payments_need_a_refund() {
     let env = Env::new().await;
-    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let c = env.launch("c", 20, 1, 1).await;
     let mut orders = Vec::new();
     for i in 0..10 {
@@ -212,7 +184,7 @@ async fn unpaid_orders_expire_once_in_both_stores_and_late_payments_need_a_refun
     env.wait_for("expiry in redis and mysql", Duration::from_secs(10), async || {
         let mut ok = true;
         for o in &orders[5..] {
-            ok &= env.engine.store().order(o).await.unwrap().unwrap().status == OrderStatus::Expired;
+            ok &= env.engine.order(o).await.unwrap().unwrap().status == OrderStatus::Expired;
             ok &= env.db.order(o.as_str()).await.unwrap().is_some_and(|r| r.status == OrderStatus::Expired);
         }
         ok && env.consistent(&c).await
@@ -220,7 +192,7 @@ async fn unpaid_orders_expire_once_in_both_stores_and_late_payments_need_a_refun
     .await;
     // Expired within the contract's 2 s of the deadline.
     assert!(now_ms() - deadline < 4000);
-    let counters = env.engine.store().counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
+    let counters = env.engine.counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
     assert_eq!((counters[0].available, counters[0].reserved, counters[0].sold), (15, 0, 5));
     // A payment after expiry: refund_required, no unit taken again, no second release.
     let ev = EventId::parse("late").unwrap();
@@ -244,7 +216,7 @@ async fn unpaid_orders_expire_once_in_both_stores_and_late_payments_need_a_refun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_three_times_and_a_poison_message() {
     let env = Env::new().await;
-    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     env.launch("c", 10, 900, 5).await;
     let event = OrderEvent {
         order_id: OrderId::generate(&CampaignId::parse("c").unwrap()).to_string(),
@@ -271,10 +243,9 @@ async fn the_same_message_three_times_and_a_poison_message() {
     for _ in 0..3 {
         env.publish_raw(&body).await;
     }
-    env.wait_for("one order", Duration::from_secs(10), async || env.db.count_orders("c").await.unwrap() == 1)
-        .await;
+    env.wait_for("one order", Duration::from_secs(10), async || env.count_orders("c").await == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(env.db.count_orders("c").await.unwrap(), 1);
+    assert_eq!(env.count_orders("c").await, 1);
     let stock = env.db.stock("c").await.unwrap();
     assert_eq!((stock[0].available, stock[0].reserved), (8, 2), "moved once");
     let dead = format!("{}.dead", env.settings.namespace);
@@ -322,18 +293,18 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
         .collect();
     // Kill it once part of the stream is in MySQL.
     env.wait_for("some orders persisted", Duration::from_secs(30), async || {
-        env.db.count_orders("c").await.unwrap() > 500
+        env.count_orders("c").await > 500
     })
     .await;
     worker.kill().unwrap();
     worker.wait().unwrap();
-    let at_kill = env.db.count_orders("c").await.unwrap();
+    let at_kill = env.count_orders("c").await;
     for w in writers {
         w.await.unwrap();
     }
     let mut worker = spawn_worker(&env.settings);
     env.wait_for("all 10,000 orders, consistent", Duration::from_secs(60), async || {
-        env.db.count_orders("c").await.unwrap() == total as i64 && env.consistent(&c).await
+        env.count_orders("c").await == total as i64 && env.consistent(&c).await
     })
     .await;
     worker.kill().unwrap();
@@ -363,7 +334,7 @@ fn order_event(id: &OrderId, user: &str, status: OrderStatus, expires_ms: i64) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_reaching_mysql_before_the_release_it_needs_waits_for_it() {
     let env = Env::new().await;
-    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let c = env.launch("c", 1, 900, 5).await;
     let a = OrderId::generate(&c);
     let b = OrderId::generate(&c);
@@ -414,7 +385,7 @@ async fn the_mysql_sweep_settles_rows_redis_moved_on_from_and_reaches_the_rows_b
     let mut pending = Vec::new();
     for i in 0..650 {
         let o = env.reserve(&c, &format!("u{i}")).await;
-        let rec = env.engine.store().order(&o).await.unwrap().unwrap();
+        let rec = env.engine.order(&o).await.unwrap().unwrap();
         let mut ev = order_event(&o, &format!("u{i}"), OrderStatus::PendingPayment, rec.expires_ms);
         ev.created_ms = rec.created_ms;
         env.db.apply_events(&[ev]).await.unwrap();
@@ -441,7 +412,7 @@ async fn the_mysql_sweep_settles_rows_redis_moved_on_from_and_reaches_the_rows_b
     let mut ws = env.settings.clone();
     ws.amqp.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
     ws.amqp.call_timeout_ms = 500;
-    let worker = sync_worker::app::start(ws).await.unwrap();
+    let worker = sync_worker::supervisor::start(ws).await.unwrap();
     env.wait_for("every overdue row settled", Duration::from_secs(30), async || {
         let mut ok = true;
         for o in &paid {
@@ -465,7 +436,7 @@ async fn the_mysql_sweep_settles_rows_redis_moved_on_from_and_reaches_the_rows_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_deadlines_in_the_same_seconds_are_all_released_within_two_seconds() {
     let env = Env::new().await;
-    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let total = 10_000;
     let c = env.launch("c", total as u64, 3, 1).await;
     let writers: Vec<_> = (0..16)
@@ -492,8 +463,7 @@ async fn ten_thousand_deadlines_in_the_same_seconds_are_all_released_within_two_
         last_expiry = last_expiry.max(w.await.unwrap());
     }
     env.wait_for("every unit back", Duration::from_secs(30), async || {
-        env.engine.store().counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap()[0].available
-            == total as u64
+        env.engine.counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap()[0].available == total as u64
     })
     .await;
     let late_ms = now_ms() - last_expiry;
@@ -507,7 +477,7 @@ async fn ten_thousand_deadlines_in_the_same_seconds_are_all_released_within_two_
 async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention() {
     let mut env = Env::new().await;
     env.settings.worker.retain_finished_secs = 1;
-    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let now = now_ms();
     let spec = CampaignLaunch {
         campaign: CampaignId::parse("c").unwrap(),
@@ -519,7 +489,7 @@ async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention()
         max_user_requests_per_sec: None,
         items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock: 10, price_cents: 100 }],
     };
-    env.db.insert_campaign(&spec.to_row("t"), now).await.unwrap();
+    env.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();
     env.engine.launch(&spec).await.unwrap();
     let c = spec.campaign.clone();
     let paid = env.reserve(&c, "u1").await;
@@ -529,7 +499,7 @@ async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention()
     env.reserve(&c, "u3").await; // left to expire
     env.wait_for("retired", Duration::from_secs(20), async || {
         let row: Option<i64> = sqlx::query_scalar("SELECT retired_ms FROM campaigns WHERE campaign_id = 'c'")
-            .fetch_one(&sqlx::MySqlPool::connect(&env.settings.mysql.url).await.unwrap())
+            .fetch_one(&env.pool)
             .await
             .unwrap();
         row.is_some()
@@ -559,7 +529,7 @@ async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention()
     let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
     let (late, k) = (UserId::parse("late").unwrap(), IdempotencyKey::parse("k").unwrap());
     assert_eq!(env.engine.reserve(&c, &late, &k, &lines).await.unwrap(), ReserveOutcome::NotActive);
-    let counters = env.engine.store().counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
+    let counters = env.engine.counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
     assert_eq!((counters[0].available, counters[0].sold), (9, 1));
     worker.shutdown().await;
     env.cleanup().await;
@@ -619,7 +589,7 @@ async fn two_workers_with_churn_on_one_hot_sku_and_a_kill_lose_nothing() {
     }
     assert!(told.len() > 50, "churn happened: {} reservations", told.len());
     env.wait_for("every reservation in MySQL as told, consistent", Duration::from_secs(60), async || {
-        if env.db.count_orders("c").await.unwrap() != told.len() as i64 {
+        if env.count_orders("c").await != told.len() as i64 {
             return false;
         }
         for (id, status) in &told {
@@ -645,13 +615,10 @@ async fn two_workers_with_churn_on_one_hot_sku_and_a_kill_lose_nothing() {
 async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() {
     let mut env = Env::new().await;
     env.settings.worker.restore_check_ms = 100;
-    let worker = sync_worker::app::start(env.settings.clone()).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let c = env.launch("c", 3, 900, 1).await;
     let kept = env.reserve(&c, "u1").await;
-    env.wait_for("u1 in MySQL", Duration::from_secs(10), async || {
-        env.db.count_orders("c").await.unwrap() == 1
-    })
-    .await;
+    env.wait_for("u1 in MySQL", Duration::from_secs(10), async || env.count_orders("c").await == 1).await;
     // An order granted and relayed, its message not yet persisted, when Redis loses
     // everything (here: the message is published only after the rebuild).
     let lost = OrderId::generate(&c);
@@ -665,13 +632,13 @@ async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() 
         redis::cmd("KEYS").arg(format!("{}:*", env.settings.namespace)).query_async(&mut raw).await.unwrap();
     let _: () = redis::cmd("DEL").arg(keys).query_async(&mut raw).await.unwrap();
     env.wait_for("rebuilt", Duration::from_secs(5), async || {
-        env.engine.store().campaign_meta(&c).await.unwrap().is_some()
+        env.engine.campaign_meta(&c).await.unwrap().is_some()
     })
     .await;
     let a = SkuId::parse("a").unwrap();
-    let counters = env.engine.store().counters(&c, std::slice::from_ref(&a)).await.unwrap();
+    let counters = env.engine.counters(&c, std::slice::from_ref(&a)).await.unwrap();
     assert_eq!((counters[0].available, counters[0].reserved), (2, 1), "u1's unit still held");
-    assert_eq!(env.engine.store().order(&kept).await.unwrap().unwrap().status, OrderStatus::PendingPayment);
+    assert_eq!(env.engine.order(&kept).await.unwrap().unwrap().status, OrderStatus::PendingPayment);
     env.publish_raw(&serde_json::to_vec(&lost_event).unwrap()).await;
     let dead = format!("{}.dead", env.settings.namespace);
     env.wait_for("the lost order dead-lettered", Duration::from_secs(10), async || {
@@ -683,7 +650,7 @@ async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() 
     env.reserve(&c, "u3").await;
     env.reserve(&c, "u4").await;
     env.wait_for("consistent", Duration::from_secs(10), async || {
-        env.db.count_orders("c").await.unwrap() == 3 && env.consistent(&c).await
+        env.count_orders("c").await == 3 && env.consistent(&c).await
     })
     .await;
     assert!(worker

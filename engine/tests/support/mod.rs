@@ -1,16 +1,13 @@
 //! Test support: each test gets its own namespace on the real Redis, removed on drop.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::config::Settings;
+use engine::campaign::{CampaignLaunch, LaunchItem, LaunchOutcome};
+use engine::clock::now_ms;
 use engine::domain::{CampaignId, IdempotencyKey, OrderLines, SkuId, UserId};
-use engine::engine::now_ms;
-use engine::store::{CampaignLaunch, LaunchItem, LaunchOutcome};
 use engine::Engine;
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A namespace of its own on the test Redis; its keys are deleted on drop.
 pub struct Ns {
@@ -23,15 +20,42 @@ impl Ns {
     }
 
     pub fn with(tweak: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = Settings::load(None).expect("settings");
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        settings.namespace = format!("t{}-{n}", std::process::id());
+        let mut settings = testkit::isolate("en");
         tweak(&mut settings);
         Self { settings }
     }
 
     pub fn engine(&self) -> Engine {
         Engine::start(&self.settings).expect("engine")
+    }
+
+    /// The key layout of this namespace.
+    pub fn keys(&self) -> engine::keys::KeySpace {
+        engine::keys::KeySpace::new(&self.settings.namespace)
+    }
+
+    /// Runs `reserve.lua` itself on a connection of the test's, past every cache.
+    pub async fn reserve_in_script(
+        &self,
+        campaign: &CampaignId,
+        order_id: &engine::domain::OrderId,
+        user: &UserId,
+        key: &IdempotencyKey,
+        lines: &OrderLines,
+    ) -> engine::scripts::reserve::ReserveReply {
+        let request = engine::scripts::reserve::Request {
+            campaign,
+            order_id,
+            user,
+            key,
+            lines,
+            idempotency_ttl_secs: 60,
+            outbox_max_len: 1_000_000,
+        };
+        let script = engine::scripts::reserve::script();
+        let inv = engine::scripts::reserve::invocation(&script, &self.keys(), &request);
+        let v: redis::Value = inv.invoke_async(&mut self.raw().await).await.unwrap();
+        engine::scripts::reserve::decode(v).unwrap()
     }
 
     /// A raw connection for assertions that look under the engine.
@@ -43,13 +67,7 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(self.settings.redis.url.as_str()) else { return };
-        let Ok(mut conn) = client.get_connection() else { return };
-        let pattern = format!("{}:*", self.settings.namespace);
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-        }
+        testkit::delete_keys_blocking(&self.settings.redis.url, &self.settings.namespace);
     }
 }
 

@@ -3,17 +3,19 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use common::db::{CampaignRow, InsertCampaign};
-use common::reconcile::{compare, Reconciliation};
+use engine::campaign::{
+    CampaignLaunch, CampaignMeta, CampaignTuning, LaunchItem, LaunchOutcome, TuneOutcome,
+};
+use engine::clock::now_ms;
 use engine::domain::{CampaignId, SkuId};
-use engine::engine::now_ms;
-use engine::store::{CampaignLaunch, CampaignMeta, CampaignTuning, LaunchItem, LaunchOutcome, TuneOutcome};
+use ledger::reconcile::Reconciliation;
+use ledger::{CampaignRow, InsertCampaign};
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::auth::Operator;
 use crate::body::{double_option, JsonBody};
 use crate::error::AppError;
+use crate::state::AppState;
 use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignView, ErrorBody, Thresholds};
 
 /// Most skus in one campaign (each is a key of the warm-up script).
@@ -136,7 +138,7 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
         max_user_requests_per_sec: max_user,
         items,
     };
-    let row = launch.to_row(&r.name);
+    let row = CampaignRow::from_launch(&launch, &r.name);
     Ok((launch, row))
 }
 
@@ -170,7 +172,6 @@ async fn load(state: &AppState, id: &str) -> Result<(CampaignId, CampaignMeta), 
     let campaign = CampaignId::parse(id).map_err(|_| AppError::CampaignNotFound(id.to_owned()))?;
     let meta = state
         .engine
-        .store()
         .campaign_meta(&campaign)
         .await?
         .ok_or_else(|| AppError::CampaignNotFound(id.to_owned()))?;
@@ -182,7 +183,7 @@ async fn campaign_view(
     campaign: &CampaignId,
     meta: &CampaignMeta,
 ) -> Result<CampaignView, AppError> {
-    let counters = state.engine.store().counters(campaign, &meta.skus).await?;
+    let counters = state.engine.counters(campaign, &meta.skus).await?;
     let name = state.db.campaign(campaign.as_str()).await?.map(|c| c.name).unwrap_or_default();
     let now = now_ms();
     let status = if now < meta.starts_ms {
@@ -276,17 +277,9 @@ pub async fn reconciliation(
     _: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<Reconciliation>, AppError> {
-    let (campaign, meta) = load(&state, &id).await?;
-    Ok(Json(reconcile(&state, &campaign, &meta).await?))
-}
-
-pub async fn reconcile(
-    state: &AppState,
-    campaign: &CampaignId,
-    meta: &CampaignMeta,
-) -> Result<Reconciliation, AppError> {
-    let counters = state.engine.store().counters(campaign, &meta.skus).await?;
-    let redis: Vec<_> = counters.iter().map(|c| c.to_redis_stock()).collect();
-    let mysql = state.db.stock(campaign.as_str()).await?;
-    Ok(compare(&redis, &mysql))
+    let campaign = CampaignId::parse(&id).map_err(|_| AppError::CampaignNotFound(id.clone()))?;
+    ledger::reconcile::check(&state.engine, &state.db, &campaign)
+        .await?
+        .map(Json)
+        .ok_or(AppError::CampaignNotFound(id))
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// `GET /healthz`: the process runs.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "running")))]
@@ -18,8 +18,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "every dependency answers"), (status = 503, description = "names what is down")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let (redis, mysql, amqp) =
-        tokio::join!(state.engine.store().probe(), state.db.ping(), state.amqp.check());
+    let (redis, mysql, amqp) = tokio::join!(state.engine.probe(), state.db.ping(), state.amqp.check());
     let checks = [
         ("redis", redis.map_err(|e| e.to_string())),
         ("mysql", mysql.map_err(|e| e.to_string())),

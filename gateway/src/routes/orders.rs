@@ -13,10 +13,10 @@ use engine::domain::{
 };
 use serde::Deserialize;
 
-use crate::app::AppState;
 use crate::auth::Buyer;
 use crate::body::RawBody;
 use crate::error::AppError;
+use crate::state::AppState;
 use crate::view::{rfc3339, ErrorBody, OrderView, ReservationView};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -106,7 +106,7 @@ async fn check_user_rate(state: &AppState, campaign: &CampaignId, user: &UserId)
         return Ok(()); // the engine answers campaign_not_found
     };
     state
-        .user_limits
+        .user_rates
         .check(campaign, meta.max_user_requests_per_sec, user)
         .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
 }
@@ -140,7 +140,7 @@ fn reservation_view(campaign: &CampaignId, r: Reservation) -> ReservationView {
 /// MySQL answers for orders Redis no longer has. Another user's order is not found.
 pub async fn load_order(state: &AppState, order_id: &str, owner: &UserId) -> Result<OrderView, AppError> {
     let id = OrderId::parse(order_id).map_err(|_| AppError::OrderNotFound)?;
-    if let Some(o) = state.engine.store().order(&id).await? {
+    if let Some(o) = state.engine.order(&id).await? {
         if o.user != owner.as_str() {
             return Err(AppError::OrderNotFound);
         }

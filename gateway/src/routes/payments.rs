@@ -6,10 +6,10 @@ use common::message::OrderStatus;
 use engine::domain::{ConfirmOutcome, EventId, OrderId, PaymentStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::auth::{verify_signature, SIGNATURE_HEADER};
 use crate::body::{parse, raw_body};
 use crate::error::AppError;
+use crate::state::AppState;
 use crate::view::ErrorBody;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -46,7 +46,7 @@ pub struct CallbackAnswer {
 pub async fn callback(State(state): State<AppState>, req: Request) -> Result<Json<CallbackAnswer>, AppError> {
     let header = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = raw_body(req, &state).await?;
-    let now_secs = engine::engine::now_ms() / 1000;
+    let now_secs = engine::clock::now_ms() / 1000;
     let p = &state.settings.payments;
     verify_signature(header.as_deref(), &body, &p.webhook_secret, now_secs, p.signature_tolerance_secs)?;
     let cb: Callback = parse(&body)?;

@@ -1,14 +1,10 @@
 //! Test support: a gateway on port 0 with its own Redis namespace and MySQL database.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use common::config::Settings;
-use gateway::app::Running;
+use gateway::server::Running;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{json, Value};
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
 
 pub struct Env {
     pub settings: Settings,
@@ -17,11 +13,7 @@ pub struct Env {
 }
 
 pub fn test_settings() -> Settings {
-    let mut s = Settings::load(None).unwrap();
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    s.namespace = format!("g{}-{n}", std::process::id());
-    let base = s.mysql.url.rsplit_once('/').unwrap().0.to_owned();
-    s.mysql.url = format!("{base}/fs_gw_{}_{n}", std::process::id());
+    let mut s = testkit::isolate("gw");
     s.mysql.max_connections = 4;
     s.gateway.listen = "127.0.0.1:0".parse().unwrap();
     s.gateway.metrics_listen = "127.0.0.1:0".parse().unwrap();
@@ -41,7 +33,7 @@ impl Env {
         tweak(&mut settings);
         let mut gateways = Vec::new();
         for _ in 0..n {
-            gateways.push(gateway::app::start(settings.clone()).await.unwrap());
+            gateways.push(gateway::server::start(settings.clone()).await.unwrap());
         }
         let http = Client::builder().pool_max_idle_per_host(64).build().unwrap();
         Self { settings, gateways, http }
@@ -129,7 +121,7 @@ impl Env {
     pub async fn pay(&self, event: &str, order: &str, amount: i64, status: &str) -> (StatusCode, Value) {
         let body = json!({"event_id": event, "order_id": order, "amount_cents": amount, "status": status})
             .to_string();
-        let sig = gateway::auth::sign(&self.settings.payments.webhook_secret, now_secs(), body.as_bytes());
+        let sig = testkit::sign(&self.settings.payments.webhook_secret, now_secs(), body.as_bytes());
         self.pay_raw(&body, &sig).await
     }
 
@@ -149,35 +141,15 @@ impl Env {
 }
 
 pub async fn cleanup_settings(settings: &Settings) {
-    use sqlx::Connection;
-    let base = settings.mysql.url.rsplit_once('/').unwrap().0.to_owned();
-    let name = settings.mysql.url.rsplit_once('/').unwrap().1.to_owned();
-    if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
-        let _ = sqlx::query("SET SESSION lock_wait_timeout = 5").execute(&mut c).await;
-        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await {
-            eprintln!("cleanup of {name} failed: {e}");
-        }
-    }
-    let client = redis::Client::open(settings.redis.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{}:*", settings.namespace)).query_async(&mut conn).await.unwrap();
-    for chunk in keys.chunks(500) {
-        let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
-    }
+    testkit::cleanup(settings).await;
 }
 
 pub fn now_secs() -> i64 {
-    engine::engine::now_ms() / 1000
+    engine::clock::now_ms() / 1000
 }
 
 pub fn token_with(secret: &str, claims: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    testkit::token(secret, &claims)
 }
 
 pub async fn decode(res: Response) -> (StatusCode, Value) {

@@ -1,7 +1,7 @@
-//! The application: shared state, the router, the guard middleware and serving.
+//! The server: the router, the guard middleware (in-flight bound, request timeout,
+//! metrics) and serving both listeners until stopped.
 
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,106 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use common::config::Settings;
-use common::db::Db;
-use common::http::serve_until_stopped;
-use engine::Engine;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore};
 use tracing::Instrument;
 
-use crate::auth::JwtVerifier;
 use crate::body::MAX_BODY_BYTES;
 use crate::error::AppError;
-use crate::limits::UserLimits;
-use crate::metrics::Metrics;
 use crate::routes::{admin, health, orders, payments};
-
-/// Everything a handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-pub struct Shared {
-    pub settings: Settings,
-    pub engine: Engine,
-    pub db: Db,
-    pub amqp: AmqpCheck,
-    pub jwt: JwtVerifier,
-    pub metrics: Metrics,
-    pub user_limits: UserLimits,
-    in_flight: Arc<Semaphore>,
-}
-
-impl Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// Connects to MySQL (creating the database and migrating) and starts the engine.
-    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let db = Db::connect_retrying(&settings.mysql, DB_STARTUP_PATIENCE).await?;
-        let engine = Engine::start(&settings)?;
-        let jwt = JwtVerifier::new(&settings.auth.jwt_secret, settings.auth.leeway_secs);
-        let amqp = AmqpCheck::new(&settings.amqp.url, Duration::from_millis(settings.amqp.call_timeout_ms));
-        let in_flight = Arc::new(Semaphore::new(settings.gateway.max_in_flight));
-        Ok(Self(Arc::new(Shared {
-            engine,
-            db,
-            amqp,
-            jwt,
-            metrics: Metrics::new()?,
-            user_limits: UserLimits::default(),
-            in_flight,
-            settings,
-        })))
-    }
-}
-
-/// How long start-up keeps trying to reach MySQL before giving up.
-pub const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Whether RabbitMQ answers (readiness): one connection, reopened when lost, and a
-/// real round trip on it (a channel opened and closed) every check, bounded by the
-/// AMQP call timeout: a connection that still claims to be open proves nothing when
-/// the broker is blackholed.
-pub struct AmqpCheck {
-    url: String,
-    timeout: Duration,
-    conn: Mutex<Option<lapin::Connection>>,
-}
-
-impl AmqpCheck {
-    pub fn new(url: &str, timeout: Duration) -> Self {
-        Self { url: url.to_owned(), timeout, conn: Mutex::new(None) }
-    }
-
-    pub async fn check(&self) -> Result<(), String> {
-        let mut conn = self.conn.lock().await;
-        let result = tokio::time::timeout(self.timeout, async {
-            if !conn.as_ref().is_some_and(|c| c.status().connected()) {
-                let fresh =
-                    lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default()).await?;
-                *conn = Some(fresh);
-            }
-            if let Some(c) = conn.as_ref() {
-                let ch = c.create_channel().await?;
-                ch.close(200, "readiness".into()).await?;
-            }
-            Ok::<(), lapin::Error>(())
-        })
-        .await;
-        let outcome = match result {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {:?}", self.timeout),
-        };
-        // A connection that failed a round trip is not trusted again.
-        *conn = None;
-        Err(outcome)
-    }
-}
+use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -203,16 +110,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let metrics_addr = metrics_listener.local_addr()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
-    let api = serve_until_stopped("public", listener, router(state.clone()), stopped.clone());
+    let api = serve::until_stopped("public", listener, router(state.clone()), stopped.clone());
     let metrics_app = Router::new().route("/metrics", get(health::metrics)).with_state(state.clone());
-    let metrics = serve_until_stopped("metrics", metrics_listener, metrics_app, stopped.clone());
+    let metrics = serve::until_stopped("metrics", metrics_listener, metrics_app, stopped.clone());
     let pruner_state = state.clone();
     let mut rx = stopped;
     let pruner = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => pruner_state.user_limits.prune(),
+                _ = tick.tick() => pruner_state.user_rates.prune(),
                 _ = rx.wait_for(|s| *s) => return,
             }
         }

@@ -1,4 +1,6 @@
-//! Serving an axum router until the process is asked to stop.
+//! What each binary's listeners share: serving an axum router until the process is
+//! asked to stop, and the Prometheus text exposition of a registry.
+#![forbid(unsafe_code)]
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -7,7 +9,7 @@ use tokio::task::JoinHandle;
 
 /// Serves `app` on `listener` until `stop` turns true, then lets in-flight requests
 /// finish. `name` labels the listener in logs.
-pub fn serve_until_stopped(
+pub fn until_stopped(
     name: &'static str,
     listener: TcpListener,
     app: Router,
@@ -21,4 +23,14 @@ pub fn serve_until_stopped(
             tracing::error!(error = %e, listener = name, "listener failed");
         }
     })
+}
+
+/// The Prometheus text exposition of `registry` (empty if it cannot be encoded).
+pub fn metrics_text(registry: &prometheus::Registry) -> String {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    if prometheus::TextEncoder::new().encode(&registry.gather(), &mut out).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
 }

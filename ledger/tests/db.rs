@@ -1,46 +1,32 @@
 //! MySQL layer against the real MariaDB, each test in a database of its own.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use common::config::{MysqlSettings, Settings};
-use common::db::{CampaignItemRow, CampaignRow, Db, DbError, InsertCampaign};
+use common::config::MysqlSettings;
 use common::message::{OrderEvent, OrderItem, OrderStatus};
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
+use ledger::{CampaignItemRow, CampaignRow, Db, DbError, InsertCampaign};
 
 struct TestDb {
     db: Db,
     settings: MysqlSettings,
-    name: String,
+    /// For the test's own queries.
+    pool: sqlx::MySqlPool,
 }
 
 impl TestDb {
     async fn new() -> Self {
-        let mut settings = Settings::load(None).unwrap().mysql;
-        let name = format!("fs_test_{}_{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let base = settings.url.rsplit_once('/').unwrap().0.to_owned();
-        settings.url = format!("{base}/{name}");
+        let settings = testkit::isolate("ld").mysql;
         let db = Db::connect(&settings).await.unwrap();
-        Self { db, settings, name }
+        let pool = sqlx::MySqlPool::connect(&settings.url).await.unwrap();
+        Self { db, settings, pool }
     }
 }
 
 impl TestDb {
     /// Closes the pool, then drops the database.
     async fn cleanup(self) {
+        self.pool.close().await;
         self.db.close().await;
-        drop_database(&self.settings.url, &self.name).await;
-    }
-}
-
-async fn drop_database(url: &str, name: &str) {
-    use sqlx::Connection;
-    let base = url.rsplit_once('/').unwrap().0.to_owned();
-    if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
-        // Never wait long on a metadata lock a failed test left behind.
-        let _ = sqlx::query("SET SESSION lock_wait_timeout = 2").execute(&mut c).await;
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
+        testkit::drop_database(&self.settings.url).await;
     }
 }
 
@@ -127,7 +113,7 @@ async fn the_same_event_three_times_is_one_order() {
     assert_eq!((applied.inserted, applied.unchanged), (1, 1));
     let applied = t.db.apply_events(std::slice::from_ref(&e)).await.unwrap();
     assert_eq!((applied.inserted, applied.unchanged), (0, 1));
-    assert_eq!(t.db.count_orders("c").await.unwrap(), 1);
+    assert_eq!(testkit::count_orders(&t.pool, "c").await, 1);
     assert_eq!(buckets(&t.db, "a").await, (8, 2, 0));
     assert_eq!(buckets(&t.db, "b").await, (9, 1, 0));
     let row = t.db.order("o1").await.unwrap().unwrap();
@@ -177,7 +163,7 @@ async fn a_move_past_the_stock_fails_the_batch_and_changes_nothing() {
     let too_big = event("big", OrderStatus::PendingPayment, 5);
     let err = t.db.apply_events(&[ok.clone(), too_big]).await.unwrap_err();
     assert!(matches!(err, DbError::StockGuard { ref sku, .. } if sku == "a"), "{err:?}");
-    assert_eq!(t.db.count_orders("c").await.unwrap(), 0);
+    assert_eq!(testkit::count_orders(&t.pool, "c").await, 0);
     assert_eq!(buckets(&t.db, "a").await, (3, 0, 0));
     t.db.apply_events(&[ok]).await.unwrap();
     assert_eq!(buckets(&t.db, "a").await, (2, 1, 0));

@@ -1,4 +1,5 @@
-//! Keeps every process's local cache in step with Redis.
+//! Notices: the pub/sub channel `<ns>:events` that keeps every process's local cache
+//! in step with Redis (distinct from order events, which travel through the outbox).
 //!
 //! - The listener subscribes to `<ns>:events`. After each (re)subscription it forgets
 //!   every sold-out flag and reloads every cached campaign with its buyers, because
@@ -20,7 +21,8 @@ use deadpool_redis::redis;
 use futures_util::StreamExt;
 
 use crate::domain::{CampaignId, SkuId};
-use crate::engine::Inner;
+use crate::outbox::WorkSignal;
+use crate::state::Shared;
 
 /// Longest pause between two reconnection attempts of the listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -30,18 +32,10 @@ pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// A PING unanswered this long means the link is dead.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What the notice stream tells the relays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkSignal {
-    /// This campaign's outbox has entries again.
-    Outbox(CampaignId),
-    /// The stream was interrupted: notices may have been lost, look at every campaign.
-    Resync,
-}
 /// First pause after a failed subscription.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn listen(engine: Weak<Inner>, url: String, channel: String, timeout: Duration) {
+pub(crate) async fn listen(engine: Weak<Shared>, url: String, channel: String, timeout: Duration) {
     let mut backoff = MIN_BACKOFF;
     loop {
         match subscribe(&url, &channel, timeout).await {
@@ -75,7 +69,7 @@ pub(crate) async fn listen(engine: Weak<Inner>, url: String, channel: String, ti
                     };
                     let Some(inner) = engine.upgrade() else { return };
                     if let Ok(text) = msg.get_payload::<String>() {
-                        inner.apply_notice(&text).await;
+                        apply(&inner, &text).await;
                     }
                 }
                 heartbeat.abort();
@@ -125,7 +119,7 @@ async fn subscribe(url: &str, channel: &str, timeout: Duration) -> redis::RedisR
     }
 }
 
-pub(crate) async fn refresh(engine: Weak<Inner>, every: Duration) {
+pub(crate) async fn refresh(engine: Weak<Shared>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -135,6 +129,25 @@ pub(crate) async fn refresh(engine: Weak<Inner>, every: Duration) {
         if let Err(e) = inner.reload_all(false).await {
             tracing::debug!(error = %e, "campaign refresh failed");
         }
+    }
+}
+
+/// Applies one notice to this process's cache (or passes it on to the relay).
+async fn apply(shared: &Shared, text: &str) {
+    match Notice::parse(text) {
+        Some(Notice::Restock { campaign, sku, gen }) => shared.cache.restock(&campaign, &sku, gen),
+        Some(Notice::Buyer { campaign, user }) => shared.cache.add_buyer(&campaign, &user),
+        Some(Notice::Outbox { campaign }) => {
+            let _ = shared.work.send(WorkSignal::Outbox(campaign));
+        }
+        // Only a campaign this process serves is reloaded; others load on first use.
+        Some(Notice::Meta { campaign }) if shared.cache.contains(campaign.as_str()) => {
+            if let Err(e) = shared.reload(&campaign, false).await {
+                tracing::warn!(error = %e, %campaign, "reload on notice failed");
+            }
+        }
+        Some(Notice::Meta { campaign }) => shared.cache.unmark_missing(campaign.as_str()),
+        None => tracing::debug!(notice = text, "ignored unknown cache notice"),
     }
 }
 

@@ -8,10 +8,10 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use common::config::Settings;
-use common::db::Db;
 use engine::Engine;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Connection, ConnectionProperties};
+use ledger::Db;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,8 +22,6 @@ use crate::metrics::Metrics;
 use crate::topology::{self, DelayQueues, Names};
 use crate::{expiry, persister, reconcile, relay, restore, retire};
 
-/// How long start-up keeps trying to reach MySQL.
-const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 /// Longest pause between two attempts to reach the broker.
 const MAX_BROKER_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -46,12 +44,12 @@ impl Running {
 
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(settings.worker.metrics_listen).await?;
-    let db = Db::connect_retrying(&settings.mysql, DB_STARTUP_PATIENCE).await?;
+    let db = Db::connect_retrying(&settings.mysql, ledger::db::STARTUP_PATIENCE).await?;
     let engine = Engine::start(&settings)?;
     let ctx = Arc::new(Ctx {
         activity: Default::default(),
         names: Names::new(&settings.namespace),
-        consumer: format!("worker-{}-{}", std::process::id(), engine::engine::now_ms()),
+        consumer: format!("worker-{}-{}", std::process::id(), engine::clock::now_ms()),
         metrics: Metrics::new()?,
         delay_queues: DelayQueues::default(),
         engine,
@@ -66,7 +64,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .route("/metrics", get(|State(c): State<Arc<Ctx>>| async move { c.metrics.render() }))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Arc::clone(&ctx));
-    tasks.push(common::http::serve_until_stopped("metrics", listener, app, stopped.clone()));
+    tasks.push(serve::until_stopped("metrics", listener, app, stopped.clone()));
     let (c, rx) = (Arc::clone(&ctx), stopped.clone());
     tasks.push(tokio::spawn(async move { broker_loop(&c, rx).await }));
     let (c, rx) = (Arc::clone(&ctx), stopped.clone());

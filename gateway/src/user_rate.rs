@@ -18,12 +18,12 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 const MAX_TRACKED_USERS: usize = 1_000_000;
 
 #[derive(Default)]
-pub struct UserLimits {
+pub struct UserRates {
     by_campaign: DashMap<CampaignId, (u32, Arc<DefaultKeyedRateLimiter<String>>)>,
     clock: DefaultClock,
 }
 
-impl UserLimits {
+impl UserRates {
     /// `Ok` if the user may make one more request now, else the seconds to wait.
     pub fn check(&self, campaign: &CampaignId, per_sec: Option<u32>, user: &UserId) -> Result<(), u64> {
         let Some(rate) = per_sec.and_then(NonZeroU32::new) else {
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn a_user_over_the_rate_waits_and_others_do_not() {
-        let limits = UserLimits::default();
+        let limits = UserRates::default();
         let c = CampaignId::parse("c").unwrap();
         let a = UserId::parse("a").unwrap();
         let b = UserId::parse("b").unwrap();

@@ -1,12 +1,54 @@
-//! Compares a campaign's stock in Redis with MySQL.
+//! Compares a campaign's stock in Redis with MySQL: [`check`] reads both sides,
+//! [`compare`] is the pure comparison. The operator API, the worker's periodic check
+//! and retirement all call [`check`].
 //!
 //! Consistent means every reservation Redis granted is in MySQL in the same state:
 //! per sku the three buckets agree, and MySQL's reserved and sold units equal the
 //! units of its pending and paid orders.
 
+use engine::campaign::SkuCounters;
+use engine::domain::CampaignId;
+use engine::Engine;
 use serde::Serialize;
 
-use crate::db::StockRow;
+use crate::db::{Db, DbError};
+use crate::rows::StockRow;
+
+/// What a reconciliation can fail on: one side did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Redis(#[from] engine::EngineError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Reads a campaign's counters from Redis and its stock from MySQL and compares
+/// them; `None` when Redis does not know the campaign.
+pub async fn check(
+    engine: &Engine,
+    db: &Db,
+    campaign: &CampaignId,
+) -> Result<Option<Reconciliation>, ReconcileError> {
+    let Some(meta) = engine.campaign_meta(campaign).await? else {
+        return Ok(None);
+    };
+    let counters = engine.counters(campaign, &meta.skus).await?;
+    let redis: Vec<RedisStock> = counters.iter().map(RedisStock::from).collect();
+    let mysql = db.stock(campaign.as_str()).await?;
+    Ok(Some(compare(&redis, &mysql)))
+}
+
+impl From<&SkuCounters> for RedisStock {
+    fn from(c: &SkuCounters) -> Self {
+        Self {
+            sku_id: c.sku.to_string(),
+            available: c.available as i64,
+            reserved: c.reserved as i64,
+            sold: c.sold as i64,
+        }
+    }
+}
 
 /// One sku's counters as Redis holds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +59,8 @@ pub struct RedisStock {
     pub sold: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReconciliationItem {
     pub sku_id: String,
     pub redis_available: i64,
@@ -34,7 +77,8 @@ pub struct ReconciliationItem {
     pub drift: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reconciliation {
     pub consistent: bool,
     pub items: Vec<ReconciliationItem>,

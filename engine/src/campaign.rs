@@ -1,0 +1,147 @@
+//! A campaign's data as the engine holds it: as launched, as tuned, as Redis keeps
+//! it (window, limits, skus, counters), and one reservation's record.
+
+use std::collections::BTreeMap;
+
+use common::message::{OrderItem, OrderStatus};
+
+use crate::domain::{CampaignId, OrderId, SkuId, UserId};
+use crate::error::{EngineError, Result};
+
+/// A campaign as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignMeta {
+    pub campaign: CampaignId,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: u64,
+    pub payment_window_secs: u32,
+    pub max_orders_per_sec: Option<u32>,
+    pub max_user_requests_per_sec: Option<u32>,
+    pub skus: Vec<SkuId>,
+    pub version: u64,
+}
+
+/// A new campaign: what `warmup.lua` loads. Built by the caller from validated input.
+#[derive(Debug, Clone)]
+pub struct CampaignLaunch {
+    pub campaign: CampaignId,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub per_user_limit: u64,
+    pub payment_window_secs: u32,
+    pub max_orders_per_sec: Option<u32>,
+    pub max_user_requests_per_sec: Option<u32>,
+    pub items: Vec<LaunchItem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchItem {
+    pub sku: SkuId,
+    pub stock: u64,
+    pub price_cents: i64,
+}
+
+/// Changes to a live campaign; `None` leaves a field as it is. A threshold of
+/// `Some(None)` removes it.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignTuning {
+    pub ends_ms: Option<i64>,
+    pub per_user_limit: Option<u64>,
+    pub max_orders_per_sec: Option<Option<u32>>,
+    pub max_user_requests_per_sec: Option<Option<u32>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchOutcome {
+    Created,
+    AlreadyExists,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TuneOutcome {
+    Tuned,
+    NotFound,
+    EndsBeforeStart,
+}
+
+/// One sku's counters; `available + reserved + sold = total` always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuCounters {
+    pub sku: SkuId,
+    pub total: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub price_cents: i64,
+}
+
+/// A reservation as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub order_id: OrderId,
+    pub user: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// When it was paid (or, for refund_required, when the late payment came).
+    pub paid_ms: Option<i64>,
+}
+
+/// A campaign as MySQL holds it, to be loaded back into a Redis that lost it: the
+/// campaign as launched (with its current tuning) and every one of its orders.
+#[derive(Debug, Clone)]
+pub struct CampaignSnapshot {
+    pub launch: CampaignLaunch,
+    pub orders: Vec<SnapshotOrder>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotOrder {
+    pub order_id: OrderId,
+    pub user: UserId,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub paid_ms: Option<i64>,
+}
+
+/// What a restore loaded: per sku (available, reserved, sold).
+pub type RestoredStock = BTreeMap<SkuId, (u64, u64, u64)>;
+
+impl CampaignSnapshot {
+    /// Units held (pending) and sold (paid) per sku, and units counted against each user.
+    pub(crate) fn tally(&self) -> Result<(RestoredStock, BTreeMap<&UserId, u64>)> {
+        let mut stock: RestoredStock =
+            self.launch.items.iter().map(|i| (i.sku.clone(), (i.stock, 0, 0))).collect();
+        let mut users: BTreeMap<&UserId, u64> = BTreeMap::new();
+        for o in &self.orders {
+            let counted = matches!(o.status, OrderStatus::PendingPayment | OrderStatus::Paid);
+            let holder = users.entry(&o.user).or_default();
+            for item in &o.items {
+                if !counted {
+                    continue;
+                }
+                *holder += item.quantity;
+                let sku = SkuId::parse(&item.sku_id).map_err(|e| EngineError::Protocol(e.to_string()))?;
+                let (avail, resv, sold) = stock.get_mut(&sku).ok_or_else(|| {
+                    EngineError::Protocol(format!("order {} names unknown sku {sku}", o.order_id))
+                })?;
+                let units = item.quantity;
+                *avail = avail.checked_sub(units).ok_or_else(|| {
+                    EngineError::Protocol(format!("MySQL holds more units of {sku} than its stock"))
+                })?;
+                if o.status == OrderStatus::Paid {
+                    *sold += units;
+                } else {
+                    *resv += units;
+                }
+            }
+        }
+        Ok((stock, users))
+    }
+}

@@ -1,0 +1,67 @@
+//! `lua/confirm.lua`: a payment provider's verdict on one order.
+
+use redis::{Script, ScriptInvocation, Value};
+
+use super::Reply;
+use crate::domain::{ConfirmOutcome, EventId, OrderId, PaymentStatus, SkuId};
+use crate::error::{EngineError, Result};
+use crate::keys::KeySpace;
+
+pub fn script() -> Script {
+    Script::new(flashsale_lua::CONFIRM)
+}
+
+/// One payment callback, as the script takes it; `skus` are the order's.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub order_id: &'a OrderId,
+    pub skus: &'a [SkuId],
+    pub event: &'a EventId,
+    pub amount_cents: i64,
+    pub status: PaymentStatus,
+    pub event_ttl_secs: u64,
+}
+
+/// KEYS: order, outbox, pending, payment event marker, meta, then the order's stock
+/// hashes; ARGV as `confirm.lua`'s header says.
+pub fn invocation<'s>(script: &'s Script, k: &KeySpace, r: &Request<'_>) -> ScriptInvocation<'s> {
+    let campaign = r.order_id.campaign();
+    let mut inv = script.prepare_invoke();
+    inv.key(k.order(r.order_id))
+        .key(k.outbox(&campaign))
+        .key(k.pending(&campaign))
+        .key(k.payment_event(&campaign, r.event))
+        .key(k.meta(&campaign));
+    for sku in r.skus {
+        inv.key(k.stock(&campaign, sku));
+    }
+    let status = match r.status {
+        PaymentStatus::Succeeded => "succeeded",
+        PaymentStatus::Failed => "failed",
+    };
+    inv.arg(campaign.as_str())
+        .arg(r.order_id.as_str())
+        .arg(r.amount_cents.to_string())
+        .arg(status)
+        .arg(k.prefix(&campaign))
+        .arg(r.event_ttl_secs)
+        .arg(k.notice_channel());
+    inv
+}
+
+/// `None` while the campaign is being restored (it has no meta yet).
+pub fn decode(v: Value) -> Result<Option<ConfirmOutcome>> {
+    let r = Reply::new(v)?;
+    Ok(Some(match r.tag()? {
+        "paid" => ConfirmOutcome::Paid,
+        "refund_required" => ConfirmOutcome::RefundRequired,
+        "failed_noted" => ConfirmOutcome::FailedNoted(r.status(1)?),
+        "duplicate" => ConfirmOutcome::Duplicate(r.status(1)?),
+        "already" => ConfirmOutcome::AlreadySettled(r.status(1)?),
+        "amount_mismatch" => ConfirmOutcome::AmountMismatch { total_cents: r.int(1)? },
+        "event_conflict" => ConfirmOutcome::EventConflict,
+        "not_found" => ConfirmOutcome::NotFound,
+        "restoring" => return Ok(None),
+        other => return Err(EngineError::Protocol(format!("confirm: {other}"))),
+    }))
+}

@@ -1,0 +1,113 @@
+//! `lua/reserve.lua`: every line of one order or none.
+
+use redis::{Script, ScriptInvocation, Value};
+
+use super::{parse_items, protocol, Reply};
+use crate::domain::{
+    CampaignId, IdempotencyKey, OrderId, OrderLines, Reservation, ReserveOutcome, SkuId, UserId,
+};
+use crate::error::{EngineError, Result};
+use crate::keys::KeySpace;
+
+pub fn script() -> Script {
+    Script::new(flashsale_lua::RESERVE)
+}
+
+/// One reservation request, as the script takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub campaign: &'a CampaignId,
+    pub order_id: &'a OrderId,
+    pub user: &'a UserId,
+    pub key: &'a IdempotencyKey,
+    pub lines: &'a OrderLines,
+    pub idempotency_ttl_secs: u64,
+    pub outbox_max_len: u64,
+}
+
+/// A reservation outcome plus what the local cache should learn from it: skus seen
+/// at zero (never merely short), each with the stock generation it was seen at.
+#[derive(Debug, Clone)]
+pub struct ReserveReply {
+    pub outcome: ReserveOutcome,
+    pub sold_out: Vec<(SkuId, u64)>,
+    /// With `sold_out`: how many buyers the campaign had then. The flags may be trusted
+    /// only by a process that has heard of at least that many.
+    pub buyers: u64,
+}
+
+impl ReserveReply {
+    fn plain(outcome: ReserveOutcome) -> Self {
+        Self { outcome, sold_out: Vec::new(), buyers: 0 }
+    }
+}
+
+/// KEYS: meta, user count, idempotency, order, outbox, pending, buyers, order rate,
+/// then one stock hash per line; ARGV as `reserve.lua`'s header says.
+pub fn invocation<'s>(script: &'s Script, k: &KeySpace, r: &Request<'_>) -> ScriptInvocation<'s> {
+    let mut inv = script.prepare_invoke();
+    inv.key(k.meta(r.campaign))
+        .key(k.user(r.campaign, r.user))
+        .key(k.idempotency(r.campaign, r.user, r.key))
+        .key(k.order(r.order_id))
+        .key(k.outbox(r.campaign))
+        .key(k.pending(r.campaign))
+        .key(k.buyers(r.campaign))
+        .key(k.order_rate(r.campaign));
+    inv.arg(r.campaign.as_str())
+        .arg(r.order_id.as_str())
+        .arg(r.user.as_str())
+        .arg(r.lines.fingerprint())
+        .arg(r.idempotency_ttl_secs)
+        .arg(r.outbox_max_len)
+        .arg(k.notice_channel());
+    for line in r.lines.iter() {
+        inv.key(k.stock(r.campaign, &line.sku));
+        inv.arg(line.sku.as_str()).arg(line.quantity);
+    }
+    inv
+}
+
+pub fn decode(v: Value) -> Result<ReserveReply> {
+    let r = Reply::new(v)?;
+    Ok(match r.tag()? {
+        tag @ ("reserved" | "replay") => {
+            let reservation = Reservation {
+                order_id: OrderId::parse(&r.string(1)?).map_err(protocol)?,
+                items: parse_items(&r.string(2)?)?,
+                total_cents: r.int(3)?,
+                created_ms: r.int(4)?,
+                expires_ms: r.int(5)?,
+            };
+            if tag == "reserved" {
+                ReserveReply {
+                    outcome: ReserveOutcome::Reserved(reservation),
+                    sold_out: r.sku_gens(6)?,
+                    buyers: r.int(7)? as u64,
+                }
+            } else {
+                ReserveReply::plain(ReserveOutcome::Replayed(reservation))
+            }
+        }
+        "reused" => ReserveReply::plain(ReserveOutcome::KeyReused),
+        "campaign_not_found" => ReserveReply::plain(ReserveOutcome::CampaignNotFound),
+        "not_active" => ReserveReply::plain(ReserveOutcome::NotActive),
+        "sku_not_found" => ReserveReply::plain(ReserveOutcome::SkuNotFound(r.sku(1)?)),
+        "sold_out" => {
+            let sku = r.sku(1)?;
+            // Only a sku at zero is flagged: one with fewer units than asked for can
+            // still serve smaller orders.
+            let flag = if r.int(3)? == 0 { vec![(sku.clone(), r.int(2)? as u64)] } else { Vec::new() };
+            ReserveReply { outcome: ReserveOutcome::SoldOut(sku), sold_out: flag, buyers: r.int(4)? as u64 }
+        }
+        "limit_exceeded" => ReserveReply::plain(ReserveOutcome::LimitExceeded {
+            held: r.int(1)? as u64,
+            limit: r.int(2)? as u64,
+        }),
+        "rate_limited" => {
+            ReserveReply::plain(ReserveOutcome::RateLimited { retry_after_ms: r.int(1)? as u64 })
+        }
+        "backlog_full" => return Err(EngineError::Backpressure(r.int(1)? as u64)),
+        other => return Err(EngineError::Protocol(format!("reserve: {other}"))),
+    })
+}

@@ -1,0 +1,40 @@
+//! `lua/warmup.lua`: a new campaign's window and stock, listed in the index, in one step.
+
+use redis::{Script, ScriptInvocation, Value};
+
+use super::{threshold_arg, Reply};
+use crate::campaign::{CampaignLaunch, LaunchOutcome};
+use crate::error::{EngineError, Result};
+use crate::keys::KeySpace;
+
+pub fn script() -> Script {
+    Script::new(flashsale_lua::WARMUP)
+}
+
+/// KEYS: meta, campaign index, then one stock hash per sku.
+pub fn invocation<'s>(script: &'s Script, k: &KeySpace, spec: &CampaignLaunch) -> ScriptInvocation<'s> {
+    let c = &spec.campaign;
+    let mut inv = script.prepare_invoke();
+    inv.key(k.meta(c)).key(k.campaigns());
+    inv.arg(c.as_str())
+        .arg(spec.starts_ms)
+        .arg(spec.ends_ms)
+        .arg(spec.per_user_limit)
+        .arg(spec.payment_window_secs)
+        .arg(threshold_arg(spec.max_orders_per_sec))
+        .arg(threshold_arg(spec.max_user_requests_per_sec))
+        .arg(k.notice_channel());
+    for item in &spec.items {
+        inv.key(k.stock(c, &item.sku));
+        inv.arg(item.sku.as_str()).arg(item.stock).arg(item.price_cents);
+    }
+    inv
+}
+
+pub fn decode(v: Value) -> Result<LaunchOutcome> {
+    match Reply::new(v)?.tag()? {
+        "created" => Ok(LaunchOutcome::Created),
+        "exists" => Ok(LaunchOutcome::AlreadyExists),
+        other => Err(EngineError::Protocol(format!("warmup: {other}"))),
+    }
+}

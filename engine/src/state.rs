@@ -1,0 +1,125 @@
+//! What every clone of the [`crate::Engine`] and its background tasks share: the
+//! store, the local cache, the answer counters and the work-signal sender, with the
+//! two things both the request path and the notice listener do: load a campaign
+//! into the cache, and decide what can be answered without Redis.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::task::AbortHandle;
+
+use crate::cache::{CampaignEntry, LocalCache, Lookup};
+use crate::clock::now_ms;
+use crate::domain::{CampaignId, OrderLines, ReserveOutcome, UserId};
+use crate::error::Result;
+use crate::outbox::WorkSignal;
+use crate::store::StockStore;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: StockStore,
+    pub(crate) cache: LocalCache,
+    pub(crate) answered_locally: AtomicU64,
+    pub(crate) sent_to_redis: AtomicU64,
+    /// Outbox work notices, for the relay (nobody listens in a gateway).
+    pub(crate) work: tokio::sync::broadcast::Sender<WorkSignal>,
+    pub(crate) tasks: Mutex<Vec<AbortHandle>>,
+}
+
+/// Work signals buffered per listener; one that falls further behind gets a lag error
+/// and treats it as [`WorkSignal::Resync`].
+const WORK_SIGNAL_BUFFER: usize = 4096;
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tasks.iter().for_each(AbortHandle::abort);
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(store: StockStore, cache: LocalCache) -> Self {
+        Self {
+            store,
+            cache,
+            answered_locally: AtomicU64::new(0),
+            sent_to_redis: AtomicU64::new(0),
+            work: tokio::sync::broadcast::channel(WORK_SIGNAL_BUFFER).0,
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) async fn entry(&self, campaign: &CampaignId) -> Result<Option<Arc<CampaignEntry>>> {
+        match self.cache.lookup(campaign.as_str()) {
+            Lookup::Known(e) => Ok(Some(e)),
+            Lookup::Missing => Ok(None),
+            Lookup::Unknown => {
+                self.reload(campaign, true).await?;
+                match self.cache.lookup(campaign.as_str()) {
+                    Lookup::Known(e) => Ok(Some(e)),
+                    _ => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// What can be said without Redis, or `None` to ask Redis. The checks follow the
+    /// script's order: window, unknown sku, sold out.
+    pub(crate) fn answer_locally(
+        &self,
+        entry: &CampaignEntry,
+        user: &UserId,
+        lines: &OrderLines,
+    ) -> Option<ReserveOutcome> {
+        let meta = &entry.meta;
+        let now = now_ms();
+        if now < meta.starts_ms {
+            // Nobody can hold a reservation before the start: nothing to replay.
+            return Some(ReserveOutcome::NotActive);
+        }
+        if let Some(line) = lines.iter().find(|l| !entry.has_sku(&l.sku)) {
+            return Some(ReserveOutcome::SkuNotFound(line.sku.clone()));
+        }
+        if !self.cache.is_live() || entry.may_have_bought(user.as_str()) {
+            return None;
+        }
+        if now >= meta.ends_ms {
+            // Only once this process knows every buyer Redis had after the end: a
+            // winner whose notice has not arrived yet must reach the script.
+            return self.cache.may_answer_ended(entry).then_some(ReserveOutcome::NotActive);
+        }
+        lines
+            .iter()
+            .find(|l| self.cache.is_sold_out(entry, &l.sku))
+            .map(|l| ReserveOutcome::SoldOut(l.sku.clone()))
+    }
+
+    /// Reloads a campaign from Redis; its buyers too when asked, or when this process
+    /// has not cached the campaign yet (an entry must never start with a partial set).
+    pub(crate) async fn reload(&self, campaign: &CampaignId, with_buyers: bool) -> Result<()> {
+        let with_buyers = with_buyers || !self.cache.contains(campaign.as_str());
+        let read_at_ms = now_ms();
+        let found = self.store.campaign_meta_and_buyer_count(campaign).await?;
+        let buyers = match (&found, with_buyers) {
+            (Some(_), true) => Some(self.store.buyers(campaign).await?),
+            _ => None,
+        };
+        let count = found.as_ref().map(|(_, n)| *n);
+        self.cache.put(campaign, found.map(|(meta, _)| meta), buyers);
+        if let Some(count) = count {
+            self.cache.note_buyer_count(campaign.as_str(), count, read_at_ms);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn reload_all(&self, with_buyers: bool) -> Result<()> {
+        for campaign in self.cache.cached_campaigns() {
+            self.reload(&campaign, with_buyers).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! What every handler shares: settings, the engine, MySQL, the broker check, the
+//! verifiers, metrics and limits. Cheap to clone.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::config::Settings;
+use engine::Engine;
+use ledger::Db;
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::auth::{Credentials, JwtVerifier};
+use crate::metrics::Metrics;
+use crate::user_rate::UserRates;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub settings: Settings,
+    pub engine: Engine,
+    pub db: Db,
+    pub amqp: AmqpCheck,
+    pub jwt: JwtVerifier,
+    pub metrics: Metrics,
+    pub user_rates: UserRates,
+    pub(crate) in_flight: Arc<Semaphore>,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Credentials for AppState {
+    fn jwt(&self) -> &JwtVerifier {
+        &self.jwt
+    }
+
+    fn admin_token(&self) -> &str {
+        &self.settings.admin.token
+    }
+}
+
+impl AppState {
+    /// Connects to MySQL (creating the database and migrating) and starts the engine.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let db = Db::connect_retrying(&settings.mysql, ledger::db::STARTUP_PATIENCE).await?;
+        let engine = Engine::start(&settings)?;
+        let jwt = JwtVerifier::new(&settings.auth.jwt_secret, settings.auth.leeway_secs);
+        let amqp = AmqpCheck::new(&settings.amqp.url, Duration::from_millis(settings.amqp.call_timeout_ms));
+        let in_flight = Arc::new(Semaphore::new(settings.gateway.max_in_flight));
+        Ok(Self(Arc::new(Shared {
+            engine,
+            db,
+            amqp,
+            jwt,
+            metrics: Metrics::new()?,
+            user_rates: UserRates::default(),
+            in_flight,
+            settings,
+        })))
+    }
+}
+
+/// Whether RabbitMQ answers (readiness): one connection, reopened when lost, and a
+/// real round trip on it (a channel opened and closed) every check, bounded by the
+/// AMQP call timeout: a connection that still claims to be open proves nothing when
+/// the broker is blackholed.
+pub struct AmqpCheck {
+    url: String,
+    timeout: Duration,
+    conn: Mutex<Option<lapin::Connection>>,
+}
+
+impl AmqpCheck {
+    pub fn new(url: &str, timeout: Duration) -> Self {
+        Self { url: url.to_owned(), timeout, conn: Mutex::new(None) }
+    }
+
+    pub async fn check(&self) -> Result<(), String> {
+        let mut conn = self.conn.lock().await;
+        let result = tokio::time::timeout(self.timeout, async {
+            if !conn.as_ref().is_some_and(|c| c.status().connected()) {
+                let fresh =
+                    lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default()).await?;
+                *conn = Some(fresh);
+            }
+            if let Some(c) = conn.as_ref() {
+                let ch = c.create_channel().await?;
+                ch.close(200, "readiness".into()).await?;
+            }
+            Ok::<(), lapin::Error>(())
+        })
+        .await;
+        let outcome = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        // A connection that failed a round trip is not trusted again.
+        *conn = None;
+        Err(outcome)
+    }
+}

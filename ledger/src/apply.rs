@@ -1,0 +1,137 @@
+//! The SQL that applies a batch of order events in one transaction: the orders MySQL
+//! does not hold are inserted, the ones it holds advanced (conditionally on the state
+//! read under their row lock), and the net stock moves of the batch applied with a
+//! guard per sku, so only the batch's final state must fit the stock.
+
+use std::collections::HashMap;
+
+use common::message::{OrderEvent, OrderItem, OrderStatus};
+use sqlx::mysql::MySqlPool;
+use sqlx::{Connection, MySql, QueryBuilder, Row};
+
+use crate::db::{text, Db, DbError, Result};
+use crate::fold::fold;
+use crate::rows::Applied;
+
+impl Db {
+    /// Applies a batch of order events in one transaction (see the module docs).
+    pub async fn apply_events(&self, events: &[OrderEvent]) -> Result<Applied> {
+        if events.is_empty() {
+            return Ok(Applied::default());
+        }
+        self.bounded(apply_batch(&self.pool, events)).await
+    }
+}
+
+async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent]) -> Result<Applied> {
+    let mut conn = pool.acquire().await?;
+    // READ COMMITTED: no gap locks on the ids looked up, so two workers' batches do
+    // not deadlock on orders that do not exist yet (a racing insert fails on the
+    // primary key instead, and that batch is retried).
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
+    let mut tx = conn.begin().await?;
+
+    let mut q = QueryBuilder::<MySql>::new("SELECT order_id, status FROM orders WHERE order_id IN (");
+    let mut ids = q.separated(", ");
+    for e in events {
+        ids.push_bind(&e.order_id);
+    }
+    q.push(") FOR UPDATE");
+    let mut in_db = HashMap::new();
+    for r in q.build().fetch_all(&mut *tx).await? {
+        let status = text(&r, 1)?;
+        let status =
+            OrderStatus::parse(&status).ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?;
+        in_db.insert(text(&r, 0)?, status);
+    }
+
+    // Shared locks on the campaign rows: a rebuild marks `restored_ms` with an update
+    // that waits for this transaction, and every transaction after it sees the mark.
+    let mut q =
+        QueryBuilder::<MySql>::new("SELECT campaign_id, restored_ms FROM campaigns WHERE campaign_id IN (");
+    let mut ids = q.separated(", ");
+    for e in events {
+        ids.push_bind(&e.campaign_id);
+    }
+    q.push(") LOCK IN SHARE MODE");
+    let mut restored = HashMap::new();
+    for r in q.build().fetch_all(&mut *tx).await? {
+        if let Some(at) = r.try_get::<Option<i64>, _>(1)? {
+            restored.insert(text(&r, 0)?, at);
+        }
+    }
+    let plan = fold(events, &in_db, &restored);
+
+    if !plan.inserts.is_empty() {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO orders (order_id, campaign_id, user_id, status, total_cents, created_ms, \
+             expires_ms, paid_ms, updated_ms) ",
+        );
+        q.push_values(&plan.inserts, |mut b, e| {
+            b.push_bind(&e.order_id)
+                .push_bind(&e.campaign_id)
+                .push_bind(&e.user_id)
+                .push_bind(e.status.as_str())
+                .push_bind(e.total_cents)
+                .push_bind(e.created_ms)
+                .push_bind(e.expires_ms)
+                .push_bind((e.paid_ms > 0).then_some(e.paid_ms))
+                .push_bind(e.event_ms);
+        });
+        q.build().execute(&mut *tx).await?;
+        let lines: Vec<(&str, &OrderItem)> =
+            plan.inserts.iter().flat_map(|e| e.items.iter().map(move |i| (e.order_id.as_str(), i))).collect();
+        let mut q =
+            QueryBuilder::<MySql>::new("INSERT INTO order_items (order_id, sku_id, quantity, price_cents) ");
+        q.push_values(&lines, |mut b, (order, i)| {
+            b.push_bind(*order).push_bind(&i.sku_id).push_bind(i.quantity as i64).push_bind(i.price_cents);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+
+    for (id, (db_status, e)) in &plan.updates {
+        let done = sqlx::query(
+            "UPDATE orders SET status = ?, paid_ms = ?, updated_ms = ? WHERE order_id = ? AND status = ?",
+        )
+        .bind(e.status.as_str())
+        .bind((e.paid_ms > 0).then_some(e.paid_ms))
+        .bind(e.event_ms)
+        .bind(*id)
+        .bind(db_status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(DbError::Corrupt(format!("order {id} changed under its row lock")));
+        }
+    }
+
+    // In key order, so concurrent batches lock stock rows in the same order.
+    for ((campaign, sku), [avail, resv, sold]) in &plan.deltas {
+        if [avail, resv, sold].iter().all(|d| **d == 0) {
+            continue;
+        }
+        let done = sqlx::query(
+            "UPDATE campaign_items SET available = available + ?, reserved = reserved + ?, sold = sold + ? \
+             WHERE campaign_id = ? AND sku_id = ? AND available + ? >= 0 AND reserved + ? >= 0 AND sold + ? >= 0",
+        )
+        .bind(avail)
+        .bind(resv)
+        .bind(sold)
+        .bind(*campaign)
+        .bind(*sku)
+        .bind(avail)
+        .bind(resv)
+        .bind(sold)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(DbError::StockGuard {
+                campaign: (*campaign).to_owned(),
+                sku: (*sku).to_owned(),
+                detail: format!("moving available {avail:+}, reserved {resv:+}, sold {sold:+}"),
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok(plan.applied)
+}

@@ -1,0 +1,187 @@
+//! Campaign rows: launched by the operator API, tuned, marked when Redis lost the
+//! campaign and it was rebuilt, and when its per-order data left Redis.
+
+use sqlx::{MySql, QueryBuilder, Row};
+
+use crate::db::{is_duplicate, text, Db, DbError, Result};
+use crate::rows::{CampaignItemRow, CampaignRow, InsertCampaign};
+
+impl Db {
+    /// Inserts a campaign and its items; an existing id is returned as it is.
+    pub async fn insert_campaign(&self, c: &CampaignRow, now_ms: i64) -> Result<InsertCampaign> {
+        let inserted = self
+            .bounded(async {
+                let mut tx = self.pool.begin().await?;
+                let res = sqlx::query(
+                    "INSERT INTO campaigns (campaign_id, name, starts_ms, ends_ms, per_user_limit, \
+                 payment_window_secs, max_orders_per_sec, max_user_requests_per_sec, created_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&c.campaign_id)
+                .bind(&c.name)
+                .bind(c.starts_ms)
+                .bind(c.ends_ms)
+                .bind(c.per_user_limit)
+                .bind(c.payment_window_secs)
+                .bind(c.max_orders_per_sec)
+                .bind(c.max_user_requests_per_sec)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await;
+                if let Err(e) = res {
+                    if is_duplicate(&e) {
+                        return Ok(false);
+                    }
+                    return Err(e.into());
+                }
+                let mut q = QueryBuilder::<MySql>::new(
+                    "INSERT INTO campaign_items (campaign_id, sku_id, price_cents, stock_total, available) ",
+                );
+                q.push_values(&c.items, |mut b, i| {
+                    b.push_bind(&c.campaign_id)
+                        .push_bind(&i.sku_id)
+                        .push_bind(i.price_cents)
+                        .push_bind(i.stock_total)
+                        .push_bind(i.stock_total);
+                });
+                q.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(true)
+            })
+            .await?;
+        if inserted {
+            return Ok(InsertCampaign::Created);
+        }
+        let existing = self
+            .campaign(&c.campaign_id)
+            .await?
+            .ok_or_else(|| DbError::Corrupt("campaign vanished after a duplicate insert".into()))?;
+        Ok(InsertCampaign::Exists(existing))
+    }
+
+    pub async fn campaign(&self, id: &str) -> Result<Option<CampaignRow>> {
+        self.bounded(async {
+            let Some(row) = sqlx::query(
+                "SELECT campaign_id, name, starts_ms, ends_ms, per_user_limit, payment_window_secs, \
+                 max_orders_per_sec, max_user_requests_per_sec FROM campaigns WHERE campaign_id = ?",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let items = sqlx::query(
+                "SELECT sku_id, price_cents, stock_total FROM campaign_items WHERE campaign_id = ? ORDER BY sku_id",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| -> Result<CampaignItemRow> {
+                Ok(CampaignItemRow {
+                    sku_id: text(&r, 0)?,
+                    price_cents: r.try_get(1)?,
+                    stock_total: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+            Ok(Some(CampaignRow {
+                campaign_id: text(&row, 0)?,
+                name: text(&row, 1)?,
+                starts_ms: row.try_get(2)?,
+                ends_ms: row.try_get(3)?,
+                per_user_limit: row.try_get(4)?,
+                payment_window_secs: row.try_get(5)?,
+                max_orders_per_sec: row.try_get(6)?,
+                max_user_requests_per_sec: row.try_get(7)?,
+                items,
+            }))
+        })
+        .await
+    }
+
+    /// Records a tuning already applied in Redis, so MySQL shows the live settings.
+    pub async fn tune_campaign(
+        &self,
+        id: &str,
+        ends_ms: Option<i64>,
+        per_user_limit: Option<i64>,
+        max_orders_per_sec: Option<Option<u32>>,
+        max_user_requests_per_sec: Option<Option<u32>>,
+    ) -> Result<()> {
+        self.bounded(async {
+            let mut q = QueryBuilder::<MySql>::new("UPDATE campaigns SET campaign_id = campaign_id");
+            if let Some(v) = ends_ms {
+                q.push(", ends_ms = ").push_bind(v);
+            }
+            if let Some(v) = per_user_limit {
+                q.push(", per_user_limit = ").push_bind(v);
+            }
+            if let Some(v) = max_orders_per_sec {
+                q.push(", max_orders_per_sec = ").push_bind(v);
+            }
+            if let Some(v) = max_user_requests_per_sec {
+                q.push(", max_user_requests_per_sec = ").push_bind(v);
+            }
+            q.push(" WHERE campaign_id = ").push_bind(id);
+            q.build().execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Campaigns whose data Redis should still hold (not retired).
+    pub async fn unretired_campaigns(&self) -> Result<Vec<String>> {
+        self.bounded(async {
+            let rows = sqlx::query("SELECT campaign_id FROM campaigns WHERE retired_ms IS NULL")
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(|r| text(r, 0)).collect()
+        })
+        .await
+    }
+
+    /// Unretired campaigns that ended before `ended_before_ms`.
+    pub async fn campaigns_to_retire(&self, ended_before_ms: i64) -> Result<Vec<String>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT campaign_id FROM campaigns WHERE retired_ms IS NULL AND ends_ms < ? LIMIT 100",
+            )
+            .bind(ended_before_ms)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(|r| text(r, 0)).collect()
+        })
+        .await
+    }
+
+    /// Records that a campaign is being rebuilt from MySQL: orders created before
+    /// `at_ms` that MySQL does not hold yet are lost from here on. Waits for every
+    /// persister transaction touching the campaign, so a snapshot read after this
+    /// sees every order MySQL will ever accept from before the loss.
+    pub async fn mark_restored(&self, campaign: &str, at_ms: i64) -> Result<()> {
+        self.bounded(async {
+            sqlx::query("UPDATE campaigns SET restored_ms = ? WHERE campaign_id = ?")
+                .bind(at_ms)
+                .bind(campaign)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records that a campaign's per-order data left Redis.
+    pub async fn mark_retired(&self, campaign: &str, now_ms: i64) -> Result<()> {
+        self.bounded(async {
+            sqlx::query("UPDATE campaigns SET retired_ms = ? WHERE campaign_id = ?")
+                .bind(now_ms)
+                .bind(campaign)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}

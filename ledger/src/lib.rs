@@ -1,0 +1,27 @@
+//! The ledger: MySQL as the projection of what the engine decided in Redis.
+//!
+//! # Layout
+//! - [`db`]: the connection pool, migrations (`migrations/` at the workspace root),
+//!   [`DbError`], the timeout on every call.
+//! - [`rows`]: the row types (campaigns, stock, orders) and what applying did.
+//! - [`campaigns`]: campaign rows: launch, tuning, rebuild and retirement marks.
+//! - [`orders`]: order and stock reads (views, sweeps, rebuilds).
+//! - [`fold`]: the pure fold of a batch of order events into row changes: unit-tested
+//!   without MySQL.
+//! - [`apply`]: the SQL that applies a fold in one transaction, stock moves guarded.
+//! - [`reconcile`]: a campaign's Redis counters against MySQL.
+//!
+//! The ledger speaks the engine's domain types (it records what the engine decided);
+//! the engine never sees the ledger.
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod campaigns;
+pub mod db;
+pub mod fold;
+pub mod orders;
+pub mod reconcile;
+pub mod rows;
+
+pub use db::{Db, DbError, Result};
+pub use rows::{Applied, CampaignItemRow, CampaignRow, InsertCampaign, OrderRow, StockRow};

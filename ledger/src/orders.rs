@@ -1,0 +1,175 @@
+//! Order and stock reads: the order views, the MySQL sweep, rebuilds, reconciliation.
+
+use std::collections::HashMap;
+
+use common::message::{OrderItem, OrderStatus};
+use sqlx::Row;
+
+use crate::db::{text, Db, DbError, Result};
+use crate::rows::{OrderRow, StockRow};
+
+impl Db {
+    pub async fn order(&self, order_id: &str) -> Result<Option<OrderRow>> {
+        self.bounded(async {
+            let Some(r) = sqlx::query(
+                "SELECT order_id, campaign_id, user_id, status, total_cents, created_ms, expires_ms, paid_ms \
+                 FROM orders WHERE order_id = ?",
+            )
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let items = sqlx::query(
+                "SELECT sku_id, quantity, price_cents FROM order_items WHERE order_id = ? ORDER BY sku_id",
+            )
+            .bind(order_id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|i| -> Result<OrderItem> {
+                let quantity: i64 = i.try_get(1)?;
+                Ok(OrderItem { sku_id: text(&i, 0)?, quantity: quantity as u64, price_cents: i.try_get(2)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+            let status = text(&r, 3)?;
+            Ok(Some(OrderRow {
+                order_id: text(&r, 0)?,
+                campaign_id: text(&r, 1)?,
+                user_id: text(&r, 2)?,
+                status: OrderStatus::parse(&status)
+                    .ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?,
+                items,
+                total_cents: r.try_get(4)?,
+                created_ms: r.try_get(5)?,
+                expires_ms: r.try_get(6)?,
+                paid_ms: r.try_get(7)?,
+            }))
+        })
+        .await
+    }
+
+    /// Pending orders whose deadline passed before `before_ms`, oldest first, from just
+    /// after `after` (a `(expires_ms, order_id)` cursor): a sweep that cannot settle
+    /// some rows still reaches the ones behind them.
+    pub async fn overdue_orders(
+        &self,
+        before_ms: i64,
+        after: Option<&(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>> {
+        self.bounded(async {
+            let (after_ms, after_id) = after.map_or((i64::MIN, ""), |(ms, id)| (*ms, id.as_str()));
+            let rows = sqlx::query(
+                "SELECT expires_ms, order_id FROM orders WHERE status = 'pending_payment' AND expires_ms < ? \
+                 AND (expires_ms > ? OR (expires_ms = ? AND order_id > ?)) ORDER BY expires_ms, order_id LIMIT ?",
+            )
+            .bind(before_ms)
+            .bind(after_ms)
+            .bind(after_ms)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(|r| Ok((r.try_get(0)?, text(r, 1)?))).collect()
+        })
+        .await
+    }
+
+    /// Every order of a campaign with its items (restoring a campaign Redis lost).
+    pub async fn campaign_orders(&self, campaign: &str) -> Result<Vec<OrderRow>> {
+        self.bounded_for(self.timeout * 10, async {
+            let rows = sqlx::query(
+                "SELECT o.order_id, o.user_id, o.status, o.total_cents, o.created_ms, o.expires_ms, o.paid_ms, \
+                 i.sku_id, i.quantity, i.price_cents FROM orders o JOIN order_items i ON i.order_id = o.order_id \
+                 WHERE o.campaign_id = ? ORDER BY o.order_id, i.sku_id",
+            )
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut out: Vec<OrderRow> = Vec::new();
+            for r in rows {
+                let id = text(&r, 0)?;
+                let quantity: i64 = r.try_get(8)?;
+                let item = OrderItem { sku_id: text(&r, 7)?, quantity: quantity as u64, price_cents: r.try_get(9)? };
+                if let Some(last) = out.last_mut().filter(|o| o.order_id == id) {
+                    last.items.push(item);
+                    continue;
+                }
+                let status = text(&r, 2)?;
+                out.push(OrderRow {
+                    order_id: id,
+                    campaign_id: campaign.to_owned(),
+                    user_id: text(&r, 1)?,
+                    status: OrderStatus::parse(&status)
+                        .ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?,
+                    items: vec![item],
+                    total_cents: r.try_get(3)?,
+                    created_ms: r.try_get(4)?,
+                    expires_ms: r.try_get(5)?,
+                    paid_ms: r.try_get(6)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Whether MySQL has a stock row for this sku (an event naming none can never apply).
+    pub async fn has_stock_row(&self, campaign: &str, sku: &str) -> Result<bool> {
+        self.bounded(async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM campaign_items WHERE campaign_id = ? AND sku_id = ?",
+            )
+            .bind(campaign)
+            .bind(sku)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Stock per sku with the units of pending and paid orders (reconciliation).
+    pub async fn stock(&self, campaign: &str) -> Result<Vec<StockRow>> {
+        self.bounded(async {
+            let units = sqlx::query(
+                "SELECT i.sku_id, o.status, CAST(SUM(i.quantity) AS SIGNED) FROM orders o \
+                 JOIN order_items i ON i.order_id = o.order_id \
+                 WHERE o.campaign_id = ? AND o.status IN ('pending_payment', 'paid') \
+                 GROUP BY i.sku_id, o.status",
+            )
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut by_sku: HashMap<(String, String), i64> = HashMap::new();
+            for r in units {
+                by_sku.insert((text(&r, 0)?, text(&r, 1)?), r.try_get(2)?);
+            }
+            let rows = sqlx::query(
+                "SELECT sku_id, stock_total, available, reserved, sold FROM campaign_items \
+                 WHERE campaign_id = ? ORDER BY sku_id",
+            )
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    let sku = text(&r, 0)?;
+                    let units = |s: &str| by_sku.get(&(sku.clone(), s.to_owned())).copied().unwrap_or(0);
+                    Ok(StockRow {
+                        pending_units: units("pending_payment"),
+                        paid_units: units("paid"),
+                        stock_total: r.try_get(1)?,
+                        available: r.try_get(2)?,
+                        reserved: r.try_get(3)?,
+                        sold: r.try_get(4)?,
+                        sku_id: sku,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}

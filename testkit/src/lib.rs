@@ -1,0 +1,110 @@
+//! Dev-only: what the test suites share. Every test works in a namespace and a MySQL
+//! database of its own ([`isolate`]), so suites run in parallel against the one set
+//! of real services, and removes them afterwards ([`cleanup`]).
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::config::Settings;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The default settings moved to a namespace and a MySQL database of their own;
+/// `tag` names the suite in both (`<tag><pid>-<n>`, `fs_<tag>_<pid>_<n>`).
+pub fn isolate(tag: &str) -> Settings {
+    let mut s = Settings::load(None).unwrap();
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    s.namespace = format!("{tag}{pid}-{n}");
+    let base = s.mysql.url.rsplit_once('/').unwrap().0.to_owned();
+    s.mysql.url = format!("{base}/fs_{tag}_{pid}_{n}");
+    s
+}
+
+/// Removes what a test made: its MySQL database, its Redis keys, its RabbitMQ queues
+/// and exchanges. Never waits long on what a failed test left behind.
+pub async fn cleanup(settings: &Settings) {
+    drop_database(&settings.mysql.url).await;
+    delete_keys(&settings.redis.url, &settings.namespace).await;
+    delete_broker_objects(&settings.amqp.url, &settings.namespace).await;
+}
+
+/// Drops the database `url` names.
+pub async fn drop_database(url: &str) {
+    use sqlx::Connection;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    if let Ok(mut c) = sqlx::MySqlConnection::connect(&format!("{base}/mysql")).await {
+        let _ = sqlx::query("SET SESSION lock_wait_timeout = 2").execute(&mut c).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
+    }
+}
+
+/// Deletes every Redis key of `namespace`.
+pub async fn delete_keys(redis_url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else { return };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut conn).await.unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    }
+}
+
+/// [`delete_keys`] for a `Drop` (no runtime needed).
+pub fn delete_keys_blocking(redis_url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else { return };
+    let Ok(mut conn) = client.get_connection() else { return };
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{namespace}:*")).query(&mut conn).unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    }
+}
+
+/// Deletes the queues and exchanges a worker of `namespace` declares.
+pub async fn delete_broker_objects(amqp_url: &str, namespace: &str) {
+    use lapin::{Connection, ConnectionProperties};
+    let Ok(conn) = Connection::connect(amqp_url, ConnectionProperties::default()).await else { return };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in
+            ["orders", "dead", "timeouts", "retry", "delay.1", "delay.2", "delay.3", "delay.10", "delay.900"]
+        {
+            let _ = ch.queue_delete(format!("{namespace}.{q}").as_str().into(), Default::default()).await;
+        }
+        for x in ["orders", "dlx", "timeouts"] {
+            let _ = ch.exchange_delete(format!("{namespace}.{x}").as_str().into(), Default::default()).await;
+        }
+    }
+    let _ = conn.close(200, "cleanup".into()).await;
+}
+
+/// How many orders MySQL holds for `campaign`.
+pub async fn count_orders(pool: &sqlx::MySqlPool, campaign: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE campaign_id = ?")
+        .bind(campaign)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The `Flashsale-Signature` header a payment provider would send for `body` at `t`.
+pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256>>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A storefront JWT (HS256) with these claims.
+pub fn token(secret: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
