@@ -5,13 +5,15 @@
 -- ARGV: 1 campaign, 2 order_id, 3 user_id, 4 fingerprint, 5 idempotency ttl secs,
 --       6 outbox max length, 7 events channel, then (sku, qty) pairs
 -- Replies (first element is the outcome):
---   {'reserved'|'replay', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
---   {'reused'} {'campaign_not_found'} {'not_active'} {'sku_not_found', sku}
+--   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
+--   {'replay', order_id, items_json, total, created_ms, expires_ms, {}}
+--   {'reused'}  {'campaign_not_found'}  {'not_active'}  {'sku_not_found', sku}
 --   {'sold_out', sku, gen, available, buyers}
--- `buyers` (the buyer set's size) comes with every reply that can flag a sku sold out:
--- a gateway trusts that flag only once it has heard of that many buyers, so a
--- buyer's retry is never answered sold_out before their notice has arrived. {'limit_exceeded', held, limit} {'backlog_full', len}
---   {'rate_limited', retry_after_ms}
+--   {'limit_exceeded', held, limit}  {'backlog_full', len}  {'rate_limited', retry_after_ms}
+-- The {sku, gen, ...} list names skus this reservation brought to zero, with their
+-- stock generation. `buyers` (the buyer set's size) comes with every reply that can
+-- flag a sku sold out: a gateway trusts that flag only once it has heard of that many
+-- buyers, so a buyer's retry is never answered sold_out before their notice arrived.
 -- Every condition is checked before the first write.
 
 local campaign, order_id, user_id, fingerprint = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

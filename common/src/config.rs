@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+pub use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The defaults, compiled in so a binary runs from any directory.
@@ -97,20 +98,20 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
     pub leeway_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
-    pub token: String,
+    pub token: SecretString,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentSettings {
-    pub webhook_secret: String,
+    pub webhook_secret: SecretString,
     pub signature_tolerance_secs: u64,
 }
 
@@ -151,11 +152,6 @@ impl Settings {
         let settings: Settings = figment.extract().map_err(describe)?;
         settings.validate()?;
         Ok(settings)
-    }
-
-    /// The settings with the defaults only.
-    pub fn defaults() -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -204,12 +200,12 @@ impl Settings {
             }
         }
         for (key, v) in [
-            ("redis.url", &self.redis.url),
-            ("mysql.url", &self.mysql.url),
-            ("amqp.url", &self.amqp.url),
-            ("auth.jwt_secret", &self.auth.jwt_secret),
-            ("admin.token", &self.admin.token),
-            ("payments.webhook_secret", &self.payments.webhook_secret),
+            ("redis.url", self.redis.url.as_str()),
+            ("mysql.url", self.mysql.url.as_str()),
+            ("amqp.url", self.amqp.url.as_str()),
+            ("auth.jwt_secret", self.auth.jwt_secret.expose_secret()),
+            ("admin.token", self.admin.token.expose_secret()),
+            ("payments.webhook_secret", self.payments.webhook_secret.expose_secret()),
         ] {
             if v.trim().is_empty() {
                 return bad(key, "must not be empty");
@@ -221,14 +217,17 @@ impl Settings {
     /// The names of the secrets still at their development defaults.
     pub fn dev_secrets_in_use(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.auth.jwt_secret == DEV_SECRETS[0] {
-            out.push("auth.jwt_secret");
-        }
-        if self.admin.token == DEV_SECRETS[1] {
-            out.push("admin.token");
-        }
-        if self.payments.webhook_secret == DEV_SECRETS[2] {
-            out.push("payments.webhook_secret");
+        for ((key, secret), dev) in [
+            ("auth.jwt_secret", &self.auth.jwt_secret),
+            ("admin.token", &self.admin.token),
+            ("payments.webhook_secret", &self.payments.webhook_secret),
+        ]
+        .into_iter()
+        .zip(DEV_SECRETS)
+        {
+            if secret.expose_secret() == dev {
+                out.push(key);
+            }
         }
         out
     }
@@ -289,6 +288,15 @@ mod tests {
         assert_eq!(s.mysql.url, "mysql://root@127.0.0.1:3306/flashsale");
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.dev_secrets_in_use().len(), 3);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = load_with_env(&[("FLASHSALE__ADMIN__TOKEN", "prod-token")]).unwrap();
+        let shown = format!("{s:?}");
+        for secret in ["prod-token", "dev-jwt-secret", "dev-webhook-secret"] {
+            assert!(!shown.contains(secret), "{secret} printed");
+        }
     }
 
     #[test]

@@ -22,6 +22,38 @@ pub struct CampaignMeta {
     pub version: u64,
 }
 
+/// Where a campaign's window puts a moment: the one reading of `starts`/`ends` on
+/// the Rust side (`reserve.lua` applies the same rule by Redis's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Scheduled,
+    Active,
+    Ended,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Active => "active",
+            Self::Ended => "ended",
+        }
+    }
+}
+
+impl CampaignMeta {
+    /// The campaign's phase at `now_ms`: open on `[starts_ms, ends_ms)`.
+    pub fn phase_at(&self, now_ms: i64) -> Phase {
+        if now_ms < self.starts_ms {
+            Phase::Scheduled
+        } else if now_ms < self.ends_ms {
+            Phase::Active
+        } else {
+            Phase::Ended
+        }
+    }
+}
+
 /// A new campaign: what `warmup.lua` loads. Built by the caller from validated input.
 #[derive(Debug, Clone)]
 pub struct CampaignLaunch {

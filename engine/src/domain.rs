@@ -7,12 +7,10 @@ use common::message::OrderItem;
 
 /// Longest campaign, sku and user id.
 pub const MAX_ID_LEN: usize = 64;
-/// Longest idempotency key.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+/// Longest idempotency key or payment event id.
+pub const MAX_TOKEN_LEN: usize = 128;
 /// Most lines in one order.
 pub const MAX_LINES: usize = 16;
-/// Longest payment event id.
-pub const MAX_EVENT_ID_LEN: usize = 128;
 
 /// Why a value was refused; `field` names what the client sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,7 +91,7 @@ fn parse_operator_id(field: &'static str, s: &str) -> Result<String, InvalidInpu
 
 fn parse_token(field: &'static str, s: &str) -> Result<String, InvalidInput> {
     let ok = !s.is_empty()
-        && s.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && s.len() <= MAX_TOKEN_LEN
         && s.bytes().all(|b| is_id_byte(b) || b == b'.' || b == b':');
     if !ok {
         return Err(InvalidInput::new(field, "must be 1..=128 characters of [A-Za-z0-9_.:-]"));
@@ -278,11 +276,22 @@ pub enum ReleaseOutcome {
     },
 }
 
-/// A payment provider's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A payment provider's verdict (the callback's `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PaymentStatus {
     Succeeded,
     Failed,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// What became of a payment callback.

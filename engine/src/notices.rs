@@ -24,23 +24,18 @@ use crate::domain::{CampaignId, SkuId};
 use crate::outbox::WorkSignal;
 use crate::state::Shared;
 
-/// Longest pause between two reconnection attempts of the listener.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often the subscription is PINGed: with [`PING_TIMEOUT`], a dead link stops
 /// local answers within 1.5 s.
 pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// A PING unanswered this long means the link is dead.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// First pause after a failed subscription.
-const MIN_BACKOFF: Duration = Duration::from_millis(50);
-
 pub(crate) async fn listen(engine: Weak<Shared>, url: String, channel: String, timeout: Duration) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = common::backoff::DEPENDENCY;
     loop {
         match subscribe(&url, &channel, timeout).await {
             Ok(pubsub) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 {
                     let Some(inner) = engine.upgrade() else { return };
                     inner.cache.forget_sold_out();
@@ -84,8 +79,7 @@ pub(crate) async fn listen(engine: Weak<Shared>, url: String, channel: String, t
                 tracing::warn!(error = %e, "cannot subscribe to cache notices");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.next_pause()).await;
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::task::AbortHandle;
 
 use crate::cache::{CampaignEntry, LocalCache, Lookup};
+use crate::campaign::Phase;
 use crate::clock::now_ms;
 use crate::domain::{CampaignId, OrderLines, ReserveOutcome, UserId};
 use crate::error::Result;
@@ -75,9 +76,8 @@ impl Shared {
         user: &UserId,
         lines: &OrderLines,
     ) -> Option<ReserveOutcome> {
-        let meta = &entry.meta;
-        let now = now_ms();
-        if now < meta.starts_ms {
+        let phase = entry.meta.phase_at(now_ms());
+        if phase == Phase::Scheduled {
             // Nobody can hold a reservation before the start: nothing to replay.
             return Some(ReserveOutcome::NotActive);
         }
@@ -87,7 +87,7 @@ impl Shared {
         if !self.cache.is_live() || entry.may_have_bought(user.as_str()) {
             return None;
         }
-        if now >= meta.ends_ms {
+        if phase == Phase::Ended {
             // Only once this process knows every buyer Redis had after the end: a
             // winner whose notice has not arrived yet must reach the script.
             return self.cache.may_answer_ended(entry).then_some(ReserveOutcome::NotActive);

@@ -36,7 +36,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 }
 
 /// The raw body, within the size limit.
-pub async fn raw_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppError> {
+async fn raw_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppError> {
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             AppError::PayloadTooLarge

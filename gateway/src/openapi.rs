@@ -23,7 +23,7 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
         orders::OrderRequest, orders::LineRequest, view::ReservationView, view::OrderView,
         view::ErrorBody, view::ErrorDetail, view::CampaignView, view::CampaignItemView, view::Thresholds,
         admin::LaunchRequest, admin::LaunchItemRequest, admin::TuneRequest, admin::ThresholdsRequest,
-        payments::Callback, payments::CallbackStatus, payments::CallbackAnswer,
+        payments::Callback, engine::domain::PaymentStatus, payments::CallbackAnswer,
         common::message::OrderItem, common::message::OrderStatus,
         ledger::reconcile::Reconciliation, ledger::reconcile::ReconciliationItem
     )),

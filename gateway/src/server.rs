@@ -87,17 +87,13 @@ pub struct Running {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub state: AppState,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: serve::Tasks,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and waits for both listeners.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.tasks.shutdown().await;
     }
 }
 
@@ -108,14 +104,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let state = AppState::connect(settings).await?;
     let addr = listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (mut tasks, stopped) = serve::Tasks::new();
 
-    let api = serve::until_stopped("public", listener, router(state.clone()), stopped.clone());
+    tasks.push(serve::until_stopped("public", listener, router(state.clone()), stopped.clone()));
     let metrics_app = Router::new().route("/metrics", get(health::metrics)).with_state(state.clone());
-    let metrics = serve::until_stopped("metrics", metrics_listener, metrics_app, stopped.clone());
+    tasks.push(serve::until_stopped("metrics", metrics_listener, metrics_app, stopped.clone()));
     let pruner_state = state.clone();
     let mut rx = stopped;
-    let pruner = tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -123,7 +119,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 _ = rx.wait_for(|s| *s) => return,
             }
         }
-    });
+    }));
     tracing::info!(%addr, %metrics_addr, "gateway listening");
-    Ok(Running { addr, metrics_addr, state, stop, tasks: vec![api, metrics, pruner] })
+    Ok(Running { addr, metrics_addr, state, tasks })
 }

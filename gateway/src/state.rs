@@ -5,7 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::Settings;
+use common::config::{ExposeSecret, Settings};
 use engine::Engine;
 use ledger::Db;
 use tokio::sync::{Mutex, Semaphore};
@@ -42,7 +42,7 @@ impl Credentials for AppState {
     }
 
     fn admin_token(&self) -> &str {
-        &self.settings.admin.token
+        self.settings.admin.token.expose_secret()
     }
 }
 
@@ -51,7 +51,7 @@ impl AppState {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let db = Db::connect_retrying(&settings.mysql, ledger::db::STARTUP_PATIENCE).await?;
         let engine = Engine::start(&settings)?;
-        let jwt = JwtVerifier::new(&settings.auth.jwt_secret, settings.auth.leeway_secs);
+        let jwt = JwtVerifier::new(settings.auth.jwt_secret.expose_secret(), settings.auth.leeway_secs);
         let amqp = AmqpCheck::new(&settings.amqp.url, Duration::from_millis(settings.amqp.call_timeout_ms));
         let in_flight = Arc::new(Semaphore::new(settings.gateway.max_in_flight));
         Ok(Self(Arc::new(Shared {

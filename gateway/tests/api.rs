@@ -1,8 +1,10 @@
-//! The contract of ../shared/API.md, row by row, against the real services.
+//! The external contract (the API the storefront, operators and payment providers
+//! rely on), row by row, against the real services.
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use common::config::ExposeSecret;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::*;
@@ -223,7 +225,7 @@ async fn payments_follow_the_contract() {
     // Signatures: bad, stale, body changed after signing, missing, rotated keys.
     let body =
         json!({"event_id": "e9", "order_id": id, "amount_cents": 1400, "status": "succeeded"}).to_string();
-    let secret = env.settings.payments.webhook_secret.clone();
+    let secret = env.settings.payments.webhook_secret.expose_secret().to_owned();
     let good = testkit::sign(&secret, now_secs(), body.as_bytes());
     let wrong = testkit::sign("not-the-secret", now_secs(), body.as_bytes());
     let stale = testkit::sign(&secret, now_secs() - 301, body.as_bytes());
@@ -252,7 +254,7 @@ async fn payments_follow_the_contract() {
 async fn authentication_refuses_every_bad_token() {
     let env = Env::start().await;
     env.launch(campaign("c", json!([{"sku_id": "a", "stock": 5, "price_cents": 1}]), 1)).await;
-    let secret = env.settings.auth.jwt_secret.clone();
+    let secret = env.settings.auth.jwt_secret.expose_secret().to_owned();
     let now = now_secs();
     let none_alg = {
         use base64_like::encode;

@@ -85,12 +85,13 @@ impl Db {
     /// (processes may start before the database).
     pub async fn connect_retrying(settings: &MysqlSettings, patience: Duration) -> Result<Self> {
         let started = std::time::Instant::now();
+        let mut backoff = common::backoff::DEPENDENCY;
         loop {
             match Self::connect(settings).await {
                 Ok(db) => return Ok(db),
                 Err(e) if started.elapsed() < patience => {
                     tracing::warn!(error = %e, "mysql not ready; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(backoff.next_pause()).await;
                 }
                 Err(e) => return Err(e),
             }

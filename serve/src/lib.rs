@@ -1,5 +1,6 @@
 //! What each binary's listeners share: serving an axum router until the process is
-//! asked to stop, and the Prometheus text exposition of a registry.
+//! asked to stop, stopping a process's tasks together, and the Prometheus text
+//! exposition of a registry.
 #![forbid(unsafe_code)]
 
 use axum::Router;
@@ -23,6 +24,33 @@ pub fn until_stopped(
             tracing::error!(error = %e, listener = name, "listener failed");
         }
     })
+}
+
+/// A process's background tasks and the one switch that stops them all: each task
+/// watches the receiver [`Tasks::new`] hands out and finishes its current work when
+/// it turns true; [`Tasks::shutdown`] flips it and waits for every task.
+pub struct Tasks {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    pub fn new() -> (Self, watch::Receiver<bool>) {
+        let (stop, stopped) = watch::channel(false);
+        (Self { stop, handles: Vec::new() }, stopped)
+    }
+
+    pub fn push(&mut self, task: JoinHandle<()>) {
+        self.handles.push(task);
+    }
+
+    /// Asks every task to stop, then waits for each.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.handles {
+            let _ = t.await;
+        }
+    }
 }
 
 /// The Prometheus text exposition of `registry` (empty if it cannot be encoded).

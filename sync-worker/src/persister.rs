@@ -37,9 +37,6 @@ use tokio::sync::watch;
 use crate::context::{pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
 
-/// Longest pause between two attempts while MySQL is down.
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
-
 /// The body of a payment-timer message: the pending orders of one persisted batch
 /// that share a payment window. Published after every one of them was created, it
 /// dead-letters after the window, so never before any of their deadlines.
@@ -197,7 +194,7 @@ async fn apply(
         return Ok(());
     }
     let events: Vec<OrderEvent> = group.iter().map(|(e, _)| e.clone()).collect();
-    let mut retry = Duration::from_millis(100);
+    let mut backoff = common::backoff::DEPENDENCY;
     loop {
         let started = Instant::now();
         match ctx.db.apply_events(&events).await {
@@ -257,11 +254,10 @@ async fn apply(
                 return Ok(());
             }
         }
-        if pause(retry, stop).await {
+        if pause(backoff.next_pause(), stop).await {
             // Unacknowledged: the broker redelivers the batch to whoever runs next.
             return Ok(());
         }
-        retry = (retry * 2).min(MAX_RETRY_PAUSE);
     }
 }
 

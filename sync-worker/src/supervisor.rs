@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -14,7 +13,6 @@ use lapin::{Connection, ConnectionProperties};
 use ledger::Db;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::context::{pause, Ctx};
 use crate::error::{bounded, Result};
@@ -22,23 +20,17 @@ use crate::metrics::Metrics;
 use crate::topology::{self, DelayQueues, Names};
 use crate::{expiry, persister, reconcile, relay, restore, retire};
 
-/// Longest pause between two attempts to reach the broker.
-const MAX_BROKER_BACKOFF: Duration = Duration::from_secs(2);
-
+/// A running worker (tests start several in one process).
 pub struct Running {
     pub metrics_addr: SocketAddr,
     pub ctx: Arc<Ctx>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: serve::Tasks,
 }
 
 impl Running {
     /// Asks every task to finish its current batch, then waits for them.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.tasks.shutdown().await;
     }
 }
 
@@ -56,9 +48,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         db,
         settings,
     });
-    let (stop, stopped) = watch::channel(false);
+    let (mut tasks, stopped) = serve::Tasks::new();
     let metrics_addr = listener.local_addr()?;
-    let mut tasks = Vec::new();
 
     let app = Router::new()
         .route("/metrics", get(|State(c): State<Arc<Ctx>>| async move { c.metrics.render() }))
@@ -78,22 +69,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let (c, rx) = (Arc::clone(&ctx), stopped);
     tasks.push(tokio::spawn(async move { retire::run(&c, rx).await }));
     tracing::info!(%metrics_addr, consumer = %ctx.consumer, "sync-worker running");
-    Ok(Running { metrics_addr, ctx, stop, tasks })
+    Ok(Running { metrics_addr, ctx, tasks })
 }
 
 /// Connects to the broker and runs the relay, the persister and the timer consumer
 /// until one fails (then reconnects with backoff) or the worker stops.
 async fn broker_loop(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = common::backoff::DEPENDENCY;
     loop {
         match run_broker_tasks(ctx, stop.clone()).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "broker session ended; reconnecting"),
         }
-        if pause(backoff, &mut stop).await {
+        if pause(backoff.next_pause(), &mut stop).await {
             return;
         }
-        backoff = (backoff * 2).min(MAX_BROKER_BACKOFF);
     }
 }
 

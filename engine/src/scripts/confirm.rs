@@ -35,14 +35,10 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, r: &Request<'_>) -> Scri
     for sku in r.skus {
         inv.key(k.stock(&campaign, sku));
     }
-    let status = match r.status {
-        PaymentStatus::Succeeded => "succeeded",
-        PaymentStatus::Failed => "failed",
-    };
     inv.arg(campaign.as_str())
         .arg(r.order_id.as_str())
         .arg(r.amount_cents.to_string())
-        .arg(status)
+        .arg(r.status.as_str())
         .arg(k.prefix(&campaign))
         .arg(r.event_ttl_secs)
         .arg(k.notice_channel());

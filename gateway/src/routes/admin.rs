@@ -185,14 +185,7 @@ async fn campaign_view(
 ) -> Result<CampaignView, AppError> {
     let counters = state.engine.counters(campaign, &meta.skus).await?;
     let name = state.db.campaign(campaign.as_str()).await?.map(|c| c.name).unwrap_or_default();
-    let now = now_ms();
-    let status = if now < meta.starts_ms {
-        "scheduled"
-    } else if now < meta.ends_ms {
-        "active"
-    } else {
-        "ended"
-    };
+    let status = meta.phase_at(now_ms()).as_str();
     Ok(CampaignView {
         campaign_id: campaign.to_string(),
         name,

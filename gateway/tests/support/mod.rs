@@ -1,7 +1,7 @@
 //! Test support: a gateway on port 0 with its own Redis namespace and MySQL database.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use common::config::Settings;
+use common::config::{ExposeSecret, Settings};
 use gateway::server::Running;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{json, Value};
@@ -44,11 +44,17 @@ impl Env {
     }
 
     pub fn token(&self, user: &str) -> String {
-        token_with(&self.settings.auth.jwt_secret, json!({"sub": user, "exp": now_secs() + 600}))
+        token_with(
+            self.settings.auth.jwt_secret.expose_secret(),
+            json!({"sub": user, "exp": now_secs() + 600}),
+        )
     }
 
     pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, self.url(0, path)).bearer_auth(&self.settings.admin.token);
+        let mut req = self
+            .http
+            .request(method, self.url(0, path))
+            .bearer_auth(self.settings.admin.token.expose_secret());
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -121,7 +127,8 @@ impl Env {
     pub async fn pay(&self, event: &str, order: &str, amount: i64, status: &str) -> (StatusCode, Value) {
         let body = json!({"event_id": event, "order_id": order, "amount_cents": amount, "status": status})
             .to_string();
-        let sig = testkit::sign(&self.settings.payments.webhook_secret, now_secs(), body.as_bytes());
+        let sig =
+            testkit::sign(self.settings.payments.webhook_secret.expose_secret(), now_secs(), body.as_bytes());
         self.pay_raw(&body, &sig).await
     }
 
