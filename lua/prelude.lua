@@ -56,3 +56,11 @@ local function stock_keys_match(prefix, lines, first_key_index, count)
   end
   return true
 end
+
+-- Writes a campaign's meta hash from ARGV[first ..]: starts, ends, per-user limit,
+-- payment window, max_orders_per_sec, max_user_rps ('' = none); `skus` lists its skus.
+local function write_meta(key, first, skus)
+  redis.call('HSET', key, 'starts', ARGV[first], 'ends', ARGV[first + 1], 'limit', ARGV[first + 2],
+    'window', ARGV[first + 3], 'max_orders_per_sec', ARGV[first + 4], 'max_user_rps', ARGV[first + 5],
+    'skus', table.concat(skus, ','), 'version', 1)
+end

@@ -57,9 +57,7 @@ if mode == 'finish' then
     redis.call('HSET', KEYS[i], 'total', ARGV[b + 1], 'avail', ARGV[b + 2], 'resv', ARGV[b + 3],
       'sold', ARGV[b + 4], 'price', ARGV[b + 5], 'gen', ARGV[10])
   end
-  redis.call('HSET', KEYS[1], 'starts', ARGV[3], 'ends', ARGV[4], 'limit', ARGV[5],
-    'window', ARGV[6], 'max_orders_per_sec', ARGV[7], 'max_user_rps', ARGV[8],
-    'skus', table.concat(skus, ','), 'version', 1)
+  write_meta(KEYS[1], 3, skus)
   redis.call('SADD', KEYS[2], ARGV[2])
   redis.call('PUBLISH', ARGV[9], 'meta ' .. ARGV[2])
   return { 'ok' }

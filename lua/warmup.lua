@@ -22,9 +22,7 @@ for i = FIRST_STOCK_KEY, #KEYS do
   redis.call('HSET', KEYS[i], 'total', stock, 'avail', stock, 'resv', 0, 'sold', 0,
     'price', price, 'gen', 0)
 end
-redis.call('HSET', KEYS[1], 'starts', ARGV[2], 'ends', ARGV[3], 'limit', ARGV[4],
-  'window', ARGV[5], 'max_orders_per_sec', ARGV[6], 'max_user_rps', ARGV[7],
-  'skus', table.concat(skus, ','), 'version', 1)
+write_meta(KEYS[1], 2, skus)
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[8], 'meta ' .. ARGV[1])
 return { 'created' }

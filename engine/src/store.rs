@@ -60,6 +60,11 @@ impl StockStore {
         StoreParts { link: &self.link, keys: &self.keys, scripts: &self.scripts }
     }
 
+    /// A whole hash (empty when the key does not exist).
+    async fn hash(&self, key: String) -> Result<HashMap<String, String>> {
+        self.link.call(|mut c| async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }).await
+    }
+
     async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value> {
         self.link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await
     }
@@ -167,11 +172,7 @@ impl StockStore {
 
     /// The campaign's window, limits and skus, or `None` if Redis does not know it.
     pub(crate) async fn campaign_meta(&self, campaign: &CampaignId) -> Result<Option<CampaignMeta>> {
-        let key = self.keys.meta(campaign);
-        let map: HashMap<String, String> = self
-            .link
-            .call(|mut c| async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await })
-            .await?;
+        let map = self.hash(self.keys.meta(campaign)).await?;
         if map.is_empty() {
             return Ok(None);
         }
@@ -196,11 +197,7 @@ impl StockStore {
 
     /// The reservation as Redis holds it, or `None`.
     pub(crate) async fn order(&self, order_id: &OrderId) -> Result<Option<OrderRecord>> {
-        let key = self.keys.order(order_id);
-        let map: HashMap<String, String> = self
-            .link
-            .call(|mut c| async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await })
-            .await?;
+        let map = self.hash(self.keys.order(order_id)).await?;
         if map.is_empty() {
             return Ok(None);
         }

@@ -31,11 +31,7 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent]) -> Result<Applied>
     sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
     let mut tx = conn.begin().await?;
 
-    let mut q = QueryBuilder::<MySql>::new("SELECT order_id, status FROM orders WHERE order_id IN (");
-    let mut ids = q.separated(", ");
-    for e in events {
-        ids.push_bind(&e.order_id);
-    }
+    let mut q = in_list("SELECT order_id, status FROM orders WHERE order_id IN (", events, |e| &e.order_id);
     q.push(") FOR UPDATE");
     let mut in_db = HashMap::new();
     for r in q.build().fetch_all(&mut *tx).await? {
@@ -48,11 +44,9 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent]) -> Result<Applied>
     // Shared locks on the campaign rows: a rebuild marks `restored_ms` with an update
     // that waits for this transaction, and every transaction after it sees the mark.
     let mut q =
-        QueryBuilder::<MySql>::new("SELECT campaign_id, restored_ms FROM campaigns WHERE campaign_id IN (");
-    let mut ids = q.separated(", ");
-    for e in events {
-        ids.push_bind(&e.campaign_id);
-    }
+        in_list("SELECT campaign_id, restored_ms FROM campaigns WHERE campaign_id IN (", events, |e| {
+            &e.campaign_id
+        });
     q.push(") LOCK IN SHARE MODE");
     let mut restored = HashMap::new();
     for r in q.build().fetch_all(&mut *tx).await? {
@@ -134,4 +128,18 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent]) -> Result<Applied>
     }
     tx.commit().await?;
     Ok(plan.applied)
+}
+
+/// `head` followed by one bound value per event, comma-separated (close it yourself).
+fn in_list<'a>(
+    head: &'static str,
+    events: &'a [OrderEvent],
+    value: impl Fn(&'a OrderEvent) -> &'a String,
+) -> QueryBuilder<'a, MySql> {
+    let mut q = QueryBuilder::<MySql>::new(head);
+    let mut list = q.separated(", ");
+    for e in events {
+        list.push_bind(value(e));
+    }
+    q
 }

@@ -161,25 +161,17 @@ impl Db {
     /// persister transaction touching the campaign, so a snapshot read after this
     /// sees every order MySQL will ever accept from before the loss.
     pub async fn mark_restored(&self, campaign: &str, at_ms: i64) -> Result<()> {
-        self.bounded(async {
-            sqlx::query("UPDATE campaigns SET restored_ms = ? WHERE campaign_id = ?")
-                .bind(at_ms)
-                .bind(campaign)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
-        })
-        .await
+        self.mark(campaign, "UPDATE campaigns SET restored_ms = ? WHERE campaign_id = ?", at_ms).await
     }
 
     /// Records that a campaign's per-order data left Redis.
-    pub async fn mark_retired(&self, campaign: &str, now_ms: i64) -> Result<()> {
+    pub async fn mark_retired(&self, campaign: &str, at_ms: i64) -> Result<()> {
+        self.mark(campaign, "UPDATE campaigns SET retired_ms = ? WHERE campaign_id = ?", at_ms).await
+    }
+
+    async fn mark(&self, campaign: &str, update: &'static str, at_ms: i64) -> Result<()> {
         self.bounded(async {
-            sqlx::query("UPDATE campaigns SET retired_ms = ? WHERE campaign_id = ?")
-                .bind(now_ms)
-                .bind(campaign)
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(update).bind(at_ms).bind(campaign).execute(&self.pool).await?;
             Ok(())
         })
         .await

@@ -51,6 +51,26 @@ impl Ctx {
     }
 }
 
+/// Starts consuming `queue` on `ch` as `<role>-<this worker>`.
+pub async fn consume(
+    ctx: &Ctx,
+    ch: &lapin::Channel,
+    queue: &str,
+    role: &str,
+) -> crate::error::Result<lapin::Consumer> {
+    crate::error::bounded(
+        ctx.broker_timeout(),
+        "basic.consume",
+        ch.basic_consume(
+            queue.into(),
+            format!("{role}-{}", ctx.consumer).as_str().into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+}
+
 /// Sleeps for `d` unless asked to stop first; returns whether to stop.
 pub async fn pause(d: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
     if *stop.borrow() {

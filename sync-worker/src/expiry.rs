@@ -23,12 +23,11 @@ use engine::campaign::OrderRecord;
 use engine::clock::now_ms;
 use engine::domain::{CampaignId, OrderId, ReleaseOutcome, ReleaseReason};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Channel;
 use tokio::sync::watch;
 
-use crate::context::{pause, Ctx};
+use crate::context::{consume, pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
 use crate::persister::Timer;
 use crate::relay::RESCAN_EVERY;
@@ -49,17 +48,7 @@ const MYSQL_SWEEP_MAX_ROWS: usize = 8192;
 
 pub async fn consume_timers(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
     let limit = ctx.broker_timeout();
-    let mut consumer = bounded(
-        limit,
-        "basic.consume",
-        ch.basic_consume(
-            ctx.names.timeouts_queue.as_str().into(),
-            format!("timeouts-{}", ctx.consumer).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    let mut consumer = consume(ctx, ch, &ctx.names.timeouts_queue, "timeouts").await?;
     loop {
         let next = tokio::select! {
             d = consumer.next() => d,

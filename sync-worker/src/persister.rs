@@ -24,17 +24,16 @@ use common::message::{OrderEvent, OrderStatus};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
 use ledger::DbError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::context::{pause, Ctx};
+use crate::context::{consume, pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
 
 /// The body of a payment-timer message: the pending orders of one persisted batch
@@ -48,17 +47,7 @@ pub struct Timer {
 pub async fn run(ctx: &Ctx, ch: &Channel, timer_ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
     let limit = ctx.broker_timeout();
     bounded(limit, "basic.qos", ch.basic_qos(ctx.settings.amqp.prefetch, BasicQosOptions::default())).await?;
-    let mut consumer = bounded(
-        limit,
-        "basic.consume",
-        ch.basic_consume(
-            ctx.names.orders_queue.as_str().into(),
-            format!("persister-{}", ctx.consumer).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
+    let mut consumer = consume(ctx, ch, &ctx.names.orders_queue, "persister").await?;
     let max = ctx.settings.worker.persist_batch_max;
     let wait = Duration::from_millis(ctx.settings.worker.persist_batch_wait_ms);
     loop {

@@ -41,6 +41,24 @@ impl Scripts {
     }
 }
 
+/// The campaign id, its window, limit, payment window and thresholds, then the
+/// notice channel: the arguments `warmup.lua` and `restore.lua`'s last step share
+/// (the prelude's `write_meta` reads them).
+fn push_meta_args(
+    inv: &mut redis::ScriptInvocation<'_>,
+    k: &crate::keys::KeySpace,
+    spec: &crate::campaign::CampaignLaunch,
+) {
+    inv.arg(spec.campaign.as_str())
+        .arg(spec.starts_ms)
+        .arg(spec.ends_ms)
+        .arg(spec.per_user_limit)
+        .arg(spec.payment_window_secs)
+        .arg(threshold_arg(spec.max_orders_per_sec))
+        .arg(threshold_arg(spec.max_user_requests_per_sec))
+        .arg(k.notice_channel());
+}
+
 /// A threshold as the scripts take it: empty for none.
 fn threshold_arg(v: Option<u32>) -> String {
     v.map(|n| n.to_string()).unwrap_or_default()

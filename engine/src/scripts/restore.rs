@@ -3,7 +3,7 @@
 
 use redis::{Script, ScriptInvocation, Value};
 
-use super::{threshold_arg, Reply};
+use super::Reply;
 use crate::campaign::CampaignLaunch;
 use crate::campaign::SnapshotOrder;
 use crate::domain::UserId;
@@ -69,16 +69,9 @@ pub fn finish<'s>(
     let c = &spec.campaign;
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(c)).key(k.campaigns());
-    inv.arg("finish")
-        .arg(c.as_str())
-        .arg(spec.starts_ms)
-        .arg(spec.ends_ms)
-        .arg(spec.per_user_limit)
-        .arg(spec.payment_window_secs)
-        .arg(threshold_arg(spec.max_orders_per_sec))
-        .arg(threshold_arg(spec.max_user_requests_per_sec))
-        .arg(k.notice_channel())
-        .arg(generation);
+    inv.arg("finish");
+    super::push_meta_args(&mut inv, k, spec);
+    inv.arg(generation);
     for item in &spec.items {
         let (avail, resv, sold) = stock(&item.sku);
         inv.key(k.stock(c, &item.sku));

@@ -2,7 +2,7 @@
 
 use redis::{Script, ScriptInvocation, Value};
 
-use super::{threshold_arg, Reply};
+use super::Reply;
 use crate::campaign::{CampaignLaunch, LaunchOutcome};
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
@@ -16,14 +16,7 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, spec: &CampaignLaunch) -
     let c = &spec.campaign;
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(c)).key(k.campaigns());
-    inv.arg(c.as_str())
-        .arg(spec.starts_ms)
-        .arg(spec.ends_ms)
-        .arg(spec.per_user_limit)
-        .arg(spec.payment_window_secs)
-        .arg(threshold_arg(spec.max_orders_per_sec))
-        .arg(threshold_arg(spec.max_user_requests_per_sec))
-        .arg(k.notice_channel());
+    super::push_meta_args(&mut inv, k, spec);
     for item in &spec.items {
         inv.key(k.stock(c, &item.sku));
         inv.arg(item.sku.as_str()).arg(item.stock).arg(item.price_cents);
