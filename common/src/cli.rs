@@ -1,7 +1,10 @@
 //! What both binaries do around their work: read `--config`, load settings (exit 64
-//! on bad settings), warn about development secrets, and wait for SIGTERM or Ctrl-C.
+//! on bad settings), warn about development secrets, wait for SIGTERM or Ctrl-C, drain.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::config::{Settings, EXIT_BAD_CONFIG};
 
@@ -44,4 +47,41 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A binary's whole life: telemetry, settings from the command line, `start`, then on
+/// SIGTERM or Ctrl-C `stop` (drain), bounded by `grace`. `stopping` is logged first.
+pub async fn run<R, E, Start, StartFut, Stop, StopFut>(
+    bin: &'static str,
+    start: Start,
+    grace: impl FnOnce(&Settings) -> Duration,
+    stopping: &'static str,
+    stop: Stop,
+) -> ExitCode
+where
+    E: std::fmt::Display,
+    Start: FnOnce(Settings) -> StartFut,
+    StartFut: Future<Output = Result<R, E>>,
+    Stop: FnOnce(R) -> StopFut,
+    StopFut: Future<Output = ()>,
+{
+    crate::telemetry::init();
+    let settings = match settings_from_args(bin) {
+        Ok(s) => s,
+        Err(code) => return ExitCode::from(code),
+    };
+    let grace = grace(&settings);
+    let running = match start(settings).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "{bin} failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down: {stopping}");
+    if tokio::time::timeout(grace, stop(running)).await.is_err() {
+        tracing::warn!("drain took longer than the grace period");
+    }
+    ExitCode::SUCCESS
 }

@@ -306,6 +306,15 @@ mod tests {
         }
     }
 
+    /// A live cache holding campaign `c` with sku `a`.
+    fn live_cache(sold_out_ttl: Duration, refresh: Duration) -> (LocalCache, CampaignId, SkuId) {
+        let cache = LocalCache::new(sold_out_ttl, refresh);
+        cache.set_live(true);
+        let c = CampaignId::parse("c").unwrap();
+        cache.put(&c, Some(meta(&["a"])), None);
+        (cache, c, SkuId::parse("a").unwrap())
+    }
+
     fn entry(cache: &LocalCache) -> Arc<CampaignEntry> {
         match cache.lookup("c") {
             Lookup::Known(e) => e,
@@ -315,11 +324,7 @@ mod tests {
 
     #[test]
     fn stale_sold_out_answers_cannot_undo_a_restock() {
-        let cache = LocalCache::new(Duration::from_secs(1), Duration::from_secs(1));
-        cache.set_live(true);
-        let c = CampaignId::parse("c").unwrap();
-        let sku = SkuId::parse("a").unwrap();
-        cache.put(&c, Some(meta(&["a"])), None);
+        let (cache, _, sku) = live_cache(Duration::from_secs(1), Duration::from_secs(1));
         cache.mark_sold_out("c", &sku, 0, 0);
         assert!(cache.is_sold_out(&entry(&cache), &sku));
         cache.restock("c", &sku, 1);
@@ -334,11 +339,7 @@ mod tests {
 
     #[test]
     fn a_flag_waits_for_the_buyers_redis_had_when_it_was_set() {
-        let cache = LocalCache::new(Duration::from_secs(1), Duration::from_secs(1));
-        cache.set_live(true);
-        let c = CampaignId::parse("c").unwrap();
-        let sku = SkuId::parse("a").unwrap();
-        cache.put(&c, Some(meta(&["a"])), None);
+        let (cache, c, sku) = live_cache(Duration::from_secs(1), Duration::from_secs(1));
         cache.add_buyer("c", "u1");
         // Redis had two buyers; the notice of the second has not arrived here yet.
         cache.mark_sold_out("c", &sku, 0, 2);
@@ -387,11 +388,7 @@ mod tests {
 
     #[test]
     fn flags_expire_after_their_ttl() {
-        let cache = LocalCache::new(Duration::from_millis(30), Duration::from_secs(1));
-        cache.set_live(true);
-        let c = CampaignId::parse("c").unwrap();
-        let sku = SkuId::parse("a").unwrap();
-        cache.put(&c, Some(meta(&["a"])), None);
+        let (cache, _, sku) = live_cache(Duration::from_millis(30), Duration::from_secs(1));
         cache.mark_sold_out("c", &sku, 0, 0);
         assert!(cache.is_sold_out(&entry(&cache), &sku));
         std::thread::sleep(Duration::from_millis(40));
@@ -400,11 +397,7 @@ mod tests {
 
     #[test]
     fn reloads_keep_flags_and_missing_entries_expire() {
-        let cache = LocalCache::new(Duration::from_secs(5), Duration::from_millis(30));
-        cache.set_live(true);
-        let c = CampaignId::parse("c").unwrap();
-        let sku = SkuId::parse("a").unwrap();
-        cache.put(&c, Some(meta(&["a"])), None);
+        let (cache, c, sku) = live_cache(Duration::from_secs(5), Duration::from_millis(30));
         cache.mark_sold_out("c", &sku, 0, 0);
         cache.put(&c, Some(meta(&["a"])), None);
         assert!(cache.is_sold_out(&entry(&cache), &sku));

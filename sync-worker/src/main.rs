@@ -3,23 +3,19 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long the worker may take to finish its current batches after SIGTERM.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    common::telemetry::init();
-    let settings = match common::cli::settings_from_args("sync-worker") {
-        Ok(s) => s,
-        Err(code) => return ExitCode::from(code),
-    };
-    let running = match sync_worker::supervisor::start(settings).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "sync-worker failed to start");
-            return ExitCode::FAILURE;
-        }
-    };
-    common::cli::shutdown_signal().await;
-    tracing::info!("shutting down: finishing the current batches");
-    running.shutdown().await;
-    ExitCode::SUCCESS
+    common::cli::run(
+        "sync-worker",
+        sync_worker::supervisor::start,
+        |_| DRAIN_GRACE,
+        "finishing the current batches",
+        |running| running.shutdown(),
+    )
+    .await
 }

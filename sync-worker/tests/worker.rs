@@ -70,6 +70,21 @@ impl Env {
         }
     }
 
+    /// One reservation each for users `u0..u<n>`.
+    async fn reserve_many(&self, c: &CampaignId, n: usize) -> Vec<OrderId> {
+        let mut orders = Vec::with_capacity(n);
+        for i in 0..n {
+            orders.push(self.reserve(c, &format!("u{i}")).await);
+        }
+        orders
+    }
+
+    /// Pays order `o` (100 cents) with event `e<i>`.
+    async fn pay(&self, o: &OrderId, i: usize) -> ConfirmOutcome {
+        let ev = EventId::parse(&format!("e{i}")).unwrap();
+        self.engine.confirm(o, &ev, 100, PaymentStatus::Succeeded).await.unwrap()
+    }
+
     async fn wait_for(&self, what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
         let started = Instant::now();
         while !ok().await {
@@ -134,16 +149,9 @@ async fn every_reservation_becomes_exactly_one_mysql_order_in_its_final_state() 
     let env = Env::new().await;
     let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let c = env.launch("c", 500, 900, 1).await;
-    let mut orders = Vec::new();
-    for i in 0..200 {
-        orders.push(env.reserve(&c, &format!("u{i}")).await);
-    }
+    let orders = env.reserve_many(&c, 200).await;
     for (i, o) in orders.iter().enumerate().take(50) {
-        let ev = EventId::parse(&format!("e{i}")).unwrap();
-        assert_eq!(
-            env.engine.confirm(o, &ev, 100, PaymentStatus::Succeeded).await.unwrap(),
-            ConfirmOutcome::Paid
-        );
+        assert_eq!(env.pay(o, i).await, ConfirmOutcome::Paid);
     }
     for o in &orders[50..100] {
         env.engine.release(o, ReleaseReason::Cancelled).await.unwrap();
@@ -172,13 +180,9 @@ async fn unpaid_orders_expire_once_in_both_stores_and_late_payments_need_a_refun
     let env = Env::new().await;
     let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     let c = env.launch("c", 20, 1, 1).await;
-    let mut orders = Vec::new();
-    for i in 0..10 {
-        orders.push(env.reserve(&c, &format!("u{i}")).await);
-    }
+    let orders = env.reserve_many(&c, 10).await;
     for (i, o) in orders.iter().enumerate().take(5) {
-        let ev = EventId::parse(&format!("e{i}")).unwrap();
-        env.engine.confirm(o, &ev, 100, PaymentStatus::Succeeded).await.unwrap();
+        env.pay(o, i).await;
     }
     let deadline = now_ms() + 1000;
     env.wait_for("expiry in redis and mysql", Duration::from_secs(10), async || {
@@ -391,8 +395,7 @@ async fn the_mysql_sweep_settles_rows_redis_moved_on_from_and_reaches_the_rows_b
         env.db.apply_events(&[ev]).await.unwrap();
         match i {
             0..600 => {
-                let ev = EventId::parse(&format!("e{i}")).unwrap();
-                env.engine.confirm(&o, &ev, 100, PaymentStatus::Succeeded).await.unwrap();
+                env.pay(&o, i).await;
                 paid.push(o);
             }
             600..630 => lost.push(o),
