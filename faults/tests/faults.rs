@@ -176,7 +176,22 @@ async fn assert_invariants(
     .unwrap();
     let m: Vec<i64> = (0..4).map(|i| row.get::<i64, _>(i)).collect();
     assert_eq!(m[0] + m[1] + m[2], m[3], "MySQL: available + reserved + sold = stock_total");
-    assert_eq!((m[0], m[1], m[2]), (avail, resv, sold), "MySQL buckets equal Redis's");
+    if (m[0], m[1], m[2]) != (avail, resv, sold) {
+        let pending: Vec<(Vec<u8>, i64, i64, i64)> = sqlx::query_as(
+            "SELECT order_id, created_ms, expires_ms, updated_ms FROM orders WHERE campaign_id = ? AND status = 'pending_payment'",
+        )
+        .bind(campaign)
+        .fetch_all(db)
+        .await
+        .unwrap();
+        let pending: Vec<String> = pending
+            .into_iter()
+            .map(|(id, c, e, u)| {
+                format!("{} created {c} expires {e} updated {u}", String::from_utf8_lossy(&id))
+            })
+            .collect();
+        panic!("MySQL buckets {m:?} differ from Redis's ({avail}, {resv}, {sold}); pending in MySQL: {pending:?}");
+    }
     let ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT order_id FROM orders WHERE campaign_id = ?")
         .bind(campaign)
         .fetch_all(db)
