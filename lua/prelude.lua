@@ -10,28 +10,46 @@ local function int(v)
   return string.format('%d', v)
 end
 
--- Appends one state-change entry for an order to the campaign's outbox stream.
--- The entry carries the whole order, so a consumer can apply entries in any order.
--- When the stream was empty, an `outbox <campaign>` notice tells the relays that this
--- campaign has work again: an idle relay polls nothing (a missed notice is caught by
+-- One order's state as an order event (the JSON the persister reads): the whole
+-- order, so a consumer can apply events in any order. Numbers come formatted.
+local function order_doc(campaign, order_id, user, state, items_json, total, created, expires, paid,
+                         window, event_ms)
+  return '{"order_id":' .. cjson.encode(order_id)
+    .. ',"campaign_id":' .. cjson.encode(campaign)
+    .. ',"user_id":' .. cjson.encode(user)
+    .. ',"status":' .. cjson.encode(state)
+    .. ',"items":' .. items_json
+    .. ',"total_cents":' .. total
+    .. ',"created_ms":' .. created
+    .. ',"expires_ms":' .. expires
+    .. ',"paid_ms":' .. (paid or '0')
+    .. ',"payment_window_secs":' .. window
+    .. ',"event_ms":' .. int(event_ms) .. '}'
+end
+
+-- When the campaign's outbox is empty, an `outbox <campaign>` notice tells the relays
+-- that it has work again: an idle relay polls nothing (a missed notice is caught by
 -- the relay's periodic rescan).
-local function emit(outbox, campaign, order_id, order_key, event_ms, channel)
+local function announce_work(outbox, campaign, channel)
   if redis.call('XLEN', outbox) == 0 then
     redis.call('PUBLISH', channel, 'outbox ' .. campaign)
   end
+end
+
+-- Appends one outbox entry carrying many orders' events (field `orders`, a version 2
+-- message: {"version":2,"events":[...]}): one entry, one AMQP message, one
+-- persister transaction for everything one script call decided.
+local function emit_docs(outbox, campaign, docs, channel)
+  announce_work(outbox, campaign, channel)
+  redis.call('XADD', outbox, '*', 'orders', '{"version":2,"events":[' .. table.concat(docs, ',') .. ']}')
+end
+
+-- Appends one order's event, read from its hash, as a version 1 entry (field `order`).
+local function emit(outbox, campaign, order_id, order_key, event_ms, channel)
   local o = redis.call('HMGET', order_key, 'user', 'state', 'items', 'total', 'created', 'expires', 'paid', 'window')
-  local doc = '{"order_id":' .. cjson.encode(order_id)
-    .. ',"campaign_id":' .. cjson.encode(campaign)
-    .. ',"user_id":' .. cjson.encode(o[1])
-    .. ',"status":' .. cjson.encode(o[2])
-    .. ',"items":' .. o[3]
-    .. ',"total_cents":' .. o[4]
-    .. ',"created_ms":' .. o[5]
-    .. ',"expires_ms":' .. o[6]
-    .. ',"paid_ms":' .. (o[7] or '0')
-    .. ',"payment_window_secs":' .. o[8]
-    .. ',"event_ms":' .. int(event_ms) .. '}'
-  redis.call('XADD', outbox, '*', 'order', doc)
+  announce_work(outbox, campaign, channel)
+  redis.call('XADD', outbox, '*', 'order',
+    order_doc(campaign, order_id, o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], event_ms))
 end
 
 -- Reads an order's line list back into {sku, qty} pairs.

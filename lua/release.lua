@@ -24,6 +24,7 @@ end
 
 local now = now_ms()
 local outcomes = {}
+local docs = {}
 local restocked = {}
 local restocked_order = {}
 local key_at = 4
@@ -32,7 +33,7 @@ for arg = 5, #ARGV, 2 do
   local order_id, nstock = ARGV[arg], tonumber(ARGV[arg + 1])
   local order_key, user_key, first_stock = KEYS[key_at], KEYS[key_at + 1], key_at + 2
   key_at = first_stock + nstock
-  local o = redis.call('HMGET', order_key, 'state', 'items', 'units', 'expires', 'user')
+  local o = redis.call('HMGET', order_key, 'state', 'items', 'units', 'expires', 'user', 'total', 'created', 'paid', 'window')
   local outcome
   if not o[1] then
     redis.call('ZREM', KEYS[3], order_id)
@@ -66,13 +67,16 @@ for arg = 5, #ARGV, 2 do
       end
       redis.call('HSET', order_key, 'state', target, 'ended', int(now))
       redis.call('ZREM', KEYS[3], order_id)
-      emit(KEYS[2], campaign, order_id, order_key, now, channel)
+      docs[#docs + 1] = order_doc(campaign, order_id, o[5], target, o[2], o[6], o[7], o[4], o[8], o[9], now)
       outcome = 'released'
     end
   end
   outcomes[#outcomes + 1] = outcome
 end
 
+if #docs > 0 then
+  emit_docs(KEYS[2], campaign, docs, channel)
+end
 local flat = {}
 for _, sku in ipairs(restocked_order) do
   flat[#flat + 1] = sku

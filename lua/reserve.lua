@@ -1,128 +1,162 @@
--- reserve: all lines of one order, or none.
--- KEYS: 1 meta, 2 user count, 3 idempotency, 4 order, 5 outbox, 6 pending (zset),
---       7 buyers (set), 8 order rate (string "<second> <count>"),
---       9.. one stock hash per line, in ARGV order
--- ARGV: 1 campaign, 2 order_id, 3 user_id, 4 fingerprint, 5 idempotency ttl secs,
---       6 outbox max length, 7 events channel, then (sku, qty) pairs
--- Replies (first element is the outcome):
+-- reserve: the orders of one campaign gathered into one call (group commit), each
+-- decided on its own exactly as if it came alone, in arrival order: all its lines or
+-- none, per-user limit, idempotency, window, thresholds, sold-out naming the sku.
+-- What is the batch's is done once: campaign meta, the clock, the rate counter, the
+-- outbox length, one outbox entry carrying every order granted, one buyer notice.
+-- KEYS: 1 meta, 2 outbox, 3 pending (zset), 4 buyers (set), 5 order rate
+--       (string "<second> <count>"), then per order, in ARGV order:
+--       user count, idempotency, order, one stock hash per line
+-- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
+--       then per order: order_id, user_id, fingerprint, number of lines,
+--       then (sku, qty) per line
+-- Reply: one element per order, in order, each one of
 --   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
 --   {'replay', order_id, items_json, total, created_ms, expires_ms, {}}
 --   {'reused'}  {'campaign_not_found'}  {'not_active'}  {'sku_not_found', sku}
 --   {'sold_out', sku, gen, available, buyers}
 --   {'limit_exceeded', held, limit}  {'backlog_full', len}  {'rate_limited', retry_after_ms}
--- The {sku, gen, ...} list names skus this reservation brought to zero, with their
--- stock generation. `buyers` (the buyer set's size) comes with every reply that can
--- flag a sku sold out: a gateway trusts that flag only once it has heard of that many
--- buyers, so a buyer's retry is never answered sold_out before their notice arrived.
--- Every condition is checked before the first write.
+--   {'id_in_use'} (a bug guard: order ids are random)
+-- The {sku, gen, ...} list names skus this order brought to zero, with their stock
+-- generation. `buyers` (the buyer set's size after the call) comes with every reply
+-- that can flag a sku sold out: a gateway trusts that flag only once it has heard of
+-- that many buyers, so a buyer's retry is never answered sold_out before their notice
+-- arrived. Every order's conditions are checked before its first write.
 
-local campaign, order_id, user_id, fingerprint = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local idem_ttl, outbox_max, channel = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local FIRST_STOCK_KEY, FIRST_LINE_ARG = 9, 8
-local n = (#ARGV - FIRST_LINE_ARG + 1) / 2
+local campaign, idem_ttl, outbox_max, channel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local K_META, K_OUTBOX, K_PENDING, K_BUYERS, K_RATE = 1, 2, 3, 4, 5
 
-local function reply_from_idem(outcome)
-  local r = redis.call('HMGET', KEYS[3], 'order', 'items', 'total', 'created', 'expires')
-  return { outcome, r[1], r[2], r[3], r[4], r[5], {} }
-end
-
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  if redis.call('HGET', KEYS[3], 'fp') ~= fingerprint then
-    return { 'reused' }
-  end
-  return reply_from_idem('replay')
-end
-
-local meta = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec')
-if not meta[1] then
-  return { 'campaign_not_found' }
-end
+local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec')
 local now = now_ms()
-if now < tonumber(meta[1]) or now >= tonumber(meta[2]) then
-  return { 'not_active' }
-end
-
-local lines = {}
-local units = 0
-for i = 1, n do
-  local sku, qty = ARGV[FIRST_LINE_ARG + 2 * (i - 1)], tonumber(ARGV[FIRST_LINE_ARG + 2 * i - 1])
-  local s = redis.call('HMGET', KEYS[FIRST_STOCK_KEY + i - 1], 'avail', 'price', 'gen')
-  if not s[1] then
-    return { 'sku_not_found', sku }
-  end
-  lines[i] = { sku = sku, qty = qty, avail = tonumber(s[1]), price = tonumber(s[2]), gen = s[3] or '0' }
-  units = units + qty
-end
-for i = 1, n do
-  if lines[i].avail < lines[i].qty then
-    return { 'sold_out', lines[i].sku, lines[i].gen, int(lines[i].avail), redis.call('SCARD', KEYS[7]) }
-  end
-end
-
-local held = tonumber(redis.call('GET', KEYS[2]) or '0')
-local limit = tonumber(meta[3])
-if held + units > limit then
-  return { 'limit_exceeded', int(held), int(limit) }
-end
-local backlog = redis.call('XLEN', KEYS[5])
-if backlog >= outbox_max then
-  return { 'backlog_full', backlog }
-end
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  return redis.error_reply('order id already in use: ' .. order_id)
-end
--- max_orders_per_sec counts reservations granted in the current second (Redis clock),
--- across every gateway; only requests that would otherwise succeed are counted.
+local open = meta[1] and now >= tonumber(meta[1]) and now < tonumber(meta[2])
+local backlog = redis.call('XLEN', KEYS[K_OUTBOX])
 local second = math.floor(now / 1000)
-local granted = 0
 local max_rate = tonumber(meta[5] or '')
+local granted_this_second = 0
 if max_rate then
-  local rate = redis.call('GET', KEYS[8])
+  local rate = redis.call('GET', KEYS[K_RATE])
   if rate then
     local sep = string.find(rate, ' ', 1, true)
     if tonumber(string.sub(rate, 1, sep - 1)) == second then
-      granted = tonumber(string.sub(rate, sep + 1))
+      granted_this_second = tonumber(string.sub(rate, sep + 1))
     end
   end
-  if granted >= max_rate then
-    return { 'rate_limited', int(1000 - now % 1000) }
-  end
 end
 
--- All checks passed: from here on every call writes.
-if max_rate then
-  redis.call('SET', KEYS[8], int(second) .. ' ' .. int(granted + 1), 'PX', 2000)
-end
-local total = 0
-local items = {}
-local emptied = {}
-for i = 1, n do
-  local l = lines[i]
-  local key = KEYS[FIRST_STOCK_KEY + i - 1]
-  local left = redis.call('HINCRBY', key, 'avail', -l.qty)
-  redis.call('HINCRBY', key, 'resv', l.qty)
-  if left == 0 then
-    emptied[#emptied + 1] = l.sku
-    emptied[#emptied + 1] = l.gen
-  end
-  total = total + l.qty * l.price
-  items[i] = '{"sku_id":' .. cjson.encode(l.sku) .. ',"quantity":' .. int(l.qty)
-    .. ',"price_cents":' .. int(l.price) .. '}'
-end
-local items_json = '[' .. table.concat(items, ',') .. ']'
-local expires = now + tonumber(meta[4]) * 1000
+local replies = {}
+local docs = {}
+local new_buyers = {}
+local needs_buyer_count = {}
+local key_at, arg_at = 6, 5
 
-redis.call('INCRBY', KEYS[2], units)
-redis.call('HSET', KEYS[4], 'user', user_id, 'state', 'pending_payment', 'items', items_json,
-  'units', units, 'total', int(total), 'created', int(now), 'expires', int(expires), 'window', meta[4])
-redis.call('HSET', KEYS[3], 'fp', fingerprint, 'order', order_id, 'items', items_json,
-  'total', int(total), 'created', int(now), 'expires', int(expires))
-redis.call('EXPIRE', KEYS[3], idem_ttl)
-redis.call('ZADD', KEYS[6], expires, order_id)
--- Gateways answer sold-out and ended locally, except to known buyers, whose retries
--- must reach this script to be replayed.
-if redis.call('SADD', KEYS[7], user_id) == 1 then
-  redis.call('PUBLISH', channel, 'buyer ' .. campaign .. ' ' .. user_id)
+while arg_at <= #ARGV do
+  local order_id, user_id, fingerprint, n = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], tonumber(ARGV[arg_at + 3])
+  local k_user, k_idem, k_order, first_stock = KEYS[key_at], KEYS[key_at + 1], KEYS[key_at + 2], key_at + 3
+  local first_line = arg_at + 4
+  key_at = first_stock + n
+  arg_at = first_line + 2 * n
+
+  local reply
+  if redis.call('EXISTS', k_idem) == 1 then
+    if redis.call('HGET', k_idem, 'fp') ~= fingerprint then
+      reply = { 'reused' }
+    else
+      local r = redis.call('HMGET', k_idem, 'order', 'items', 'total', 'created', 'expires')
+      reply = { 'replay', r[1], r[2], r[3], r[4], r[5], {} }
+    end
+  elseif not meta[1] then
+    reply = { 'campaign_not_found' }
+  elseif not open then
+    reply = { 'not_active' }
+  else
+    local lines, units = {}, 0
+    for i = 1, n do
+      local sku, qty = ARGV[first_line + 2 * (i - 1)], tonumber(ARGV[first_line + 2 * i - 1])
+      local s = redis.call('HMGET', KEYS[first_stock + i - 1], 'avail', 'price', 'gen')
+      if not s[1] then
+        reply = { 'sku_not_found', sku }
+        break
+      end
+      lines[i] = { sku = sku, qty = qty, avail = tonumber(s[1]), price = tonumber(s[2]), gen = s[3] or '0' }
+      units = units + qty
+    end
+    if not reply then
+      for i = 1, n do
+        if lines[i].avail < lines[i].qty then
+          reply = { 'sold_out', lines[i].sku, lines[i].gen, int(lines[i].avail), 0 }
+          needs_buyer_count[#replies + 1] = 5
+          break
+        end
+      end
+    end
+    local held = 0
+    if not reply then
+      held = tonumber(redis.call('GET', k_user) or '0')
+      if held + units > tonumber(meta[3]) then
+        reply = { 'limit_exceeded', int(held), meta[3] }
+      elseif backlog + #docs >= outbox_max then
+        reply = { 'backlog_full', backlog + #docs }
+      elseif redis.call('EXISTS', k_order) == 1 then
+        -- Order ids are random (uuid v7): never seen; refused, never overwritten.
+        reply = { 'id_in_use' }
+      elseif max_rate and granted_this_second >= max_rate then
+        -- max_orders_per_sec counts reservations granted in the current second (Redis
+        -- clock), across every gateway; only requests that would otherwise succeed count.
+        reply = { 'rate_limited', int(1000 - now % 1000) }
+      end
+    end
+    if not reply then
+      -- All checks passed: from here on every call writes.
+      granted_this_second = granted_this_second + 1
+      local total, items, emptied = 0, {}, {}
+      for i = 1, n do
+        local l = lines[i]
+        local key = KEYS[first_stock + i - 1]
+        local left = redis.call('HINCRBY', key, 'avail', -l.qty)
+        redis.call('HINCRBY', key, 'resv', l.qty)
+        if left == 0 then
+          emptied[#emptied + 1] = l.sku
+          emptied[#emptied + 1] = l.gen
+        end
+        total = total + l.qty * l.price
+        items[i] = '{"sku_id":' .. cjson.encode(l.sku) .. ',"quantity":' .. int(l.qty)
+          .. ',"price_cents":' .. int(l.price) .. '}'
+      end
+      local items_json = '[' .. table.concat(items, ',') .. ']'
+      local expires = now + tonumber(meta[4]) * 1000
+      redis.call('INCRBY', k_user, units)
+      redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,
+        'units', units, 'total', int(total), 'created', int(now), 'expires', int(expires), 'window', meta[4])
+      redis.call('HSET', k_idem, 'fp', fingerprint, 'order', order_id, 'items', items_json,
+        'total', int(total), 'created', int(now), 'expires', int(expires))
+      redis.call('EXPIRE', k_idem, idem_ttl)
+      redis.call('ZADD', KEYS[K_PENDING], expires, order_id)
+      -- Gateways answer sold-out and ended locally, except to known buyers, whose
+      -- retries must reach this script to be replayed.
+      if redis.call('SADD', KEYS[K_BUYERS], user_id) == 1 then
+        new_buyers[#new_buyers + 1] = user_id
+      end
+      docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, int(total),
+        int(now), int(expires), '0', meta[4], now)
+      reply = { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied, 0 }
+      needs_buyer_count[#replies + 1] = 8
+    end
+  end
+  replies[#replies + 1] = reply
 end
-emit(KEYS[5], campaign, order_id, KEYS[4], now, channel)
-return { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied, redis.call('SCARD', KEYS[7]) }
+
+if #docs > 0 then
+  if max_rate then
+    redis.call('SET', KEYS[K_RATE], int(second) .. ' ' .. int(granted_this_second), 'PX', 2000)
+  end
+  emit_docs(KEYS[K_OUTBOX], campaign, docs, channel)
+end
+if #new_buyers > 0 then
+  redis.call('PUBLISH', channel, 'buyers ' .. campaign .. ' ' .. cjson.encode(new_buyers))
+end
+if next(needs_buyer_count) then
+  local buyers = redis.call('SCARD', KEYS[K_BUYERS])
+  for i, at in pairs(needs_buyer_count) do
+    replies[i][at] = buyers
+  end
+end
+return replies

@@ -123,6 +123,7 @@ pub struct EngineSettings {
     pub idempotency_ttl_secs: u64,
     pub outbox_max_len: u64,
     pub payment_event_ttl_secs: u64,
+    pub reserve_batch_max: usize,
 }
 
 impl RedisSettings {
@@ -185,6 +186,7 @@ impl Settings {
             ("engine.idempotency_ttl_secs", self.engine.idempotency_ttl_secs),
             ("engine.outbox_max_len", self.engine.outbox_max_len),
             ("engine.payment_event_ttl_secs", self.engine.payment_event_ttl_secs),
+            ("engine.reserve_batch_max", self.engine.reserve_batch_max as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return bad(key, "must be greater than 0");

@@ -135,3 +135,24 @@ mod tests {
         assert_eq!(OrderStatus::parse("shipped"), None);
     }
 }
+
+/// An order message as the relay publishes it: version 2 carries every event one
+/// script call decided (`{"version":2,"events":[...]}`), version 1 one event (the
+/// event object itself). Both are read, so messages published before an upgrade
+/// still apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OrderMessage {
+    Batch { version: u32, events: Vec<OrderEvent> },
+    Single(OrderEvent),
+}
+
+impl OrderMessage {
+    /// The events of a message body.
+    pub fn parse(body: &[u8]) -> Result<Vec<OrderEvent>, serde_json::Error> {
+        Ok(match serde_json::from_slice::<OrderMessage>(body)? {
+            OrderMessage::Batch { events, .. } => events,
+            OrderMessage::Single(e) => vec![e],
+        })
+    }
+}

@@ -13,6 +13,7 @@ use crate::campaign::{
     CampaignLaunch, CampaignMeta, CampaignTuning, LaunchOutcome, OrderRecord, SkuCounters, TuneOutcome,
 };
 use crate::campaign::{CampaignSnapshot, RestoredStock};
+use crate::coalesce::{self, Waiting};
 use crate::domain::{
     CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseOutcome,
     ReleaseReason, ReserveOutcome, SkuId, UserId,
@@ -62,7 +63,7 @@ impl Engine {
         let store = StockStore::new(link, keys, store_settings);
         let refresh = Duration::from_millis(e.campaign_refresh_ms);
         let cache = LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh);
-        let inner = Arc::new(Shared::new(store, cache));
+        let inner = Arc::new(Shared::new(store, cache, e.reserve_batch_max));
         let weak = Arc::downgrade(&inner);
         let listener = tokio::spawn(notices::listen(
             weak.clone(),
@@ -101,7 +102,8 @@ impl Engine {
     }
 
     /// Reserves all lines or none. Answers from the local cache when it can: unknown
-    /// campaign or sku, not started, ended, or a line's sku sold out.
+    /// campaign or sku, not started, ended, or a line's sku sold out; the rest are
+    /// decided with the other reservations for the campaign in flight (`coalesce`).
     pub async fn reserve(
         &self,
         campaign: &CampaignId,
@@ -119,8 +121,16 @@ impl Engine {
             return Ok(answer);
         }
         Shared::count(&inner.sent_to_redis);
-        let order_id = OrderId::generate(campaign);
-        let reply = inner.store.reserve(campaign, &order_id, user, key, lines).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = Waiting {
+            order_id: OrderId::generate(campaign),
+            user: user.clone(),
+            key: key.clone(),
+            lines: lines.clone(),
+            reply: tx,
+        };
+        inner.coalescer.submit(&inner.store, campaign, waiting);
+        let reply = rx.await.map_err(|_| coalesce::dropped())??;
         if matches!(reply.outcome, ReserveOutcome::Reserved(_)) {
             inner.cache.add_buyer(campaign.as_str(), user.as_str());
         }

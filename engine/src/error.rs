@@ -1,7 +1,7 @@
 //! The engine's one error type. Every variant is a failure of a dependency or of the
 //! engine itself; what a buyer asked for and could not get is an outcome, not an error.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// Redis did not answer in time, refused the connection or dropped it.
     #[error("redis unavailable: {0}")]

@@ -16,7 +16,8 @@
 //! | `<ns>:campaigns` | set | every campaign id (not in a script) |
 //!
 //! Pub/sub channel `<ns>:events` carries `restock <c> <sku> <gen>`, `meta <c>` and
-//! `buyer <c> <user>`.
+//! `buyer <c> <user>` (one buyer), `buyers <c> <json array>` (every new buyer of one
+//! reservation call) and `outbox <c>` (the campaign's outbox has work again).
 
 use crate::domain::{CampaignId, EventId, IdempotencyKey, OrderId, SkuId, UserId};
 

@@ -15,12 +15,14 @@
 //! - [`state`]: what the engine's clones and tasks share.
 //! - [`engine`]: [`Engine`], the cache in front of the store, and the only way to it.
 //! - [`clock`]: the process's clock in ms.
+//! - `coalesce`: concurrent reservations of one campaign decided by one script call.
 //! - [`error`]: [`EngineError`], the one error type of this layer.
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod campaign;
 pub mod clock;
+mod coalesce;
 pub mod domain;
 pub mod engine;
 pub mod error;

@@ -131,6 +131,9 @@ async fn apply(shared: &Shared, text: &str) {
     match Notice::parse(text) {
         Some(Notice::Restock { campaign, sku, gen }) => shared.cache.restock(&campaign, &sku, gen),
         Some(Notice::Buyer { campaign, user }) => shared.cache.add_buyer(&campaign, &user),
+        Some(Notice::Buyers { campaign, users }) => {
+            users.iter().for_each(|user| shared.cache.add_buyer(&campaign, user));
+        }
         Some(Notice::Outbox { campaign }) => {
             let _ = shared.work.send(WorkSignal::Outbox(campaign));
         }
@@ -148,10 +151,26 @@ async fn apply(shared: &Shared, text: &str) {
 /// A notice parsed; unknown or malformed notices are ignored.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Notice {
-    Restock { campaign: String, sku: SkuId, gen: u64 },
-    Meta { campaign: CampaignId },
-    Buyer { campaign: String, user: String },
-    Outbox { campaign: CampaignId },
+    Restock {
+        campaign: String,
+        sku: SkuId,
+        gen: u64,
+    },
+    Meta {
+        campaign: CampaignId,
+    },
+    Buyer {
+        campaign: String,
+        user: String,
+    },
+    /// Every new buyer of one reservation call (`buyers <c> <json array>`).
+    Buyers {
+        campaign: String,
+        users: Vec<String>,
+    },
+    Outbox {
+        campaign: CampaignId,
+    },
 }
 
 impl Notice {
@@ -171,6 +190,10 @@ impl Notice {
             }
             "meta" => Some(Self::Meta { campaign: CampaignId::parse(campaign).ok()? }),
             "buyer" => Some(Self::Buyer { campaign: campaign.to_owned(), user: parts.next()?.to_owned() }),
+            "buyers" => Some(Self::Buyers {
+                campaign: campaign.to_owned(),
+                users: serde_json::from_str(parts.next()?).ok()?,
+            }),
             "outbox" => Some(Self::Outbox { campaign: CampaignId::parse(campaign).ok()? }),
             _ => None,
         }
@@ -193,6 +216,10 @@ mod tests {
         );
         assert!(matches!(Notice::parse("meta c1"), Some(Notice::Meta { .. })));
         assert!(matches!(Notice::parse("outbox c1"), Some(Notice::Outbox { .. })));
+        assert_eq!(
+            Notice::parse(r#"buyers c1 ["jane doe","u2"]"#),
+            Some(Notice::Buyers { campaign: "c1".into(), users: vec!["jane doe".into(), "u2".into()] })
+        );
         assert_eq!(Notice::parse("restock c1 sku"), None);
         assert_eq!(Notice::parse("bogus c1"), None);
         assert_eq!(Notice::parse(""), None);

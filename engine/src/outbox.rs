@@ -32,7 +32,7 @@ pub enum WorkSignal {
     Resync,
 }
 
-/// One outbox entry: its stream id and the order document it carries.
+/// One outbox entry: its stream id and the order message it carries (published as is).
 #[derive(Debug, Clone)]
 pub struct OutboxEntry {
     pub id: String,
@@ -113,7 +113,14 @@ impl StockStore {
                 .await?;
             entries.extend(fresh.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
         }
-        Ok(entries.into_iter().map(|e| OutboxEntry { doc: e.get::<String>("order"), id: e.id }).collect())
+        // `orders`: a version 2 entry (every order of one script call); `order`: version 1.
+        Ok(entries
+            .into_iter()
+            .map(|e| OutboxEntry {
+                doc: e.get::<String>("orders").or_else(|| e.get::<String>("order")),
+                id: e.id,
+            })
+            .collect())
     }
 
     /// Acknowledges and deletes relayed entries; returns the entries left in the stream.

@@ -11,6 +11,7 @@ use tokio::task::AbortHandle;
 use crate::cache::{CampaignEntry, LocalCache, Lookup};
 use crate::campaign::Phase;
 use crate::clock::now_ms;
+use crate::coalesce::Coalescer;
 use crate::domain::{CampaignId, OrderLines, ReserveOutcome, UserId};
 use crate::error::Result;
 use crate::outbox::WorkSignal;
@@ -18,7 +19,8 @@ use crate::store::StockStore;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) store: StockStore,
+    pub(crate) store: Arc<StockStore>,
+    pub(crate) coalescer: Arc<Coalescer>,
     pub(crate) cache: LocalCache,
     pub(crate) answered_locally: AtomicU64,
     pub(crate) sent_to_redis: AtomicU64,
@@ -39,9 +41,10 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(store: StockStore, cache: LocalCache) -> Self {
+    pub(crate) fn new(store: StockStore, cache: LocalCache, batch_max: usize) -> Self {
         Self {
-            store,
+            store: Arc::new(store),
+            coalescer: Arc::new(Coalescer::new(batch_max)),
             cache,
             answered_locally: AtomicU64::new(0),
             sent_to_redis: AtomicU64::new(0),

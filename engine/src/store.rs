@@ -69,7 +69,7 @@ impl StockStore {
         self.link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await
     }
 
-    /// Reserves every line or none (`reserve.lua`).
+    /// Reserves every line or none (`reserve.lua`), one order alone.
     #[tracing::instrument(level = "debug", skip_all, fields(campaign = %campaign, order = %order_id))]
     pub(crate) async fn reserve(
         &self,
@@ -79,18 +79,31 @@ impl StockStore {
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> Result<ReserveReply> {
-        let request = scripts::reserve::Request {
-            campaign,
-            order_id,
-            user,
-            key,
-            lines,
-            idempotency_ttl_secs: self.settings.idempotency_ttl_secs,
-            outbox_max_len: self.settings.outbox_max_len,
-        };
-        scripts::reserve::decode(
-            self.run(scripts::reserve::invocation(&self.scripts.reserve, &self.keys, &request)).await?,
-        )
+        let mut replies = self.reserve_batch(campaign, &[(order_id, user, key, lines)]).await?;
+        replies.pop().unwrap_or_else(|| Err(EngineError::Protocol("reserve: no reply".into())))
+    }
+
+    /// Decides a batch of orders of one campaign in one `reserve.lua` call, each on its
+    /// own, in order; one result per order.
+    pub(crate) async fn reserve_batch(
+        &self,
+        campaign: &CampaignId,
+        batch: &[(&OrderId, &UserId, &IdempotencyKey, &OrderLines)],
+    ) -> Result<Vec<Result<ReserveReply>>> {
+        let requests: Vec<scripts::reserve::Request<'_>> = batch
+            .iter()
+            .map(|(order_id, user, key, lines)| scripts::reserve::Request {
+                campaign,
+                order_id,
+                user,
+                key,
+                lines,
+                idempotency_ttl_secs: self.settings.idempotency_ttl_secs,
+                outbox_max_len: self.settings.outbox_max_len,
+            })
+            .collect();
+        let inv = scripts::reserve::invocation(&self.scripts.reserve, &self.keys, &requests);
+        scripts::reserve::decode(self.run(inv).await?, requests.len())
     }
 
     /// Cancels or expires pending reservations of one campaign, giving their units back

@@ -170,3 +170,99 @@ proptest! {
         })?;
     }
 }
+
+/// One order request of the batch-equivalence property: user, lines, idempotency key.
+type Req = (usize, Vec<(usize, u64)>, u8);
+
+fn request() -> impl Strategy<Value = Req> {
+    (0..USERS, prop::collection::vec((0..SKUS.len(), 1..4u64), 1..3), 0..4u8).prop_map(|(u, mut l, k)| {
+        l.sort();
+        l.dedup_by_key(|x| x.0);
+        (u, l, k)
+    })
+}
+
+/// What an outcome says, less the times (the two runs happen at different moments).
+fn shape(r: &Result<engine::scripts::reserve::ReserveReply, engine::EngineError>) -> String {
+    match r {
+        Ok(reply) => match &reply.outcome {
+            ReserveOutcome::Reserved(res) | ReserveOutcome::Replayed(res) => format!(
+                "{} {} {} {:?} {:?}",
+                if matches!(reply.outcome, ReserveOutcome::Reserved(_)) { "reserved" } else { "replayed" },
+                res.order_id,
+                res.total_cents,
+                res.items,
+                reply.sold_out
+            ),
+            other => format!("{other:?} {:?}", reply.sold_out),
+        },
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// Decides `reqs` in batches of the given sizes (one `reserve.lua` call each); returns
+/// every outcome and the final counters and user counts.
+async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderId], sizes: &[usize]) -> (Vec<String>, Vec<String>) {
+    let c = cid("p");
+    let parsed: Vec<_> = reqs
+        .iter()
+        .map(|(u, l, k)| {
+            let lines: Vec<(&str, u64)> = l.iter().map(|(s, q)| (SKUS[*s], *q)).collect();
+            (user(&format!("u{u}")), key(&format!("k{u}-{k}")), support::lines(&lines))
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    let mut at = 0;
+    for size in sizes.iter().copied().chain(std::iter::repeat(1)) {
+        if at >= reqs.len() {
+            break;
+        }
+        let end = (at + size.max(1)).min(reqs.len());
+        let batch: Vec<_> = (at..end).map(|i| (&ids[i], &parsed[i].0, &parsed[i].1, &parsed[i].2)).collect();
+        outcomes.extend(ns.reserve_batch_in_script(&c, &batch).await.iter().map(shape));
+        at = end;
+    }
+    let mut raw = ns.raw().await;
+    let mut state = Vec::new();
+    for s in SKUS {
+        let v: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(ns.keys().stock(&c, &sku(s)))
+            .arg("avail")
+            .arg("resv")
+            .arg("sold")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        state.push(format!("{s} {v:?}"));
+    }
+    for u in 0..USERS {
+        let held: Option<String> =
+            redis::cmd("GET").arg(ns.keys().user(&c, &user(&format!("u{u}")))).query_async(&mut raw).await.unwrap();
+        state.push(format!("u{u} {held:?}"));
+    }
+    (outcomes, state)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Any sequence of orders (mixed users, keys, lines, quantities, repeats) decided
+    /// in batches of random sizes gives exactly the outcomes and final counters of
+    /// deciding them one by one.
+    #[test]
+    fn batches_decide_exactly_as_one_by_one(
+        reqs in prop::collection::vec(request(), 1..40),
+        sizes in prop::collection::vec(1..12usize, 1..40),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (batched, alone) = rt.block_on(async {
+            let spec = open_campaign("p", &SKUS.map(|s| (s, STOCK, 125)), LIMIT);
+            let (a, b) = (Ns::new(), Ns::new());
+            launch(&a.engine(), &spec).await;
+            launch(&b.engine(), &spec).await;
+            let ids: Vec<OrderId> = reqs.iter().map(|_| OrderId::generate(&cid("p"))).collect();
+            (decide(&a, &reqs, &ids, &sizes).await, decide(&b, &reqs, &ids, &[1]).await)
+        });
+        prop_assert_eq!(batched, alone);
+    }
+}

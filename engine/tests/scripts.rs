@@ -39,9 +39,9 @@ async fn outbox(ns: &Ns, c: &str) -> Vec<OrderEvent> {
     entries
         .ids
         .iter()
-        .map(|e| {
-            let doc: String = e.get("order").unwrap();
-            serde_json::from_str(&doc).unwrap()
+        .flat_map(|e| {
+            let doc: String = e.get("orders").or_else(|| e.get("order")).unwrap();
+            common::message::OrderMessage::parse(doc.as_bytes()).unwrap()
         })
         .collect()
 }

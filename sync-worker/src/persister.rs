@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::message::{OrderEvent, OrderStatus};
+use common::message::{OrderEvent, OrderMessage, OrderStatus};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::context::{consume, pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
+use crate::topology::DEAD_ROUTING_KEY;
 
 /// The body of a payment-timer message: the pending orders of one persisted batch
 /// that share a payment window. Published after every one of them was created, it
@@ -79,8 +80,8 @@ async fn process(
 ) -> Result<()> {
     let mut good = Vec::with_capacity(batch.len());
     for d in batch {
-        match serde_json::from_slice::<OrderEvent>(&d.data) {
-            Ok(e) => good.push((e, d)),
+        match OrderMessage::parse(&d.data) {
+            Ok(events) => good.push((events, d)),
             Err(e) => {
                 tracing::error!(error = %e, "unreadable order message; dead-lettered");
                 poison(ctx, &d).await?;
@@ -94,6 +95,37 @@ async fn poison(ctx: &Ctx, d: &Delivery) -> Result<()> {
     ctx.metrics.poisoned.inc();
     let reject = d.acker.reject(BasicRejectOptions { requeue: false });
     bounded(ctx.broker_timeout(), "basic.reject", reject).await?;
+    Ok(())
+}
+
+/// Publishes `events` to the dead-letter exchange as one message (some events of a
+/// message that otherwise applied), with confirms.
+async fn dead_letter_events(
+    ctx: &Ctx,
+    ch: &Channel,
+    events: &[OrderEvent],
+    reason: &'static str,
+) -> Result<()> {
+    let body = serde_json::to_vec(&OrderMessage::Batch { version: 2, events: events.to_vec() })
+        .map_err(|e| WorkerError::Broker(e.to_string()))?;
+    let limit = ctx.broker_timeout();
+    let confirm = bounded(
+        limit,
+        "basic.publish",
+        ch.basic_publish(
+            ctx.names.dead_exchange.as_str().into(),
+            DEAD_ROUTING_KEY.into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        ),
+    )
+    .await?;
+    match bounded(limit, "publisher confirm", confirm).await? {
+        Confirmation::Ack(None) => {}
+        _ => return Err(WorkerError::Broker("dead-letter publish not confirmed".into())),
+    }
+    ctx.metrics.dead_lettered.with_label_values(&[reason]).inc_by(events.len() as u64);
     Ok(())
 }
 
@@ -117,16 +149,18 @@ fn attempts(d: &Delivery) -> u32 {
     }
 }
 
-/// An event whose stock move MySQL cannot make yet: back through the retry queue,
-/// unless it can never apply (see the module docs).
-async fn set_aside(ctx: &Ctx, ch: &Channel, event: &OrderEvent, d: &Delivery) -> Result<()> {
+/// A message whose stock moves MySQL cannot make yet: back through the retry queue,
+/// unless one of its events can never apply (see the module docs).
+async fn set_aside(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery) -> Result<()> {
     let tries = attempts(d) + 1;
-    if let Some(reason) = never_applies(ctx, event, tries).await? {
-        tracing::error!(order = %event.order_id, campaign = %event.campaign_id, status = event.status.as_str(),
-            reason, tries, "order event can never apply to MySQL; dead-lettered");
-        return dead_letter(ctx, d, reason).await;
+    for event in events {
+        if let Some(reason) = never_applies(ctx, event, tries).await? {
+            tracing::error!(order = %event.order_id, campaign = %event.campaign_id, status = event.status.as_str(),
+                reason, tries, events = events.len(), "order event can never apply to MySQL; message dead-lettered");
+            return dead_letter(ctx, d, reason).await;
+        }
     }
-    tracing::debug!(order = %event.order_id, tries, "stock move waits for another event; set aside");
+    tracing::debug!(events = events.len(), tries, "stock move waits for another event; set aside");
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(tries));
     let props = d.properties.clone().with_headers(headers);
@@ -176,13 +210,13 @@ async fn never_applies(ctx: &Ctx, event: &OrderEvent, tries: u32) -> Result<Opti
 async fn apply(
     ctx: &Ctx,
     timer_ch: &Channel,
-    group: Vec<(OrderEvent, Delivery)>,
+    group: Vec<(Vec<OrderEvent>, Delivery)>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<()> {
     if group.is_empty() {
         return Ok(());
     }
-    let events: Vec<OrderEvent> = group.iter().map(|(e, _)| e.clone()).collect();
+    let events: Vec<OrderEvent> = group.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
     let mut backoff = common::backoff::DEPENDENCY;
     loop {
         let started = Instant::now();
@@ -194,13 +228,16 @@ async fn apply(
                 ctx.metrics.persisted.with_label_values(&["advanced"]).inc_by(applied.advanced as u64);
                 ctx.metrics.persisted.with_label_values(&["unchanged"]).inc_by(applied.unchanged as u64);
                 schedule_timers(ctx, timer_ch, &events).await?;
-                for (event, d) in &group {
-                    if applied.lost.contains(&event.order_id) {
-                        tracing::error!(order = %event.order_id, campaign = %event.campaign_id, user = %event.user_id,
+                let lost: Vec<OrderEvent> =
+                    events.iter().filter(|e| applied.lost.contains(&e.order_id)).cloned().collect();
+                if !lost.is_empty() {
+                    for e in &lost {
+                        tracing::error!(order = %e.order_id, campaign = %e.campaign_id, user = %e.user_id,
                             "order lost with Redis's data before MySQL heard of it; its units were sold again; dead-lettered");
-                        dead_letter(ctx, d, "lost_by_redis").await?;
-                        continue;
                     }
+                    dead_letter_events(ctx, timer_ch, &lost, "lost_by_redis").await?;
+                }
+                for (_, d) in &group {
                     bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default()))
                         .await?;
                 }
@@ -230,8 +267,8 @@ async fn apply(
                 return Ok(());
             }
             Err(DbError::StockGuard { .. }) => {
-                for (event, d) in &group {
-                    set_aside(ctx, timer_ch, event, d).await?;
+                for (events, d) in &group {
+                    set_aside(ctx, timer_ch, events, d).await?;
                 }
                 return Ok(());
             }

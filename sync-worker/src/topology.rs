@@ -25,7 +25,7 @@ use crate::error::{bounded, Result};
 
 pub const ORDER_ROUTING_KEY: &str = "order";
 pub const TIMEOUT_ROUTING_KEY: &str = "timeout";
-const DEAD_ROUTING_KEY: &str = "dead";
+pub const DEAD_ROUTING_KEY: &str = "dead";
 
 #[derive(Debug, Clone)]
 pub struct Names {

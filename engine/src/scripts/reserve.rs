@@ -42,33 +42,42 @@ impl ReserveReply {
     }
 }
 
-/// KEYS: meta, user count, idempotency, order, outbox, pending, buyers, order rate,
-/// then one stock hash per line; ARGV as `reserve.lua`'s header says.
-pub fn invocation<'s>(script: &'s Script, k: &KeySpace, r: &Request<'_>) -> ScriptInvocation<'s> {
+/// KEYS: meta, outbox, pending, buyers, order rate, then per order its user count,
+/// idempotency record, order hash and one stock hash per line; ARGV as
+/// `reserve.lua`'s header says. All requests must be for one campaign and share the
+/// settings of the first.
+pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(r.campaign))
-        .key(k.user(r.campaign, r.user))
-        .key(k.idempotency(r.campaign, r.user, r.key))
-        .key(k.order(r.order_id))
-        .key(k.outbox(r.campaign))
-        .key(k.pending(r.campaign))
-        .key(k.buyers(r.campaign))
-        .key(k.order_rate(r.campaign));
-    inv.arg(r.campaign.as_str())
-        .arg(r.order_id.as_str())
-        .arg(r.user.as_str())
-        .arg(r.lines.fingerprint())
-        .arg(r.idempotency_ttl_secs)
-        .arg(r.outbox_max_len)
-        .arg(k.notice_channel());
-    for line in r.lines.iter() {
-        inv.key(k.stock(r.campaign, &line.sku));
-        inv.arg(line.sku.as_str()).arg(line.quantity);
+    let Some(first) = batch.first() else {
+        return inv;
+    };
+    let c = first.campaign;
+    inv.key(k.meta(c)).key(k.outbox(c)).key(k.pending(c)).key(k.buyers(c)).key(k.order_rate(c));
+    inv.arg(c.as_str()).arg(first.idempotency_ttl_secs).arg(first.outbox_max_len).arg(k.notice_channel());
+    for r in batch {
+        inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order(r.order_id));
+        inv.arg(r.order_id.as_str()).arg(r.user.as_str()).arg(r.lines.fingerprint()).arg(r.lines.len());
+        for line in r.lines.iter() {
+            inv.key(k.stock(c, &line.sku));
+            inv.arg(line.sku.as_str()).arg(line.quantity);
+        }
     }
     inv
 }
 
-pub fn decode(v: Value) -> Result<ReserveReply> {
+/// One result per request of the batch, in order: an order refused because the
+/// outbox is full is `Backpressure` (503), the others' outcomes stand on their own.
+pub fn decode(v: Value, expected: usize) -> Result<Vec<Result<ReserveReply>>> {
+    let Value::Array(items) = v else {
+        return Err(EngineError::Protocol(format!("reserve: expected an array, got {v:?}")));
+    };
+    if items.len() != expected {
+        return Err(EngineError::Protocol(format!("reserve: {} replies for {expected} orders", items.len())));
+    }
+    Ok(items.into_iter().map(decode_one).collect())
+}
+
+fn decode_one(v: Value) -> Result<ReserveReply> {
     let r = Reply::new(v)?;
     Ok(match r.tag()? {
         tag @ ("reserved" | "replay") => {

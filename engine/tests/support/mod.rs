@@ -43,19 +43,32 @@ impl Ns {
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> engine::scripts::reserve::ReserveReply {
-        let request = engine::scripts::reserve::Request {
-            campaign,
-            order_id,
-            user,
-            key,
-            lines,
-            idempotency_ttl_secs: 60,
-            outbox_max_len: 1_000_000,
-        };
+        let mut replies = self.reserve_batch_in_script(campaign, &[(order_id, user, key, lines)]).await;
+        replies.pop().unwrap().unwrap()
+    }
+
+    /// One `reserve.lua` call deciding `batch` (orders of one campaign), in order.
+    pub async fn reserve_batch_in_script(
+        &self,
+        campaign: &CampaignId,
+        batch: &[(&engine::domain::OrderId, &UserId, &IdempotencyKey, &OrderLines)],
+    ) -> Vec<Result<engine::scripts::reserve::ReserveReply, engine::EngineError>> {
+        let requests: Vec<_> = batch
+            .iter()
+            .map(|(order_id, user, key, lines)| engine::scripts::reserve::Request {
+                campaign,
+                order_id,
+                user,
+                key,
+                lines,
+                idempotency_ttl_secs: 60,
+                outbox_max_len: 1_000_000,
+            })
+            .collect();
         let script = engine::scripts::reserve::script();
-        let inv = engine::scripts::reserve::invocation(&script, &self.keys(), &request);
+        let inv = engine::scripts::reserve::invocation(&script, &self.keys(), &requests);
         let v: redis::Value = inv.invoke_async(&mut self.raw().await).await.unwrap();
-        engine::scripts::reserve::decode(v).unwrap()
+        engine::scripts::reserve::decode(v, requests.len()).unwrap()
     }
 
     /// A raw connection for assertions that look under the engine.

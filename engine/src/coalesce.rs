@@ -1,0 +1,115 @@
+//! Coalesced reservations (group commit): concurrent reservations for one campaign
+//! are decided by one `reserve.lua` call. There is no fixed wait: a request that
+//! finds its campaign's lane idle starts a flush at once (a quiet system answers as
+//! fast as with one call per order); requests that arrive while a call is in flight
+//! queue up and leave together, up to `engine.reserve_batch_max`, as soon as it
+//! returns. Each order is still decided on its own inside the script. A failed call
+//! (Redis down, a timeout) fails every request of its batch, and the script is atomic:
+//! nothing of a batch is half-applied.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+
+use crate::domain::{CampaignId, IdempotencyKey, OrderId, OrderLines, UserId};
+use crate::error::{EngineError, Result};
+use crate::scripts::reserve::ReserveReply;
+use crate::store::StockStore;
+
+/// One reservation waiting for its batch.
+pub(crate) struct Waiting {
+    pub(crate) order_id: OrderId,
+    pub(crate) user: UserId,
+    pub(crate) key: IdempotencyKey,
+    pub(crate) lines: OrderLines,
+    pub(crate) reply: oneshot::Sender<Result<ReserveReply>>,
+}
+
+/// A campaign's queue and whether a flush is running for it.
+#[derive(Default)]
+struct Lane {
+    queue: Mutex<Vec<Waiting>>,
+    flushing: AtomicBool,
+}
+
+/// The lanes of every campaign this process reserves in.
+pub(crate) struct Coalescer {
+    lanes: DashMap<CampaignId, Arc<Lane>>,
+    batch_max: usize,
+}
+
+impl std::fmt::Debug for Coalescer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("lanes", &self.lanes.len())
+            .field("batch_max", &self.batch_max)
+            .finish()
+    }
+}
+
+impl Coalescer {
+    pub(crate) fn new(batch_max: usize) -> Self {
+        Self { lanes: DashMap::new(), batch_max: batch_max.max(1) }
+    }
+
+    /// Queues one reservation; starts a flush for its campaign if none runs.
+    pub(crate) fn submit(self: &Arc<Self>, store: &Arc<StockStore>, campaign: &CampaignId, w: Waiting) {
+        let lane = Arc::clone(self.lanes.entry(campaign.clone()).or_default().value());
+        lock(&lane.queue).push(w);
+        if !lane.flushing.swap(true, Ordering::AcqRel) {
+            let (me, store, campaign) = (Arc::clone(self), Arc::clone(store), campaign.clone());
+            tokio::spawn(async move { me.flush(&store, &campaign, &lane).await });
+        }
+    }
+
+    /// Sends batches until the lane is empty.
+    async fn flush(&self, store: &StockStore, campaign: &CampaignId, lane: &Lane) {
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut q = lock(&lane.queue);
+                let n = q.len().min(self.batch_max);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                lane.flushing.store(false, Ordering::Release);
+                // A request queued between the drain and the store: carry on, unless
+                // it started a flush of its own.
+                if lock(&lane.queue).is_empty() || lane.flushing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                continue;
+            }
+            decide(store, campaign, batch).await;
+        }
+    }
+}
+
+async fn decide(store: &StockStore, campaign: &CampaignId, batch: Vec<Waiting>) {
+    let requests: Vec<_> = batch.iter().map(|w| (&w.order_id, &w.user, &w.key, &w.lines)).collect();
+    let outcome = store.reserve_batch(campaign, &requests).await;
+    match outcome {
+        Ok(replies) => {
+            for (w, reply) in batch.into_iter().zip(replies) {
+                let _ = w.reply.send(reply);
+            }
+        }
+        Err(e) => {
+            for w in batch {
+                let _ = w.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// What a request gets when its batch was lost without an answer (the process is
+/// shutting down): the reservation may or may not have been made; a retry with the
+/// same idempotency key finds out.
+pub(crate) fn dropped() -> EngineError {
+    EngineError::Unavailable("reservation batch dropped".into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
