@@ -236,8 +236,11 @@ async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderId], sizes: &[usize]) -> (Vec
         state.push(format!("{s} {v:?}"));
     }
     for u in 0..USERS {
-        let held: Option<String> =
-            redis::cmd("GET").arg(ns.keys().user(&c, &user(&format!("u{u}")))).query_async(&mut raw).await.unwrap();
+        let held: Option<String> = redis::cmd("GET")
+            .arg(ns.keys().user(&c, &user(&format!("u{u}"))))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
         state.push(format!("u{u} {held:?}"));
     }
     (outcomes, state)
