@@ -6,6 +6,8 @@
 //!   through the engine, each call a new buyer.
 //! - `reserve/local_sold_out`, `reserve/local_not_started`: requests the local cache
 //!   answers without Redis.
+//! - `reserve_batch/orders_<n>`: one `reserve.lua` call deciding `n` orders (what
+//!   coalescing sends); criterion's "time" is per order.
 //! - `release/batch_<n>`: cancelling pending orders `n` per `release.lua` call (the
 //!   sweep's burst path); criterion's "time" is per order.
 //!
@@ -22,7 +24,9 @@ use common::config::Settings;
 use criterion::{criterion_group, criterion_main, Criterion};
 use engine::campaign::{CampaignLaunch, LaunchItem};
 use engine::clock::now_ms;
-use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReleaseReason, ReserveOutcome, UserId};
+use engine::domain::{
+    CampaignId, IdempotencyKey, OrderId, OrderLines, ReleaseReason, ReserveOutcome, UserId,
+};
 use engine::Engine;
 use tokio::runtime::Runtime;
 
@@ -194,6 +198,51 @@ fn benches(c: &mut Criterion) {
             assert!(matches!(b.reserve(&later, &lines()).await, ReserveOutcome::NotActive));
         })
     });
+    g.finish();
+
+    // One reserve.lua call deciding n orders (what coalescing sends), on a bare
+    // connection; criterion's "time" is per order.
+    let mut g = c.benchmark_group("reserve_batch");
+    let script = engine::scripts::reserve::script();
+    let keys = engine::keys::KeySpace::new(&b.settings.namespace);
+    let (k, one) = (IdempotencyKey::parse("k").unwrap(), lines());
+    for n in [1usize, 8, 32, 128] {
+        g.bench_function(format!("orders_{n}"), |bn| {
+            bn.iter_custom(|iters| {
+                b.rt.block_on(async {
+                    let users: Vec<UserId> = (0..iters)
+                        .map(|_| {
+                            UserId::parse(&format!("u{}", b.seq.fetch_add(1, Ordering::Relaxed))).unwrap()
+                        })
+                        .collect();
+                    let ids: Vec<OrderId> = (0..iters).map(|_| OrderId::generate(&open)).collect();
+                    let start = Instant::now();
+                    for (us, os) in users.chunks(n).zip(ids.chunks(n)) {
+                        let batch: Vec<_> = us
+                            .iter()
+                            .zip(os)
+                            .map(|(user, order_id)| engine::scripts::reserve::Request {
+                                campaign: &open,
+                                order_id,
+                                user,
+                                key: &k,
+                                lines: &one,
+                                idempotency_ttl_secs: 60,
+                                outbox_max_len: u64::MAX,
+                            })
+                            .collect();
+                        let inv = engine::scripts::reserve::invocation(&script, &keys, &batch);
+                        let v: redis::Value = inv.invoke_async(&mut b.raw.clone()).await.unwrap();
+                        let replies = engine::scripts::reserve::decode(v, batch.len()).unwrap();
+                        assert!(replies
+                            .iter()
+                            .all(|r| matches!(r, Ok(x) if matches!(x.outcome, ReserveOutcome::Reserved(_)))));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("release");
