@@ -49,7 +49,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, timer_ch: &Channel, mut stop: watch::R
     let limit = ctx.broker_timeout();
     bounded(limit, "basic.qos", ch.basic_qos(ctx.settings.amqp.prefetch, BasicQosOptions::default())).await?;
     let mut consumer = consume(ctx, ch, &ctx.names.orders_queue, "persister").await?;
-    let max = ctx.settings.worker.persist_batch_max;
+    let max_events = ctx.settings.worker.persist_batch_max;
     let wait = Duration::from_millis(ctx.settings.worker.persist_batch_wait_ms);
     loop {
         let first = tokio::select! {
@@ -59,36 +59,37 @@ pub async fn run(ctx: &Ctx, ch: &Channel, timer_ch: &Channel, mut stop: watch::R
         let Some(first) = first else {
             return Err(WorkerError::Broker("order consumer ended".into()));
         };
-        let mut batch = vec![first?];
+        // A batch is bounded by events, not messages: a version 2 message carries
+        // every order of one script call.
+        let mut batch = Vec::new();
+        let mut events = read(ctx, first?, &mut batch).await?;
         let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < max {
+        while events < max_events {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(d)) => batch.push(d?),
+                Ok(Some(d)) => events += read(ctx, d?, &mut batch).await?,
                 Ok(None) => return Err(WorkerError::Broker("order consumer ended".into())),
                 Err(_) => break,
             }
         }
-        process(ctx, timer_ch, batch, &mut stop).await?;
+        apply(ctx, timer_ch, batch, &mut stop).await?;
     }
 }
 
-async fn process(
-    ctx: &Ctx,
-    timer_ch: &Channel,
-    batch: Vec<Delivery>,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<()> {
-    let mut good = Vec::with_capacity(batch.len());
-    for d in batch {
-        match OrderMessage::parse(&d.data) {
-            Ok(events) => good.push((events, d)),
-            Err(e) => {
-                tracing::error!(error = %e, "unreadable order message; dead-lettered");
-                poison(ctx, &d).await?;
-            }
+/// Parses one delivery into `batch` (an unreadable one is dead-lettered); returns how
+/// many events it added.
+async fn read(ctx: &Ctx, d: Delivery, batch: &mut Vec<(Vec<OrderEvent>, Delivery)>) -> Result<usize> {
+    match OrderMessage::parse(&d.data) {
+        Ok(events) => {
+            let n = events.len();
+            batch.push((events, d));
+            Ok(n)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable order message; dead-lettered");
+            poison(ctx, &d).await?;
+            Ok(0)
         }
     }
-    apply(ctx, timer_ch, good, stop).await
 }
 
 async fn poison(ctx: &Ctx, d: &Delivery) -> Result<()> {
