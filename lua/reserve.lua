@@ -15,7 +15,6 @@
 --   {'reused'}  {'campaign_not_found'}  {'not_active'}  {'sku_not_found', sku}
 --   {'sold_out', sku, gen, available, buyers}
 --   {'limit_exceeded', held, limit}  {'backlog_full', len}  {'rate_limited', retry_after_ms}
---   {'id_in_use'} (a bug guard: order ids are random)
 -- The {sku, gen, ...} list names skus this order brought to zero, with their stock
 -- generation. `buyers` (the buyer set's size after the call) comes with every reply
 -- that can flag a sku sold out: a gateway trusts that flag only once it has heard of
@@ -42,6 +41,26 @@ if max_rate then
   end
 end
 
+-- An idempotency record: a string "fp\norder\ntotal\ncreated\nexpires\nitems", or
+-- (written before the string form) a hash with those fields; nil when absent.
+local function idempotency_record(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' and v.err then
+    local r = redis.call('HMGET', key, 'fp', 'order', 'items', 'total', 'created', 'expires')
+    return { fp = r[1], order = r[2], items = r[3], total = r[4], created = r[5], expires = r[6] }
+  end
+  if not v then
+    return nil
+  end
+  local f, at = {}, 1
+  for _ = 1, 5 do
+    local nl = string.find(v, '\n', at, true)
+    f[#f + 1] = string.sub(v, at, nl - 1)
+    at = nl + 1
+  end
+  return { fp = f[1], order = f[2], total = f[3], created = f[4], expires = f[5], items = string.sub(v, at) }
+end
+
 local replies = {}
 local docs = {}
 local new_buyers = {}
@@ -56,12 +75,12 @@ while arg_at <= #ARGV do
   arg_at = first_line + 2 * n
 
   local reply
-  if redis.call('EXISTS', k_idem) == 1 then
-    if redis.call('HGET', k_idem, 'fp') ~= fingerprint then
+  local seen = idempotency_record(k_idem)
+  if seen then
+    if seen.fp ~= fingerprint then
       reply = { 'reused' }
     else
-      local r = redis.call('HMGET', k_idem, 'order', 'items', 'total', 'created', 'expires')
-      reply = { 'replay', r[1], r[2], r[3], r[4], r[5], {} }
+      reply = { 'replay', seen.order, seen.items, seen.total, seen.created, seen.expires, {} }
     end
   elseif not meta[1] then
     reply = { 'campaign_not_found' }
@@ -95,9 +114,6 @@ while arg_at <= #ARGV do
         reply = { 'limit_exceeded', int(held), meta[3] }
       elseif backlog + #docs >= outbox_max then
         reply = { 'backlog_full', backlog + #docs }
-      elseif redis.call('EXISTS', k_order) == 1 then
-        -- Order ids are random (uuid v7): never seen; refused, never overwritten.
-        reply = { 'id_in_use' }
       elseif max_rate and granted_this_second >= max_rate then
         -- max_orders_per_sec counts reservations granted in the current second (Redis
         -- clock), across every gateway; only requests that would otherwise succeed count.
@@ -126,9 +142,9 @@ while arg_at <= #ARGV do
       redis.call('INCRBY', k_user, units)
       redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,
         'units', units, 'total', int(total), 'created', int(now), 'expires', int(expires), 'window', meta[4])
-      redis.call('HSET', k_idem, 'fp', fingerprint, 'order', order_id, 'items', items_json,
-        'total', int(total), 'created', int(now), 'expires', int(expires))
-      redis.call('EXPIRE', k_idem, idem_ttl)
+      -- One string, one command: fingerprint and first answer (items last: no newlines).
+      redis.call('SET', k_idem, fingerprint .. '\n' .. order_id .. '\n' .. int(total) .. '\n' .. int(now)
+        .. '\n' .. int(expires) .. '\n' .. items_json, 'EX', idem_ttl)
       redis.call('ZADD', KEYS[K_PENDING], expires, order_id)
       -- Gateways answer sold-out and ended locally, except to known buyers, whose
       -- retries must reach this script to be replayed.

@@ -6,7 +6,7 @@
 //! | `<ns>:{c:<c>}:meta` | hash | window, limit, payment window, thresholds, skus |
 //! | `<ns>:{c:<c>}:stock:<sku>` | hash | total, avail, resv, sold, price, gen |
 //! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought |
-//! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | hash | fingerprint and first answer |
+//! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`) |
 //! | `<ns>:{c:<c>}:order:<order_id>` | hash | the reservation: user, items, state, times |
 //! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline |
 //! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |

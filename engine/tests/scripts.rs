@@ -507,3 +507,40 @@ async fn the_warmup_script_lists_the_campaign_in_the_same_step() {
         redis::cmd("SMEMBERS").arg(keys.campaigns()).query_async(&mut raw).await.unwrap();
     assert_eq!(listed, vec!["c".to_owned()]);
 }
+
+#[tokio::test]
+async fn an_idempotency_record_written_as_a_hash_before_an_upgrade_still_replays() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 5, 100)], 5)).await;
+    let old = OrderId::generate(&cid("c"));
+    let l = lines(&[("a", 1)]);
+    let key_name = ns.keys().idempotency(&cid("c"), &user("u"), &key("k"));
+    let mut raw = ns.raw().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&key_name)
+        .arg("fp")
+        .arg(l.fingerprint())
+        .arg("order")
+        .arg(old.as_str())
+        .arg("items")
+        .arg(r#"[{"sku_id":"a","quantity":1,"price_cents":100}]"#)
+        .arg("total")
+        .arg(100)
+        .arg("created")
+        .arg(1)
+        .arg("expires")
+        .arg(2)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let fresh = OrderId::generate(&cid("c"));
+    let r = ns.reserve_in_script(&cid("c"), &fresh, &user("u"), &key("k"), &l).await;
+    match r.outcome {
+        ReserveOutcome::Replayed(res) => assert_eq!((res.order_id, res.total_cents), (old, 100)),
+        other => panic!("{other:?}"),
+    }
+    let r = ns.reserve_in_script(&cid("c"), &fresh, &user("u"), &key("k"), &lines(&[("a", 2)])).await;
+    assert_eq!(r.outcome, ReserveOutcome::KeyReused);
+    assert_eq!(available(&e, "c", "a").await, 5, "nothing reserved");
+}
