@@ -6,6 +6,11 @@
 //! returns. Each order is still decided on its own inside the script. A failed call
 //! (Redis down, a timeout) fails every request of its batch, and the script is atomic:
 //! nothing of a batch is half-applied.
+//!
+//! Bounds: a lane's queue holds only requests that are in flight, so it never exceeds
+//! the gateway's `gateway.max_in_flight` (past which requests get 503 before they
+//! reach the engine); a batch is at most `engine.reserve_batch_max`; one lane per
+//! campaign this process has reserved in.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
