@@ -61,7 +61,11 @@ impl Coalescer {
 
     /// Queues one reservation; starts a flush for its campaign if none runs.
     pub(crate) fn submit(self: &Arc<Self>, store: &Arc<StockStore>, campaign: &CampaignId, w: Waiting) {
-        let lane = Arc::clone(self.lanes.entry(campaign.clone()).or_default().value());
+        // The campaign id is cloned only for a lane's first request.
+        let lane = match self.lanes.get(campaign) {
+            Some(lane) => Arc::clone(lane.value()),
+            None => Arc::clone(self.lanes.entry(campaign.clone()).or_default().value()),
+        };
         lock(&lane.queue).push(w);
         if !lane.flushing.swap(true, Ordering::AcqRel) {
             let (me, store, campaign) = (Arc::clone(self), Arc::clone(store), campaign.clone());

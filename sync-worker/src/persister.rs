@@ -15,8 +15,9 @@
 //! `worker.persist_retry_ms`, until the event it waits for has been applied. Only an
 //! event that can never apply goes to the dead-letter queue, with a metric
 //! (`flashsale_dead_lettered_events_total{reason}`) and an error naming the order:
-//! not JSON, a sku MySQL does not have, an order Redis no longer knows (lost with
-//! Redis's data, its units sold again since), or `worker.persist_retry_max` tries.
+//! not JSON, a sku MySQL does not have, an order lost with Redis's data (created
+//! before its campaign was rebuilt from MySQL, unknown to MySQL: the fold refuses it,
+//! its units were sold again), or `worker.persist_retry_max` tries.
 
 use std::time::{Duration, Instant};
 
@@ -109,23 +110,8 @@ async fn dead_letter_events(
 ) -> Result<()> {
     let body = serde_json::to_vec(&OrderMessage::Batch { version: 2, events: events.to_vec() })
         .map_err(|e| WorkerError::Broker(e.to_string()))?;
-    let limit = ctx.broker_timeout();
-    let confirm = bounded(
-        limit,
-        "basic.publish",
-        ch.basic_publish(
-            ctx.names.dead_exchange.as_str().into(),
-            DEAD_ROUTING_KEY.into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            &body,
-            BasicProperties::default().with_delivery_mode(2),
-        ),
-    )
-    .await?;
-    match bounded(limit, "publisher confirm", confirm).await? {
-        Confirmation::Ack(None) => {}
-        _ => return Err(WorkerError::Broker("dead-letter publish not confirmed".into())),
-    }
+    let props = BasicProperties::default().with_delivery_mode(2);
+    publish_confirmed(ctx, ch, &ctx.names.dead_exchange, DEAD_ROUTING_KEY, &body, props).await?;
     ctx.metrics.dead_lettered.with_label_values(&[reason]).inc_by(events.len() as u64);
     Ok(())
 }
@@ -137,8 +123,6 @@ async fn dead_letter(ctx: &Ctx, d: &Delivery, reason: &'static str) -> Result<()
 
 /// Header counting how often an event was set aside.
 const ATTEMPTS_HEADER: &str = "x-flashsale-attempts";
-/// Tries after which an order Redis does not know is taken as lost by Redis.
-const LOST_ORDER_TRIES: u32 = 8;
 
 fn attempts(d: &Delivery) -> u32 {
     let Some(headers) = d.properties.headers() else { return 0 };
@@ -165,41 +149,44 @@ async fn set_aside(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery)
     let mut headers = d.properties.headers().clone().unwrap_or_default();
     headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(tries));
     let props = d.properties.clone().with_headers(headers);
+    publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &d.data, props).await?;
+    ctx.metrics.persist_retries.inc();
+    bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
+    Ok(())
+}
+
+/// Publishes one message (mandatory) and waits for the broker's confirm.
+async fn publish_confirmed(
+    ctx: &Ctx,
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<()> {
     let limit = ctx.broker_timeout();
     let confirm = bounded(
         limit,
         "basic.publish",
         ch.basic_publish(
-            "".into(),
-            ctx.names.retry_queue.as_str().into(),
+            exchange.into(),
+            routing_key.into(),
             BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            &d.data,
+            body,
             props,
         ),
     )
     .await?;
     match bounded(limit, "publisher confirm", confirm).await? {
-        Confirmation::Ack(None) => {}
-        _ => return Err(WorkerError::Broker("retry publish not confirmed".into())),
+        Confirmation::Ack(None) => Ok(()),
+        _ => Err(WorkerError::Broker(format!("publish to {exchange}/{routing_key} not confirmed"))),
     }
-    ctx.metrics.persist_retries.inc();
-    bounded(limit, "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
-    Ok(())
 }
 
 async fn never_applies(ctx: &Ctx, event: &OrderEvent, tries: u32) -> Result<Option<&'static str>> {
     for item in &event.items {
         if !ctx.db.has_stock_row(&event.campaign_id, &item.sku_id).await? {
             return Ok(Some("unknown_sku"));
-        }
-    }
-    if tries >= LOST_ORDER_TRIES {
-        if let Ok(order) = engine::domain::OrderId::parse(&event.order_id) {
-            let store = &ctx.engine;
-            let campaign_back = store.campaign_meta(&order.campaign()).await?.is_some();
-            if campaign_back && store.order(&order).await?.is_none() {
-                return Ok(Some("lost_by_redis"));
-            }
         }
     }
     if tries > ctx.settings.worker.persist_retry_max {

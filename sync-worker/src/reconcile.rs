@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use engine::domain::CampaignId;
-use ledger::reconcile::Reconciliation;
 use tokio::sync::watch;
 
 use crate::context::{pause, Ctx};
-use crate::error::Result;
 
 /// Consecutive inconsistent checks before a warning: a check taken while events are
 /// in flight is normally inconsistent for a moment.
@@ -31,7 +29,7 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
         campaigns.extend(streak.keys().filter(|c| !campaigns.contains(c)).cloned().collect::<Vec<_>>());
         let (mut drift_total, mut inconsistent) = (0, 0);
         for campaign in campaigns {
-            match check(ctx, &campaign).await {
+            match ledger::reconcile::check(&ctx.engine, &ctx.db, &campaign).await {
                 Ok(Some(r)) => {
                     let drift: i64 = r.items.iter().map(|i| i.drift.abs()).sum();
                     drift_total += drift;
@@ -55,8 +53,4 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
         ctx.metrics.drift_units.set(drift_total);
         ctx.metrics.inconsistent_campaigns.set(inconsistent);
     }
-}
-
-pub async fn check(ctx: &Ctx, campaign: &CampaignId) -> Result<Option<Reconciliation>> {
-    Ok(ledger::reconcile::check(&ctx.engine, &ctx.db, campaign).await?)
 }

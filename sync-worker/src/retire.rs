@@ -13,7 +13,6 @@ use tokio::sync::watch;
 
 use crate::context::{pause, Ctx};
 use crate::error::Result;
-use crate::reconcile;
 
 /// How often finished campaigns are looked for.
 const RETIRE_EVERY: Duration = Duration::from_secs(60);
@@ -65,5 +64,5 @@ async fn settled(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
     if store.outbox_lengths(c).await?.first().copied().unwrap_or(0) > 0 {
         return Ok(false);
     }
-    Ok(reconcile::check(ctx, campaign).await?.is_some_and(|r| r.consistent))
+    Ok(ledger::reconcile::check(&ctx.engine, &ctx.db, campaign).await?.is_some_and(|r| r.consistent))
 }
