@@ -44,6 +44,11 @@ PRESETS = {
         "full": dict(duration=10, vus=64, users=20000),
         "short": dict(duration=2, vus=16, users=1000),
     },
+    # Before/after: needs --baseline-bin-dir (not part of `all`).
+    "ab": {
+        "full": dict(duration=10, vus=64, users=20000, turns=2),
+        "short": dict(duration=2, vus=16, users=1000, turns=1),
+    },
 }
 # What must be reached (issue targets); missed targets are reported, and fail the run with --strict.
 SPIKE_P99_MS_MAX = 25.0
@@ -75,7 +80,7 @@ class Stack:
                         RUST_LOG=os.environ.get("RUST_LOG", "warn"))
 
     def start(self, name, *args):
-        logf = open(os.path.join(self.out, f"{name}.log"), "w")
+        logf = open(os.path.join(self.out, f"{name}.log"), "a")
         exe = os.path.join(self.bin_dir, args[0])
         self.procs.append(subprocess.Popen([exe, *args[1:]], env=self.env, stdout=logf, stderr=subprocess.STDOUT))
 
@@ -85,6 +90,9 @@ class Stack:
         self.start("sync-worker", "sync-worker")
         self.start("ceiling-constant", "ceiling", "constant", CEILING_CONSTANT)
         self.start("ceiling-evalsha", "ceiling", "evalsha", CEILING_EVALSHA)
+        self.wait_ready()
+
+    def wait_ready(self):
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -97,6 +105,31 @@ class Stack:
                     raise SystemExit(f"{p.args[0]} exited with {p.returncode}; see {self.out}")
             time.sleep(0.3)
         raise SystemExit(f"gateway never became ready; see {self.out}/gateway.log")
+
+    def swap(self, bin_dir):
+        """Replaces the gateway and the sync-worker with the ones built in `bin_dir` (same
+        ports, namespace and database): the before/after runs share everything else."""
+        for name in ("gateway", "sync-worker"):
+            self.signal(name, signal.SIGCONT)
+            self.signal(name, signal.SIGTERM)
+        keep = []
+        for p in self.procs:
+            if os.path.basename(p.args[0]) in ("gateway", "sync-worker"):
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            else:
+                keep.append(p)
+        self.procs, own = keep, self.bin_dir
+        self.bin_dir = bin_dir
+        try:
+            self.start("gateway", "gateway")
+            self.start("sync-worker", "sync-worker")
+        finally:
+            self.bin_dir = own
+        self.wait_ready()
 
     def signal(self, name, sig):
         for p in self.procs:
@@ -541,6 +574,62 @@ def run_ratios(p, out, stack):
             "invariants": invariants, "targets": targets}
 
 
+def run_ab(p, out, stack, baseline_dir):
+    """Before/after in one invocation: the gateway and sync-worker of `baseline_dir` and
+    the ones under test take turns (baseline, current, baseline, current) on one stocked
+    campaign, each turn a wrk reservation run with the worker draining and one with it
+    paused; the ratios are current over baseline (rates, and server CPU per request)."""
+    tok = tokens(out, p["users"])
+    stocked = f"ab-{uuid.uuid4().hex[:8]}"
+    launch(stocked, {"limit": 10_000}, 100_000_000)
+    watch = MysqlWatch(stocked)
+    watch.start()
+    runs = defaultdict(list)
+    created = 0
+    for turn in range(int(p["turns"])):
+        for variant, bin_dir in (("baseline", baseline_dir), ("current", stack.bin_dir)):
+            drain(stocked, created, watch, 0)
+            stack.swap(bin_dir)
+            for label, pause in (("draining", False), ("paused", True)):
+                if pause:
+                    drain(stocked, created, watch, 0)
+                    stack.signal("sync-worker", signal.SIGSTOP)
+                with CpuMeter(stack) as cpu:
+                    numbers = wrk(f"ab-{variant}-{label}-{turn}", out, GATEWAY, stocked, "sku0", tok, p,
+                                  f"ab{turn}{variant[0]}{label[0]}")
+                if pause:
+                    stack.signal("sync-worker", signal.SIGCONT)
+                created += numbers["orders_created"]
+                numbers["cpu_us_per_request"] = cpu.per_request_us(numbers["requests"])
+                numbers["server_cpu_us_per_request"] = server_cpu_us(numbers["cpu_us_per_request"])
+                runs[f"{variant}_{label}"].append(numbers)
+                log(f"ab: {variant:8} {label:8} turn {turn}  {numbers['rate_per_sec']:>7}/s  p50 {numbers['p50_ms']} ms  "
+                    f"p99 {numbers['p99_ms']} ms  server CPU {numbers['server_cpu_us_per_request']} us/request  "
+                    f"{numbers['cpu_us_per_request']}")
+    drain(stocked, created, watch, 0)
+    stack.swap(stack.bin_dir)
+    watch.stop.set()
+    watch.join()
+    mean = lambda key, field: sum(r[field] for r in runs[key]) / len(runs[key])  # noqa: E731
+    ratios = {}
+    for label in ("draining", "paused"):
+        cur, base = f"current_{label}", f"baseline_{label}"
+        ratios[f"rate_{label}"] = round(mean(cur, "rate_per_sec") / max(1, mean(base, "rate_per_sec")), 3)
+        ratios[f"server_cpu_{label}"] = round(mean(cur, "server_cpu_us_per_request")
+                                               / max(0.1, mean(base, "server_cpu_us_per_request")), 3)
+    rates = {k: {"rate_per_sec": round(mean(k, "rate_per_sec")),
+                 "server_cpu_us_per_request": round(mean(k, "server_cpu_us_per_request"), 1), "runs": v}
+             for k, v in runs.items()}
+    both = {"orders_created": {"count": created}, "out_of_contract": {"count": sum(
+        r["out_of_contract"] for v in runs.values() for r in v)}}
+    invariants = [ran(r) for v in runs.values() for r in v]
+    invariants += check(stocked, {"limit": 10_000}, ["sku0"], both, [], count_only=True,
+                        uncounted_max=sum(len(v) for v in runs.values()) * int(p["vus"]))
+    detail = ", ".join(f"{k} {v}" for k, v in ratios.items())
+    return {"scenario": "ab", "params": p, "k6": rates, "ratios": ratios, "invariants": invariants,
+            "targets": [("current vs baseline (current / baseline; rates higher is better, CPU lower)", None, detail)]}
+
+
 def report(results, strict):
     failed = False
     for r in results:
@@ -569,10 +658,13 @@ def main():
     ap.add_argument("--strict", action="store_true", help="also fail when a speed target is missed")
     ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release"))
     ap.add_argument("--out", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "loadtest"))
+    ap.add_argument("--baseline-bin-dir", help="for `ab`: where the baseline's gateway and sync-worker are")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a preset value, e.g. --set rate=5000 --set duration=10")
     args = ap.parse_args()
-    names = list(PRESETS) if "all" in args.scenarios else args.scenarios
+    names = [n for n in PRESETS if n != "ab"] if "all" in args.scenarios else args.scenarios
+    if "ab" in names and not args.baseline_bin_dir:
+        raise SystemExit("ab needs --baseline-bin-dir DIR (a gateway and sync-worker built from the baseline)")
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     if not shutil.which("k6"):
@@ -586,7 +678,12 @@ def main():
             for kv in args.set:
                 k, _, v = kv.partition("=")
                 p[k] = type(p.get(k, 0.0))(v)
-            results.append(run_ratios(p, args.out, stack) if name == "ratios" else run_scenario(name, p, args.out, stack))
+            if name == "ratios":
+                results.append(run_ratios(p, args.out, stack))
+            elif name == "ab":
+                results.append(run_ab(p, args.out, stack, os.path.abspath(args.baseline_bin_dir)))
+            else:
+                results.append(run_scenario(name, p, args.out, stack))
     finally:
         stack.down()
     failed = report(results, args.strict)

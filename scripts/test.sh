@@ -13,5 +13,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+echo "== ops: alert rules (promtool; the metric names are checked by faults/tests/ops.rs)"
+bash scripts/ensure-tools.sh promtool
+promtool check rules ops/alerts.yml
+echo "== operator dashboard in headless Chromium (playwright-core)"
+bash scripts/ensure-tools.sh chromium playwright
+cargo build --quiet -p gateway -p sync-worker
+python3 scripts/browser_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug" \
+  --shot "${CARGO_TARGET_DIR:-target}/dashboard.png"
 echo "== load-test runner, short (every scenario on a small campaign, invariants checked)"
 bash loadtest/run.sh all --short --debug

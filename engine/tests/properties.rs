@@ -243,6 +243,27 @@ async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderId], sizes: &[usize]) -> (Vec
             .unwrap();
         state.push(format!("u{u} {held:?}"));
     }
+    // The deadlines, the buyer set and the outbox's orders (ids and state, in order).
+    let pending: Vec<String> =
+        redis::cmd("ZRANGE").arg(ns.keys().pending(&c)).arg(0).arg(-1).query_async(&mut raw).await.unwrap();
+    let mut pending_sorted = pending.clone();
+    pending_sorted.sort();
+    state.push(format!("pending {pending_sorted:?}"));
+    let mut buyers: Vec<String> =
+        redis::cmd("SMEMBERS").arg(ns.keys().buyers(&c)).query_async(&mut raw).await.unwrap();
+    buyers.sort();
+    state.push(format!("buyers {buyers:?}"));
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(ns.keys().outbox(&c)).arg("-").arg("+").query_async(&mut raw).await.unwrap();
+    let text: String = entries.iter().flat_map(|(_, fields)| fields.iter().map(String::as_str)).collect();
+    let mut in_outbox = Vec::new();
+    for id in ids {
+        if let Some(at) = text.find(id.as_str()) {
+            in_outbox.push((at, id.as_str().to_owned()));
+        }
+    }
+    in_outbox.sort();
+    state.push(format!("outbox {:?}", in_outbox.into_iter().map(|(_, id)| id).collect::<Vec<_>>()));
     (outcomes, state)
 }
 

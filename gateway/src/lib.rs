@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod openapi;

@@ -2,8 +2,14 @@
 //! Names follow `flashsale_<name>_<unit>_total`; labels are bounded (route
 //! templates, methods, status codes, outcome names), never user or order ids.
 
+use std::collections::BTreeMap;
+
 use engine::EngineStats;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::core::Collector;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use serde::Serialize;
 
 /// Latency buckets in seconds: fine below 10 ms, where the hot path lives.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -16,6 +22,8 @@ pub struct Metrics {
     pub reservations: IntCounterVec,
     pub reserve_latency: HistogramVec,
     pub in_flight: IntGauge,
+    /// 1 when the last readiness check found the dependency answering, else 0.
+    pub ready: IntGaugeVec,
     answered_locally: IntCounter,
     sent_to_redis: IntCounter,
 }
@@ -45,6 +53,10 @@ impl Metrics {
             &["outcome"],
         )?;
         let in_flight = IntGauge::new("flashsale_http_in_flight_requests", "Requests being handled")?;
+        let ready = IntGaugeVec::new(
+            Opts::new("flashsale_ready", "Last readiness check per dependency: 1 answering, 0 not"),
+            &["dependency"],
+        )?;
         let answered_locally = IntCounter::new(
             "flashsale_cache_answers_total",
             "Reservation requests answered by the local cache without Redis",
@@ -58,6 +70,7 @@ impl Metrics {
         registry.register(Box::new(reservations.clone()))?;
         registry.register(Box::new(reserve_latency.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(answered_locally.clone()))?;
         registry.register(Box::new(sent_to_redis.clone()))?;
         Ok(Self {
@@ -67,6 +80,7 @@ impl Metrics {
             reservations,
             reserve_latency,
             in_flight,
+            ready,
             answered_locally,
             sent_to_redis,
         })
@@ -77,6 +91,49 @@ impl Metrics {
         catch_up(&self.answered_locally, stats.answered_locally);
         catch_up(&self.sent_to_redis, stats.sent_to_redis);
         serve::metrics_text(&self.registry)
+    }
+}
+
+/// This gateway's answers since it started, for the operator dashboard (which turns
+/// two readings into rates). Every campaign together: metrics carry no campaign label.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LiveCounters {
+    /// Reservation requests by outcome (`reserved`, `sold_out`, `rate_limited`, ...).
+    pub reservations: BTreeMap<String, u64>,
+    /// Answers by HTTP status, every route.
+    pub http_status: BTreeMap<String, u64>,
+    /// Reservation latency in the engine: cumulative counts per upper bound (seconds),
+    /// every outcome.
+    pub reserve_latency_le: Vec<f64>,
+    pub reserve_latency_counts: Vec<u64>,
+}
+
+impl Metrics {
+    pub fn live(&self) -> LiveCounters {
+        let mut reservations = BTreeMap::new();
+        for m in self.reservations.collect().iter().flat_map(|f| f.get_metric()) {
+            let outcome = m.get_label().first().map(|l| l.value().to_owned()).unwrap_or_default();
+            *reservations.entry(outcome).or_insert(0) += m.get_counter().get_value() as u64;
+        }
+        let mut http_status = BTreeMap::new();
+        for m in self.http_requests.collect().iter().flat_map(|f| f.get_metric()) {
+            if let Some(status) = m.get_label().iter().find(|l| l.name() == "status") {
+                *http_status.entry(status.value().to_owned()).or_insert(0) +=
+                    m.get_counter().get_value() as u64;
+            }
+        }
+        let mut counts = vec![0u64; LATENCY_BUCKETS.len()];
+        for m in self.reserve_latency.collect().iter().flat_map(|f| f.get_metric()) {
+            for (i, b) in m.get_histogram().get_bucket().iter().enumerate().take(counts.len()) {
+                counts[i] += b.cumulative_count();
+            }
+        }
+        LiveCounters {
+            reservations,
+            http_status,
+            reserve_latency_le: LATENCY_BUCKETS.to_vec(),
+            reserve_latency_counts: counts,
+        }
     }
 }
 

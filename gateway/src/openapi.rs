@@ -16,12 +16,12 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
     ),
     paths(
         orders::create, orders::get, orders::cancel, payments::callback,
-        admin::launch, admin::view, admin::tune, admin::reconciliation,
+        admin::launch, admin::list, admin::view, admin::tune, admin::reconciliation, admin::live,
         health::healthz, health::readyz
     ),
     components(schemas(
         orders::OrderRequest, orders::LineRequest, view::ReservationView, view::OrderView,
-        view::ErrorBody, view::ErrorDetail, view::CampaignView, view::CampaignItemView, view::Thresholds,
+        view::ErrorBody, view::ErrorDetail, view::CampaignView, view::CampaignList, admin::LiveView, crate::metrics::LiveCounters, view::CampaignItemView, view::Thresholds,
         admin::LaunchRequest, admin::LaunchItemRequest, admin::TuneRequest, admin::ThresholdsRequest,
         payments::Callback, engine::domain::PaymentStatus, payments::CallbackAnswer,
         common::message::OrderItem, common::message::OrderStatus,

@@ -101,6 +101,15 @@ pub struct CampaignView {
     pub items: Vec<CampaignItemView>,
 }
 
+/// `GET /admin/v1/campaigns`: one page, newest `starts_at` first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CampaignList {
+    pub campaigns: Vec<CampaignView>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// Every error: `{"error": {"code": "<snake_case>", "message": "..."}}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {

@@ -497,3 +497,94 @@ async fn two_gateways_agree_on_stock() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn campaigns_are_listed_newest_first_a_page_at_a_time() {
+    let env = Env::start().await;
+    // Five campaigns starting one minute apart; c4 starts last.
+    for i in 0..5 {
+        let mut c =
+            campaign(&format!("c{i}"), json!([{"sku_id": "a", "stock": 10 + i, "price_cents": 1}]), 1);
+        c["starts_at"] = json!(rfc3339_in(-600 + 60 * i));
+        let (s, v) = env.launch(c).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let (s, v) = env.order("c2", "alice", "k1", json!([{"sku_id": "a", "quantity": 1}])).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    let mut seen = Vec::new();
+    let mut path = "/admin/v1/campaigns?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let (s, v) = env.admin(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        pages += 1;
+        let page = v["campaigns"].as_array().unwrap();
+        assert!(page.len() <= 2, "{v}");
+        for c in page {
+            seen.push(c["campaign_id"].as_str().unwrap().to_owned());
+            if c["campaign_id"] == "c2" {
+                assert_eq!(c["items"][0]["reserved"], 1, "live counters: {c}");
+                assert_eq!(c["items"][0]["available"], 11, "{c}");
+            }
+        }
+        match v["next"].as_str() {
+            Some(next) => path = format!("/admin/v1/campaigns?limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["c4", "c3", "c2", "c1", "c0"]);
+    assert_eq!(pages, 3);
+
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["campaigns"].as_array().unwrap().len(), 5, "default page holds them all");
+    assert!(v.get("next").is_none(), "{v}");
+
+    for bad in ["?limit=0", "?limit=201", "?limit=x", "?cursor=zz", "?cursor=6162", "?other=1"] {
+        let (s, v) = env.admin(Method::GET, &format!("/admin/v1/campaigns{bad}"), None).await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {v}");
+    }
+    let res = reqwest::Client::new().get(env.url(0, "/admin/v1/campaigns")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_live_view_and_the_dashboard_page() {
+    let env = Env::start().await;
+    let (s, v) =
+        env.launch(campaign("live", json!([{"sku_id": "a", "stock": 5, "price_cents": 100}]), 5)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, before) = env.admin(Method::GET, "/admin/v1/campaigns/live/live", None).await;
+    for i in 0..3 {
+        let (s, v) = env.order("live", &format!("u{i}"), "k", json!([{"sku_id": "a", "quantity": 2}])).await;
+        assert_eq!(s, if i < 2 { StatusCode::CREATED } else { StatusCode::CONFLICT }, "{v}");
+    }
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns/live/live", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["campaign"]["items"][0]["reserved"], 4, "{v}");
+    let count =
+        |v: &serde_json::Value, outcome: &str| v["gateway"]["reservations"][outcome].as_u64().unwrap_or(0);
+    assert_eq!(count(&v, "reserved") - count(&before, "reserved"), 2, "{v}");
+    assert_eq!(count(&v, "sold_out") - count(&before, "sold_out"), 1, "{v}");
+    let le = v["gateway"]["reserve_latency_le"].as_array().unwrap();
+    let counts = v["gateway"]["reserve_latency_counts"].as_array().unwrap();
+    assert_eq!(le.len(), counts.len());
+    assert!(counts.last().unwrap().as_u64().unwrap() >= 3, "{v}");
+    assert!(v["outbox_backlog"].is_u64() && v["mysql_units_behind"].is_i64(), "{v}");
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns/nope/live", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"));
+
+    // The page needs no token to load (it asks for one) and may load nothing elsewhere.
+    let res = reqwest::Client::new().get(env.url(0, "/admin/")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    let html = res.text().await.unwrap();
+    assert!(html.contains("/admin/dashboard.js") && !html.contains("http://") && !html.contains("https://"));
+    let res = reqwest::Client::new().get(env.url(0, "/admin/dashboard.js")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("/admin/v1/campaigns"));
+    env.cleanup().await;
+}

@@ -131,6 +131,51 @@ impl Db {
         .await
     }
 
+    /// One page of campaigns, newest `starts_at` first (ties by id, descending), after
+    /// the `(starts_ms, campaign_id)` of the previous page's last one: at most `limit`
+    /// of (campaign_id, name, starts_ms), and whether more remain.
+    pub async fn campaign_page(
+        &self,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<(Vec<(String, String, i64)>, bool)> {
+        self.bounded(async {
+            let fetch = i64::from(limit) + 1;
+            let rows = match after {
+                None => {
+                    sqlx::query(
+                        "SELECT campaign_id, name, starts_ms FROM campaigns \
+                         ORDER BY starts_ms DESC, campaign_id DESC LIMIT ?",
+                    )
+                    .bind(fetch)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                Some((starts_ms, id)) => {
+                    sqlx::query(
+                        "SELECT campaign_id, name, starts_ms FROM campaigns \
+                         WHERE starts_ms < ? OR (starts_ms = ? AND campaign_id < ?) \
+                         ORDER BY starts_ms DESC, campaign_id DESC LIMIT ?",
+                    )
+                    .bind(starts_ms)
+                    .bind(starts_ms)
+                    .bind(id)
+                    .bind(fetch)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+            let mut page = rows
+                .iter()
+                .map(|r| Ok((text(r, 0)?, text(r, 1)?, r.try_get(2)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let more = page.len() > limit as usize;
+            page.truncate(limit as usize);
+            Ok((page, more))
+        })
+        .await
+    }
+
     /// Campaigns whose data Redis should still hold (not retired).
     pub async fn unretired_campaigns(&self) -> Result<Vec<String>> {
         self.bounded(async {

@@ -77,7 +77,11 @@ impl Db {
             .connect_with(opts)
             .await?;
         let db = Self { pool, timeout };
-        bounded(timeout * 10, async { Ok(sqlx::migrate!("../migrations").run(&db.pool).await?) }).await?;
+        // Migrations only add: a binary one release behind (a rollback, or the other
+        // half of a rolling upgrade) runs against a schema migrated by a newer one.
+        let mut migrator = sqlx::migrate!("../migrations");
+        migrator.set_ignore_missing(true);
+        bounded(timeout * 10, async { Ok(migrator.run(&db.pool).await?) }).await?;
         Ok(db)
     }
 

@@ -1,6 +1,6 @@
 //! Operator API: launch, view, tune and reconcile campaigns.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use engine::campaign::{
@@ -10,13 +10,14 @@ use engine::clock::now_ms;
 use engine::domain::{CampaignId, SkuId};
 use ledger::reconcile::Reconciliation;
 use ledger::{CampaignRow, InsertCampaign};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Operator;
 use crate::body::{double_option, JsonBody};
 use crate::error::AppError;
+use crate::metrics::LiveCounters;
 use crate::state::AppState;
-use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignView, ErrorBody, Thresholds};
+use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignList, CampaignView, ErrorBody, Thresholds};
 
 /// Most skus in one campaign (each is a key of the warm-up script).
 pub const MAX_SKUS: usize = 1000;
@@ -27,6 +28,9 @@ pub const MAX_STOCK: i64 = 1_000_000_000;
 pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
 /// Largest per-user limit.
 pub const MAX_PER_USER_LIMIT: i64 = 10_000;
+/// Campaigns per page of `GET /admin/v1/campaigns`: default and most.
+pub const LIST_DEFAULT: u32 = 50;
+pub const LIST_MAX: u32 = 200;
 /// Longest campaign name.
 pub const MAX_NAME_CHARS: usize = 200;
 
@@ -183,8 +187,17 @@ async fn campaign_view(
     campaign: &CampaignId,
     meta: &CampaignMeta,
 ) -> Result<CampaignView, AppError> {
-    let counters = state.engine.counters(campaign, &meta.skus).await?;
     let name = state.db.campaign(campaign.as_str()).await?.map(|c| c.name).unwrap_or_default();
+    view_named(state, campaign, meta, name).await
+}
+
+async fn view_named(
+    state: &AppState,
+    campaign: &CampaignId,
+    meta: &CampaignMeta,
+    name: String,
+) -> Result<CampaignView, AppError> {
+    let counters = state.engine.counters(campaign, &meta.skus).await?;
     let status = meta.phase_at(now_ms()).as_str();
     Ok(CampaignView {
         campaign_id: campaign.to_string(),
@@ -210,6 +223,66 @@ async fn campaign_view(
             })
             .collect(),
     })
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Campaigns per page.
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[param(pattern = "^[0-9a-f]{2,200}$")]
+    cursor: Option<String>,
+}
+
+/// A page cursor: the last campaign's `starts_ms:campaign_id`, hex-encoded (opaque).
+fn encode_cursor(starts_ms: i64, id: &str) -> String {
+    hex::encode(format!("{starts_ms}:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, String), AppError> {
+    let bad = || invalid("cursor is not one this API gave out");
+    let text = hex::decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+    let (at, id) = text.split_once(':').ok_or_else(bad)?;
+    let at = at.parse::<i64>().map_err(|_| bad())?;
+    CampaignId::parse(id).map_err(|_| bad())?;
+    Ok((at, id.to_owned()))
+}
+
+/// `GET /admin/v1/campaigns`: newest `starts_at` first, a page at a time, each with
+/// live counters from Redis.
+#[utoipa::path(get, path = "/admin/v1/campaigns", tag = "operator", params(ListQuery),
+    responses((status = 200, body = CampaignList), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 503, body = ErrorBody, description = "unavailable")))]
+pub async fn list(
+    State(state): State<AppState>,
+    _: Operator,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CampaignList>, AppError> {
+    let Query(q) = query.map_err(|e| invalid(format!("query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(LIST_DEFAULT);
+    if !(1..=LIST_MAX).contains(&limit) {
+        return Err(invalid(format!("limit must be 1..={LIST_MAX}")));
+    }
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let (page, more) =
+        state.db.campaign_page(after.as_ref().map(|(at, id)| (*at, id.as_str())), limit).await?;
+    let mut campaigns = Vec::with_capacity(page.len());
+    for (id, name, _) in &page {
+        let campaign =
+            CampaignId::parse(id).map_err(|_| AppError::Unavailable(format!("campaign id {id}")))?;
+        // Launched in MySQL but not (or not yet again) in Redis: a launch half-way or a
+        // rebuild in progress; the page is retried.
+        let meta = state
+            .engine
+            .campaign_meta(&campaign)
+            .await?
+            .ok_or_else(|| AppError::Unavailable(format!("campaign {id} is being loaded into Redis")))?;
+        campaigns.push(view_named(&state, &campaign, &meta, name.clone()).await?);
+    }
+    let next = if more { page.last().map(|(id, _, at)| encode_cursor(*at, id)) } else { None };
+    Ok(Json(CampaignList { campaigns, next }))
 }
 
 /// `GET /admin/v1/campaigns/{id}`: the campaign with live counters from Redis.
@@ -259,6 +332,47 @@ pub async fn tune(
         .await?;
     let (campaign, meta) = load(&state, campaign.as_str()).await?;
     campaign_view(&state, &campaign, &meta).await.map(Json)
+}
+
+/// `GET /admin/v1/campaigns/{id}/live`: what the operator dashboard polls.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LiveView {
+    pub campaign: CampaignView,
+    /// When this was read (RFC 3339, milliseconds).
+    pub at: String,
+    /// Outbox entries not yet relayed to RabbitMQ.
+    pub outbox_backlog: u64,
+    /// Redis against MySQL, as `GET .../reconciliation` reports it.
+    pub mysql_consistent: bool,
+    /// Units Redis granted that MySQL has not applied yet (Σ drift over the skus).
+    pub mysql_units_behind: i64,
+    /// This gateway's answers since it started (every campaign together).
+    pub gateway: LiveCounters,
+}
+
+#[utoipa::path(get, path = "/admin/v1/campaigns/{campaign_id}/live", tag = "operator",
+    params(("campaign_id" = String, Path)),
+    responses((status = 200, body = LiveView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
+pub async fn live(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<LiveView>, AppError> {
+    let (campaign, meta) = load(&state, &id).await?;
+    let at = now_ms();
+    let view = campaign_view(&state, &campaign, &meta).await?;
+    let backlog = state.engine.outbox_lengths(std::slice::from_ref(&campaign)).await?;
+    let recon = ledger::reconcile::check(&state.engine, &state.db, &campaign)
+        .await?
+        .ok_or_else(|| AppError::CampaignNotFound(id.clone()))?;
+    Ok(Json(LiveView {
+        campaign: view,
+        at: rfc3339(at),
+        outbox_backlog: backlog.first().copied().unwrap_or(0),
+        mysql_consistent: recon.consistent,
+        mysql_units_behind: recon.items.iter().map(|i| i.drift).sum(),
+        gateway: state.metrics.live(),
+    }))
 }
 
 /// `GET /admin/v1/campaigns/{id}/reconciliation`

@@ -27,6 +27,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut body = serde_json::Map::new();
     let mut ready = true;
     for (name, result) in checks {
+        state.metrics.ready.with_label_values(&[name]).set(i64::from(result.is_ok()));
         let word = match result {
             Ok(()) => "ok",
             Err(e) => {
