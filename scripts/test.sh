@@ -21,5 +21,8 @@ bash scripts/ensure-tools.sh chromium playwright
 cargo build --quiet -p gateway -p sync-worker
 python3 scripts/browser_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug" \
   --shot "${CARGO_TARGET_DIR:-target}/dashboard.png"
+echo "== OpenAPI document fuzzed from outside (Schemathesis: all checks, all phases)"
+bash scripts/ensure-tools.sh schemathesis
+python3 scripts/schemathesis_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug"
 echo "== load-test runner, short (every scenario on a small campaign, invariants checked)"
 bash loadtest/run.sh all --short --debug

@@ -11,6 +11,15 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_TOKEN_LEN: usize = 128;
 /// Most lines in one order.
 pub const MAX_LINES: usize = 16;
+/// Most units of one line (the largest stock of a sku: more can never be granted, and
+/// larger numbers would lose precision in the scripts' number format).
+pub const MAX_QUANTITY: u64 = 1_000_000_000;
+
+/// The ids as the parsers below accept them, as JSON-schema patterns: the OpenAPI
+/// document states these (a test checks strings drawn from each parse).
+pub const OPERATOR_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+pub const TOKEN_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
+pub const ORDER_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}[.][0-9a-fA-F]{32}$";
 
 /// Why a value was refused; `field` names what the client sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,14 +166,14 @@ impl OrderId {
     }
 }
 
-/// One requested line: a sku and a quantity of at least 1.
+/// One requested line: a sku and a quantity of 1..=[`MAX_QUANTITY`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderLine {
     pub sku: SkuId,
     pub quantity: u64,
 }
 
-/// The lines of one order: 1..=16, distinct skus, each quantity >= 1.
+/// The lines of one order: 1..=16, distinct skus, each quantity 1..=[`MAX_QUANTITY`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderLines(Vec<OrderLine>);
 
@@ -176,8 +185,8 @@ impl OrderLines {
         let mut out: Vec<OrderLine> = Vec::with_capacity(lines.len());
         for (sku, quantity) in lines {
             let sku = SkuId::parse(&sku)?;
-            if quantity == 0 {
-                return Err(InvalidInput::new("quantity", "must be at least 1"));
+            if quantity == 0 || quantity > MAX_QUANTITY {
+                return Err(InvalidInput::new("quantity", format!("must be 1..={MAX_QUANTITY}")));
             }
             if out.iter().any(|l| l.sku == sku) {
                 return Err(InvalidInput::new("items", format!("sku {sku} appears twice")));
@@ -317,6 +326,27 @@ pub enum ConfirmOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Strings of a `^...$` pattern (the generator takes it without the anchors).
+    fn unanchored(pattern: &str) -> proptest::string::RegexGeneratorStrategy<String> {
+        let inner = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$')).unwrap();
+        proptest::string::string_regex(inner).unwrap()
+    }
+
+    proptest! {
+        /// What the OpenAPI document promises is accepted: every string of each pattern parses.
+        #[test]
+        fn every_string_of_the_documented_patterns_parses(
+            id in unanchored(OPERATOR_ID_PATTERN),
+            token in unanchored(TOKEN_PATTERN),
+            order in unanchored(ORDER_ID_PATTERN),
+        ) {
+            prop_assert!(CampaignId::parse(&id).is_ok() && SkuId::parse(&id).is_ok());
+            prop_assert!(IdempotencyKey::parse(&token).is_ok() && EventId::parse(&token).is_ok());
+            prop_assert!(OrderId::parse(&order).is_ok());
+        }
+    }
 
     #[test]
     fn operator_ids_accept_only_the_contract_alphabet() {

@@ -4,6 +4,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::AppError;
 
@@ -46,8 +47,94 @@ async fn raw_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppE
     })
 }
 
+/// Every body is a JSON object: serde would also fill a struct from an array.
+/// JSON Schema's `integer` includes numbers written with a zero fraction (`2.0`,
+/// `1e3`); serde refuses them for integer fields, so a body that fails is read again
+/// with such numbers made integers (the happy path parses once).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(bytes).map_err(|e| AppError::InvalidRequest(format!("invalid JSON body: {e}")))
+    let invalid = |e: serde_json::Error| AppError::InvalidRequest(format!("invalid JSON body: {e}"));
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') || !arrays_hold_objects(bytes) {
+        return Err(AppError::InvalidRequest(
+            "the body must be a JSON object; every list in it holds objects".into(),
+        ));
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else { return Err(invalid(first)) };
+            if !whole_numbers_as_integers(&mut value) {
+                return Err(invalid(first));
+            }
+            serde_json::from_value(value).map_err(|_| invalid(first))
+        }
+    }
+}
+
+/// Whether every array in the JSON text holds only objects. serde fills a struct from
+/// an array of its fields' values too (`[1, 2]` for `{"a": 1, "b": 2}`); no request
+/// body of this API has a list of anything but objects, so a list of anything else
+/// is refused before serde sees it. Text inside strings is skipped.
+fn arrays_hold_objects(bytes: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut after_open = false; // just after `[` or a `,` inside an array
+    let mut stack: Vec<u8> = Vec::new();
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        if after_open {
+            after_open = false;
+            if b != b'{' && b != b']' {
+                return false;
+            }
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' => {
+                stack.push(b);
+                after_open = true;
+            }
+            b'{' => stack.push(b),
+            b']' | b'}' => {
+                stack.pop();
+            }
+            b',' => after_open = stack.last() == Some(&b'['),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Rewrites every float with no fraction that fits an i64 or u64 as an integer;
+/// whether anything changed.
+fn whole_numbers_as_integers(v: &mut Value) -> bool {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let whole = f.fract() == 0.0 && f.abs() < 9.0e15; // exact in an f64
+            if whole {
+                *v = if f < 0.0 { Value::from(f as i64) } else { Value::from(f as u64) };
+            }
+            whole
+        }
+        Value::Array(items) => {
+            items.iter_mut().fold(false, |changed, i| whole_numbers_as_integers(i) | changed)
+        }
+        Value::Object(fields) => {
+            fields.values_mut().fold(false, |changed, i| whole_numbers_as_integers(i) | changed)
+        }
+        _ => false,
+    }
 }
 
 /// For optional fields whose `null` means something: absent → `None`,
@@ -59,4 +146,51 @@ where
 {
     use serde::Deserialize;
     Option::<T>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        quantity: u64,
+        #[serde(default)]
+        price: Option<i64>,
+    }
+
+    #[test]
+    fn only_objects_and_whole_numbers_in_any_spelling() {
+        assert_eq!(parse::<Line>(b" {\"quantity\": 2}").unwrap(), Line { quantity: 2, price: None });
+        assert_eq!(
+            parse::<Line>(b"{\"quantity\": 2.0, \"price\": -1e3}").unwrap(),
+            Line { quantity: 2, price: Some(-1000) }
+        );
+        for bad in [
+            &b"[2]"[..],
+            b"[null]",
+            b"2",
+            b"{\"quantity\": 2.5}",
+            b"{\"quantity\": -1}",
+            b"{\"quantity\": 1e300}",
+        ] {
+            assert!(
+                matches!(parse::<Line>(bad), Err(AppError::InvalidRequest(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn lists_hold_objects_only() {
+        assert!(arrays_hold_objects(br#"{"items": [{"a": [ {"b": 1} ]}, {"c": "[1, 2]"}], "d": []}"#));
+        assert!(arrays_hold_objects(br#"{"s": "\"[1]\\", "items": [ ]}"#));
+        for bad in
+            [&br#"{"t": [null, null]}"#[..], br#"{"items": [{"a": 1}, ["x", 1]]}"#, br#"{"items": [1]}"#]
+        {
+            assert!(!arrays_hold_objects(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -383,12 +383,36 @@ async fn bodies_and_unknown_routes_get_contract_errors() {
         "/admin/v1/campaigns",
         "/admin/v1/campaigns/{campaign_id}",
         "/admin/v1/campaigns/{campaign_id}/reconciliation",
+        "/admin/v1/campaigns/{campaign_id}/live",
         "/healthz",
         "/readyz",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     assert!(doc["components"]["schemas"]["OrderRequest"].is_object());
+    // What the server enforces is stated: the key's pattern, id patterns, ranges,
+    // every error status, and the links from a reservation to its order.
+    let create = &doc["paths"]["/api/v1/campaigns/{campaign_id}/orders"]["post"];
+    let key =
+        create["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Idempotency-Key").unwrap();
+    assert_eq!(key["schema"]["pattern"], engine::domain::TOKEN_PATTERN);
+    assert_eq!(key["required"], true);
+    for code in ["200", "201", "400", "401", "404", "409", "413", "422", "429", "503"] {
+        assert!(create["responses"][code].is_object(), "order creation lacks {code}");
+    }
+    assert_eq!(create["responses"]["201"]["links"]["ReadOrder"]["operationId"], "get");
+    assert_eq!(create["security"][0]["storefront"], json!([]));
+    let line = &doc["components"]["schemas"]["LineRequest"]["properties"];
+    assert_eq!(line["quantity"]["maximum"], engine::domain::MAX_QUANTITY);
+    assert_eq!(line["sku_id"]["pattern"], engine::domain::OPERATOR_ID_PATTERN);
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            assert!(op["responses"]["503"].is_object(), "{method} {path} lacks 503");
+            if path.starts_with("/admin/") {
+                assert!(op["responses"]["401"].is_object(), "{method} {path} lacks 401");
+            }
+        }
+    }
     let (s, _) = decode(env.http.get(env.url(0, "/healthz")).send().await.unwrap()).await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = decode(env.http.get(env.url(0, "/readyz")).send().await.unwrap()).await;
@@ -541,7 +565,15 @@ async fn campaigns_are_listed_newest_first_a_page_at_a_time() {
     assert_eq!(v["campaigns"].as_array().unwrap().len(), 5, "default page holds them all");
     assert!(v.get("next").is_none(), "{v}");
 
-    for bad in ["?limit=0", "?limit=201", "?limit=x", "?cursor=zz", "?cursor=6162", "?other=1"] {
+    for bad in [
+        "?limit=0",
+        "?limit=201",
+        "?limit=x",
+        "?cursor=zz",
+        "?cursor=12~a.b",
+        "?cursor=1234567890123456789~a",
+        "?other=1",
+    ] {
         let (s, v) = env.admin(Method::GET, &format!("/admin/v1/campaigns{bad}"), None).await;
         assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {v}");
     }

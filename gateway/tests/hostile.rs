@@ -57,7 +57,7 @@ proptest! {
             && distinct
             && lines.iter().all(|(s, q)| {
                 (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                    && *q >= 1 && *q <= i128::from(u64::MAX)
+                    && *q >= 1 && *q <= i128::from(engine::domain::MAX_QUANTITY)
             });
         prop_assert_eq!(ok, valid, "{}", body);
     }
@@ -94,9 +94,13 @@ async fn absurd_values_get_contract_errors_and_change_nothing() {
         let (s, v) = env.order("c", "u1", "k1", items.clone()).await;
         assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{items}");
     }
+    // Past the largest quantity (the largest stock): refused as input.
+    let (s, v) = env.order("c", "u1", "k2", json!([{"sku_id": "a", "quantity": u64::MAX}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{v}");
     // Valid shapes that cannot be served: the biggest quantity, an unknown unicode-free
     // sku, a campaign id outside the alphabet.
-    let (s, v) = env.order("c", "u1", "k2", json!([{"sku_id": "a", "quantity": u64::MAX}])).await;
+    let (s, v) =
+        env.order("c", "u1", "k2", json!([{"sku_id": "a", "quantity": engine::domain::MAX_QUANTITY}])).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let (s, v) = env.order("c", "u1", "k3", json!([{"sku_id": "nope", "quantity": 1}])).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "sku_not_found"));

@@ -232,20 +232,23 @@ pub struct ListQuery {
     /// Campaigns per page.
     #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
-    /// The `next` of the previous page.
-    #[param(pattern = "^[0-9a-f]{2,200}$")]
+    /// The `next` of the previous page: campaigns after that position (opaque to
+    /// clients; any string of this pattern is a position).
+    #[param(pattern = "^-?[0-9]{1,18}~[A-Za-z0-9_-]{1,64}$")]
     cursor: Option<String>,
 }
 
-/// A page cursor: the last campaign's `starts_ms:campaign_id`, hex-encoded (opaque).
+/// A page cursor: the last campaign's `<starts_ms>~<campaign_id>`.
 fn encode_cursor(starts_ms: i64, id: &str) -> String {
-    hex::encode(format!("{starts_ms}:{id}"))
+    format!("{starts_ms}~{id}")
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, String), AppError> {
-    let bad = || invalid("cursor is not one this API gave out");
-    let text = hex::decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
-    let (at, id) = text.split_once(':').ok_or_else(bad)?;
+    let bad = || invalid("cursor is not one this API gives out");
+    let (at, id) = cursor.split_once('~').ok_or_else(bad)?;
+    if at.trim_start_matches('-').len() > 18 {
+        return Err(bad());
+    }
     let at = at.parse::<i64>().map_err(|_| bad())?;
     CampaignId::parse(id).map_err(|_| bad())?;
     Ok((at, id.to_owned()))

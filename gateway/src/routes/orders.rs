@@ -22,6 +22,8 @@ use crate::view::{rfc3339, ErrorBody, OrderView, ReservationView};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
+    /// 1..=16 lines, distinct skus.
+    #[schema(min_items = 1, max_items = 16)]
     items: Vec<LineRequest>,
 }
 
