@@ -5,12 +5,21 @@ Launches a campaign, sends a burst of orders from many buyers (some retrying wit
 same idempotency key), pays some through signed callbacks, cancels some, lets the rest
 expire, then checks the invariants through the operator API and MySQL.
 """
-import argparse, json, os, sys, time, uuid
+import argparse, json, os, sys, threading, time, uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fsclient import ADMIN, call, jwt, rfc3339, signature, sql  # noqa: E402
+import salereport  # noqa: E402
+
+OUTCOME = {201: "reserved", 200: "replayed", 429: "rate_limited", 503: "unavailable"}
+
+
+def outcome(status, body):
+    if status == 409 and isinstance(body, dict):
+        return body.get("error", {}).get("code", "conflict")
+    return OUTCOME.get(status, str(status))
 
 
 def main():
@@ -19,7 +28,10 @@ def main():
     ap.add_argument("--mysql-db", default="flashsale")
     ap.add_argument("--buyers", type=int, default=1500)
     ap.add_argument("--stock", type=int, default=300)
+    ap.add_argument("--report", default=os.path.join("target", "loadtest", "demo-report.html"),
+                    help="where the HTML report of the sale goes (beside the load tests' k6 reports)")
     args = ap.parse_args()
+    rec = salereport.Recorder()
     admin = ADMIN
     cid = "demo-" + uuid.uuid4().hex[:8]
     window = 4
@@ -42,10 +54,28 @@ def main():
             items.append({"sku_id": "case", "quantity": 1})
         h = {"authorization": f"Bearer {jwt(user)}", "idempotency-key": f"{cid}-{i}"}
         url = f"{args.base}/api/v1/campaigns/{cid}/orders"
+        t = time.time()
         first = call("POST", url, {"items": items}, h)
-        retry = call("POST", url, {"items": items}, h) if i % 7 == 0 else None
+        rec.answer(t, outcome(*first))
+        retry = None
+        if i % 7 == 0:
+            t = time.time()
+            retry = call("POST", url, {"items": items}, h)
+            rec.answer(t, outcome(*retry))
         return user, first, retry
 
+    # The campaign's counters, sampled through the operator API while the sale runs.
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            s, v = call("GET", f"{args.base}/admin/v1/campaigns/{cid}", headers=admin)
+            if s == 200:
+                rec.sample(v)
+            sampling.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.time()
     with ThreadPoolExecutor(max_workers=64) as pool:
         results = list(pool.map(buy, range(args.buyers)))
@@ -81,7 +111,17 @@ def main():
         reserved = sum(i["reserved"] for i in view["items"])
         if recon and recon.get("consistent") and reserved == 0:
             break
-    print(json.dumps(view, indent=2))
+    sampling.set()
+    sampler.join()
+    rec.sample(view)
+    print()
+    print(salereport.table([(i["sku_id"], i["stock_total"], i["available"], i["reserved"], i["sold"])
+                            for i in view["items"]], ["sku", "stock", "available", "reserved", "sold"]))
+    ms = [a[2] for a in rec.answers]
+    print()
+    print(salereport.table(sorted(Counter(a[1] for a in rec.answers).items()), ["answer", "count"]))
+    print(f"latency (client side): p50 {salereport.percentile(ms, 0.5):.1f} ms, "
+          f"p99 {salereport.percentile(ms, 0.99):.1f} ms")
 
     sold_units = sum(i["sold"] for i in view["items"])
     expected_sold = sum(len(o["items"]) for n, (_, o) in enumerate(winners) if n % 10 < 6)
@@ -105,6 +145,9 @@ def main():
     print("\ninvariants:")
     for name, ok in checks.items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+    salereport.write_html(args.report, f"Demo sale {cid}", rec, view, checks)
+    print(f"\nreport: {args.report}")
     sys.exit(0 if all(checks.values()) else 1)
 
 
