@@ -42,14 +42,26 @@ pub async fn drop_database(url: &str) {
     }
 }
 
-/// Deletes every Redis key of `namespace`.
+/// Deletes every Redis key of `namespace`. SCAN, not KEYS: KEYS blocks Redis for the
+/// whole keyspace (a second per few million keys), which times out the calls of every
+/// test running beside this one.
 pub async fn delete_keys(redis_url: &str, namespace: &str) {
     let Ok(client) = redis::Client::open(redis_url) else { return };
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut conn).await.unwrap_or_default();
-    for chunk in keys.chunks(500) {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    let mut cursor = 0u64;
+    loop {
+        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
+            scan(cursor, namespace).query_async(&mut conn).await
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 
@@ -57,11 +69,27 @@ pub async fn delete_keys(redis_url: &str, namespace: &str) {
 pub fn delete_keys_blocking(redis_url: &str, namespace: &str) {
     let Ok(client) = redis::Client::open(redis_url) else { return };
     let Ok(mut conn) = client.get_connection() else { return };
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{namespace}:*")).query(&mut conn).unwrap_or_default();
-    for chunk in keys.chunks(500) {
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    let mut cursor = 0u64;
+    loop {
+        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
+            scan(cursor, namespace).query(&mut conn)
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query(&mut conn);
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
+}
+
+fn scan(cursor: u64, namespace: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor).arg("MATCH").arg(format!("{namespace}:*")).arg("COUNT").arg(1000);
+    cmd
 }
 
 /// Deletes the queues and exchanges a worker of `namespace` declares.
