@@ -28,12 +28,13 @@ def main():
     ap.add_argument("--mysql-db", default="flashsale")
     ap.add_argument("--buyers", type=int, default=1500)
     ap.add_argument("--stock", type=int, default=300)
+    ap.add_argument("--campaign-id", help="the campaign's id (default: demo-<random>)")
     ap.add_argument("--report", default=os.path.join("target", "loadtest", "demo-report.html"),
                     help="where the HTML report of the sale goes (beside the load tests' k6 reports)")
     args = ap.parse_args()
     rec = salereport.Recorder()
     admin = ADMIN
-    cid = "demo-" + uuid.uuid4().hex[:8]
+    cid = args.campaign_id or "demo-" + uuid.uuid4().hex[:8]
     window = 4
     launch = {
         "campaign_id": cid, "name": "Demo flash sale",
