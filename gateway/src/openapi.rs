@@ -52,6 +52,7 @@ pub async fn document() -> Json<Value> {
 /// a reservation to its order and from a launch to the campaign.
 pub fn described() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    unsigned_32(&mut doc);
     constrain_schemas(&mut doc);
     let paths: Vec<String> =
         doc["paths"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
@@ -67,6 +68,25 @@ pub fn described() -> Value {
         "operator": {"type": "http", "scheme": "bearer", "description": "the admin token (`admin.token`)"}
     });
     doc
+}
+
+/// utoipa writes a `u32` as `format: int32, minimum: 0`, but `int32` stops at 2³¹−1
+/// and the server takes (and answers) values up to 2³²−1: say `int64` with the `u32`
+/// maximum instead, everywhere (bodies, answers, parameters).
+fn unsigned_32(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            let unsigned = o.get("format").and_then(Value::as_str) == Some("int32")
+                && o.get("minimum").and_then(Value::as_i64).is_some_and(|m| m >= 0);
+            if unsigned {
+                o.insert("format".into(), json!("int64"));
+                o.entry("maximum").or_insert(json!(u32::MAX));
+            }
+            o.values_mut().for_each(unsigned_32);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_32),
+        _ => {}
+    }
 }
 
 /// Field constraints of the request and response bodies, by schema and field.

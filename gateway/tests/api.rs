@@ -405,6 +405,11 @@ async fn bodies_and_unknown_routes_get_contract_errors() {
     let line = &doc["components"]["schemas"]["LineRequest"]["properties"];
     assert_eq!(line["quantity"]["maximum"], engine::domain::MAX_QUANTITY);
     assert_eq!(line["sku_id"]["pattern"], engine::domain::OPERATOR_ID_PATTERN);
+    // A u32 threshold is not an int32 (2^31 and above are accepted and answered).
+    let text = doc.to_string();
+    assert!(!text.contains("\"int32\""), "no field is limited to int32");
+    let threshold = &doc["components"]["schemas"]["Thresholds"]["properties"]["max_orders_per_sec"];
+    assert_eq!(threshold["maximum"], u32::MAX);
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             assert!(op["responses"]["503"].is_object(), "{method} {path} lacks 503");
