@@ -26,3 +26,6 @@ bash scripts/ensure-tools.sh schemathesis
 python3 scripts/schemathesis_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug"
 echo "== load-test runner, short (every scenario on a small campaign, invariants checked)"
 bash loadtest/run.sh all --short --debug
+echo "== load-test runner's before/after mode (the debug build against itself: the swap and checks work)"
+python3 loadtest/run.py ab --short --bin-dir "${CARGO_TARGET_DIR:-target}/debug" \
+  --baseline-bin-dir "${CARGO_TARGET_DIR:-target}/debug" --out "${CARGO_TARGET_DIR:-target}/loadtest-ab"
