@@ -46,7 +46,7 @@ PRESETS = {
     },
     # Before/after: needs --baseline-bin-dir (not part of `all`).
     "ab": {
-        "full": dict(duration=10, vus=64, users=20000, turns=2),
+        "full": dict(duration=10, vus=64, users=20000, turns=4),
         "short": dict(duration=2, vus=16, users=1000, turns=1),
     },
 }
@@ -576,7 +576,7 @@ def run_ratios(p, out, stack):
 
 def run_ab(p, out, stack, baseline_dir):
     """Before/after in one invocation: the gateway and sync-worker of `baseline_dir` and
-    the ones under test take turns (baseline, current, baseline, current) on one stocked
+    the ones under test take turns (baseline, current, current, baseline, ...) on one stocked
     campaign, each turn a wrk reservation run with the worker draining and one with it
     paused; the ratios are current over baseline (rates, and server CPU per request)."""
     tok = tokens(out, p["users"])
@@ -587,7 +587,11 @@ def run_ab(p, out, stack, baseline_dir):
     runs = defaultdict(list)
     created = 0
     for turn in range(int(p["turns"])):
-        for variant, bin_dir in (("baseline", baseline_dir), ("current", stack.bin_dir)):
+        # ABBA: the order flips every turn, so what drifts over the run (the keyspace
+        # grows by two keys per order, MariaDB flushes the previous run's writes) falls
+        # on both sides alike.
+        both = [("baseline", baseline_dir), ("current", stack.bin_dir)]
+        for variant, bin_dir in (both if turn % 2 == 0 else both[::-1]):
             drain(stocked, created, watch, 0)
             stack.swap(bin_dir)
             for label, pause in (("draining", False), ("paused", True)):

@@ -45,10 +45,23 @@ def running(bin_dir, tag, port, metrics_port):
             except subprocess.TimeoutExpired:
                 p.kill()
         subprocess.run(["mariadb", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE IF EXISTS {db}"], check=False)
+        delete_queues(ns)
         keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{ns}:*"], capture_output=True,
                               text=True).stdout.split()
         for i in range(0, len(keys), 500):
             subprocess.run(["redis-cli", "DEL", *keys[i:i + 500]], capture_output=True)
+
+
+def delete_queues(ns):
+    """Deletes the RabbitMQ queues of namespace `ns` (best effort: needs rabbitmqctl)."""
+    try:
+        names = subprocess.run(["rabbitmqctl", "list_queues", "-q", "name"], capture_output=True, text=True,
+                               timeout=30).stdout.split()
+        for name in names:
+            if name.startswith(f"{ns}."):
+                subprocess.run(["rabbitmqctl", "delete_queue", name], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def launch(base, campaign_id, items, limit=2):
