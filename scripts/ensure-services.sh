@@ -14,15 +14,7 @@ wait_port() {
   done
   log "$name did not open port $port"; return 1
 }
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-apt_updated=0
-apt_install() {
-  if [[ $apt_updated -eq 0 ]]; then
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_updated=1
-  fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+source "$(dirname "$0")/lib.sh"
 
 ensure_redis() {
   port_open 6379 && { log "redis: running"; return; }
