@@ -14,24 +14,21 @@ img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none
 
 /// `GET /admin/`
 pub async fn page() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, POLICY),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        PAGE,
-    )
+    embedded("text/html; charset=utf-8", PAGE)
 }
 
 /// `GET /admin/dashboard.js`
 pub async fn script() -> impl IntoResponse {
+    embedded("text/javascript; charset=utf-8", SCRIPT)
+}
+
+fn embedded(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CONTENT_SECURITY_POLICY, POLICY),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        SCRIPT,
+        body,
     )
 }

@@ -45,7 +45,8 @@ pub async fn document() -> Json<Value> {
     Json(DOC.get_or_init(described).clone())
 }
 
-/// The generated document, completed with what the derives cannot say: the id
+/// The generated document, completed with what the derives cannot say (and what
+/// every route shares, so the handlers' annotations list only their own answers): the id
 /// patterns and number ranges the parsers enforce (taken from their constants), who
 /// may call what (security), the answers every route can give (400 for a bad body or
 /// parameter, 401, 413, 503 with `Retry-After`), and the links a client follows from

@@ -150,7 +150,7 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
 /// launch repeated with the same definition after a failure half-way completes it;
 /// any other repeat is `campaign_exists`.
 #[utoipa::path(post, path = "/admin/v1/campaigns", tag = "operator", request_body = LaunchRequest,
-    responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 409, body = ErrorBody, description = "campaign_exists"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 409, body = ErrorBody, description = "campaign_exists")))]
 pub async fn launch(
     State(state): State<AppState>,
     _: Operator,
@@ -257,7 +257,7 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), AppError> {
 /// `GET /admin/v1/campaigns`: newest `starts_at` first, a page at a time, each with
 /// live counters from Redis.
 #[utoipa::path(get, path = "/admin/v1/campaigns", tag = "operator", params(ListQuery),
-    responses((status = 200, body = CampaignList), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = CampaignList), (status = 400, body = ErrorBody, description = "invalid_request")))]
 pub async fn list(
     State(state): State<AppState>,
     _: Operator,
@@ -290,7 +290,7 @@ pub async fn list(
 
 /// `GET /admin/v1/campaigns/{id}`: the campaign with live counters from Redis.
 #[utoipa::path(get, path = "/admin/v1/campaigns/{campaign_id}", tag = "operator", params(("campaign_id" = String, Path)),
-    responses((status = 200, body = CampaignView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = CampaignView), (status = 404, body = ErrorBody, description = "campaign_not_found")))]
 pub async fn view(
     State(state): State<AppState>,
     _: Operator,
@@ -303,7 +303,7 @@ pub async fn view(
 /// `PATCH /admin/v1/campaigns/{id}`: takes effect on every gateway within 1 s.
 #[utoipa::path(patch, path = "/admin/v1/campaigns/{campaign_id}", tag = "operator", params(("campaign_id" = String, Path)),
     request_body = TuneRequest,
-    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 404, body = ErrorBody, description = "campaign_not_found")))]
 pub async fn tune(
     State(state): State<AppState>,
     _: Operator,
@@ -355,7 +355,7 @@ pub struct LiveView {
 
 #[utoipa::path(get, path = "/admin/v1/campaigns/{campaign_id}/live", tag = "operator",
     params(("campaign_id" = String, Path)),
-    responses((status = 200, body = LiveView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = LiveView), (status = 404, body = ErrorBody, description = "campaign_not_found")))]
 pub async fn live(
     State(state): State<AppState>,
     _: Operator,
@@ -381,7 +381,7 @@ pub async fn live(
 /// `GET /admin/v1/campaigns/{id}/reconciliation`
 #[utoipa::path(get, path = "/admin/v1/campaigns/{campaign_id}/reconciliation", tag = "operator",
     params(("campaign_id" = String, Path)),
-    responses((status = 200, body = Reconciliation), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = Reconciliation), (status = 404, body = ErrorBody, description = "campaign_not_found")))]
 pub async fn reconciliation(
     State(state): State<AppState>,
     _: Operator,

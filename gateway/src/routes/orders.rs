@@ -40,7 +40,7 @@ pub struct LineRequest {
     request_body = OrderRequest,
     responses((status = 201, body = ReservationView, description = "reserved"),
         (status = 200, body = ReservationView, description = "same key, same body: the first answer again"),
-        (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "campaign_not_found / sku_not_found"), (status = 409, body = ErrorBody, description = "sold_out / purchase_limit_exceeded / campaign_not_active"), (status = 413, body = ErrorBody, description = "payload_too_large"), (status = 422, body = ErrorBody, description = "idempotency_key_reused"), (status = 429, body = ErrorBody, description = "rate_limited (Retry-After)"), (status = 503, body = ErrorBody, description = "unavailable")))]
+        (status = 400, body = ErrorBody, description = "invalid_request"), (status = 404, body = ErrorBody, description = "campaign_not_found / sku_not_found"), (status = 409, body = ErrorBody, description = "sold_out / purchase_limit_exceeded / campaign_not_active"), (status = 413, body = ErrorBody, description = "payload_too_large"), (status = 422, body = ErrorBody, description = "idempotency_key_reused"), (status = 429, body = ErrorBody, description = "rate_limited (Retry-After)")))]
 pub async fn create(
     State(state): State<AppState>,
     Path(campaign): Path<String>,
@@ -156,7 +156,7 @@ pub async fn load_order(state: &AppState, order_id: &str, owner: &UserId) -> Res
 
 /// `GET /api/v1/orders/{order_id}`
 #[utoipa::path(get, path = "/api/v1/orders/{order_id}", tag = "storefront", params(("order_id" = String, Path)),
-    responses((status = 200, body = OrderView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "order_not_found (also another user's order)"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = OrderView), (status = 404, body = ErrorBody, description = "order_not_found (also another user's order)")))]
 pub async fn get(
     State(state): State<AppState>,
     Path(order_id): Path<String>,
@@ -168,7 +168,7 @@ pub async fn get(
 /// `POST /api/v1/orders/{order_id}/cancel`: pending → cancelled, units back at once;
 /// cancelling a cancelled order answers the order again.
 #[utoipa::path(post, path = "/api/v1/orders/{order_id}/cancel", tag = "storefront", params(("order_id" = String, Path)),
-    responses((status = 200, body = OrderView), (status = 401, body = ErrorBody, description = "unauthenticated"), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 409, body = ErrorBody, description = "order_not_cancellable"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = OrderView), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 409, body = ErrorBody, description = "order_not_cancellable")))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(order_id): Path<String>,

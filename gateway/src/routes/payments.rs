@@ -37,7 +37,7 @@ pub struct CallbackAnswer {
 #[utoipa::path(post, path = "/api/v1/payments/callback", tag = "payments",
     params(("Flashsale-Signature" = String, Header, description = "t=<unix secs>,v1=<hex HMAC-SHA256(secret, \"<t>.<raw body>\")>[,v1=...]")),
     request_body = Callback,
-    responses((status = 200, body = CallbackAnswer), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "invalid_signature"), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 409, body = ErrorBody, description = "event_id_conflict"), (status = 422, body = ErrorBody, description = "amount_mismatch"), (status = 503, body = ErrorBody, description = "unavailable")))]
+    responses((status = 200, body = CallbackAnswer), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 401, body = ErrorBody, description = "invalid_signature"), (status = 404, body = ErrorBody, description = "order_not_found"), (status = 409, body = ErrorBody, description = "event_id_conflict"), (status = 422, body = ErrorBody, description = "amount_mismatch")))]
 pub async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
