@@ -1,5 +1,5 @@
 //! Compares a campaign's stock in Redis with MySQL: [`check`] reads both sides,
-//! [`compare`] is the pure comparison. The operator API, the worker's periodic check
+//! [`against`] takes Redis's counters already read, [`compare`] is the pure comparison. The operator API, the worker's periodic check
 //! and retirement all call [`check`].
 //!
 //! Consistent means every reservation Redis granted is in MySQL in the same state:
@@ -34,9 +34,18 @@ pub async fn check(
         return Ok(None);
     };
     let counters = engine.counters(campaign, &meta.skus).await?;
+    against(db, campaign, &counters).await.map(Some)
+}
+
+/// Compares counters already read from Redis with MySQL's stock of the campaign.
+pub async fn against(
+    db: &Db,
+    campaign: &CampaignId,
+    counters: &[SkuCounters],
+) -> Result<Reconciliation, ReconcileError> {
     let redis: Vec<RedisStock> = counters.iter().map(RedisStock::from).collect();
     let mysql = db.stock(campaign.as_str()).await?;
-    Ok(Some(compare(&redis, &mysql)))
+    Ok(compare(&redis, &mysql))
 }
 
 impl From<&SkuCounters> for RedisStock {

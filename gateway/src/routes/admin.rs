@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use engine::campaign::{
-    CampaignLaunch, CampaignMeta, CampaignTuning, LaunchItem, LaunchOutcome, TuneOutcome,
+    CampaignLaunch, CampaignMeta, CampaignTuning, LaunchItem, LaunchOutcome, SkuCounters, TuneOutcome,
 };
 use engine::clock::now_ms;
 use engine::domain::{CampaignId, SkuId};
@@ -198,8 +198,18 @@ async fn view_named(
     name: String,
 ) -> Result<CampaignView, AppError> {
     let counters = state.engine.counters(campaign, &meta.skus).await?;
+    Ok(view_of(campaign, meta, name, counters))
+}
+
+/// The campaign view from counters already read.
+fn view_of(
+    campaign: &CampaignId,
+    meta: &CampaignMeta,
+    name: String,
+    counters: Vec<SkuCounters>,
+) -> CampaignView {
     let status = meta.phase_at(now_ms()).as_str();
-    Ok(CampaignView {
+    CampaignView {
         campaign_id: campaign.to_string(),
         name,
         status,
@@ -222,7 +232,7 @@ async fn view_named(
                 sold: c.sold,
             })
             .collect(),
-    })
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -363,13 +373,13 @@ pub async fn live(
 ) -> Result<Json<LiveView>, AppError> {
     let (campaign, meta) = load(&state, &id).await?;
     let at = now_ms();
-    let view = campaign_view(&state, &campaign, &meta).await?;
+    // One read of the counters serves the view and the comparison with MySQL.
+    let counters = state.engine.counters(&campaign, &meta.skus).await?;
+    let recon = ledger::reconcile::against(&state.db, &campaign, &counters).await?;
+    let name = state.db.campaign(campaign.as_str()).await?.map(|c| c.name).unwrap_or_default();
     let backlog = state.engine.outbox_lengths(std::slice::from_ref(&campaign)).await?;
-    let recon = ledger::reconcile::check(&state.engine, &state.db, &campaign)
-        .await?
-        .ok_or_else(|| AppError::CampaignNotFound(id.clone()))?;
     Ok(Json(LiveView {
-        campaign: view,
+        campaign: view_of(&campaign, &meta, name, counters),
         at: rfc3339(at),
         outbox_backlog: backlog.first().copied().unwrap_or(0),
         mysql_consistent: recon.consistent,
