@@ -276,6 +276,27 @@ class CpuMeter:
         return {n: round(1e6 * secs / max(1, requests), 1) for n, secs in self.used.items() if secs > 0.01}
 
 
+def measured(stack, run, pause_worker=False):
+    """`run()` (one load run, returning its numbers), with the sync-worker stopped
+    meanwhile if asked, and each process's CPU per request added, and the server's sum."""
+    if pause_worker:
+        stack.signal("sync-worker", signal.SIGSTOP)
+    try:
+        with CpuMeter(stack) as cpu:
+            numbers = run()
+    finally:
+        if pause_worker:
+            stack.signal("sync-worker", signal.SIGCONT)
+    numbers["cpu_us_per_request"] = cpu.per_request_us(numbers["requests"])
+    numbers["server_cpu_us_per_request"] = server_cpu_us(numbers["cpu_us_per_request"])
+    return numbers
+
+
+def described(numbers):
+    return (f"{numbers['rate_per_sec']:>7}/s  p50 {numbers['p50_ms']} ms  p99 {numbers['p99_ms']} ms  "
+            f"server CPU {numbers['server_cpu_us_per_request']} us/request  {numbers['cpu_us_per_request']}")
+
+
 def latency_buckets(route):
     """Cumulative counts of the gateway's request-latency histogram for one route."""
     status, text = 0, ""
@@ -503,26 +524,22 @@ def run_ratios(p, out, stack):
             key = label if tool == "k6" else f"wrk_{label}"
             if pause:
                 drain(stocked, created_so_far, watch, 0)
-                stack.signal("sync-worker", signal.SIGSTOP)
-            with CpuMeter(stack) as cpu:
+
+            def run(tool=tool, label=label, key=key, addr=addr, cid=cid):
                 if tool == "k6":
                     env = dict(BASE=f"http://{addr}", CAMPAIGN=cid, SKUS="sku0", TOKENS=tok, VUS=p["vus"],
                                DURATION=p["duration"], LOG_ORDERS=0, RUN=label)
                     metrics, console, rc = k6("throughput.js", f"ratios-{label}", out, env, report=False)
                     runs[key] = (metrics, console)
-                    numbers = dict(k6_numbers(metrics), k6_exit=rc)
-                else:
-                    numbers = wrk(f"ratios-{key}", out, addr, cid, "sku0", tok, p, key)
-                    runs[key] = ({}, [])
-            if pause:
-                stack.signal("sync-worker", signal.SIGCONT)
+                    return dict(k6_numbers(metrics), k6_exit=rc)
+                runs[key] = ({}, [])
+                return wrk(f"ratios-{key}", out, addr, cid, "sku0", tok, p, key)
+
+            numbers = measured(stack, run, pause)
             if cid == stocked and addr == GATEWAY:
                 created_so_far += numbers["orders_created"]
-            numbers["cpu_us_per_request"] = cpu.per_request_us(numbers["requests"])
-            numbers["server_cpu_us_per_request"] = server_cpu_us(numbers["cpu_us_per_request"])
             rates[key] = numbers
-            log(f"ratios: {key:25} {numbers['rate_per_sec']:>7}/s  p50 {numbers['p50_ms']} ms  p99 {numbers['p99_ms']} ms  "
-                f"server CPU {numbers['server_cpu_us_per_request']} us/request  {numbers['cpu_us_per_request']}")
+            log(f"ratios: {key:25} {described(numbers)}")
     created = created_so_far
     drain(stocked, created, watch, 0)
     watch.stop.set()
@@ -597,19 +614,11 @@ def run_ab(p, out, stack, baseline_dir):
             for label, pause in (("draining", False), ("paused", True)):
                 if pause:
                     drain(stocked, created, watch, 0)
-                    stack.signal("sync-worker", signal.SIGSTOP)
-                with CpuMeter(stack) as cpu:
-                    numbers = wrk(f"ab-{variant}-{label}-{turn}", out, GATEWAY, stocked, "sku0", tok, p,
-                                  f"ab{turn}{variant[0]}{label[0]}")
-                if pause:
-                    stack.signal("sync-worker", signal.SIGCONT)
+                name, run = f"ab-{variant}-{label}-{turn}", f"ab{turn}{variant[0]}{label[0]}"
+                numbers = measured(stack, lambda: wrk(name, out, GATEWAY, stocked, "sku0", tok, p, run), pause)
                 created += numbers["orders_created"]
-                numbers["cpu_us_per_request"] = cpu.per_request_us(numbers["requests"])
-                numbers["server_cpu_us_per_request"] = server_cpu_us(numbers["cpu_us_per_request"])
                 runs[f"{variant}_{label}"].append(numbers)
-                log(f"ab: {variant:8} {label:8} turn {turn}  {numbers['rate_per_sec']:>7}/s  p50 {numbers['p50_ms']} ms  "
-                    f"p99 {numbers['p99_ms']} ms  server CPU {numbers['server_cpu_us_per_request']} us/request  "
-                    f"{numbers['cpu_us_per_request']}")
+                log(f"ab: {variant:8} {label:8} turn {turn}  {described(numbers)}")
     drain(stocked, created, watch, 0)
     stack.swap(stack.bin_dir)
     watch.stop.set()
