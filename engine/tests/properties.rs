@@ -244,11 +244,10 @@ async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderId], sizes: &[usize]) -> (Vec
         state.push(format!("u{u} {held:?}"));
     }
     // The deadlines, the buyer set and the outbox's orders (ids and state, in order).
-    let pending: Vec<String> =
+    let mut pending: Vec<String> =
         redis::cmd("ZRANGE").arg(ns.keys().pending(&c)).arg(0).arg(-1).query_async(&mut raw).await.unwrap();
-    let mut pending_sorted = pending.clone();
-    pending_sorted.sort();
-    state.push(format!("pending {pending_sorted:?}"));
+    pending.sort();
+    state.push(format!("pending {pending:?}"));
     let mut buyers: Vec<String> =
         redis::cmd("SMEMBERS").arg(ns.keys().buyers(&c)).query_async(&mut raw).await.unwrap();
     buyers.sort();
