@@ -24,8 +24,9 @@ def main():
         json.dump([jwt(f"shopper-{run}-{i}") for i in range(200)], open(tokens, "w"))
         env = dict(os.environ, BASE=base, ADMIN_TOKEN=ADMIN_TOKEN, CAMPAIGN=cid, TOKENS=tokens,
                    SHOT=os.path.abspath(args.shot))
+        # Every step has playwright's own timeout; this bounds the whole test.
         rc = subprocess.run(["node", os.path.join(teststack.ROOT, "ops", "browser", "dashboard.test.mjs")],
-                            env=env).returncode
+                            env=env, timeout=300).returncode
     sys.exit(rc)
 
 

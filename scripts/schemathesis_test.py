@@ -29,7 +29,7 @@ def main():
                f"{base}/openapi.json", "--report", "junit", "--report-dir", report]
         if args.max_examples:
             cmd += ["--max-examples", str(args.max_examples)]
-        rc = subprocess.run(cmd, env=env).returncode
+        rc = subprocess.run(cmd, env=env, timeout=1200).returncode  # each request has its own 10 s
     sys.exit(rc)
 
 
