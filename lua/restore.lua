@@ -8,7 +8,8 @@
 --              expires_ms, paid_ms or '', payment_window_secs).
 --   'users':   KEYS 1 meta, then one user count per user; ARGV 1 'users', then the
 --              units each user holds or bought, in KEYS order.
---   'finish':  KEYS 1 meta, 2 campaign index, 3.. one stock hash per sku;
+--   'finish':  KEYS 1 meta, 2.. one stock hash per sku (the caller lists the campaign
+--              in the index first: another slot on a cluster);
 --              ARGV 1 'finish', 2 campaign, 3 starts_ms, 4 ends_ms, 5 per_user_limit,
 --              6 payment_window_secs, 7 max_orders_per_sec, 8 max_user_rps,
 --              9 events channel, 10 stock generation, then per sku
@@ -50,15 +51,14 @@ if mode == 'users' then
 end
 if mode == 'finish' then
   local skus = {}
-  for i = 3, #KEYS do
-    local b = 11 + (i - 3) * 6
+  for i = 2, #KEYS do
+    local b = 11 + (i - 2) * 6
     skus[#skus + 1] = ARGV[b]
     redis.call('DEL', KEYS[i])
     redis.call('HSET', KEYS[i], 'total', ARGV[b + 1], 'avail', ARGV[b + 2], 'resv', ARGV[b + 3],
       'sold', ARGV[b + 4], 'price', ARGV[b + 5], 'gen', ARGV[10])
   end
   write_meta(KEYS[1], 3, skus)
-  redis.call('SADD', KEYS[2], ARGV[2])
   redis.call('PUBLISH', ARGV[9], 'meta ' .. ARGV[2])
   return { 'ok' }
 end

@@ -1,16 +1,17 @@
--- warmup: loads a new campaign's window and stock and lists it in the campaign index,
--- in one step: a campaign that can sell is always one the relay and the sweeps visit.
+-- warmup: loads a new campaign's window and stock in one step. The caller lists the
+-- campaign in the index (another slot on a cluster) before this runs, so a campaign
+-- that can sell is always one the relay and the sweeps visit.
 -- Refuses to touch a campaign that already exists, so a repeated launch can never
 -- reset live stock.
--- KEYS: 1 meta, 2 campaign index (set), 3.. one stock hash per sku, in ARGV order
+-- KEYS: 1 meta, 2.. one stock hash per sku, in ARGV order
 -- ARGV: 1 campaign, 2 starts_ms, 3 ends_ms, 4 per_user_limit, 5 payment_window_secs,
 --       6 max_orders_per_sec ('' = none), 7 max_user_requests_per_sec ('' = none),
 --       8 events channel, then (sku, stock, price_cents) triples
 -- Replies: {'created'} {'exists'}
 
-local FIRST_STOCK_KEY = 3
+local FIRST_STOCK_KEY = 2
 for i = 1, #KEYS do
-  if i ~= 2 and redis.call('EXISTS', KEYS[i]) == 1 then
+  if redis.call('EXISTS', KEYS[i]) == 1 then
     return { 'exists' }
   end
 end
@@ -23,6 +24,5 @@ for i = FIRST_STOCK_KEY, #KEYS do
     'price', price, 'gen', 0)
 end
 write_meta(KEYS[1], 2, skus)
-redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[8], 'meta ' .. ARGV[1])
 return { 'created' }

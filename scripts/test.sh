@@ -4,8 +4,10 @@
 # the load-test runner so its invariant checks stay tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The cluster scripts/ensure-services.sh --cluster starts.
+REDIS_CLUSTER_NODES="redis://127.0.0.1:55001,redis://127.0.0.1:55002,redis://127.0.0.1:55003"
 
-bash scripts/ensure-services.sh
+bash scripts/ensure-services.sh --cluster
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -13,6 +15,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --no-fail-fast
+echo "== the script, cache and API suites again, against the local 3-master Redis Cluster"
+FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
+  cargo test --no-fail-fast -p engine --test scripts --test cache -p gateway --test api
 echo "== ops: alert rules (promtool; the metric names are checked by faults/tests/ops.rs)"
 bash scripts/ensure-tools.sh promtool
 promtool check rules ops/alerts.yml

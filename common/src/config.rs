@@ -74,9 +74,29 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     pub url: String,
+    /// Comma-separated seed nodes of a Redis Cluster; empty: one Redis at `url`.
+    pub cluster_nodes: String,
     pub connections: usize,
     pub call_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+}
+
+impl RedisSettings {
+    /// The Redis Cluster seed nodes (empty: not a cluster).
+    pub fn cluster_seeds(&self) -> Vec<String> {
+        self.cluster_nodes.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// Every address a process may open a plain connection to (pub/sub, tests): the
+    /// cluster's seeds, or the one Redis.
+    pub fn nodes(&self) -> Vec<String> {
+        let seeds = self.cluster_seeds();
+        if seeds.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            seeds
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +221,9 @@ impl Settings {
                 return bad(key, "must be at most 1000 (changes must reach every gateway within 1 s)");
             }
         }
+        if self.redis.cluster_seeds().iter().any(|n| !n.starts_with("redis://")) {
+            return bad("redis.cluster_nodes", "must be comma-separated redis://host:port seed nodes");
+        }
         for (key, v) in [
             ("redis.url", self.redis.url.as_str()),
             ("mysql.url", self.mysql.url.as_str()),
@@ -290,6 +313,19 @@ mod tests {
         assert_eq!(s.mysql.url, "mysql://root@127.0.0.1:3306/flashsale");
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.dev_secrets_in_use().len(), 3);
+    }
+
+    #[test]
+    fn cluster_seeds_come_comma_separated() {
+        let s = load_with_env(&[]).unwrap();
+        assert!(s.redis.cluster_seeds().is_empty());
+        assert_eq!(s.redis.nodes(), vec!["redis://127.0.0.1:6379".to_owned()]);
+        let nodes = "redis://127.0.0.1:55001, redis://127.0.0.1:55002,redis://127.0.0.1:55003";
+        let s = load_with_env(&[("FLASHSALE__REDIS__CLUSTER_NODES", nodes)]).unwrap();
+        assert_eq!(s.redis.cluster_seeds().len(), 3);
+        assert_eq!(s.redis.nodes()[1], "redis://127.0.0.1:55002");
+        let err = load_with_env(&[("FLASHSALE__REDIS__CLUSTER_NODES", "127.0.0.1:55001")]).unwrap_err();
+        assert!(err.contains("redis.cluster_nodes"), "{err}");
     }
 
     #[test]

@@ -46,12 +46,7 @@ impl Engine {
     /// a Redis that is down makes calls fail with `Unavailable`, not this.
     pub fn start(settings: &Settings) -> Result<Self> {
         let r = &settings.redis;
-        let link = RedisLink::new(
-            &r.url,
-            r.connections,
-            r.call_timeout(),
-            Duration::from_millis(r.connect_timeout_ms),
-        )?;
+        let link = RedisLink::new(r)?;
         let e = &settings.engine;
         let store_settings = StoreSettings {
             idempotency_ttl_secs: e.idempotency_ttl_secs,
@@ -67,7 +62,7 @@ impl Engine {
         let weak = Arc::downgrade(&inner);
         let listener = tokio::spawn(notices::listen(
             weak.clone(),
-            r.url.clone(),
+            r.nodes(),
             channel,
             Duration::from_millis(r.connect_timeout_ms),
         ));

@@ -1,44 +1,144 @@
-//! Redis connections for the hot path.
+//! Redis connections for the hot path: one Redis, or a Redis Cluster.
 //!
-//! Requests share a few multiplexed connections instead of checking one out each:
-//! an exclusive check-out serialises requests that one multiplexed connection would
-//! pipeline, and deadpool's check-out pings the connection every time. deadpool
-//! still owns the connections' life-cycle: it creates them (with a connect timeout),
-//! and a connection that fails is taken out of its slot and replaced from the pool.
+//! One Redis: requests share a few multiplexed connections instead of checking one
+//! out each: an exclusive check-out serialises requests that one multiplexed
+//! connection would pipeline, and deadpool's check-out pings the connection every
+//! time. deadpool still owns the connections' life-cycle: it creates them (with a
+//! connect timeout), and a connection that fails is taken out of its slot and
+//! replaced from the pool.
+//!
+//! A Redis Cluster (`redis.cluster_nodes`): the `redis` crate's async cluster client,
+//! itself multiplexed over one connection per node; it learns the slot map from the
+//! seeds and follows MOVED/ASK. Every script names keys of one hash slot (see
+//! `keys.rs`). A pipeline must stay in one slot there too, so the reads that span
+//! campaigns go through [`RedisLink::each`], which pipelines on one Redis and sends the
+//! commands side by side on a cluster.
+//!
+//! Either way every call is bounded by `redis.call_timeout_ms`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+};
 use deadpool_redis::{Connection, Manager, Pool, Runtime};
+
+use common::config::RedisSettings;
 
 use crate::error::{EngineError, Result};
 
-/// Shared multiplexed connections with a timeout on every call.
+/// How often the cluster client retries a command on MOVED/ASK or a lost node before
+/// giving up: enough to ride a slot migration, few enough to stay inside one call's
+/// timeout.
+const CLUSTER_RETRIES: u32 = 3;
+
+/// A connection to one Redis or to a Redis Cluster: what each call runs on.
+#[derive(Clone)]
+pub enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Opens one connection as the settings say (one Redis or the cluster): for tools and
+/// tests that look under the engine.
+pub async fn connect(settings: &RedisSettings) -> RedisResult<Conn> {
+    let seeds = settings.cluster_seeds();
+    if seeds.is_empty() {
+        let client = redis::Client::open(settings.url.as_str())?;
+        Ok(Conn::Single(client.get_multiplexed_async_connection().await?))
+    } else {
+        Ok(Conn::Cluster(cluster_client(&seeds, settings)?.get_async_connection().await?))
+    }
+}
+
+fn cluster_client(seeds: &[String], s: &RedisSettings) -> RedisResult<ClusterClient> {
+    ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(Duration::from_millis(s.connect_timeout_ms))
+        .response_timeout(Duration::from_millis(s.call_timeout_ms))
+        .retries(CLUSTER_RETRIES)
+        .build()
+}
+
+enum Backend {
+    Single { pool: Pool, slots: Box<[Mutex<Option<Connection>>]>, next: AtomicUsize },
+    Cluster { client: Box<ClusterClient>, conn: Mutex<Option<ClusterConnection>>, connect_timeout: Duration },
+}
+
+/// Shared connections with a timeout on every call.
 pub struct RedisLink {
-    pool: Pool,
-    slots: Box<[Mutex<Option<Connection>>]>,
-    next: AtomicUsize,
+    backend: Backend,
     call_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLink").field("slots", &self.slots.len()).finish()
+        match &self.backend {
+            Backend::Single { slots, .. } => {
+                f.debug_struct("RedisLink").field("slots", &slots.len()).finish()
+            }
+            Backend::Cluster { .. } => f.debug_struct("RedisLink").field("cluster", &true).finish(),
+        }
     }
 }
 
 impl RedisLink {
-    /// Builds the pool; no connection is made until the first call.
-    pub fn new(
+    /// Builds the link; no connection is made until the first call.
+    pub fn new(settings: &RedisSettings) -> Result<Self> {
+        let call_timeout = Duration::from_millis(settings.call_timeout_ms);
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let seeds = settings.cluster_seeds();
+        let backend = if seeds.is_empty() {
+            Self::single(&settings.url, settings.connections, call_timeout, connect_timeout)?
+        } else {
+            Backend::Cluster {
+                client: Box::new(cluster_client(&seeds, settings)?),
+                conn: Mutex::new(None),
+                connect_timeout,
+            }
+        };
+        Ok(Self { backend, call_timeout })
+    }
+
+    fn single(
         url: &str,
         connections: usize,
         call_timeout: Duration,
         connect_timeout: Duration,
-    ) -> Result<Self> {
+    ) -> Result<Backend> {
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(call_timeout));
@@ -52,18 +152,22 @@ impl RedisLink {
             .build()
             .map_err(|e| EngineError::Unavailable(format!("redis pool: {e}")))?;
         let slots = (0..connections.max(1)).map(|_| Mutex::new(None)).collect();
-        Ok(Self { pool, slots, next: AtomicUsize::new(0), call_timeout })
+        Ok(Backend::Single { pool, slots, next: AtomicUsize::new(0) })
+    }
+
+    /// Whether this link talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
     }
 
     /// Runs one Redis exchange on a shared connection, bounded by the call timeout.
-    /// A connection that failed is dropped from its slot, so the next call gets a new one.
+    /// A connection that failed is dropped, so the next call gets a new one.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let conn = self.lease(slot).await?;
+        let (conn, slot) = self.lease().await?;
         match tokio::time::timeout(self.call_timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -82,21 +186,70 @@ impl RedisLink {
         }
     }
 
-    async fn lease(&self, slot: usize) -> Result<MultiplexedConnection> {
-        if let Some(conn) = lock(&self.slots[slot]).as_ref() {
-            return Ok(MultiplexedConnection::clone(conn));
+    /// Runs independent commands and returns their replies in order: one pipeline on
+    /// one Redis; on a cluster, where a pipeline must stay in one slot, each command on
+    /// its own, all in flight at once. Every command must name one key (or none).
+    pub async fn each<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> Result<Vec<T>> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
         }
-        let fresh =
-            self.pool.get().await.map_err(|e| EngineError::Unavailable(format!("redis connect: {e}")))?;
-        let mut guard = lock(&self.slots[slot]);
-        let conn = guard.get_or_insert(fresh);
-        Ok(MultiplexedConnection::clone(conn))
+        if self.is_cluster() {
+            self.call(|c| async move {
+                let calls = commands.into_iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<T>(&mut c).await }
+                });
+                futures_util::future::try_join_all(calls).await
+            })
+            .await
+        } else {
+            let mut pipe = redis::pipe();
+            for cmd in commands {
+                pipe.add_command(cmd);
+            }
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await
+        }
+    }
+
+    async fn lease(&self) -> Result<(Conn, usize)> {
+        match &self.backend {
+            Backend::Single { pool, slots, next } => {
+                let slot = next.fetch_add(1, Ordering::Relaxed) % slots.len();
+                if let Some(conn) = lock(&slots[slot]).as_ref() {
+                    return Ok((Conn::Single(MultiplexedConnection::clone(conn)), slot));
+                }
+                let fresh =
+                    pool.get().await.map_err(|e| EngineError::Unavailable(format!("redis connect: {e}")))?;
+                let mut guard = lock(&slots[slot]);
+                let conn = guard.get_or_insert(fresh);
+                Ok((Conn::Single(MultiplexedConnection::clone(conn)), slot))
+            }
+            Backend::Cluster { client, conn, connect_timeout } => {
+                if let Some(c) = lock(conn).as_ref() {
+                    return Ok((Conn::Cluster(c.clone()), 0));
+                }
+                let fresh = tokio::time::timeout(*connect_timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| EngineError::Unavailable("redis cluster connect timed out".into()))?
+                    .map_err(|e| EngineError::Unavailable(format!("redis cluster connect: {e}")))?;
+                let mut guard = lock(conn);
+                let c = guard.get_or_insert(fresh);
+                Ok((Conn::Cluster(c.clone()), 0))
+            }
+        }
     }
 
     fn discard(&self, slot: usize) {
-        if let Some(conn) = lock(&self.slots[slot]).take() {
-            // Detach instead of returning it: a failed connection must not be reused.
-            drop(Connection::take(conn));
+        match &self.backend {
+            Backend::Single { slots, .. } => {
+                if let Some(conn) = lock(&slots[slot]).take() {
+                    // Detach instead of returning it: a failed connection must not be reused.
+                    drop(Connection::take(conn));
+                }
+            }
+            Backend::Cluster { conn, .. } => {
+                lock(conn).take();
+            }
         }
     }
 }

@@ -30,10 +30,15 @@ pub const PING_EVERY: Duration = Duration::from_millis(500);
 /// A PING unanswered this long means the link is dead.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub(crate) async fn listen(engine: Weak<Shared>, url: String, channel: String, timeout: Duration) {
+/// Listens on `nodes` in turn: one Redis, or any node of a Redis Cluster (a cluster
+/// passes every PUBLISH on to every node, so one subscription hears them all).
+pub(crate) async fn listen(engine: Weak<Shared>, nodes: Vec<String>, channel: String, timeout: Duration) {
     let mut backoff = common::backoff::DEPENDENCY;
+    let mut turn = 0usize;
     loop {
-        match subscribe(&url, &channel, timeout).await {
+        let url = &nodes[turn % nodes.len().max(1)];
+        turn = turn.wrapping_add(1);
+        match subscribe(url, &channel, timeout).await {
             Ok(pubsub) => {
                 backoff.reset();
                 {

@@ -150,17 +150,14 @@ impl StockStore {
 
     /// Each campaign's outbox length.
     pub async fn outbox_lengths(&self, campaigns: &[CampaignId]) -> Result<Vec<u64>> {
-        self.per_campaign(campaigns, |pipe, k, c| {
-            pipe.cmd("XLEN").arg(k.outbox(c));
-        })
-        .await
+        self.per_campaign(campaigns, |k, c| redis::cmd("XLEN").arg(k.outbox(c)).clone()).await
     }
 
     /// Each campaign's earliest pending payment deadline (`None`: nothing pending).
     pub async fn next_deadlines(&self, campaigns: &[CampaignId]) -> Result<Vec<Option<i64>>> {
         let rows: Vec<Vec<(String, i64)>> = self
-            .per_campaign(campaigns, |pipe, k, c| {
-                pipe.cmd("ZRANGE").arg(k.pending(c)).arg(0).arg(0).arg("WITHSCORES");
+            .per_campaign(campaigns, |k, c| {
+                redis::cmd("ZRANGE").arg(k.pending(c)).arg(0).arg(0).arg("WITHSCORES").clone()
             })
             .await?;
         Ok(rows.into_iter().map(|r| r.first().map(|(_, score)| *score)).collect())
@@ -168,27 +165,19 @@ impl StockStore {
 
     /// Whether Redis holds these campaigns (their meta).
     pub async fn campaigns_present(&self, campaigns: &[CampaignId]) -> Result<Vec<bool>> {
-        self.per_campaign(campaigns, |pipe, k, c| {
-            pipe.cmd("EXISTS").arg(k.meta(c));
-        })
-        .await
+        self.per_campaign(campaigns, |k, c| redis::cmd("EXISTS").arg(k.meta(c)).clone()).await
     }
 
     /// One command per campaign, pipelined: one round trip per [`PIPELINE_MAX`] campaigns.
     async fn per_campaign<T: redis::FromRedisValue>(
         &self,
         campaigns: &[CampaignId],
-        command: impl Fn(&mut redis::Pipeline, &KeySpace, &CampaignId),
+        command: impl Fn(&KeySpace, &CampaignId) -> redis::Cmd,
     ) -> Result<Vec<T>> {
         let mut out = Vec::with_capacity(campaigns.len());
         for chunk in campaigns.chunks(PIPELINE_MAX) {
-            let mut pipe = redis::pipe();
-            for c in chunk {
-                command(&mut pipe, self.parts().keys, c);
-            }
-            let replies: Vec<T> =
-                self.parts().link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-            out.extend(replies);
+            let commands = chunk.iter().map(|c| command(self.parts().keys, c)).collect();
+            out.extend(self.parts().link.each::<T>(commands).await?);
         }
         Ok(out)
     }
@@ -238,6 +227,7 @@ impl StockStore {
                 return Ok(None);
             }
         }
+        self.list_campaign(&spec.campaign).await?;
         let levels = |sku: &SkuId| stock.get(sku).copied().unwrap_or((0, 0, 0));
         let finish = scripts::restore::finish(script, k, spec, stock_generation, levels);
         if !self.restore_step(finish).await? {
@@ -278,23 +268,12 @@ impl StockStore {
                 .call(|mut c| async move { redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut c).await })
                 .await?;
         }
-        let (meta, index, id) = (k.meta(campaign), k.campaigns(), campaign.as_str().to_owned());
-        self.parts()
-            .link
-            .call(|mut c| async move {
-                redis::pipe()
-                    .cmd("HSET")
-                    .arg(meta)
-                    .arg("retired")
-                    .arg(1)
-                    .ignore()
-                    .cmd("SREM")
-                    .arg(index)
-                    .arg(id)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await
+        // Two keys in two slots (the campaign's and the index's): two commands.
+        let mut retired = redis::cmd("HSET");
+        retired.arg(k.meta(campaign)).arg("retired").arg(1);
+        let mut unlisted = redis::cmd("SREM");
+        unlisted.arg(k.campaigns()).arg(campaign.as_str());
+        let _: Vec<Value> = self.parts().link.each(vec![retired, unlisted]).await?;
+        Ok(())
     }
 }

@@ -165,9 +165,23 @@ impl StockStore {
     /// Loads a new campaign's window and stock and lists it, in one step (`warmup.lua`).
     #[tracing::instrument(level = "debug", skip_all, fields(campaign = %spec.campaign))]
     pub(crate) async fn launch(&self, spec: &CampaignLaunch) -> Result<LaunchOutcome> {
+        self.list_campaign(&spec.campaign).await?;
         scripts::warmup::decode(
             self.run(scripts::warmup::invocation(&self.scripts.warmup, &self.keys, spec)).await?,
         )
+    }
+
+    /// Lists a campaign in the index the relay and the sweeps walk. Done before the
+    /// campaign's own keys are written (the index is in another slot on a cluster),
+    /// so a campaign that can sell is always listed; an entry whose campaign never
+    /// came to be costs a look-up and nothing else.
+    pub(crate) async fn list_campaign(&self, campaign: &CampaignId) -> Result<()> {
+        let (index, id) = (self.keys.campaigns(), campaign.as_str().to_owned());
+        self.link
+            .call(
+                |mut c| async move { redis::cmd("SADD").arg(index).arg(id).query_async::<()>(&mut c).await },
+            )
+            .await
     }
 
     /// Changes a live campaign (`tune.lua`); every gateway reloads it.
@@ -281,12 +295,15 @@ impl StockStore {
     /// Each order's owner and skus (`None` where Redis has no such order): the keys a
     /// release or confirmation must name. One pipelined round trip.
     async fn owners_and_skus(&self, orders: &[OrderId]) -> Result<Vec<Option<(UserId, Vec<SkuId>)>>> {
-        let mut pipe = redis::pipe();
-        for order in orders {
-            pipe.cmd("HMGET").arg(self.keys.order(order)).arg("user").arg("items");
-        }
-        let rows: Vec<(Option<String>, Option<String>)> =
-            self.link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let reads = orders
+            .iter()
+            .map(|order| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.keys.order(order)).arg("user").arg("items");
+                cmd
+            })
+            .collect();
+        let rows: Vec<(Option<String>, Option<String>)> = self.link.each(reads).await?;
         rows.into_iter()
             .map(|row| match row {
                 (Some(user), Some(items)) => {

@@ -100,7 +100,8 @@ async fn unknown_campaign_and_sku_are_named() {
     let order = OrderId::generate(&cid("c"));
     let r = ns.reserve_in_script(&cid("c"), &order, &user("u"), &key("k"), &lines(&[("zzz", 1)])).await;
     assert_eq!(r.outcome, ReserveOutcome::SkuNotFound(sku("zzz")));
-    let r = ns.reserve_in_script(&cid("nope"), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await;
+    let elsewhere = OrderId::generate(&cid("nope"));
+    let r = ns.reserve_in_script(&cid("nope"), &elsewhere, &user("u"), &key("k"), &lines(&[("a", 1)])).await;
     assert_eq!(r.outcome, ReserveOutcome::CampaignNotFound);
     assert_eq!(available(&e, "c", "a").await, 10);
 }
@@ -428,6 +429,9 @@ async fn a_winner_retrying_after_sell_out_gets_the_replay_not_sold_out() {
 async fn redis_down_is_unavailable_fast() {
     let ns = Ns::with(|s| {
         s.redis.url = "redis://127.0.0.1:1".into();
+        if !s.redis.cluster_seeds().is_empty() {
+            s.redis.cluster_nodes = "redis://127.0.0.1:1".into();
+        }
         s.redis.call_timeout_ms = 300;
         s.redis.connect_timeout_ms = 300;
     });
@@ -494,18 +498,23 @@ async fn a_burst_of_due_orders_is_released_in_few_calls_each_exactly_once() {
 }
 
 #[tokio::test]
-async fn the_warmup_script_lists_the_campaign_in_the_same_step() {
+async fn a_launch_lists_the_campaign_and_a_second_launch_changes_nothing() {
     let ns = Ns::new();
+    let e = ns.engine();
     let mut raw = ns.raw().await;
     let keys = ns.keys();
-    // The script alone, as one atomic step: nothing outside it writes the index.
-    let script = engine::scripts::warmup::script();
-    let inv = engine::scripts::warmup::invocation(&script, &keys, &open_campaign("c", &[("a", 5, 100)], 1));
-    let reply = engine::scripts::warmup::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap();
-    assert_eq!(reply, LaunchOutcome::Created);
+    launch(&e, &open_campaign("c", &[("a", 5, 100)], 1)).await;
     let listed: Vec<String> =
         redis::cmd("SMEMBERS").arg(keys.campaigns()).query_async(&mut raw).await.unwrap();
     assert_eq!(listed, vec!["c".to_owned()]);
+    let r = e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+    assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+    // The script alone refuses to touch a campaign that exists: stock stays as sold.
+    let script = engine::scripts::warmup::script();
+    let inv = engine::scripts::warmup::invocation(&script, &keys, &open_campaign("c", &[("a", 5, 100)], 1));
+    let reply = engine::scripts::warmup::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap();
+    assert_eq!(reply, LaunchOutcome::AlreadyExists);
+    assert_eq!(available(&e, "c", "a").await, 4);
 }
 
 #[tokio::test]

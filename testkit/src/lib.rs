@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::config::Settings;
+use common::config::{RedisSettings, Settings};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -28,7 +28,7 @@ pub fn isolate(tag: &str) -> Settings {
 /// and exchanges. Never waits long on what a failed test left behind.
 pub async fn cleanup(settings: &Settings) {
     drop_database(&settings.mysql.url).await;
-    delete_keys(&settings.redis.url, &settings.namespace).await;
+    delete_keys(&settings.redis, &settings.namespace).await;
     delete_broker_objects(&settings.amqp.url, &settings.namespace).await;
 }
 
@@ -42,48 +42,62 @@ pub async fn drop_database(url: &str) {
     }
 }
 
-/// Deletes every Redis key of `namespace`. SCAN, not KEYS: KEYS blocks Redis for the
-/// whole keyspace (a second per few million keys), which times out the calls of every
-/// test running beside this one.
-pub async fn delete_keys(redis_url: &str, namespace: &str) {
-    let Ok(client) = redis::Client::open(redis_url) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let mut cursor = 0u64;
-    loop {
-        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
-            scan(cursor, namespace).query_async(&mut conn).await
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+/// Deletes every Redis key of `namespace`, on the one Redis or on every node of the
+/// cluster the settings name. SCAN, not KEYS: KEYS blocks Redis for the whole keyspace
+/// (a second per few million keys), which times out the calls of every test running
+/// beside this one. One UNLINK per key: on a cluster node, keys of several slots
+/// cannot share a command.
+pub async fn delete_keys(redis: &RedisSettings, namespace: &str) {
+    for node in redis.nodes() {
+        let Ok(client) = redis::Client::open(node.as_str()) else { continue };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else { continue };
+        let mut cursor = 0u64;
+        loop {
+            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
+                scan(cursor, namespace).query_async(&mut conn).await
+            else {
+                break;
+            };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = unlink_each(&keys).query_async(&mut conn).await;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
     }
 }
 
 /// [`delete_keys`] for a `Drop` (no runtime needed).
-pub fn delete_keys_blocking(redis_url: &str, namespace: &str) {
-    let Ok(client) = redis::Client::open(redis_url) else { return };
-    let Ok(mut conn) = client.get_connection() else { return };
-    let mut cursor = 0u64;
-    loop {
-        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
-            scan(cursor, namespace).query(&mut conn)
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query(&mut conn);
+pub fn delete_keys_blocking(redis: &RedisSettings, namespace: &str) {
+    for node in redis.nodes() {
+        let Ok(client) = redis::Client::open(node.as_str()) else { continue };
+        let Ok(mut conn) = client.get_connection() else { continue };
+        let mut cursor = 0u64;
+        loop {
+            let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
+                scan(cursor, namespace).query(&mut conn)
+            else {
+                break;
+            };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = unlink_each(&keys).query(&mut conn);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
     }
+}
+
+fn unlink_each(keys: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("UNLINK").arg(k).ignore();
+    }
+    pipe
 }
 
 fn scan(cursor: u64, namespace: &str) -> redis::Cmd {

@@ -57,7 +57,7 @@ pub fn users<'s>(
     inv
 }
 
-/// Step `finish`: KEYS meta, index, one stock hash per sku; `stock(sku)` gives
+/// Step `finish`: KEYS meta, one stock hash per sku; `stock(sku)` gives
 /// (available, reserved, sold).
 pub fn finish<'s>(
     script: &'s Script,
@@ -68,7 +68,7 @@ pub fn finish<'s>(
 ) -> ScriptInvocation<'s> {
     let c = &spec.campaign;
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(c)).key(k.campaigns());
+    inv.key(k.meta(c));
     inv.arg("finish");
     super::push_meta_args(&mut inv, k, spec);
     inv.arg(generation);

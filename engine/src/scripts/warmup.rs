@@ -1,4 +1,4 @@
-//! `lua/warmup.lua`: a new campaign's window and stock, listed in the index, in one step.
+//! `lua/warmup.lua`: a new campaign's window and stock in one step.
 
 use redis::{Script, ScriptInvocation, Value};
 
@@ -11,11 +11,11 @@ pub fn script() -> Script {
     Script::new(flashsale_lua::WARMUP)
 }
 
-/// KEYS: meta, campaign index, then one stock hash per sku.
+/// KEYS: meta, then one stock hash per sku.
 pub fn invocation<'s>(script: &'s Script, k: &KeySpace, spec: &CampaignLaunch) -> ScriptInvocation<'s> {
     let c = &spec.campaign;
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(c)).key(k.campaigns());
+    inv.key(k.meta(c));
     super::push_meta_args(&mut inv, k, spec);
     for item in &spec.items {
         inv.key(k.stock(c, &item.sku));

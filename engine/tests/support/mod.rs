@@ -72,15 +72,15 @@ impl Ns {
     }
 
     /// A raw connection for assertions that look under the engine.
-    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
-        client.get_multiplexed_async_connection().await.unwrap()
+    /// On the one Redis or the cluster, as the settings say.
+    pub async fn raw(&self) -> engine::link::Conn {
+        engine::link::connect(&self.settings.redis).await.unwrap()
     }
 }
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        testkit::delete_keys_blocking(&self.settings.redis.url, &self.settings.namespace);
+        testkit::delete_keys_blocking(&self.settings.redis, &self.settings.namespace);
     }
 }
 
