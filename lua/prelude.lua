@@ -27,12 +27,13 @@ local function order_doc(campaign, order_id, user, state, items_json, total, cre
     .. ',"event_ms":' .. int(event_ms) .. '}'
 end
 
--- When the campaign's outbox is empty, an `outbox <campaign>` notice tells the relays
--- that it has work again: an idle relay polls nothing (a missed notice is caught by
--- the relay's periodic rescan).
+-- When an outbox is empty, an `outbox <tag>` notice tells the relays that it has work
+-- again (the tag is the outbox key's hash tag without `c:`: the campaign id, or a
+-- shard's tag): an idle relay polls nothing (a missed notice is caught by the relay's
+-- rescan after a notice gap).
 local function announce_work(outbox, campaign, channel)
   if redis.call('XLEN', outbox) == 0 then
-    redis.call('PUBLISH', channel, 'outbox ' .. campaign)
+    redis.call('PUBLISH', channel, 'outbox ' .. (string.match(outbox, '{c:(.-)}') or campaign))
   end
 end
 

@@ -6,7 +6,8 @@
 -- KEYS: 1 meta, 2.. one stock hash per sku, in ARGV order
 -- ARGV: 1 campaign, 2 starts_ms, 3 ends_ms, 4 per_user_limit, 5 payment_window_secs,
 --       6 max_orders_per_sec ('' = none), 7 max_user_requests_per_sec ('' = none),
---       8 events channel, then (sku, stock, price_cents) triples
+--       8 events channel, 9 the campaign's shard count, then (sku, stock, price_cents)
+--       triples (a sharded campaign: this shard's slice of each sku's stock)
 -- Replies: {'created'} {'exists'}
 
 local FIRST_STOCK_KEY = 2
@@ -17,12 +18,13 @@ for i = 1, #KEYS do
 end
 local skus = {}
 for i = FIRST_STOCK_KEY, #KEYS do
-  local base = 9 + (i - FIRST_STOCK_KEY) * 3
+  local base = 10 + (i - FIRST_STOCK_KEY) * 3
   local sku, stock, price = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   skus[#skus + 1] = sku
   redis.call('HSET', KEYS[i], 'total', stock, 'avail', stock, 'resv', 0, 'sold', 0,
     'price', price, 'gen', 0)
 end
 write_meta(KEYS[1], 2, skus)
+redis.call('HSET', KEYS[1], 'shards', ARGV[9])
 redis.call('PUBLISH', ARGV[8], 'meta ' .. ARGV[1])
 return { 'created' }

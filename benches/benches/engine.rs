@@ -63,6 +63,7 @@ impl Bench {
                     payment_window_secs: 900,
                     max_orders_per_sec: None,
                     max_user_requests_per_sec: None,
+                    shards: 1,
                     items: vec![LaunchItem {
                         sku: engine::domain::SkuId::parse("sku").unwrap(),
                         stock,
@@ -223,6 +224,7 @@ fn benches(c: &mut Criterion) {
                             .zip(os)
                             .map(|(user, order_id)| engine::scripts::reserve::Request {
                                 campaign: &open,
+                                tag: &open,
                                 order_id,
                                 user,
                                 key: &k,

@@ -54,6 +54,7 @@ fn benches(c: &mut Criterion) {
         payment_window_secs: 900,
         max_orders_per_sec: None,
         max_user_requests_per_sec: None,
+        shards: 1,
         items: vec![item("a"), item("b")],
     };
     rt.block_on(db.insert_campaign(&campaign, 0)).unwrap();

@@ -47,6 +47,7 @@ async fn main() {
         payment_window_secs: 900,
         max_orders_per_sec: None,
         max_user_requests_per_sec: None,
+        shards: 1,
         items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
     };
     db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "bench"), now).await.unwrap();

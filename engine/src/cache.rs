@@ -301,6 +301,7 @@ mod tests {
             payment_window_secs: 60,
             max_orders_per_sec: None,
             max_user_requests_per_sec: None,
+            shards: 1,
             skus: skus.iter().map(|s| SkuId::parse(s).unwrap()).collect(),
             version: 1,
         }

@@ -20,6 +20,8 @@ pub struct CampaignMeta {
     pub max_user_requests_per_sec: Option<u32>,
     pub skus: Vec<SkuId>,
     pub version: u64,
+    /// How many shards the campaign's stock is spread over (1: unsharded).
+    pub shards: u16,
 }
 
 /// Where a campaign's window puts a moment: the one reading of `starts`/`ends` on
@@ -65,6 +67,8 @@ pub struct CampaignLaunch {
     pub max_orders_per_sec: Option<u32>,
     pub max_user_requests_per_sec: Option<u32>,
     pub items: Vec<LaunchItem>,
+    /// Shards of every sku's stock, `1..=64` (see `shards.rs`).
+    pub shards: u16,
 }
 
 #[derive(Debug, Clone)]

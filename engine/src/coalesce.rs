@@ -1,5 +1,5 @@
 //! Coalesced reservations (group commit): concurrent reservations for one campaign
-//! are decided by one `reserve.lua` call. There is no fixed wait: a request that
+//! shard (the campaign itself when unsharded) are decided by one `reserve.lua` call. There is no fixed wait: a request that
 //! finds its campaign's lane idle starts a flush at once (a quiet system answers as
 //! fast as with one call per order); requests that arrive while a call is in flight
 //! queue up and leave together, up to `engine.reserve_batch_max`, as soon as it
@@ -10,7 +10,7 @@
 //! Bounds: a lane's queue holds only requests that are in flight, so it never exceeds
 //! the gateway's `gateway.max_in_flight` (past which requests get 503 before they
 //! reach the engine); a batch is at most `engine.reserve_batch_max`; one lane per
-//! campaign this process has reserved in.
+//! campaign shard this process has reserved in.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,9 +95,10 @@ impl Coalescer {
     }
 }
 
-async fn decide(store: &StockStore, campaign: &CampaignId, batch: Vec<Waiting>) {
+/// `tag`: the shard's key identity (`shards.rs`), from which the campaign follows.
+async fn decide(store: &StockStore, tag: &CampaignId, batch: Vec<Waiting>) {
     let requests: Vec<_> = batch.iter().map(|w| (&w.order_id, &w.user, &w.key, &w.lines)).collect();
-    let outcome = store.reserve_batch(campaign, &requests).await;
+    let outcome = store.reserve_batch(&tag.campaign_of_tag(), tag, &requests).await;
     match outcome {
         Ok(replies) => {
             for (w, reply) in batch.into_iter().zip(replies) {

@@ -143,10 +143,56 @@ impl EventId {
     }
 }
 
+impl CampaignId {
+    /// A shard's hash-tag identity (`<campaign>/<shard>.<salt>`): keys of shard `s`
+    /// are built from it as from a campaign id. Only [`crate::shards::ShardMap`] makes
+    /// these; no input parses to one (`/` and `.` are not id characters), so a shard
+    /// never collides with a campaign.
+    pub(crate) fn shard_tag(campaign: &CampaignId, shard: usize, salt: u32) -> Self {
+        Self(format!("{campaign}/{shard}.{salt}"))
+    }
+
+    /// A campaign id or a shard tag, as an `outbox <tag>` notice names it.
+    pub fn parse_tag(s: &str) -> Result<Self, InvalidInput> {
+        let Some((campaign, rest)) = s.split_once('/') else {
+            return Self::parse(s);
+        };
+        let ok = rest.split_once('.').is_some_and(|(shard, salt)| {
+            !shard.is_empty()
+                && !salt.is_empty()
+                && (shard.len() + salt.len()) <= 12
+                && shard.bytes().chain(salt.bytes()).all(|b| b.is_ascii_digit())
+        });
+        if !ok {
+            return Err(InvalidInput::new("campaign_id", "not a shard tag"));
+        }
+        Self::parse(campaign).map(|_| Self(s.to_owned()))
+    }
+
+    /// The campaign a shard tag belongs to (a campaign id is its own).
+    pub fn campaign_of_tag(&self) -> CampaignId {
+        Self(self.0.split_once('/').map_or(self.0.as_str(), |(c, _)| c).to_owned())
+    }
+}
+
 impl OrderId {
     /// A new, unique order id for `campaign`.
     pub fn generate(campaign: &CampaignId) -> Self {
         Self(format!("{campaign}.{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// A new order id for shard `shard` of `campaign`: the last two hex digits name
+    /// the shard (the rest stays a UUIDv7 prefix with 116 random-or-time bits), so
+    /// releases and payments find the order's shard from its id alone.
+    pub fn generate_in(campaign: &CampaignId, shard: usize) -> Self {
+        let hex = uuid::Uuid::now_v7().simple().to_string();
+        Self(format!("{campaign}.{}{:02x}", &hex[..30], shard % 256))
+    }
+
+    /// The shard number the id carries (meaningful only in a sharded campaign).
+    pub fn shard_hint(&self) -> usize {
+        let tail = self.0.get(self.0.len().saturating_sub(2)..).unwrap_or("0");
+        usize::from_str_radix(tail, 16).unwrap_or(0)
     }
 
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {

@@ -23,8 +23,14 @@ use crate::keys::KeySpace;
 use crate::link::RedisLink;
 use crate::notices;
 use crate::outbox::{OutboxEntry, WorkSignal};
+use crate::scripts::reserve::ReserveReply;
+use crate::shards::ShardMap;
 use crate::state::Shared;
 use crate::store::{StockStore, StoreSettings};
+
+/// Rounds of moving units and deciding again, per shard, before a sharded campaign's
+/// reservation gives up with `Unavailable` (see [`Engine::refill`]).
+const REFILL_ROUNDS_PER_SHARD: usize = 4;
 
 /// Counters of where reservation requests were answered (exported as metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -116,23 +122,92 @@ impl Engine {
             return Ok(answer);
         }
         Shared::count(&inner.sent_to_redis);
+        let map = inner.map_of(campaign, entry.meta.shards);
+        let home = map.home(user);
+        let order_id = map.new_order(campaign, user);
+        let mut reply = self.decide(map.tag(home), &order_id, user, key, lines).await?;
+        if map.len() > 1 {
+            reply = self.refill(campaign, &map, home, (&order_id, user, key, lines), reply).await?;
+        } else {
+            for (sku, gen) in &reply.sold_out {
+                inner.cache.mark_sold_out(campaign.as_str(), sku, *gen, reply.buyers);
+            }
+        }
+        if matches!(reply.outcome, ReserveOutcome::Reserved(_)) {
+            inner.cache.add_buyer(campaign.as_str(), user.as_str());
+        }
+        Ok(reply.outcome)
+    }
+
+    /// One order decided in its shard's next batch (`coalesce`).
+    async fn decide(
+        &self,
+        tag: &CampaignId,
+        order_id: &OrderId,
+        user: &UserId,
+        key: &IdempotencyKey,
+        lines: &OrderLines,
+    ) -> Result<ReserveReply> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let waiting = Waiting {
-            order_id: OrderId::generate(campaign),
+            order_id: order_id.clone(),
             user: user.clone(),
             key: key.clone(),
             lines: lines.clone(),
             reply: tx,
         };
-        inner.coalescer.submit(&inner.store, campaign, waiting);
-        let reply = rx.await.map_err(|_| coalesce::dropped())??;
-        if matches!(reply.outcome, ReserveOutcome::Reserved(_)) {
-            inner.cache.add_buyer(campaign.as_str(), user.as_str());
+        self.inner.coalescer.submit(&self.inner.store, tag, waiting);
+        rx.await.map_err(|_| coalesce::dropped())?
+    }
+
+    /// A sharded campaign: while the home shard says a line's sku is sold out but
+    /// another shard still holds units of it, units move to the home shard (half the
+    /// richest shard's, at least what the line lacks) and the order is decided again.
+    /// `sold_out` stands only when the shards together hold fewer units than the line
+    /// asks for (then, at zero, every shard's flag is set). Bounded: past
+    /// [`REFILL_ROUNDS_PER_SHARD`] rounds per shard (units keep being taken by others
+    /// as fast as they arrive) the answer is `Unavailable` (503, retry), never a
+    /// `sold_out` while units remain.
+    async fn refill(
+        &self,
+        campaign: &CampaignId,
+        map: &ShardMap,
+        home: usize,
+        (order_id, user, key, lines): (&OrderId, &UserId, &IdempotencyKey, &OrderLines),
+        mut reply: ReserveReply,
+    ) -> Result<ReserveReply> {
+        let store = &self.inner.store;
+        for _ in 0..REFILL_ROUNDS_PER_SHARD * map.len() {
+            let ReserveOutcome::SoldOut(sku) = &reply.outcome else {
+                return Ok(reply);
+            };
+            let asked = lines.iter().find(|l| &l.sku == sku).map_or(1, |l| l.quantity);
+            let levels = store.sku_levels(map, sku).await?;
+            let everywhere: u64 = levels.available.iter().sum();
+            if everywhere < asked {
+                if everywhere == 0 {
+                    let gen = levels.generations.iter().copied().max().unwrap_or(0);
+                    self.inner.cache.mark_sold_out(campaign.as_str(), sku, gen, levels.buyers);
+                }
+                return Ok(reply);
+            }
+            let at_home = levels.available[home];
+            if at_home < asked {
+                let richest = (0..map.len()).filter(|s| *s != home).max_by_key(|s| levels.available[*s]);
+                if let Some(donor) = richest {
+                    let lacking = asked - at_home;
+                    let want = lacking.max(levels.available[donor] / 2);
+                    store.move_units(campaign, map, sku, (donor, home), (want, 1)).await?;
+                }
+            }
+            reply = self.decide(map.tag(home), order_id, user, key, lines).await?;
         }
-        for (sku, gen) in &reply.sold_out {
-            inner.cache.mark_sold_out(campaign.as_str(), sku, *gen, reply.buyers);
+        match reply.outcome {
+            ReserveOutcome::SoldOut(_) => {
+                Err(crate::EngineError::Unavailable("stock is moving between shards; retry".into()))
+            }
+            _ => Ok(reply),
         }
-        Ok(reply.outcome)
     }
 
     /// Cancels or expires a pending reservation; units come back on every process.
@@ -153,7 +228,8 @@ impl Engine {
         orders: &[OrderId],
         reason: ReleaseReason,
     ) -> Result<Vec<(OrderId, ReleaseOutcome)>> {
-        let reply = self.inner.store.release_many(campaign, orders, reason).await?;
+        let map = self.inner.shard_map(campaign).await?;
+        let reply = self.inner.store.release_many(campaign, &map, orders, reason).await?;
         for (sku, gen) in &reply.restocked {
             self.inner.cache.restock(campaign.as_str(), sku, *gen);
         }
@@ -168,7 +244,8 @@ impl Engine {
         amount_cents: i64,
         status: PaymentStatus,
     ) -> Result<ConfirmOutcome> {
-        self.inner.store.confirm(order, event, amount_cents, status).await
+        let map = self.inner.shard_map(&order.campaign()).await?;
+        self.inner.store.confirm(&map, order, event, amount_cents, status).await
     }
 
     /// Loads a new campaign into Redis; this process sees it at once, others within 1 s.
@@ -180,7 +257,8 @@ impl Engine {
 
     /// Tunes a live campaign; this process sees it at once, others within 1 s.
     pub async fn tune(&self, campaign: &CampaignId, tuning: &CampaignTuning) -> Result<TuneOutcome> {
-        let outcome = self.inner.store.tune(campaign, tuning).await?;
+        let map = self.inner.shard_map(campaign).await?;
+        let outcome = self.inner.store.tune(campaign, &map, tuning).await?;
         self.inner.reload(campaign, false).await?;
         Ok(outcome)
     }
@@ -194,18 +272,21 @@ impl Engine {
 
     /// Every sku's counters in one consistent snapshot.
     pub async fn counters(&self, campaign: &CampaignId, skus: &[SkuId]) -> Result<Vec<SkuCounters>> {
-        self.inner.store.counters(campaign, skus).await
+        let map = self.inner.shard_map(campaign).await?;
+        self.inner.store.counters(&map, skus).await
     }
 
     /// The reservation as Redis holds it, or `None`.
     pub async fn order(&self, order: &OrderId) -> Result<Option<OrderRecord>> {
-        self.inner.store.order(order).await
+        let map = self.inner.shard_map(&order.campaign()).await?;
+        self.inner.store.order(&map, order).await
     }
 
     /// Pending orders of `campaign` whose deadline is at or before `now_ms`, oldest
     /// first, at most `limit`.
     pub async fn due_orders(&self, campaign: &CampaignId, now_ms: i64, limit: usize) -> Result<Vec<OrderId>> {
-        self.inner.store.due_orders(campaign, now_ms, limit).await
+        let map = self.inner.shard_map(campaign).await?;
+        self.inner.store.due_orders(&map, now_ms, limit).await
     }
 
     /// Runs the reservation script against a campaign that cannot exist (readiness).
@@ -220,7 +301,21 @@ impl Engine {
         self.inner.store.campaign_ids().await
     }
 
-    /// Creates the relay group on a campaign's outbox, if missing.
+    /// Every outbox stream of these campaigns: one per shard, named by the shard's tag
+    /// (the campaign id for shard 0), as `outbox <tag>` notices name them.
+    pub async fn outbox_streams(&self, campaigns: &[CampaignId]) -> Result<Vec<CampaignId>> {
+        let maps = self.inner.shard_maps(campaigns).await?;
+        Ok(maps.iter().flat_map(|m| m.tags().iter().cloned()).collect())
+    }
+
+    /// Completes unit moves between a campaign's shards that a process left half
+    /// done more than `older_than_ms` ago; returns how many.
+    pub async fn finish_moves(&self, campaign: &CampaignId, older_than_ms: i64) -> Result<usize> {
+        let map = self.inner.shard_map(campaign).await?;
+        self.inner.store.finish_moves(campaign, &map, older_than_ms).await
+    }
+
+    /// Creates the relay group on an outbox stream (a campaign or shard tag), if missing.
     pub async fn outbox_ensure_group(&self, campaign: &CampaignId) -> Result<()> {
         self.inner.store.outbox_ensure_group(campaign).await
     }
@@ -246,9 +341,12 @@ impl Engine {
         self.inner.store.outbox_lengths(campaigns).await
     }
 
-    /// Each campaign's earliest pending deadline (pipelined).
+    /// Each campaign's earliest pending deadline over all its shards (pipelined).
     pub async fn next_deadlines(&self, campaigns: &[CampaignId]) -> Result<Vec<Option<i64>>> {
-        self.inner.store.next_deadlines(campaigns).await
+        let maps = self.inner.shard_maps(campaigns).await?;
+        let tags: Vec<CampaignId> = maps.iter().flat_map(|m| m.tags().iter().cloned()).collect();
+        let mut per_tag = self.inner.store.next_deadlines(&tags).await?.into_iter();
+        Ok(maps.iter().map(|m| per_tag.by_ref().take(m.len()).flatten().min()).collect())
     }
 
     /// Whether Redis holds these campaigns (pipelined).
@@ -277,6 +375,7 @@ impl Engine {
 
     /// Drops a finished campaign's per-order data from Redis (see `outbox.rs`).
     pub async fn retire(&self, campaign: &CampaignId, orders: &[OrderId]) -> Result<()> {
-        self.inner.store.retire(campaign, orders).await
+        let map = self.inner.shard_map(campaign).await?;
+        self.inner.store.retire(campaign, &map, orders).await
     }
 }

@@ -13,6 +13,8 @@
 //! | `<ns>:{c:<c>}:buyers` | set | users who ever got a reservation |
 //! | `<ns>:{c:<c>}:rate` | string | reservations granted in the current second |
 //! | `<ns>:{c:<c>}:payevt:<event_id>` | string | a payment event already applied |
+//! | `<ns>:{c:<c>}:moves` | hash | units taken from this shard, not yet settled (`move.lua`) |
+//! | `<ns>:{c:<c>}:moved-in` | set | move ids this shard has received |
 //! | `<ns>:campaigns` | set | every campaign id (not in a script) |
 //!
 //! Pub/sub channel `<ns>:events` carries `restock <c> <sku> <gen>`, `meta <c>` and
@@ -59,8 +61,24 @@ impl KeySpace {
         format!("{}idem:{}:{}:{}", self.prefix(c), user.as_str().len(), user, key)
     }
 
+    /// An order of an unsharded campaign (its shard 0).
     pub fn order(&self, order: &OrderId) -> String {
         format!("{}order:{}", self.prefix(&order.campaign()), order)
+    }
+
+    /// An order in the shard `tag` names.
+    pub fn order_at(&self, tag: &CampaignId, order: &OrderId) -> String {
+        format!("{}order:{}", self.prefix(tag), order)
+    }
+
+    /// A shard's units on their way out: move id → `"<to shard> <sku> <units>"`.
+    pub fn moves_out(&self, tag: &CampaignId) -> String {
+        format!("{}moves", self.prefix(tag))
+    }
+
+    /// The moves a shard has received (each applied once).
+    pub fn moves_in(&self, tag: &CampaignId) -> String {
+        format!("{}moved-in", self.prefix(tag))
     }
 
     pub fn pending(&self, c: &CampaignId) -> String {

@@ -30,7 +30,9 @@ pub mod keys;
 pub mod link;
 pub mod notices;
 pub mod outbox;
+mod rebalance;
 pub mod scripts;
+pub mod shards;
 mod state;
 pub mod store;
 

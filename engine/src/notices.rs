@@ -199,7 +199,8 @@ impl Notice {
                 campaign: campaign.to_owned(),
                 users: serde_json::from_str(parts.next()?).ok()?,
             }),
-            "outbox" => Some(Self::Outbox { campaign: CampaignId::parse(campaign).ok()? }),
+            // A campaign's outbox, or one shard's (`shards.rs`).
+            "outbox" => Some(Self::Outbox { campaign: CampaignId::parse_tag(campaign).ok()? }),
             _ => None,
         }
     }
@@ -221,6 +222,8 @@ mod tests {
         );
         assert!(matches!(Notice::parse("meta c1"), Some(Notice::Meta { .. })));
         assert!(matches!(Notice::parse("outbox c1"), Some(Notice::Outbox { .. })));
+        assert!(matches!(Notice::parse("outbox c1/2.17"), Some(Notice::Outbox { .. })));
+        assert_eq!(Notice::parse("outbox c1/x"), None);
         assert_eq!(
             Notice::parse(r#"buyers c1 ["jane doe","u2"]"#),
             Some(Notice::Buyers { campaign: "c1".into(), users: vec!["jane doe".into(), "u2".into()] })

@@ -13,6 +13,7 @@ use crate::domain::{CampaignId, OrderId, SkuId, UserId};
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
 use crate::scripts;
+use crate::shards::ShardMap;
 use crate::store::StockStore;
 
 /// The consumer group every relay reads campaign outboxes through.
@@ -25,7 +26,7 @@ const RESTORE_ORDERS_PER_CALL: usize = 200;
 /// What the notice stream tells the relays (an `outbox <c>` notice, or a gap).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkSignal {
-    /// This campaign's outbox has entries again.
+    /// This outbox stream has entries again: a campaign's, or a shard's (its tag).
     Outbox(CampaignId),
     /// The notice stream was interrupted: notices may have been lost, look at every
     /// campaign.
@@ -245,28 +246,32 @@ impl StockStore {
     /// set, outbox, rate) and takes it off the index. Its meta and stock stay, so the
     /// campaign still answers "ended" and its counters still show. The caller makes
     /// sure MySQL holds everything first.
-    pub async fn retire(&self, campaign: &CampaignId, orders: &[OrderId]) -> Result<()> {
+    pub async fn retire(&self, campaign: &CampaignId, map: &ShardMap, orders: &[OrderId]) -> Result<()> {
         let k = &self.parts().keys;
-        let buyers: Vec<String> = {
-            let key = k.buyers(campaign);
-            self.parts()
-                .link
-                .call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
-                .await?
-        };
-        let mut doomed: Vec<String> = orders.iter().map(|o| k.order(o)).collect();
-        for b in &buyers {
-            if let Ok(user) = UserId::parse(b) {
-                doomed.push(k.user(campaign, &user));
+        for (shard, tag) in map.tags().iter().enumerate() {
+            let buyers: Vec<String> = {
+                let key = k.buyers(tag);
+                self.parts()
+                    .link
+                    .call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
+                    .await?
+            };
+            let mut doomed: Vec<String> =
+                orders.iter().filter(|o| map.of_order(o) == shard).map(|o| k.order_at(tag, o)).collect();
+            for b in &buyers {
+                if let Ok(user) = UserId::parse(b) {
+                    doomed.push(k.user(tag, &user));
+                }
             }
-        }
-        doomed.extend([k.pending(campaign), k.outbox(campaign), k.order_rate(campaign), k.buyers(campaign)]);
-        for chunk in doomed.chunks(PIPELINE_MAX) {
-            let chunk = chunk.to_vec();
-            self.parts()
-                .link
-                .call(|mut c| async move { redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut c).await })
-                .await?;
+            doomed.extend([k.pending(tag), k.outbox(tag), k.order_rate(tag), k.buyers(tag), k.moves_in(tag)]);
+            // One slot per call: every key here carries this shard's tag.
+            for chunk in doomed.chunks(PIPELINE_MAX) {
+                let chunk = chunk.to_vec();
+                self.parts()
+                    .link
+                    .call(|mut c| async move { redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut c).await })
+                    .await?;
+            }
         }
         // Two keys in two slots (the campaign's and the index's): two commands.
         let mut retired = redis::cmd("HSET");

@@ -15,7 +15,9 @@ use crate::coalesce::Coalescer;
 use crate::domain::{CampaignId, OrderLines, ReserveOutcome, UserId};
 use crate::error::Result;
 use crate::outbox::WorkSignal;
+use crate::shards::ShardMap;
 use crate::store::StockStore;
+use dashmap::DashMap;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -27,6 +29,8 @@ pub(crate) struct Shared {
     /// Outbox work notices, for the relay (nobody listens in a gateway).
     pub(crate) work: tokio::sync::broadcast::Sender<WorkSignal>,
     pub(crate) tasks: Mutex<Vec<AbortHandle>>,
+    /// Each campaign's shard layout (fixed at launch, so never reloaded).
+    pub(crate) maps: DashMap<CampaignId, Arc<ShardMap>>,
 }
 
 /// Work signals buffered per listener; one that falls further behind gets a lag error
@@ -50,7 +54,44 @@ impl Shared {
             sent_to_redis: AtomicU64::new(0),
             work: tokio::sync::broadcast::channel(WORK_SIGNAL_BUFFER).0,
             tasks: Mutex::new(Vec::new()),
+            maps: DashMap::new(),
         }
+    }
+
+    /// The shard layout of a campaign with `shards` shards (computed once).
+    pub(crate) fn map_of(&self, campaign: &CampaignId, shards: u16) -> Arc<ShardMap> {
+        if let Some(m) = self.maps.get(campaign) {
+            return Arc::clone(m.value());
+        }
+        let m = Arc::new(ShardMap::new(campaign, usize::from(shards)));
+        self.maps.insert(campaign.clone(), Arc::clone(&m));
+        m
+    }
+
+    /// The shard layouts of `campaigns`, reading the shard count of those not seen yet
+    /// from Redis (a campaign Redis does not know has one shard, and is not kept).
+    pub(crate) async fn shard_maps(&self, campaigns: &[CampaignId]) -> Result<Vec<Arc<ShardMap>>> {
+        let unknown: Vec<&CampaignId> = campaigns.iter().filter(|c| !self.maps.contains_key(*c)).collect();
+        if !unknown.is_empty() {
+            let counts = self.store.shard_counts(&unknown).await?;
+            for (c, n) in unknown.into_iter().zip(counts) {
+                if let Some(n) = n {
+                    self.map_of(c, n);
+                }
+            }
+        }
+        Ok(campaigns
+            .iter()
+            .map(|c| match self.maps.get(c) {
+                Some(m) => Arc::clone(m.value()),
+                None => Arc::new(ShardMap::new(c, 1)),
+            })
+            .collect())
+    }
+
+    pub(crate) async fn shard_map(&self, campaign: &CampaignId) -> Result<Arc<ShardMap>> {
+        let mut maps = self.shard_maps(std::slice::from_ref(campaign)).await?;
+        Ok(maps.pop().unwrap_or_else(|| Arc::new(ShardMap::new(campaign, 1))))
     }
 
     pub(crate) fn count(counter: &AtomicU64) {
@@ -108,7 +149,7 @@ impl Shared {
         let read_at_ms = now_ms();
         let found = self.store.campaign_meta_and_buyer_count(campaign).await?;
         let buyers = match (&found, with_buyers) {
-            (Some(_), true) => Some(self.store.buyers(campaign).await?),
+            (Some((meta, _)), true) => Some(self.store.buyers(&self.map_of(campaign, meta.shards)).await?),
             _ => None,
         };
         let count = found.as_ref().map(|(_, n)| *n);

@@ -21,6 +21,7 @@ use crate::link::RedisLink;
 use crate::scripts::release::ReleaseReply;
 use crate::scripts::reserve::ReserveReply;
 use crate::scripts::{self, parse_items, protocol, Scripts};
+use crate::shards::ShardMap;
 
 /// The store's settings (from `[engine]`).
 #[derive(Debug, Clone)]
@@ -79,21 +80,23 @@ impl StockStore {
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> Result<ReserveReply> {
-        let mut replies = self.reserve_batch(campaign, &[(order_id, user, key, lines)]).await?;
+        let mut replies = self.reserve_batch(campaign, campaign, &[(order_id, user, key, lines)]).await?;
         replies.pop().unwrap_or_else(|| Err(EngineError::Protocol("reserve: no reply".into())))
     }
 
-    /// Decides a batch of orders of one campaign in one `reserve.lua` call, each on its
-    /// own, in order; one result per order.
+    /// Decides a batch of orders of one campaign in one `reserve.lua` call on one of
+    /// its shards (`tag`), each on its own, in order; one result per order.
     pub(crate) async fn reserve_batch(
         &self,
         campaign: &CampaignId,
+        tag: &CampaignId,
         batch: &[(&OrderId, &UserId, &IdempotencyKey, &OrderLines)],
     ) -> Result<Vec<Result<ReserveReply>>> {
         let requests: Vec<scripts::reserve::Request<'_>> = batch
             .iter()
             .map(|(order_id, user, key, lines)| scripts::reserve::Request {
                 campaign,
+                tag,
                 order_id,
                 user,
                 key,
@@ -114,25 +117,29 @@ impl StockStore {
     pub(crate) async fn release_many(
         &self,
         campaign: &CampaignId,
+        map: &ShardMap,
         orders: &[OrderId],
         reason: ReleaseReason,
     ) -> Result<ReleaseReply> {
         let mut reply = ReleaseReply { outcomes: Vec::with_capacity(orders.len()), restocked: Vec::new() };
-        for chunk in orders.chunks(scripts::release::BATCH_MAX) {
-            let owners = self.owners_and_skus(chunk).await?;
-            let inv = scripts::release::invocation(
-                &self.scripts.release,
-                &self.keys,
-                campaign,
-                reason,
-                chunk,
-                &owners,
-            );
-            let Some(part) = scripts::release::decode(self.run(inv).await?, chunk)? else {
-                return Err(restoring(campaign));
-            };
-            reply.outcomes.extend(part.outcomes);
-            reply.restocked.extend(part.restocked);
+        for (shard, orders) in by_shard(map, orders) {
+            let tag = map.tag(shard);
+            for chunk in orders.chunks(scripts::release::BATCH_MAX) {
+                let owners = self.owners_and_skus(tag, chunk).await?;
+                let inv = scripts::release::invocation(
+                    &self.scripts.release,
+                    &self.keys,
+                    (campaign, tag),
+                    reason,
+                    chunk,
+                    &owners,
+                );
+                let Some(part) = scripts::release::decode(self.run(inv).await?, chunk)? else {
+                    return Err(restoring(campaign));
+                };
+                reply.outcomes.extend(part.outcomes);
+                reply.restocked.extend(part.restocked);
+            }
         }
         Ok(reply)
     }
@@ -141,17 +148,20 @@ impl StockStore {
     #[tracing::instrument(level = "debug", skip_all, fields(order = %order_id, event = %event))]
     pub(crate) async fn confirm(
         &self,
+        map: &ShardMap,
         order_id: &OrderId,
         event: &EventId,
         amount_cents: i64,
         status: PaymentStatus,
     ) -> Result<ConfirmOutcome> {
-        let owners = self.owners_and_skus(std::slice::from_ref(order_id)).await?;
+        let tag = map.tag(map.of_order(order_id));
+        let owners = self.owners_and_skus(tag, std::slice::from_ref(order_id)).await?;
         let Some(Some((_, skus))) = owners.into_iter().next() else {
             return Ok(ConfirmOutcome::NotFound);
         };
         let request = scripts::confirm::Request {
             order_id,
+            tag,
             skus: &skus,
             event,
             amount_cents,
@@ -164,11 +174,31 @@ impl StockStore {
 
     /// Loads a new campaign's window and stock and lists it, in one step (`warmup.lua`).
     #[tracing::instrument(level = "debug", skip_all, fields(campaign = %spec.campaign))]
+    /// A sharded campaign: every other shard first, shard 0 (whose meta makes the
+    /// campaign visible) last, so nobody is routed to a shard that is not there yet. A
+    /// shard left by an interrupted launch is kept as it is (its slice is the same).
     pub(crate) async fn launch(&self, spec: &CampaignLaunch) -> Result<LaunchOutcome> {
         self.list_campaign(&spec.campaign).await?;
-        scripts::warmup::decode(
-            self.run(scripts::warmup::invocation(&self.scripts.warmup, &self.keys, spec)).await?,
-        )
+        let map = ShardMap::new(&spec.campaign, usize::from(spec.shards));
+        let slices: Vec<Vec<u64>> = spec.items.iter().map(|i| map.split(i.stock)).collect();
+        for shard in (0..map.len()).rev() {
+            let slice = |item: &crate::campaign::LaunchItem| {
+                let at = spec.items.iter().position(|i| i.sku == item.sku).unwrap_or(0);
+                slices[at][shard]
+            };
+            let inv = scripts::warmup::shard_invocation(
+                &self.scripts.warmup,
+                &self.keys,
+                spec,
+                map.tag(shard),
+                slice,
+            );
+            let outcome = scripts::warmup::decode(self.run(inv).await?)?;
+            if shard == 0 {
+                return Ok(outcome);
+            }
+        }
+        Ok(LaunchOutcome::Created)
     }
 
     /// Lists a campaign in the index the relay and the sweeps walk. Done before the
@@ -185,16 +215,51 @@ impl StockStore {
     }
 
     /// Changes a live campaign (`tune.lua`); every gateway reloads it.
-    pub(crate) async fn tune(&self, campaign: &CampaignId, t: &CampaignTuning) -> Result<TuneOutcome> {
-        scripts::tune::decode(
-            self.run(scripts::tune::invocation(&self.scripts.tune, &self.keys, campaign, t)).await?,
-        )
+    /// Every shard's copy of the meta, shard 0's last (its answer is the outcome).
+    pub(crate) async fn tune(
+        &self,
+        campaign: &CampaignId,
+        map: &ShardMap,
+        t: &CampaignTuning,
+    ) -> Result<TuneOutcome> {
+        for shard in (0..map.len()).rev() {
+            let inv =
+                scripts::tune::invocation(&self.scripts.tune, &self.keys, (campaign, map.tag(shard)), t);
+            let outcome = scripts::tune::decode(self.run(inv).await?)?;
+            if shard == 0 || outcome != TuneOutcome::Tuned {
+                return Ok(outcome);
+            }
+        }
+        Ok(TuneOutcome::Tuned)
     }
 
     /// Every sku's counters in one consistent snapshot (`counters.lua`).
-    pub(crate) async fn counters(&self, campaign: &CampaignId, skus: &[SkuId]) -> Result<Vec<SkuCounters>> {
-        let inv = scripts::counters::invocation(&self.scripts.counters, &self.keys, campaign, skus);
-        scripts::counters::decode(self.run(inv).await?, skus)
+    /// A sharded campaign's are the sums over its shards (one snapshot per shard):
+    /// `stock_total` is what was launched, and units on their way between shards
+    /// count as available.
+    pub(crate) async fn counters(&self, map: &ShardMap, skus: &[SkuId]) -> Result<Vec<SkuCounters>> {
+        let mut sums: Vec<SkuCounters> = Vec::new();
+        for tag in map.tags() {
+            let inv = scripts::counters::invocation(&self.scripts.counters, &self.keys, tag, skus);
+            let shard = scripts::counters::decode(self.run(inv).await?, skus)?;
+            if sums.is_empty() {
+                sums = shard;
+                continue;
+            }
+            for s in &mut sums {
+                if let Some(c) = shard.iter().find(|c| c.sku == s.sku) {
+                    s.total += c.total;
+                    s.reserved += c.reserved;
+                    s.sold += c.sold;
+                }
+            }
+        }
+        if map.len() > 1 {
+            for s in &mut sums {
+                s.available = s.total.saturating_sub(s.reserved + s.sold);
+            }
+        }
+        Ok(sums)
     }
 
     /// The campaign's window, limits and skus, or `None` if Redis does not know it.
@@ -219,12 +284,28 @@ impl StockStore {
         if map.is_empty() {
             return Ok(None);
         }
-        Ok(Some((parse_meta(campaign, &map)?, buyers)))
+        let meta = parse_meta(campaign, &map)?;
+        if meta.shards <= 1 {
+            return Ok(Some((meta, buyers)));
+        }
+        let shards = ShardMap::new(campaign, usize::from(meta.shards));
+        let others = shards.tags()[1..].iter().map(|t| redis::cmd("SCARD").arg(self.keys.buyers(t)).clone());
+        let counts: Vec<u64> = self.link.each(others.collect()).await?;
+        Ok(Some((meta, buyers + counts.iter().sum::<u64>())))
+    }
+
+    /// Each campaign's shard count (`None`: Redis does not know the campaign).
+    pub(crate) async fn shard_counts(&self, campaigns: &[&CampaignId]) -> Result<Vec<Option<u16>>> {
+        let reads = campaigns
+            .iter()
+            .map(|c| redis::cmd("HMGET").arg(self.keys.meta(c)).arg("starts").arg("shards").clone());
+        let rows: Vec<(Option<String>, Option<u16>)> = self.link.each(reads.collect()).await?;
+        Ok(rows.into_iter().map(|(starts, shards)| starts.map(|_| shards.unwrap_or(1))).collect())
     }
 
     /// The reservation as Redis holds it, or `None`.
-    pub(crate) async fn order(&self, order_id: &OrderId) -> Result<Option<OrderRecord>> {
-        let map = self.hash(self.keys.order(order_id)).await?;
+    pub(crate) async fn order(&self, shards: &ShardMap, order_id: &OrderId) -> Result<Option<OrderRecord>> {
+        let map = self.hash(self.keys.order_at(shards.tag(shards.of_order(order_id)), order_id)).await?;
         if map.is_empty() {
             return Ok(None);
         }
@@ -248,34 +329,33 @@ impl StockStore {
 
     /// Pending orders of `campaign` whose payment deadline is at or before `now_ms`,
     /// oldest first, at most `limit`.
-    pub(crate) async fn due_orders(
-        &self,
-        campaign: &CampaignId,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<OrderId>> {
-        let key = self.keys.pending(campaign);
-        let ids: Vec<String> = self
-            .link
-            .call(|mut c| async move {
+    /// Up to `limit` per shard.
+    pub(crate) async fn due_orders(&self, map: &ShardMap, now_ms: i64, limit: usize) -> Result<Vec<OrderId>> {
+        let reads = map
+            .tags()
+            .iter()
+            .map(|tag| {
                 redis::cmd("ZRANGEBYSCORE")
-                    .arg(key)
+                    .arg(self.keys.pending(tag))
                     .arg("-inf")
                     .arg(now_ms)
                     .arg("LIMIT")
                     .arg(0)
                     .arg(limit)
-                    .query_async(&mut c)
-                    .await
+                    .clone()
             })
-            .await?;
-        Ok(ids.iter().filter_map(|s| OrderId::parse(s).ok()).collect())
+            .collect();
+        let ids: Vec<Vec<String>> = self.link.each(reads).await?;
+        Ok(ids.iter().flatten().filter_map(|s| OrderId::parse(s).ok()).collect())
     }
 
     /// Every user who ever got a reservation in `campaign`.
-    pub(crate) async fn buyers(&self, campaign: &CampaignId) -> Result<Vec<String>> {
-        let key = self.keys.buyers(campaign);
-        self.link.call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }).await
+    /// Every shard's, together.
+    pub(crate) async fn buyers(&self, map: &ShardMap) -> Result<Vec<String>> {
+        let reads =
+            map.tags().iter().map(|t| redis::cmd("SMEMBERS").arg(self.keys.buyers(t)).clone()).collect();
+        let sets: Vec<Vec<String>> = self.link.each(reads).await?;
+        Ok(sets.into_iter().flatten().collect())
     }
 
     /// Runs the reservation script itself against a campaign that cannot exist: proves
@@ -294,12 +374,16 @@ impl StockStore {
 
     /// Each order's owner and skus (`None` where Redis has no such order): the keys a
     /// release or confirmation must name. One pipelined round trip.
-    async fn owners_and_skus(&self, orders: &[OrderId]) -> Result<Vec<Option<(UserId, Vec<SkuId>)>>> {
+    async fn owners_and_skus(
+        &self,
+        tag: &CampaignId,
+        orders: &[OrderId],
+    ) -> Result<Vec<Option<(UserId, Vec<SkuId>)>>> {
         let reads = orders
             .iter()
             .map(|order| {
                 let mut cmd = redis::cmd("HMGET");
-                cmd.arg(self.keys.order(order)).arg("user").arg("items");
+                cmd.arg(self.keys.order_at(tag, order)).arg("user").arg("items");
                 cmd
             })
             .collect();
@@ -324,6 +408,19 @@ impl StockStore {
 /// refuses to launch, so the probe always ends at `campaign_not_found` and writes
 /// nothing. It only proves that Redis runs the reservation script.
 pub const PROBE_CAMPAIGN: &str = "readiness-probe-never-launched";
+
+/// Orders grouped by the shard they live in, each group in the given order.
+fn by_shard(map: &ShardMap, orders: &[OrderId]) -> Vec<(usize, Vec<OrderId>)> {
+    let mut groups: Vec<(usize, Vec<OrderId>)> = Vec::new();
+    for order in orders {
+        let shard = map.of_order(order);
+        match groups.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, g)) => g.push(order.clone()),
+            None => groups.push((shard, vec![order.clone()])),
+        }
+    }
+    groups
+}
 
 fn restoring(campaign: &CampaignId) -> EngineError {
     EngineError::Unavailable(format!("campaign {campaign} is being restored from MySQL"))
@@ -353,5 +450,7 @@ fn parse_meta(campaign: &CampaignId, map: &HashMap<String, String>) -> Result<Ca
         max_user_requests_per_sec: threshold("max_user_rps")?,
         skus,
         version: num("version")? as u64,
+        // Written at launch since sharding exists; a campaign from before has one.
+        shards: map.get("shards").and_then(|v| v.parse().ok()).unwrap_or(1),
     })
 }

@@ -1,6 +1,9 @@
 //! Property test: for any sequence of reserve / release / confirm from several users,
-//! the counters in Redis match a model after every step: `available + reserved + sold
-//! = stock_total` per sku, nothing negative, no user over the limit.
+//! on a campaign of 1..=4 shards with units moving between shards (whole moves, and
+//! moves left half done then finished), the counters in Redis match a model after
+//! every step: `available + reserved + sold = stock_total` per sku (per shard: `Σ
+//! avail + resv + sold + in transit = stock_total`), nothing negative, no user over
+//! the limit, and `sold_out` only when the shards together hold too few units.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -11,6 +14,8 @@ use common::message::OrderStatus;
 use engine::domain::{
     ConfirmOutcome, EventId, OrderId, PaymentStatus, ReleaseOutcome, ReleaseReason, ReserveOutcome,
 };
+use engine::scripts::moves::{Move, Step};
+use engine::shards::ShardMap;
 use engine::Engine;
 use proptest::prelude::*;
 use support::*;
@@ -27,6 +32,10 @@ enum Op {
     Cancel(usize),
     Expire(usize),
     Pay(usize, bool),
+    /// sku index, from shard, to shard, units; `false`: taken only (left in transit)
+    Move(usize, usize, usize, u64, bool),
+    /// What a stopped process left half done is finished.
+    FinishMoves,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -36,6 +45,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..64usize).prop_map(Op::Cancel),
         1 => (0..64usize).prop_map(Op::Expire),
         2 => (0..64usize, any::<bool>()).prop_map(|(i, ok)| Op::Pay(i, ok)),
+        1 => (0..SKUS.len(), 0..4usize, 0..4usize, 1..4u64, any::<bool>())
+            .prop_map(|(s, f, t, n, whole)| Op::Move(s, f, t, n, whole)),
+        1 => Just(Op::FinishMoves),
     ]
 }
 
@@ -48,8 +60,10 @@ struct ModelOrder {
     total: i64,
 }
 
-async fn run(engine: &Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(ns: &Ns, engine: &Engine, shards: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let c = cid("p");
+    let map = ShardMap::new(&c, shards);
+    let mut moves = 0;
     let mut orders: Vec<ModelOrder> = Vec::new();
     let mut keys: HashMap<(usize, u8), usize> = HashMap::new();
     let mut event = 0;
@@ -74,7 +88,14 @@ async fn run(engine: &Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                     (ReserveOutcome::Replayed(r), Some(&i)) => prop_assert_eq!(&r.order_id, &orders[i].id),
                     (ReserveOutcome::KeyReused, Some(&i)) => prop_assert_ne!(&orders[i].lines, &l),
-                    (ReserveOutcome::SoldOut(_) | ReserveOutcome::LimitExceeded { .. }, None) => {}
+                    (ReserveOutcome::SoldOut(s), None) => {
+                        // No undersell: the shards together hold fewer units than asked.
+                        let asked = l.iter().find(|(i, _)| SKUS[*i] == s.as_str()).map_or(0, |(_, q)| *q);
+                        let shelves = shard_levels(ns, &map, s.as_str()).await;
+                        let held: u64 = shelves.iter().map(|l| l.avail).sum();
+                        prop_assert!(held < asked, "sold_out of {} with {} units in the shards", s, held);
+                    }
+                    (ReserveOutcome::LimitExceeded { .. }, None) => {}
                     (other, seen) => prop_assert!(false, "{other:?} with key seen {seen:?}"),
                 }
             }
@@ -100,6 +121,36 @@ async fn run(engine: &Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     (s, r, out) => prop_assert!(false, "{s:?} {r:?} -> {out:?}"),
                 }
             }
+            Op::Move(s, from, to, n, whole) => {
+                let (from, to) = (from % shards, to % shards);
+                if from != to {
+                    moves += 1;
+                    let id = format!("m{moves}");
+                    let sku_id = sku(SKUS[s]);
+                    let m = Move {
+                        id: &id,
+                        campaign: &c,
+                        sku: &sku_id,
+                        from: map.tag(from),
+                        to: map.tag(to),
+                        to_shard: to,
+                    };
+                    let script = engine::scripts::moves::script();
+                    let mut raw = ns.raw().await;
+                    let inv = engine::scripts::moves::take(&script, &ns.keys(), &m, n, 1, 0);
+                    let taken =
+                        engine::scripts::moves::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap();
+                    if let (Step::Taken(units), true) = (taken, whole) {
+                        let inv = engine::scripts::moves::give(&script, &ns.keys(), &m, units);
+                        let _: redis::Value = inv.invoke_async(&mut raw).await.unwrap();
+                        let inv = engine::scripts::moves::settle(&script, &ns.keys(), &m);
+                        let _: redis::Value = inv.invoke_async(&mut raw).await.unwrap();
+                    }
+                }
+            }
+            Op::FinishMoves => {
+                engine.finish_moves(&c, -1).await.unwrap();
+            }
             Op::Pay(_, _) if orders.is_empty() => {}
             Op::Pay(i, ok) => {
                 event += 1;
@@ -123,6 +174,90 @@ async fn run(engine: &Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         check(engine, &orders).await?;
+        check_shards(ns, &map).await?;
+    }
+    Ok(())
+}
+
+/// One sku's counters in one shard.
+#[derive(Debug, Default)]
+struct Shelf {
+    total: i64,
+    avail: u64,
+    resv: i64,
+    sold: i64,
+    moved_in: i64,
+    moved_out: i64,
+}
+
+async fn shard_levels(ns: &Ns, map: &ShardMap, s: &str) -> Vec<Shelf> {
+    let mut raw = ns.raw().await;
+    let mut out = Vec::new();
+    for tag in map.tags() {
+        let v: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(ns.keys().stock(tag, &sku(s)))
+            .arg("total")
+            .arg("avail")
+            .arg("resv")
+            .arg("sold")
+            .arg("in")
+            .arg("out")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let f = |i: usize| v[i].unwrap_or(0);
+        assert!(f(1) >= 0, "negative avail in {tag}");
+        out.push(Shelf {
+            total: f(0),
+            avail: f(1) as u64,
+            resv: f(2),
+            sold: f(3),
+            moved_in: f(4),
+            moved_out: f(5),
+        });
+    }
+    out
+}
+
+/// Per shard `avail + resv + sold = total + in - out`, nothing negative; over the
+/// shards `Σ avail + resv + sold + in transit = stock_total`, where in transit are the
+/// donors' move records no receiver has applied.
+async fn check_shards(ns: &Ns, map: &ShardMap) -> Result<(), TestCaseError> {
+    let mut raw = ns.raw().await;
+    let mut in_transit: HashMap<String, i64> = HashMap::new();
+    for tag in map.tags() {
+        let records: HashMap<String, String> =
+            redis::cmd("HGETALL").arg(ns.keys().moves_out(tag)).query_async(&mut raw).await.unwrap();
+        for (id, rec) in records {
+            let (to, sku_id, units, _) = engine::scripts::moves::parse_record(&rec).unwrap();
+            let given: bool = redis::cmd("SISMEMBER")
+                .arg(ns.keys().moves_in(map.tag(to)))
+                .arg(&id)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            if !given {
+                *in_transit.entry(sku_id.to_string()).or_default() += units as i64;
+            }
+        }
+    }
+    for s in SKUS {
+        let shelves = shard_levels(ns, map, s).await;
+        let mut held = 0;
+        for sh in &shelves {
+            prop_assert!(sh.resv >= 0 && sh.sold >= 0, "{s}: {sh:?}");
+            prop_assert_eq!(
+                sh.avail as i64 + sh.resv + sh.sold,
+                sh.total + sh.moved_in - sh.moved_out,
+                "{}: {:?}",
+                s,
+                sh
+            );
+            held += sh.avail as i64 + sh.resv + sh.sold;
+        }
+        let moving = in_transit.get(s).copied().unwrap_or(0);
+        prop_assert_eq!(held + moving, STOCK as i64, "{}: {} held, {} in transit", s, held, moving);
+        prop_assert_eq!(shelves.iter().map(|sh| sh.total).sum::<i64>(), STOCK as i64);
     }
     Ok(())
 }
@@ -160,13 +295,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn counters_always_add_up(ops in prop::collection::vec(op(), 1..40)) {
+    fn counters_always_add_up(shards in 1..=4usize, ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let ns = Ns::new();
             let engine = ns.engine();
-            launch(&engine, &open_campaign("p", &SKUS.map(|s| (s, STOCK, 125)), LIMIT)).await;
-            run(&engine, ops).await
+            let mut spec = open_campaign("p", &SKUS.map(|s| (s, STOCK, 125)), LIMIT);
+            spec.shards = shards as u16;
+            launch(&engine, &spec).await;
+            run(&ns, &engine, shards, ops).await
         })?;
     }
 }

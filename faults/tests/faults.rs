@@ -728,6 +728,7 @@ async fn an_idle_relay_with_two_thousand_finished_campaigns_makes_a_handful_of_c
             payment_window_secs: 900,
             max_orders_per_sec: None,
             max_user_requests_per_sec: None,
+            shards: 1,
             items: vec![engine::campaign::LaunchItem {
                 sku: engine::domain::SkuId::parse("a").unwrap(),
                 stock: 10,

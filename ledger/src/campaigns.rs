@@ -14,8 +14,8 @@ impl Db {
                 let mut tx = self.pool.begin().await?;
                 let res = sqlx::query(
                     "INSERT INTO campaigns (campaign_id, name, starts_ms, ends_ms, per_user_limit, \
-                 payment_window_secs, max_orders_per_sec, max_user_requests_per_sec, created_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 payment_window_secs, max_orders_per_sec, max_user_requests_per_sec, created_ms, shards) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&c.campaign_id)
                 .bind(&c.name)
@@ -26,6 +26,7 @@ impl Db {
                 .bind(c.max_orders_per_sec)
                 .bind(c.max_user_requests_per_sec)
                 .bind(now_ms)
+                .bind(c.shards)
                 .execute(&mut *tx)
                 .await;
                 if let Err(e) = res {
@@ -63,7 +64,7 @@ impl Db {
         self.bounded(async {
             let Some(row) = sqlx::query(
                 "SELECT campaign_id, name, starts_ms, ends_ms, per_user_limit, payment_window_secs, \
-                 max_orders_per_sec, max_user_requests_per_sec FROM campaigns WHERE campaign_id = ?",
+                 max_orders_per_sec, max_user_requests_per_sec, shards FROM campaigns WHERE campaign_id = ?",
             )
             .bind(id)
             .fetch_optional(&self.pool)
@@ -96,6 +97,7 @@ impl Db {
                 max_orders_per_sec: row.try_get(6)?,
                 max_user_requests_per_sec: row.try_get(7)?,
                 items,
+                shards: row.try_get(8)?,
             }))
         })
         .await

@@ -16,6 +16,8 @@ pub struct CampaignRow {
     pub max_orders_per_sec: Option<u32>,
     pub max_user_requests_per_sec: Option<u32>,
     pub items: Vec<CampaignItemRow>,
+    /// Redis shards of the campaign's stock (1: unsharded).
+    pub shards: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +95,7 @@ impl CampaignRow {
             max_orders_per_sec: launch.max_orders_per_sec,
             max_user_requests_per_sec: launch.max_user_requests_per_sec,
             items,
+            shards: launch.shards,
         }
     }
 
@@ -119,6 +122,7 @@ impl CampaignRow {
             max_orders_per_sec: self.max_orders_per_sec,
             max_user_requests_per_sec: self.max_user_requests_per_sec,
             items,
+            shards: self.shards,
         })
     }
 }

@@ -40,6 +40,7 @@ fn campaign(id: &str, stock: i64) -> CampaignRow {
         payment_window_secs: 60,
         max_orders_per_sec: None,
         max_user_requests_per_sec: None,
+        shards: 1,
         items: vec![
             CampaignItemRow { sku_id: "a".into(), price_cents: 100, stock_total: stock },
             CampaignItemRow { sku_id: "b".into(), price_cents: 50, stock_total: stock },

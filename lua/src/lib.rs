@@ -25,6 +25,8 @@ pub const WARMUP: &str = script!("warmup.lua");
 pub const TUNE: &str = script!("tune.lua");
 /// Reads every sku's counters in one consistent snapshot.
 pub const COUNTERS: &str = script!("counters.lua");
+/// Moves units of one sku between two shards of a campaign (take, give, settle).
+pub const MOVE: &str = script!("move.lua");
 /// Rebuilds a campaign Redis lost from what MySQL holds, in steps; live only at the end.
 pub const RESTORE: &str = script!("restore.lua");
 
@@ -34,7 +36,7 @@ mod tests {
 
     #[test]
     fn every_script_starts_with_the_prelude_and_has_a_body() {
-        for s in [RESERVE, RELEASE, CONFIRM, WARMUP, TUNE, COUNTERS, RESTORE] {
+        for s in [RESERVE, RELEASE, CONFIRM, WARMUP, TUNE, COUNTERS, RESTORE, MOVE] {
             assert!(s.contains("local function now_ms()"));
             assert!(s.lines().count() > 60, "script body missing");
         }

@@ -30,7 +30,11 @@ use tokio::sync::watch;
 use crate::context::{consume, pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
 use crate::persister::Timer;
-use crate::relay::RESCAN_EVERY;
+/// Full re-read of every campaign's next deadline, and the look for unit moves
+/// between shards that a process left half done.
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// A move between shards older than this was left by a process that stopped.
+const MOVE_STALE_MS: i64 = 5_000;
 
 /// Orders read from one campaign's pending set per round at most (released in
 /// batches of `engine::scripts::release::BATCH_MAX`).
@@ -125,7 +129,14 @@ pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize
     let stale: Vec<CampaignId> = if rescan {
         state.last_scan = Some(Instant::now());
         state.next_due.clear();
-        store.campaign_ids().await?
+        let all = store.campaign_ids().await?;
+        for c in &all {
+            let finished = store.finish_moves(c, MOVE_STALE_MS).await?;
+            if finished > 0 {
+                tracing::warn!(campaign = %c, finished, "finished unit moves a stopped process left");
+            }
+        }
+        all
     } else {
         // Campaigns with outbox work since the last round may have new deadlines.
         ctx.activity.within(Duration::from_millis(ctx.settings.worker.sweep_interval_ms * 4))

@@ -7,12 +7,14 @@
 //! confirmed it; a nack, a return (unroutable) or a timeout leaves it pending, to be
 //! claimed and published again. Duplicates are possible downstream, loss is not.
 //!
-//! The relay visits only campaigns with work: a script that writes to an empty outbox
-//! publishes an `outbox <campaign>` notice, and a campaign stays in the work set until
-//! its outbox is empty. A full rescan (one `SMEMBERS` and pipelined `XLEN`s) runs at
-//! start, after the notice stream was interrupted, and every [`RESCAN_EVERY`] as a
-//! safety net, so an idle relay costs a few Redis calls a minute however many
-//! campaigns were ever launched.
+//! There is one outbox stream per campaign shard (the campaign's own when unsharded),
+//! named by the shard's tag. The relay visits only streams with work: a script that
+//! writes to an empty outbox publishes an `outbox <tag>` notice, and a stream stays in
+//! the work set until it is empty. Notices are lost only while a subscription is
+//! down, and every resubscription is followed by a resync; so a full rescan (the
+//! campaign index, each campaign's shard count once, pipelined `XLEN`s) runs only at
+//! start and after the notice stream was interrupted. An idle relay makes no Redis
+//! call however many campaigns and shards were ever launched.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -33,19 +35,18 @@ use crate::topology::ORDER_ROUTING_KEY;
 /// Pause of a relay with work that moved nothing this round (entries pending for a
 /// worker that has not been idle long enough to be claimed from).
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
-/// Full rescan of every campaign's outbox, in case a notice was lost.
-pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// How long an idle relay sleeps between looks at its stop signal and notices.
+pub const IDLE_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
     let mut signals = ctx.engine.work_signals();
     let mut with_group: HashSet<CampaignId> = HashSet::new();
     let mut work = rescan(ctx).await?;
-    let mut next_rescan = Instant::now() + RESCAN_EVERY;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let mut resync = Instant::now() >= next_rescan;
+        let mut resync = false;
         loop {
             match signals.try_recv() {
                 Ok(WorkSignal::Outbox(c)) => {
@@ -57,7 +58,6 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         }
         if resync {
             work.extend(rescan(ctx).await?);
-            next_rescan = Instant::now() + RESCAN_EVERY;
         }
         let mut moved = 0;
         let mut backlog = 0;
@@ -71,7 +71,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                     moved += n;
                     backlog += left;
                     if n > 0 {
-                        ctx.activity.touch(&campaign);
+                        ctx.activity.touch(&campaign.campaign_of_tag());
                     }
                     if left == 0 {
                         work.remove(&campaign);
@@ -88,8 +88,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         if moved > 0 {
             continue;
         }
-        let idle =
-            if work.is_empty() { next_rescan.saturating_duration_since(Instant::now()) } else { BUSY_PAUSE };
+        let idle = if work.is_empty() { IDLE_WAIT } else { BUSY_PAUSE };
         if wait_for_work(&mut signals, &mut work, idle, &mut stop).await {
             return Ok(());
         }
@@ -115,15 +114,16 @@ async fn wait_for_work(
     }
 }
 
-/// Every listed campaign whose outbox is not empty.
+/// Every outbox stream of every listed campaign that is not empty.
 async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
     let store = &ctx.engine;
     let campaigns = store.campaign_ids().await?;
-    let lengths = store.outbox_lengths(&campaigns).await?;
-    Ok(campaigns.into_iter().zip(lengths).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect())
+    let streams = store.outbox_streams(&campaigns).await?;
+    let lengths = store.outbox_lengths(&streams).await?;
+    Ok(streams.into_iter().zip(lengths).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect())
 }
 
-/// Relays one batch of one campaign; returns how many entries the broker confirmed
+/// Relays one batch of one outbox stream (a campaign or shard tag); returns how many entries the broker confirmed
 /// and how many are left in the stream.
 async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Result<(usize, u64)> {
     let store = &ctx.engine;

@@ -135,6 +135,7 @@ fn snapshot(campaign: &CampaignId, row: &CampaignRow, orders: Vec<OrderRow>) -> 
         max_orders_per_sec: row.max_orders_per_sec,
         max_user_requests_per_sec: row.max_user_requests_per_sec,
         items,
+        shards: row.shards,
     };
     Ok(CampaignSnapshot { launch, orders })
 }

@@ -61,7 +61,8 @@ async fn settled(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
     if store.next_deadlines(c).await?.first().copied().flatten().is_some() {
         return Ok(false);
     }
-    if store.outbox_lengths(c).await?.first().copied().unwrap_or(0) > 0 {
+    let streams = store.outbox_streams(c).await?;
+    if store.outbox_lengths(&streams).await?.iter().any(|n| *n > 0) {
         return Ok(false);
     }
     Ok(ledger::reconcile::check(&ctx.engine, &ctx.db, campaign).await?.is_some_and(|r| r.consistent))

@@ -50,6 +50,7 @@ impl Env {
             payment_window_secs: window_secs,
             max_orders_per_sec: None,
             max_user_requests_per_sec: None,
+            shards: 1,
             items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
         };
         self.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();
@@ -490,6 +491,7 @@ async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention()
         payment_window_secs: 1,
         max_orders_per_sec: None,
         max_user_requests_per_sec: None,
+        shards: 1,
         items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock: 10, price_cents: 100 }],
     };
     env.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();

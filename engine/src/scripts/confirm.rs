@@ -15,6 +15,8 @@ pub fn script() -> Script {
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub order_id: &'a OrderId,
+    /// The order's shard (the campaign id itself when unsharded).
+    pub tag: &'a crate::domain::CampaignId,
     pub skus: &'a [SkuId],
     pub event: &'a EventId,
     pub amount_cents: i64,
@@ -26,20 +28,21 @@ pub struct Request<'a> {
 /// hashes; ARGV as `confirm.lua`'s header says.
 pub fn invocation<'s>(script: &'s Script, k: &KeySpace, r: &Request<'_>) -> ScriptInvocation<'s> {
     let campaign = r.order_id.campaign();
+    let tag = r.tag;
     let mut inv = script.prepare_invoke();
-    inv.key(k.order(r.order_id))
-        .key(k.outbox(&campaign))
-        .key(k.pending(&campaign))
-        .key(k.payment_event(&campaign, r.event))
-        .key(k.meta(&campaign));
+    inv.key(k.order_at(tag, r.order_id))
+        .key(k.outbox(tag))
+        .key(k.pending(tag))
+        .key(k.payment_event(tag, r.event))
+        .key(k.meta(tag));
     for sku in r.skus {
-        inv.key(k.stock(&campaign, sku));
+        inv.key(k.stock(tag, sku));
     }
     inv.arg(campaign.as_str())
         .arg(r.order_id.as_str())
         .arg(r.amount_cents.to_string())
         .arg(r.status.as_str())
-        .arg(k.prefix(&campaign))
+        .arg(k.prefix(tag))
         .arg(r.event_ttl_secs)
         .arg(k.notice_channel());
     inv

@@ -5,6 +5,7 @@
 
 pub mod confirm;
 pub mod counters;
+pub mod moves;
 pub mod release;
 pub mod reserve;
 pub mod restore;
@@ -25,6 +26,7 @@ pub(crate) struct Scripts {
     pub(crate) tune: Script,
     pub(crate) counters: Script,
     pub(crate) restore: Script,
+    pub(crate) moves: Script,
 }
 
 impl Scripts {
@@ -37,6 +39,7 @@ impl Scripts {
             tune: tune::script(),
             counters: counters::script(),
             restore: restore::script(),
+            moves: moves::script(),
         }
     }
 }

@@ -25,32 +25,33 @@ pub struct ReleaseReply {
     pub restocked: Vec<(SkuId, u64)>,
 }
 
+/// All orders in the shard `tag` of `campaign` (the campaign itself when unsharded).
 /// KEYS: meta, outbox, pending, then per order its hash, its owner's count and one
 /// stock hash per line; `owners[i]` is order i's owner and skus (`None`: Redis has
 /// no such order, the script only takes it off the pending set).
 pub fn invocation<'s>(
     script: &'s Script,
     k: &KeySpace,
-    campaign: &CampaignId,
+    (campaign, tag): (&CampaignId, &CampaignId),
     reason: ReleaseReason,
     orders: &[OrderId],
     owners: &[Option<(UserId, Vec<SkuId>)>],
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(campaign)).key(k.outbox(campaign)).key(k.pending(campaign));
-    inv.arg(campaign.as_str()).arg(reason.as_str()).arg(k.prefix(campaign)).arg(k.notice_channel());
+    inv.key(k.meta(tag)).key(k.outbox(tag)).key(k.pending(tag));
+    inv.arg(campaign.as_str()).arg(reason.as_str()).arg(k.prefix(tag)).arg(k.notice_channel());
     for (order, owner) in orders.iter().zip(owners) {
-        inv.key(k.order(order));
+        inv.key(k.order_at(tag, order));
         match owner {
             Some((user, skus)) => {
-                inv.key(k.user(campaign, user));
+                inv.key(k.user(tag, user));
                 for sku in skus {
-                    inv.key(k.stock(campaign, sku));
+                    inv.key(k.stock(tag, sku));
                 }
                 inv.arg(order.as_str()).arg(skus.len());
             }
             None => {
-                inv.key(format!("{}user:", k.prefix(campaign)));
+                inv.key(format!("{}user:", k.prefix(tag)));
                 inv.arg(order.as_str()).arg(0);
             }
         }

@@ -17,6 +17,8 @@ pub fn script() -> Script {
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub campaign: &'a CampaignId,
+    /// The shard whose keys decide it (the campaign id itself when unsharded).
+    pub tag: &'a CampaignId,
     pub order_id: &'a OrderId,
     pub user: &'a UserId,
     pub key: &'a IdempotencyKey,
@@ -45,17 +47,20 @@ impl ReserveReply {
 /// KEYS: meta, outbox, pending, buyers, order rate, then per order its user count,
 /// idempotency record, order hash and one stock hash per line; ARGV as
 /// `reserve.lua`'s header says. All requests must be for one campaign and share the
-/// settings of the first.
+/// settings of the first; all are decided in the first's shard (`tag`).
 pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
     let Some(first) = batch.first() else {
         return inv;
     };
-    let c = first.campaign;
+    let c = first.tag;
     inv.key(k.meta(c)).key(k.outbox(c)).key(k.pending(c)).key(k.buyers(c)).key(k.order_rate(c));
-    inv.arg(c.as_str()).arg(first.idempotency_ttl_secs).arg(first.outbox_max_len).arg(k.notice_channel());
+    inv.arg(first.campaign.as_str())
+        .arg(first.idempotency_ttl_secs)
+        .arg(first.outbox_max_len)
+        .arg(k.notice_channel());
     for r in batch {
-        inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order(r.order_id));
+        inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order_at(c, r.order_id));
         inv.arg(r.order_id.as_str()).arg(r.user.as_str()).arg(r.lines.fingerprint()).arg(r.lines.len());
         for line in r.lines.iter() {
             inv.key(k.stock(c, &line.sku));

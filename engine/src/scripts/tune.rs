@@ -12,15 +12,16 @@ pub fn script() -> Script {
     Script::new(flashsale_lua::TUNE)
 }
 
+/// One shard's meta (`tag`; the campaign itself when unsharded).
 /// KEYS: meta; ARGV: campaign, notice channel, then (field, value) pairs.
 pub fn invocation<'s>(
     script: &'s Script,
     k: &KeySpace,
-    campaign: &CampaignId,
+    (campaign, tag): (&CampaignId, &CampaignId),
     t: &CampaignTuning,
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(campaign));
+    inv.key(k.meta(tag));
     inv.arg(campaign.as_str()).arg(k.notice_channel());
     if let Some(v) = t.ends_ms {
         inv.arg("ends").arg(v);

@@ -11,15 +11,27 @@ pub fn script() -> Script {
     Script::new(flashsale_lua::WARMUP)
 }
 
-/// KEYS: meta, then one stock hash per sku.
+/// An unsharded campaign (its one shard holds all the stock).
 pub fn invocation<'s>(script: &'s Script, k: &KeySpace, spec: &CampaignLaunch) -> ScriptInvocation<'s> {
-    let c = &spec.campaign;
+    shard_invocation(script, k, spec, &spec.campaign, |item| item.stock)
+}
+
+/// One shard of a campaign: its meta (with the campaign's shard count) and its slice
+/// of each sku's stock (`slice`). KEYS: meta, then one stock hash per sku.
+pub fn shard_invocation<'s>(
+    script: &'s Script,
+    k: &KeySpace,
+    spec: &CampaignLaunch,
+    tag: &crate::domain::CampaignId,
+    slice: impl Fn(&crate::campaign::LaunchItem) -> u64,
+) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(c));
+    inv.key(k.meta(tag));
     super::push_meta_args(&mut inv, k, spec);
+    inv.arg(spec.shards);
     for item in &spec.items {
-        inv.key(k.stock(c, &item.sku));
-        inv.arg(item.sku.as_str()).arg(item.stock).arg(item.price_cents);
+        inv.key(k.stock(tag, &item.sku));
+        inv.arg(item.sku.as_str()).arg(slice(item)).arg(item.price_cents);
     }
     inv
 }

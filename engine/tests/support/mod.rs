@@ -57,6 +57,7 @@ impl Ns {
             .iter()
             .map(|(order_id, user, key, lines)| engine::scripts::reserve::Request {
                 campaign,
+                tag: campaign,
                 order_id,
                 user,
                 key,
@@ -125,6 +126,7 @@ pub fn window_campaign(
         payment_window_secs: 900,
         max_orders_per_sec: None,
         max_user_requests_per_sec: None,
+        shards: 1,
         items: items
             .iter()
             .map(|(s, stock, price)| LaunchItem { sku: sku(s), stock: *stock, price_cents: *price })

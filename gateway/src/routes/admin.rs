@@ -46,6 +46,9 @@ pub struct LaunchRequest {
     items: Vec<LaunchItemRequest>,
     #[serde(default)]
     thresholds: Option<ThresholdsRequest>,
+    /// Redis shards of every sku's stock, 1..=64 (default 1).
+    #[serde(default)]
+    shards: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -129,6 +132,10 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
         }
         items.push(LaunchItem { sku, stock: i.stock as u64, price_cents: i.price_cents });
     }
+    let shards = r.shards.unwrap_or(1);
+    if !(1..=engine::shards::MAX_SHARDS as i64).contains(&shards) {
+        return Err(invalid(format!("shards must be 1..={}", engine::shards::MAX_SHARDS)));
+    }
     let t = r.thresholds.unwrap_or_default();
     let max_orders = check_threshold("max_orders_per_sec", t.max_orders_per_sec)?.flatten();
     let max_user = check_threshold("max_user_requests_per_sec", t.max_user_requests_per_sec)?.flatten();
@@ -141,6 +148,7 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
         max_orders_per_sec: max_orders,
         max_user_requests_per_sec: max_user,
         items,
+        shards: shards as u16,
     };
     let row = CampaignRow::from_launch(&launch, &r.name);
     Ok((launch, row))

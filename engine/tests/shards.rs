@@ -1,0 +1,210 @@
+//! A hot sku split over shards (`shards: N`), through two engines (two gateways'
+//! worth) at once: exactly the stock sold, never `sold_out` while a unit is left in any
+//! shard, per-user limits and idempotent replays exact, and units freed on one shard
+//! still sold to buyers homed on the others. Runs on the one Redis and, in the test
+//! script, on the local 3-master Redis Cluster (where the shards sit on three masters).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::domain::{ReleaseReason, ReserveOutcome, UserId};
+use engine::shards::ShardMap;
+use engine::Engine;
+use support::*;
+
+fn sharded(id: &str, stock: u64, limit: u64, shards: u16) -> engine::campaign::CampaignLaunch {
+    let mut spec = open_campaign(id, &[("hot", stock, 100)], limit);
+    spec.shards = shards;
+    spec
+}
+
+/// Units available in each shard (raw reads, past the engine).
+async fn shelves(ns: &Ns, map: &ShardMap) -> Vec<i64> {
+    let mut raw = ns.raw().await;
+    let mut out = Vec::new();
+    for tag in map.tags() {
+        let v: Option<i64> = redis::cmd("HGET")
+            .arg(ns.keys().stock(tag, &sku("hot")))
+            .arg("avail")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        out.push(v.unwrap());
+    }
+    out
+}
+
+/// One request's start, end and outcome.
+type Answer = (Instant, Instant, UserId, ReserveOutcome);
+
+/// `buyers` buyers, one unit each, spread over `engines`, `concurrency` in flight.
+async fn sale(engines: &[Engine], campaign: &str, buyers: Vec<UserId>, concurrency: usize) -> Vec<Answer> {
+    let queue = Arc::new(std::sync::Mutex::new(buyers));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (e, queue, c) = (engines[worker % engines.len()].clone(), Arc::clone(&queue), cid(campaign));
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let Some(u) = queue.lock().unwrap().pop() else { return out };
+                let started = Instant::now();
+                let r = e.reserve(&c, &u, &key("k1"), &lines(&[("hot", 1)])).await.unwrap();
+                out.push((started, Instant::now(), u, r));
+            }
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.unwrap());
+    }
+    answers
+}
+
+/// No reservation began after a `sold_out` had been answered (nothing was released in
+/// between): a `sold_out` was only ever said when no unit was left in any shard.
+fn no_undersell(answers: &[Answer]) {
+    let first_sold_out = answers
+        .iter()
+        .filter(|(_, _, _, r)| matches!(r, ReserveOutcome::SoldOut(_)))
+        .map(|(_, end, _, _)| *end)
+        .min();
+    if let Some(t) = first_sold_out {
+        let late = answers
+            .iter()
+            .filter(|(start, _, _, r)| *start > t && matches!(r, ReserveOutcome::Reserved(_)))
+            .count();
+        assert_eq!(late, 0, "{late} units granted after a sold_out was answered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_sku_over_three_shards_sells_exactly_its_stock() {
+    let ns = Ns::new();
+    let (a, b) = (ns.engine(), ns.engine());
+    const STOCK: u64 = 300;
+    launch(&a, &sharded("hot", STOCK, 2, 3)).await;
+    until_live(&a).await;
+    until_live(&b).await;
+    let map = ShardMap::new(&cid("hot"), 3);
+    assert_eq!(shelves(&ns, &map).await, vec![100, 100, 100]);
+
+    // Per-user limit, exact in the user's home shard: 2 units, a third is refused.
+    let greedy = user("greedy");
+    for (k, expect_ok) in [("g1", true), ("g2", true), ("g3", false)] {
+        let r = a.reserve(&cid("hot"), &greedy, &key(k), &lines(&[("hot", 1)])).await.unwrap();
+        assert_eq!(matches!(r, ReserveOutcome::Reserved(_)), expect_ok, "{k}: {r:?}");
+        if !expect_ok {
+            assert!(matches!(r, ReserveOutcome::LimitExceeded { held: 2, limit: 2 }), "{r:?}");
+        }
+    }
+
+    // Demand four times the stock, through both engines.
+    let buyers: Vec<UserId> = (0..1200).map(|i| user(&format!("b{i}"))).collect();
+    let answers = sale(&[a.clone(), b.clone()], "hot", buyers, 48).await;
+    let won: Vec<&Answer> =
+        answers.iter().filter(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_))).collect();
+    assert_eq!(won.len() as u64, STOCK - 2, "every unit sold, none twice");
+    assert!(answers
+        .iter()
+        .all(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_) | ReserveOutcome::SoldOut(_))));
+    no_undersell(&answers);
+    assert_eq!(shelves(&ns, &map).await, vec![0, 0, 0]);
+    let view = a.counters(&cid("hot"), &[sku("hot")]).await.unwrap();
+    assert_eq!((view[0].total, view[0].available, view[0].reserved), (STOCK, 0, STOCK));
+
+    // A winner's retry, on either engine, is the same reservation.
+    for (i, (_, _, u, r)) in won.iter().take(40).enumerate() {
+        let ReserveOutcome::Reserved(first) = r else { unreachable!() };
+        let e = if i % 2 == 0 { &a } else { &b };
+        let again = e.reserve(&cid("hot"), u, &key("k1"), &lines(&[("hot", 1)])).await.unwrap();
+        assert_eq!(again, ReserveOutcome::Replayed(first.clone()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_freed_on_one_shard_are_sold_to_buyers_homed_on_the_others() {
+    let ns = Ns::new();
+    let (a, b) = (ns.engine(), ns.engine());
+    const STOCK: u64 = 90;
+    launch(&a, &sharded("cx", STOCK, 1, 3)).await;
+    let map = ShardMap::new(&cid("cx"), 3);
+    let homed = |shard: usize, n: usize, tag: &str| -> Vec<UserId> {
+        (0..).map(|i| user(&format!("{tag}{i}"))).filter(|u| map.home(u) == shard).take(n).collect()
+    };
+    // Everything sold, a third of it to buyers homed on shard 1.
+    let mut first: Vec<UserId> = homed(0, 30, "x");
+    first.extend(homed(1, 30, "y"));
+    first.extend(homed(2, 30, "z"));
+    let answers = sale(&[a.clone(), b.clone()], "cx", first, 16).await;
+    assert!(answers.iter().all(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_))), "{answers:?}");
+    // Every cancellation lands on shard 1.
+    let mut freed = 0;
+    for (_, _, u, r) in &answers {
+        if let (ReserveOutcome::Reserved(res), 1) = (r, map.home(u)) {
+            a.release(&res.order_id, ReleaseReason::Cancelled).await.unwrap();
+            freed += 1;
+        }
+    }
+    assert_eq!(freed, 30);
+    assert_eq!(shelves(&ns, &map).await, vec![0, 30, 0]);
+    // The contract's bound for a release to reach every process's sold-out flags (on
+    // a cluster the restock notice crosses the cluster bus).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Buyers homed on shards 0 and 2 only: they get every freed unit.
+    let mut second = homed(0, 40, "p");
+    second.extend(homed(2, 40, "q"));
+    let answers = sale(&[a.clone(), b.clone()], "cx", second, 16).await;
+    let won = answers.iter().filter(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_))).count();
+    assert_eq!(won, 30, "every freed unit sold again");
+    no_undersell(&answers);
+    assert_eq!(shelves(&ns, &map).await, vec![0, 0, 0]);
+    let view = a.counters(&cid("cx"), &[sku("hot")]).await.unwrap();
+    assert_eq!((view[0].available, view[0].reserved, view[0].total), (0, STOCK, STOCK));
+}
+
+/// Each master's share of a hot sku's script calls (`INFO commandstats`). Needs the
+/// cluster and a quiet one: the test script runs it alone, after the other suites.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run alone against the Redis Cluster (scripts/test.sh)"]
+async fn each_master_serves_a_fair_share_of_a_hot_sku() {
+    let ns = Ns::new();
+    let seeds = ns.settings.redis.cluster_seeds();
+    assert_eq!(seeds.len(), 3, "needs FLASHSALE__REDIS__CLUSTER_NODES with the three masters");
+    let e = ns.engine();
+    launch(&e, &sharded("share", 3000, 1, 3)).await;
+    let before = script_calls(&seeds).await;
+    let buyers: Vec<UserId> = (0..3000).map(|i| user(&format!("s{i}"))).collect();
+    let answers = sale(&[e.clone(), ns.engine()], "share", buyers, 32).await;
+    assert!(answers.iter().all(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_))));
+    let after = script_calls(&seeds).await;
+    let calls: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let all: u64 = calls.iter().sum();
+    let shares: Vec<f64> = calls.iter().map(|c| *c as f64 / all as f64).collect();
+    println!("script calls per master: {calls:?}, shares {shares:.3?}");
+    for s in &shares {
+        assert!((0.20..=0.47).contains(s), "shares {shares:?}");
+    }
+}
+
+/// EVALSHA + EVAL calls each node has served.
+async fn script_calls(seeds: &[String]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for node in seeds {
+        let client = redis::Client::open(node.as_str()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+        let calls = |name: &str| -> u64 {
+            info.lines()
+                .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
+                .and_then(|l| l.split("calls=").nth(1))
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        out.push(calls("evalsha") + calls("eval"));
+    }
+    out
+}

@@ -1,0 +1,65 @@
+-- move: units of one sku from one shard of a campaign to another, in steps that each
+-- run on their own shard (two slots: no script can hold both), never creating or
+-- losing a unit:
+--   'take'   on the donor: n = min(avail, want) units leave `avail` for `out` (nothing
+--            unless at least `min` are there) and a record of them enters the donor's
+--            moves hash (move id -> "<to shard> <sku> <n> <taken ms>"); one step.
+--   'give'   on the receiver: a move id is applied at most once (moved-in set): the
+--            units join `avail` and `in`; a sku brought back from zero gets a new
+--            generation and a restock notice.
+--   'settle' on the donor: the record leaves once the receiver has the units.
+-- `total` stays each shard's launch slice, so per shard avail + resv + sold =
+-- total + in - out, and at every instant, per sku,
+--   Σ shards (avail + resv + sold) + units in transit (taken, not yet given)
+--     = Σ shards total = stock_total.
+-- A gateway that stops between steps leaves a record; the sync-worker finishes it
+-- (give, then settle: both are safe to repeat).
+-- take:   KEYS 1 meta, 2 stock hash, 3 moves hash
+--         ARGV 1 'take', 2 move id, 3 to shard, 4 sku, 5 want, 6 min, 7 now ms
+--         -> {'taken', n} | {'short', avail} | {'restoring'}
+-- give:   KEYS 1 meta, 2 stock hash, 3 moved-in set
+--         ARGV 1 'give', 2 move id, 3 n, 4 campaign, 5 sku, 6 events channel
+--         -> {'given'} | {'already'} | {'restoring'}
+-- settle: KEYS 1 moves hash (the receiver's set is in another slot: the caller
+--         settles only after 'given' or 'already')
+--         ARGV 1 'settle', 2 move id -> {'settled'} | {'gone'}
+
+local mode = ARGV[1]
+if mode == 'take' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return { 'restoring' }
+  end
+  local want, min = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local avail = tonumber(redis.call('HGET', KEYS[2], 'avail') or '0')
+  if avail < min or want < 1 then
+    return { 'short', int(avail) }
+  end
+  local n = math.min(avail, want)
+  redis.call('HINCRBY', KEYS[2], 'avail', -n)
+  redis.call('HINCRBY', KEYS[2], 'out', n)
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. int(n) .. ' ' .. ARGV[7])
+  return { 'taken', int(n) }
+end
+if mode == 'give' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return { 'restoring' }
+  end
+  if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then
+    return { 'already' }
+  end
+  local n = tonumber(ARGV[3])
+  local avail = redis.call('HINCRBY', KEYS[2], 'avail', n)
+  redis.call('HINCRBY', KEYS[2], 'in', n)
+  if avail == n then
+    local gen = redis.call('HINCRBY', KEYS[2], 'gen', 1)
+    redis.call('PUBLISH', ARGV[6], 'restock ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. int(gen))
+  end
+  return { 'given' }
+end
+if mode == 'settle' then
+  if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then
+    return { 'gone' }
+  end
+  return { 'settled' }
+end
+return redis.error_reply('move: unknown step ' .. tostring(mode))
