@@ -12,8 +12,9 @@
 --              in the index first: another slot on a cluster);
 --              ARGV 1 'finish', 2 campaign, 3 starts_ms, 4 ends_ms, 5 per_user_limit,
 --              6 payment_window_secs, 7 max_orders_per_sec, 8 max_user_rps,
---              9 events channel, 10 stock generation, then per sku
---              (sku, total, avail, resv, sold, price).
+--              9 events channel, 10 stock generation, 11 shard count,
+--              12 '1' while other shards wait for shard 0 ('' otherwise), then per
+--              sku (sku, total, avail, resv, sold, price): this shard's.
 -- Replies: {'ok'} {'exists'}
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -52,13 +53,17 @@ end
 if mode == 'finish' then
   local skus = {}
   for i = 2, #KEYS do
-    local b = 11 + (i - 2) * 6
+    local b = 13 + (i - 2) * 6
     skus[#skus + 1] = ARGV[b]
     redis.call('DEL', KEYS[i])
     redis.call('HSET', KEYS[i], 'total', ARGV[b + 1], 'avail', ARGV[b + 2], 'resv', ARGV[b + 3],
       'sold', ARGV[b + 4], 'price', ARGV[b + 5], 'gen', ARGV[10])
   end
   write_meta(KEYS[1], 3, skus)
+  redis.call('HSET', KEYS[1], 'shards', ARGV[11])
+  if ARGV[12] == '1' then
+    redis.call('HSET', KEYS[1], 'restoring', 1)
+  end
   redis.call('PUBLISH', ARGV[9], 'meta ' .. ARGV[2])
   return { 'ok' }
 end

@@ -30,7 +30,10 @@ use crate::store::{StockStore, StoreSettings};
 
 /// Rounds of moving units and deciding again, per shard, before a sharded campaign's
 /// reservation gives up with `Unavailable` (see [`Engine::refill`]).
-const REFILL_ROUNDS_PER_SHARD: usize = 4;
+const REFILL_ROUNDS_PER_SHARD: usize = 8;
+/// Pause of a reservation whose units are on their way from another shard (a move
+/// takes two script calls).
+const MOVE_WAIT: Duration = Duration::from_millis(2);
 
 /// Counters of where reservation requests were answered (exported as metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +142,15 @@ impl Engine {
         Ok(reply.outcome)
     }
 
+    /// A second look before `sold_out` is said: the shards are read side by side, not
+    /// at one instant, so a move that ran entirely between two of the reads could hide
+    /// its units from the first look; it cannot from a look that starts after the
+    /// first one ended (a move takes three calls).
+    async fn still_short(&self, map: &ShardMap, sku: &SkuId, asked: u64) -> Result<bool> {
+        let again = self.inner.store.sku_levels(map, sku).await?;
+        Ok(again.moving == 0 && again.available.iter().sum::<u64>() < asked)
+    }
+
     /// One order decided in its shard's next batch (`coalesce`).
     async fn decide(
         &self,
@@ -184,7 +196,15 @@ impl Engine {
             let asked = lines.iter().find(|l| &l.sku == sku).map_or(1, |l| l.quantity);
             let levels = store.sku_levels(map, sku).await?;
             let everywhere: u64 = levels.available.iter().sum();
-            if everywhere < asked {
+            if levels.moving > 0 {
+                // Units between shards are neither here nor gone: never sold out while
+                // some are on their way. A move a stopped process left is finished here.
+                if levels.stale_moves {
+                    store.finish_moves(campaign, map, crate::rebalance::MOVE_STALE_MS).await?;
+                } else if everywhere < asked {
+                    tokio::time::sleep(MOVE_WAIT).await;
+                }
+            } else if everywhere < asked && self.still_short(map, sku, asked).await? {
                 if everywhere == 0 {
                     let gen = levels.generations.iter().copied().max().unwrap_or(0);
                     self.inner.cache.mark_sold_out(campaign.as_str(), sku, gen, levels.buyers);

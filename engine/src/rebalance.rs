@@ -13,13 +13,21 @@ use crate::scripts::moves::{self, Move, Step};
 use crate::shards::ShardMap;
 use crate::store::StockStore;
 
-/// One sku in every shard: available units and stock generation per shard, and how
-/// many buyers the campaign has (all shards).
+/// A move taken longer ago than this was left by a process that stopped: whoever
+/// meets it finishes it (the sync-worker's sweep does too).
+pub(crate) const MOVE_STALE_MS: i64 = 5_000;
+
+/// One sku in every shard: available units and stock generation per shard, how many
+/// buyers the campaign has (all shards), and units of the sku taken from a shard and
+/// not yet settled (in transit, or given and about to be settled).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Levels {
     pub(crate) available: Vec<u64>,
     pub(crate) generations: Vec<u64>,
     pub(crate) buyers: u64,
+    pub(crate) moving: u64,
+    /// Some of `moving` was taken more than [`MOVE_STALE_MS`] ago.
+    pub(crate) stale_moves: bool,
 }
 
 impl StockStore {
@@ -30,16 +38,25 @@ impl StockStore {
             let mut pipe = redis::pipe();
             pipe.cmd("HMGET").arg(parts.keys.stock(tag, sku)).arg("avail").arg("gen");
             pipe.cmd("SCARD").arg(parts.keys.buyers(tag));
+            pipe.cmd("HVALS").arg(parts.keys.moves_out(tag));
             parts.link.call(|mut c| async move {
-                pipe.query_async::<((Option<u64>, Option<u64>), u64)>(&mut c).await
+                pipe.query_async::<((Option<u64>, Option<u64>), u64, Vec<String>)>(&mut c).await
             })
         });
         let rows = futures_util::future::try_join_all(reads).await?;
+        let stale_before = now_ms() - MOVE_STALE_MS;
         let mut levels = Levels::default();
-        for ((avail, gen), buyers) in rows {
+        for ((avail, gen), buyers, records) in rows {
             levels.available.push(avail.unwrap_or(0));
             levels.generations.push(gen.unwrap_or(0));
             levels.buyers += buyers;
+            for (_, moved, units, at) in
+                records.iter().filter_map(|r| moves::parse_record(r)).filter(|m| &m.1 == sku)
+            {
+                let _ = moved;
+                levels.moving += units;
+                levels.stale_moves |= at < stale_before;
+            }
         }
         Ok(levels)
     }

@@ -6,7 +6,7 @@ use redis::{Script, ScriptInvocation, Value};
 use super::Reply;
 use crate::campaign::CampaignLaunch;
 use crate::campaign::SnapshotOrder;
-use crate::domain::UserId;
+use crate::domain::{CampaignId, UserId};
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
 
@@ -14,20 +14,20 @@ pub fn script() -> Script {
     Script::new(flashsale_lua::RESTORE)
 }
 
-/// Step `orders`: KEYS meta, pending, buyers, then one order hash per order.
+/// Step `orders` on one shard (`c`: its tag): KEYS meta, pending, buyers, then one
+/// order hash per order.
 pub fn orders<'s>(
     script: &'s Script,
     k: &KeySpace,
-    spec: &CampaignLaunch,
+    (spec, c): (&CampaignLaunch, &CampaignId),
     orders: &[SnapshotOrder],
 ) -> Result<ScriptInvocation<'s>> {
-    let c = &spec.campaign;
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(c)).key(k.pending(c)).key(k.buyers(c)).arg("orders");
     for o in orders {
         let units: u64 = o.items.iter().map(|i| i.quantity).sum();
         let items = serde_json::to_string(&o.items).map_err(super::protocol)?;
-        inv.key(k.order(&o.order_id));
+        inv.key(k.order_at(c, &o.order_id));
         inv.arg(o.order_id.as_str())
             .arg(o.user.as_str())
             .arg(o.status.as_str())
@@ -46,36 +46,36 @@ pub fn orders<'s>(
 pub fn users<'s>(
     script: &'s Script,
     k: &KeySpace,
-    spec: &CampaignLaunch,
+    tag: &CampaignId,
     users: &[(&UserId, u64)],
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(&spec.campaign)).arg("users");
+    inv.key(k.meta(tag)).arg("users");
     for (user, units) in users {
-        inv.key(k.user(&spec.campaign, user)).arg(*units);
+        inv.key(k.user(tag, user)).arg(*units);
     }
     inv
 }
 
-/// Step `finish`: KEYS meta, one stock hash per sku; `stock(sku)` gives
-/// (available, reserved, sold).
+/// Step `finish` on one shard (`c`: its tag; `waiting`: a shard other than 0, which
+/// goes live only with shard 0): KEYS meta, one stock hash per sku; `stock(sku)`
+/// gives this shard's (total, available, reserved, sold).
 pub fn finish<'s>(
     script: &'s Script,
     k: &KeySpace,
-    spec: &CampaignLaunch,
+    (spec, c, waiting): (&CampaignLaunch, &CampaignId, bool),
     generation: u64,
-    stock: impl Fn(&crate::domain::SkuId) -> (u64, u64, u64),
+    stock: impl Fn(&crate::domain::SkuId) -> (u64, u64, u64, u64),
 ) -> ScriptInvocation<'s> {
-    let c = &spec.campaign;
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(c));
     inv.arg("finish");
     super::push_meta_args(&mut inv, k, spec);
-    inv.arg(generation);
+    inv.arg(generation).arg(spec.shards).arg(if waiting { "1" } else { "" });
     for item in &spec.items {
-        let (avail, resv, sold) = stock(&item.sku);
+        let (total, avail, resv, sold) = stock(&item.sku);
         inv.key(k.stock(c, &item.sku));
-        inv.arg(item.sku.as_str()).arg(item.stock).arg(avail).arg(resv).arg(sold).arg(item.price_cents);
+        inv.arg(item.sku.as_str()).arg(total).arg(avail).arg(resv).arg(sold).arg(item.price_cents);
     }
     inv
 }
