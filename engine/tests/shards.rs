@@ -222,7 +222,7 @@ async fn a_sharded_campaign_lost_by_redis_is_rebuilt_shard_by_shard() {
     let spec = sharded("lost", 60, 2, 3);
     launch(&e, &spec).await;
     let buyers: Vec<UserId> = (0..40).map(|i| user(&format!("r{i}"))).collect();
-    let answers = sale(&[e.clone()], "lost", buyers, 8).await;
+    let answers = sale(std::slice::from_ref(&e), "lost", buyers, 8).await;
     let mut snapshot = CampaignSnapshot { launch: spec.clone(), orders: Vec::new() };
     for (i, (_, _, _, r)) in answers.iter().enumerate() {
         let ReserveOutcome::Reserved(res) = r else { panic!("{r:?}") };
