@@ -121,6 +121,12 @@ fn constrain_schemas(doc: &mut Value) {
             json!({"minItems": 1, "maxItems": admin::MAX_SKUS, "uniqueItems": true,
                                           "description": "distinct skus"}),
         ),
+        (
+            "LaunchRequest",
+            "shards",
+            json!({"minimum": 1, "maximum": engine::shards::MAX_SHARDS,
+                   "description": "Redis shards of every sku's stock (default 1)"}),
+        ),
         ("LaunchItemRequest", "sku_id", id.clone()),
         ("LaunchItemRequest", "stock", json!({"minimum": 0, "maximum": admin::MAX_STOCK})),
         ("LaunchItemRequest", "price_cents", json!({"minimum": 0, "maximum": admin::MAX_PRICE_CENTS})),
