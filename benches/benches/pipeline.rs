@@ -7,7 +7,8 @@
 //!    persister → MariaDB, payment timers included).
 //!
 //! `drain / reserve >= 1` means a backlog cannot grow during a sale.
-//! Run: `cargo bench -p flashsale-benches --bench pipeline` (`PIPELINE_ORDERS` to size).
+//! Run: `cargo bench -p flashsale-benches --bench pipeline` (`PIPELINE_ORDERS` to size,
+//! `PIPELINE_SHARDS` for a sharded campaign).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -28,6 +29,9 @@ async fn main() {
         return;
     }
     let orders: usize = std::env::var("PIPELINE_ORDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    // Shards of the campaign (one outbox each); the Redis is whatever the settings name
+    // (FLASHSALE__REDIS__CLUSTER_NODES for a cluster).
+    let shards: u16 = std::env::var("PIPELINE_SHARDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let mut s = Settings::load(None).expect("settings");
     s.namespace = format!("pipe{}", std::process::id());
     let base = s.mysql.url.rsplit_once('/').unwrap().0.to_owned();
@@ -47,12 +51,13 @@ async fn main() {
         payment_window_secs: 900,
         max_orders_per_sec: None,
         max_user_requests_per_sec: None,
-        shards: 1,
+        shards,
         items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
     };
     db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "bench"), now).await.unwrap();
     engine.launch(&spec).await.unwrap();
 
+    let cpu_at_start = cpu_ticks();
     let started = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)
         .map(|w| {
@@ -72,6 +77,7 @@ async fn main() {
         t.await.unwrap();
     }
     let reserve_secs = started.elapsed().as_secs_f64();
+    let cpu_reserved = cpu_ticks();
 
     let started = Instant::now();
     let worker = sync_worker::supervisor::start(s.clone()).await.expect("worker");
@@ -84,14 +90,29 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_secs = started.elapsed().as_secs_f64();
+    let cpu_drained = cpu_ticks();
     worker.shutdown().await;
 
     let reserve_rate = orders as f64 / reserve_secs;
     let drain_rate = orders as f64 / drain_secs;
-    println!("pipeline/orders            {orders}");
+    println!("pipeline/orders            {orders} ({shards} shard(s))");
     println!("pipeline/reserve_rate      {reserve_rate:.0} orders/s ({reserve_secs:.2} s, {IN_FLIGHT} in flight, worker stopped)");
     println!("pipeline/drain_rate        {drain_rate:.0} orders/s ({drain_secs:.2} s: relay + broker + MariaDB + timers)");
     println!("pipeline/drain_vs_reserve  {:.2}", drain_rate / reserve_rate);
+    // CPU per order of each process (this one is the engine while reserving, the worker
+    // while draining): the capacity model's per-message costs (docs/capacity.md).
+    for (phase, before, after) in
+        [("reserve", &cpu_at_start, &cpu_reserved), ("drain", &cpu_reserved, &cpu_drained)]
+    {
+        let per_order: Vec<String> = after
+            .iter()
+            .map(|(name, t)| {
+                let spent = t - before.iter().find(|(n, _)| n == name).map_or(0, |(_, b)| *b);
+                format!("{name} {:.1}", spent as f64 * 1e6 / TICKS_PER_SEC / orders as f64)
+            })
+            .collect();
+        println!("pipeline/cpu_us_per_order/{phase}  {}", per_order.join(", "));
+    }
 
     db.close().await;
     use sqlx::Connection;
@@ -103,6 +124,35 @@ async fn main() {
     cleanup_broker_and_redis(&s).await;
 }
 
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU time (user + system, clock ticks) of this process and of the services, summed
+/// by name, read from /proc (Linux): `bench` (this process), `redis-server` (every
+/// one: a cluster's masters too), `beam.smp` (RabbitMQ), `mariadbd`.
+fn cpu_ticks() -> Vec<(String, u64)> {
+    let me = std::process::id().to_string();
+    let mut out: Vec<(String, u64)> =
+        ["bench", "redis-server", "beam.smp", "mariadbd"].iter().map(|n| ((*n).to_owned(), 0)).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        let name = if pid == me { "bench" } else { comm };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if let Some(slot) = out.iter_mut().find(|(n, _)| n == name) {
+            slot.1 += ticks;
+        }
+    }
+    out
+}
+
 async fn cleanup_broker_and_redis(s: &Settings) {
     let ns = &s.namespace;
     if let Ok(conn) = lapin_connect(&s.amqp.url).await {
@@ -112,11 +162,19 @@ async fn cleanup_broker_and_redis(s: &Settings) {
             }
         }
     }
-    let client = redis::Client::open(s.redis.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.unwrap();
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await.unwrap();
+    // One UNLINK per key, on every node (a cluster node refuses multi-slot commands).
+    for node in s.redis.nodes() {
+        let client = redis::Client::open(node.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.unwrap();
+        for chunk in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("UNLINK").arg(k).ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await.unwrap();
+        }
     }
 }
 

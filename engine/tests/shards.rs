@@ -175,36 +175,44 @@ async fn each_master_serves_a_fair_share_of_a_hot_sku() {
     assert_eq!(seeds.len(), 3, "needs FLASHSALE__REDIS__CLUSTER_NODES with the three masters");
     let e = ns.engine();
     launch(&e, &sharded("share", 3000, 1, 3)).await;
-    let before = script_calls(&seeds).await;
+    let before = script_stats(&seeds).await;
     let buyers: Vec<UserId> = (0..3000).map(|i| user(&format!("s{i}"))).collect();
     let answers = sale(&[e.clone(), ns.engine()], "share", buyers, 32).await;
     assert!(answers.iter().all(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_))));
-    let after = script_calls(&seeds).await;
-    let calls: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let after = script_stats(&seeds).await;
+    let calls: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).collect();
+    let usec: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).collect();
     let all: u64 = calls.iter().sum();
     let shares: Vec<f64> = calls.iter().map(|c| *c as f64 / all as f64).collect();
+    // Redis CPU inside scripts, per reservation, over the whole sale (the capacity
+    // model's input: reservations per second one Redis core can decide).
+    let per_order = usec.iter().sum::<u64>() as f64 / answers.len() as f64;
     println!("script calls per master: {calls:?}, shares {shares:.3?}");
+    println!("script CPU per master: {usec:?} µs; {per_order:.1} µs per reservation over all masters");
     for s in &shares {
         assert!((0.20..=0.47).contains(s), "shares {shares:?}");
     }
 }
 
-/// EVALSHA + EVAL calls each node has served.
-async fn script_calls(seeds: &[String]) -> Vec<u64> {
+/// (EVALSHA + EVAL calls, µs spent in them) each node has served.
+async fn script_stats(seeds: &[String]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     for node in seeds {
         let client = redis::Client::open(node.as_str()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
-        let calls = |name: &str| -> u64 {
+        let field = |name: &str, what: &str| -> u64 {
             info.lines()
                 .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
-                .and_then(|l| l.split("calls=").nth(1))
+                .and_then(|l| l.split(&format!("{what}=")).nth(1))
                 .and_then(|v| v.split(',').next())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        out.push(calls("evalsha") + calls("eval"));
+        out.push((
+            field("evalsha", "calls") + field("eval", "calls"),
+            field("evalsha", "usec") + field("eval", "usec"),
+        ));
     }
     out
 }
