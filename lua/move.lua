@@ -29,6 +29,11 @@ if mode == 'take' then
   if redis.call('EXISTS', KEYS[1]) == 0 then
     return { 'restoring' }
   end
+  -- The same move id twice (a call repeated after a lost reply) takes nothing more.
+  local seen = redis.call('HGET', KEYS[3], ARGV[2])
+  if seen then
+    return { 'taken', string.match(seen, '^%S+ %S+ (%d+)') }
+  end
   local want, min = tonumber(ARGV[5]), tonumber(ARGV[6])
   local avail = tonumber(redis.call('HGET', KEYS[2], 'avail') or '0')
   if avail < min or want < 1 then

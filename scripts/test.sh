@@ -20,7 +20,7 @@ FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
   cargo test --no-fail-fast -p engine --test scripts --test cache --test shards --test properties -p gateway --test api
 echo "== a sharded sale through two gateways and a worker, on the cluster"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
-  cargo test --no-fail-fast -p flashsale-faults --test faults -- sharded_sale
+  cargo test --no-fail-fast -p flashsale-faults --test faults -- sharded
 echo "== each master's share of a hot sku's script calls (alone on the cluster: nothing else runs on it now)"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
   cargo test -p engine --test shards -- --ignored --nocapture each_master_serves_a_fair_share_of_a_hot_sku

@@ -213,11 +213,20 @@ impl Engine {
             }
             let at_home = levels.available[home];
             if at_home < asked {
-                let richest = (0..map.len()).filter(|s| *s != home).max_by_key(|s| levels.available[*s]);
-                if let Some(donor) = richest {
-                    let lacking = asked - at_home;
-                    let want = lacking.max(levels.available[donor] / 2);
-                    store.move_units(campaign, map, sku, (donor, home), (want, 1)).await?;
+                // The richest shard gives half its units (at least what the line
+                // lacks), so the next buyers homed here find units too; poorer shards
+                // then give what is still lacking.
+                let mut donors: Vec<usize> =
+                    (0..map.len()).filter(|s| *s != home && levels.available[*s] > 0).collect();
+                donors.sort_by_key(|s| std::cmp::Reverse(levels.available[*s]));
+                let mut lacking = asked - at_home;
+                for (i, donor) in donors.into_iter().enumerate() {
+                    let want = if i == 0 { lacking.max(levels.available[donor] / 2) } else { lacking };
+                    let moved = store.move_units(campaign, map, sku, (donor, home), (want, 1)).await?;
+                    lacking = lacking.saturating_sub(moved);
+                    if lacking == 0 {
+                        break;
+                    }
                 }
             }
             reply = self.decide(map.tag(home), order_id, user, key, lines).await?;

@@ -33,10 +33,13 @@ use common::config::RedisSettings;
 
 use crate::error::{EngineError, Result};
 
-/// How often the cluster client retries a command on MOVED/ASK or a lost node before
-/// giving up: enough to ride a slot migration, few enough to stay inside one call's
-/// timeout.
-const CLUSTER_RETRIES: u32 = 3;
+/// The cluster client's own retries: none. It retries a command after an I/O error
+/// or a timeout too, and a script that ran but whose reply was lost would then run
+/// twice (a launch would answer "exists", a unit move would take twice). A failed
+/// call is `Unavailable` (503) instead, and the client that retries with its
+/// idempotency key is the one that decides. A MOVED still refreshes the slot map,
+/// so only the call that met a slot migration fails.
+const CLUSTER_RETRIES: u32 = 0;
 
 /// A connection to one Redis or to a Redis Cluster: what each call runs on.
 #[derive(Clone)]

@@ -282,3 +282,34 @@ async fn a_sharded_campaign_lost_by_redis_is_rebuilt_shard_by_shard() {
     // A second restore finds the campaign there and changes nothing.
     assert!(fresh.restore(&snapshot, 8).await.unwrap().is_none());
 }
+
+/// A move's steps are safe to repeat: the same take twice takes once, the same give
+/// twice gives once, and a half-done move is finished exactly once.
+#[tokio::test]
+async fn a_unit_move_repeated_moves_its_units_once() {
+    use engine::scripts::moves::{self, Move, Step};
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &sharded("mv", 30, 1, 3)).await;
+    let map = ShardMap::new(&cid("mv"), 3);
+    let hot = sku("hot");
+    let m = Move { id: "m1", campaign: &cid("mv"), sku: &hot, from: map.tag(0), to: map.tag(2), to_shard: 2 };
+    let script = moves::script();
+    let mut raw = ns.raw().await;
+    for _ in 0..2 {
+        let inv = moves::take(&script, &ns.keys(), &m, 4, 1, 0);
+        assert_eq!(moves::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap(), Step::Taken(4));
+    }
+    assert_eq!(shelves(&ns, &map).await, vec![6, 10, 10], "taken once, 4 in transit");
+    let view = e.counters(&cid("mv"), &[hot.clone()]).await.unwrap();
+    assert_eq!((view[0].available, view[0].total), (30, 30), "units in transit count as available");
+    for _ in 0..2 {
+        let inv = moves::give(&script, &ns.keys(), &m, 4);
+        assert_eq!(moves::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap(), Step::Given);
+    }
+    assert_eq!(shelves(&ns, &map).await, vec![6, 10, 14], "given once");
+    // The record is still there (not settled): finishing it gives nothing more.
+    assert_eq!(e.finish_moves(&cid("mv"), -1).await.unwrap(), 1);
+    assert_eq!(e.finish_moves(&cid("mv"), -1).await.unwrap(), 0);
+    assert_eq!(shelves(&ns, &map).await, vec![6, 10, 14]);
+}

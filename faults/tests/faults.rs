@@ -683,6 +683,41 @@ async fn sharded_sale_through_two_gateways_sells_exactly_the_stock() {
     cleanup(env, workers, db).await;
 }
 
+/// A sharded campaign's orders are paid, cancelled and left to expire, each in its own
+/// shard: the worker's timers and sweeps release the unpaid ones once, the operator
+/// view and MySQL agree, nothing is left reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sharded_campaign_pays_cancels_and_expires_per_shard() {
+    let env = Env::start_many(2, |_| {}).await;
+    let workers = vec![start_worker(&env.settings).await];
+    let db = pool(&env).await;
+    let stock = 90;
+    let mut spec = sale("px", stock, 1, 2);
+    spec["shards"] = json!(3);
+    assert_eq!(env.launch(spec).await.0, StatusCode::CREATED);
+    let o = buy(&env, "px", 0..stock, 32).await;
+    assert_eq!(o.created.len(), stock, "{:?}", o.statuses);
+    let mut paid = HashSet::new();
+    for (i, (user, id, total)) in o.created.iter().enumerate() {
+        match i % 3 {
+            0 => {
+                let (s, v) = env.pay(&format!("evt-{id}"), id, *total, "succeeded").await;
+                assert_eq!(s, StatusCode::OK, "{v}");
+                if v["order_status"] == "paid" {
+                    paid.insert(id.clone());
+                }
+            }
+            1 => assert_eq!(env.cancel(i % 2, user, id).await.0, StatusCode::OK),
+            _ => {} // left to expire
+        }
+    }
+    drained(&env, &db, "px", stock, true, Duration::from_secs(40)).await;
+    assert_invariants(&env, &db, "px", &o, 1, &paid).await;
+    let item = env.item("px", "a").await;
+    assert_eq!((item["reserved"].clone(), item["sold"].clone()), (json!(0), json!(paid.len())));
+    cleanup(env, workers, db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_notice_link_stops_local_answers_within_two_seconds() {
     let mut s = Settings::load(None).unwrap();

@@ -44,6 +44,11 @@ async fn launch_validates_and_refuses_duplicates() {
     let mut u = campaign("x8", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1);
     u["is_admin"] = json!(true);
     bad.push(u);
+    for shards in [json!(0), json!(65), json!(-1), json!("3")] {
+        let mut sh = campaign("x9", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1);
+        sh["shards"] = shards;
+        bad.push(sh);
+    }
     bad.push(campaign("bad id", json!([{"sku_id": "a", "stock": 1, "price_cents": 1}]), 1));
     bad.push(campaign(
         engine::store::PROBE_CAMPAIGN,
@@ -56,6 +61,27 @@ async fn launch_validates_and_refuses_duplicates() {
     }
     let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns/x1", None).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"), "refused launches left nothing");
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns/x9", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"), "refused launches left nothing");
+
+    // A sharded campaign: the view shows the sums, orders and cancels go to the shards.
+    let mut sharded = campaign("split", json!([{"sku_id": "a", "stock": 64, "price_cents": 100}]), 64);
+    sharded["shards"] = json!(64);
+    let (s, v) = env.launch(sharded).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["items"][0]["stock_total"].clone(), v["items"][0]["available"].clone()),
+        (json!(64), json!(64))
+    );
+    let (s, o) = env.order("split", "buyer", "k1", json!([{"sku_id": "a", "quantity": 40}])).await;
+    assert_eq!(s, StatusCode::CREATED, "40 units gathered from the shards for one order: {o}");
+    let item = env.item("split", "a").await;
+    assert_eq!((item["available"].clone(), item["reserved"].clone()), (json!(24), json!(40)));
+    let id = o["order_id"].as_str().unwrap();
+    assert_eq!(env.cancel(0, "buyer", id).await.0, StatusCode::OK);
+    assert_eq!(env.item("split", "a").await["available"], json!(64));
+    let (s, v) = env.order("split", "other", "k1", json!([{"sku_id": "a", "quantity": 65}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "sold_out"));
     env.cleanup().await;
 }
 
