@@ -301,7 +301,7 @@ async fn a_unit_move_repeated_moves_its_units_once() {
         assert_eq!(moves::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap(), Step::Taken(4));
     }
     assert_eq!(shelves(&ns, &map).await, vec![6, 10, 10], "taken once, 4 in transit");
-    let view = e.counters(&cid("mv"), &[hot.clone()]).await.unwrap();
+    let view = e.counters(&cid("mv"), std::slice::from_ref(&hot)).await.unwrap();
     assert_eq!((view[0].available, view[0].total), (30, 30), "units in transit count as available");
     for _ in 0..2 {
         let inv = moves::give(&script, &ns.keys(), &m, 4);
