@@ -82,6 +82,15 @@ async fn launch_validates_and_refuses_duplicates() {
     assert_eq!(env.item("split", "a").await["available"], json!(64));
     let (s, v) = env.order("split", "other", "k1", json!([{"sku_id": "a", "quantity": 65}])).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "sold_out"));
+    // Tuning reaches every shard: whatever a buyer's home shard, the new limit holds.
+    let (s, v) =
+        env.admin(Method::PATCH, "/admin/v1/campaigns/split", Some(json!({"per_user_limit": 1}))).await;
+    assert_eq!((s, v["per_user_limit"].clone()), (StatusCode::OK, json!(1)));
+    for b in 0..8 {
+        let (s, v) =
+            env.order("split", &format!("t{b}"), "k1", json!([{"sku_id": "a", "quantity": 2}])).await;
+        assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "purchase_limit_exceeded"), "buyer t{b}");
+    }
     env.cleanup().await;
 }
 

@@ -385,11 +385,13 @@ pub async fn live(
     let counters = state.engine.counters(&campaign, &meta.skus).await?;
     let recon = ledger::reconcile::against(&state.db, &campaign, &counters).await?;
     let name = state.db.campaign(campaign.as_str()).await?.map(|c| c.name).unwrap_or_default();
-    let backlog = state.engine.outbox_lengths(std::slice::from_ref(&campaign)).await?;
+    // Every shard's outbox (one stream when unsharded).
+    let streams = state.engine.outbox_streams(std::slice::from_ref(&campaign)).await?;
+    let backlog = state.engine.outbox_lengths(&streams).await?;
     Ok(Json(LiveView {
         campaign: view_of(&campaign, &meta, name, counters),
         at: rfc3339(at),
-        outbox_backlog: backlog.first().copied().unwrap_or(0),
+        outbox_backlog: backlog.iter().sum(),
         mysql_consistent: recon.consistent,
         mysql_units_behind: recon.items.iter().map(|i| i.drift).sum(),
         gateway: state.metrics.live(),
