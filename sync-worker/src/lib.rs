@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`supervisor`]: starts the tasks, reconnects to the broker, drains on shutdown.
-//! - [`relay`]: outbox streams → RabbitMQ with publisher confirms.
+//! - [`relay`]: outbox streams → RabbitMQ with publisher confirms; [`joined`]: many
+//!   entries of a stream in one message.
 //! - [`persister`]: RabbitMQ → MySQL in batches; schedules payment timers.
 //! - [`expiry`]: payment timers, the Redis sweep and the MySQL sweep.
 //! - [`reconcile`]: Redis against MySQL, as a metric and a warning.
@@ -16,6 +17,7 @@
 pub mod context;
 pub mod error;
 pub mod expiry;
+pub mod joined;
 pub mod metrics;
 pub mod persister;
 pub mod reconcile;

@@ -30,7 +30,7 @@ use lapin::options::{
 use lapin::types::AMQPValue;
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel};
-use ledger::DbError;
+use ledger::{Applied, DbError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -135,8 +135,14 @@ fn attempts(d: &Delivery) -> u32 {
 }
 
 /// A message whose stock moves MySQL cannot make yet: back through the retry queue,
-/// unless one of its events can never apply (see the module docs).
+/// unless one of its events can never apply (see the module docs). A message of many
+/// events (the relay joins many script calls' entries) is taken apart first: each
+/// event is applied alone and only those still refused wait, each in a message of its
+/// own, so one waiting or hopeless event never holds back or dead-letters the others.
 async fn set_aside(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery) -> Result<()> {
+    if events.len() > 1 {
+        return take_apart(ctx, ch, events, d).await;
+    }
     let tries = attempts(d) + 1;
     for event in events {
         if let Some(reason) = never_applies(ctx, event, tries).await? {
@@ -151,6 +157,34 @@ async fn set_aside(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery)
     let props = d.properties.clone().with_headers(headers);
     publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &d.data, props).await?;
     ctx.metrics.persist_retries.inc();
+    bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
+    Ok(())
+}
+
+/// [`set_aside`] for a message of many events. Any other failure than the stock guard
+/// leaves the message unacknowledged (the caller stops; the broker redelivers it, and
+/// events already applied apply again as unchanged).
+async fn take_apart(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery) -> Result<()> {
+    let tries = attempts(d) + 1;
+    let mut waiting = 0;
+    for event in events {
+        let one = std::slice::from_ref(event);
+        match ctx.db.apply_events(one).await {
+            Ok(applied) => after_applied(ctx, ch, one, &applied).await?,
+            Err(DbError::StockGuard { .. }) => {
+                let body = serde_json::to_vec(&OrderMessage::Batch { version: 2, events: one.to_vec() })
+                    .map_err(|e| WorkerError::Broker(e.to_string()))?;
+                let mut headers = d.properties.headers().clone().unwrap_or_default();
+                headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(tries));
+                let props = d.properties.clone().with_headers(headers);
+                publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &body, props).await?;
+                ctx.metrics.persist_retries.inc();
+                waiting += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::debug!(events = events.len(), waiting, "message taken apart; refused events set aside alone");
     bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
     Ok(())
 }
@@ -211,20 +245,7 @@ async fn apply(
         match ctx.db.apply_events(&events).await {
             Ok(applied) => {
                 ctx.metrics.persist_seconds.observe(started.elapsed().as_secs_f64());
-                ctx.metrics.persist_batch_size.observe(events.len() as f64);
-                ctx.metrics.persisted.with_label_values(&["inserted"]).inc_by(applied.inserted as u64);
-                ctx.metrics.persisted.with_label_values(&["advanced"]).inc_by(applied.advanced as u64);
-                ctx.metrics.persisted.with_label_values(&["unchanged"]).inc_by(applied.unchanged as u64);
-                schedule_timers(ctx, timer_ch, &events).await?;
-                let lost: Vec<OrderEvent> =
-                    events.iter().filter(|e| applied.lost.contains(&e.order_id)).cloned().collect();
-                if !lost.is_empty() {
-                    for e in &lost {
-                        tracing::error!(order = %e.order_id, campaign = %e.campaign_id, user = %e.user_id,
-                            "order lost with Redis's data before MySQL heard of it; its units were sold again; dead-lettered");
-                    }
-                    dead_letter_events(ctx, timer_ch, &lost, "lost_by_redis").await?;
-                }
+                after_applied(ctx, timer_ch, &events, &applied).await?;
                 for (_, d) in &group {
                     bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default()))
                         .await?;
@@ -273,6 +294,31 @@ async fn apply(
             return Ok(());
         }
     }
+}
+
+/// What follows a committed transaction: metrics, payment timers, and the dead
+/// letters of orders Redis lost before MySQL heard of them.
+async fn after_applied(
+    ctx: &Ctx,
+    timer_ch: &Channel,
+    events: &[OrderEvent],
+    applied: &Applied,
+) -> Result<()> {
+    ctx.metrics.persist_batch_size.observe(events.len() as f64);
+    ctx.metrics.persisted.with_label_values(&["inserted"]).inc_by(applied.inserted as u64);
+    ctx.metrics.persisted.with_label_values(&["advanced"]).inc_by(applied.advanced as u64);
+    ctx.metrics.persisted.with_label_values(&["unchanged"]).inc_by(applied.unchanged as u64);
+    schedule_timers(ctx, timer_ch, events).await?;
+    let lost: Vec<OrderEvent> =
+        events.iter().filter(|e| applied.lost.contains(&e.order_id)).cloned().collect();
+    if !lost.is_empty() {
+        for e in &lost {
+            tracing::error!(order = %e.order_id, campaign = %e.campaign_id, user = %e.user_id,
+                "order lost with Redis's data before MySQL heard of it; its units were sold again; dead-lettered");
+        }
+        dead_letter_events(ctx, timer_ch, &lost, "lost_by_redis").await?;
+    }
+    Ok(())
 }
 
 /// Publishes one payment timer per payment window for the batch's pending orders

@@ -1,10 +1,11 @@
 //! The outbox relay: campaign streams → RabbitMQ, with publisher confirms.
 //!
-//! Each campaign's outbox is read through one consumer group, so several workers
-//! share the work and the entries of a worker that died are claimed by another
-//! (`XAUTOCLAIM` after `worker.relay_claim_idle_ms`). Every entry is published with
-//! `mandatory` and acknowledged in the stream (`XACK` + `XDEL`) only after the broker
-//! confirmed it; a nack, a return (unroutable) or a timeout leaves it pending, to be
+//! The entries of one round of a stream go out joined into as few messages as their
+//! size allows (`joined.rs`). Each outbox is read through one consumer group, so
+//! several workers share the work and the entries of a worker that died are claimed
+//! by another (`XAUTOCLAIM` after `worker.relay_claim_idle_ms`). Every message is
+//! published with `mandatory`, and its entries are acknowledged in the stream
+//! (`XACK` and `XDEL`) only after the broker confirmed it; a nack, a return (unroutable) or a timeout leaves it pending, to be
 //! claimed and published again. Duplicates are possible downstream, loss is not.
 //!
 //! There is one outbox stream per campaign shard (the campaign's own when unsharded),
@@ -30,6 +31,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::context::{pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
+use crate::joined;
 use crate::topology::ORDER_ROUTING_KEY;
 
 /// Pause of a relay with work that moved nothing this round (entries pending for a
@@ -136,16 +138,17 @@ async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Resul
 
     let started = Instant::now();
     let limit = ctx.broker_timeout();
-    let mut confirms = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        let Some(doc) = &entry.doc else {
-            tracing::error!(id = %entry.id, "outbox entry without an order; left pending");
-            continue;
-        };
+    for entry in entries.iter().filter(|e| e.doc.is_none()) {
+        tracing::error!(id = %entry.id, "outbox entry without an order; left pending");
+    }
+    let messages = joined::join(&entries);
+    let mut confirms = Vec::with_capacity(messages.len());
+    for message in messages {
+        let first = message.ids.first().cloned().unwrap_or_default();
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(entry.id.as_str().into());
+            .with_message_id(format!("{first}+{}", message.ids.len()).as_str().into());
         let confirm = bounded(
             limit,
             "basic.publish",
@@ -153,20 +156,21 @@ async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Resul
                 ctx.names.orders_exchange.as_str().into(),
                 ORDER_ROUTING_KEY.into(),
                 BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                doc.as_bytes(),
+                message.body.as_bytes(),
                 props,
             ),
         )
         .await?;
-        confirms.push((entry.id.clone(), confirm));
+        confirms.push((message.ids, confirm));
     }
-    let mut confirmed = Vec::with_capacity(confirms.len());
-    for (id, confirm) in confirms {
+    let mut confirmed = Vec::with_capacity(entries.len());
+    for (ids, confirm) in confirms {
         match bounded(limit, "publisher confirm", confirm).await {
-            Ok(Confirmation::Ack(None)) => confirmed.push(id),
+            Ok(Confirmation::Ack(None)) => confirmed.extend(ids),
             Ok(other) => {
                 ctx.metrics.relay_failures.inc();
-                tracing::warn!(%id, confirmation = ?other.is_ack(), "publish not confirmed (nack or returned); will retry");
+                let first = ids.first().cloned().unwrap_or_default();
+                tracing::warn!(%first, entries = ids.len(), confirmation = ?other.is_ack(), "publish not confirmed (nack or returned); will retry");
             }
             Err(e) => {
                 ctx.metrics.relay_failures.inc();

@@ -378,6 +378,55 @@ async fn a_reservation_reaching_mysql_before_the_release_it_needs_waits_for_it()
     env.cleanup().await;
 }
 
+/// A message of many events (the relay joins entries) refused by the stock guard is
+/// taken apart: the events that can apply do at once, only the refused one waits (in
+/// a message of its own), and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_message_refused_by_the_guard_is_taken_apart() {
+    let env = Env::new().await;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    let c = env.launch("c", 2, 900, 5).await;
+    let (a, b, x) = (OrderId::generate(&c), OrderId::generate(&c), OrderId::generate(&c));
+    let expires = now_ms() + 900_000;
+    env.wait_for("topology", Duration::from_secs(10), async || {
+        env.try_queue_len(&format!("{}.retry", env.settings.namespace)).await == Some(0)
+    })
+    .await;
+    env.publish_raw(
+        &serde_json::to_vec(&order_event(&a, "ua", OrderStatus::PendingPayment, expires)).unwrap(),
+    )
+    .await;
+    env.wait_for("A in MySQL", Duration::from_secs(10), async || {
+        env.db.order(a.as_str()).await.unwrap().is_some()
+    })
+    .await;
+    // One message: X takes the second unit (fine), B the unit A will release (too early).
+    let joined = common::message::OrderMessage::Batch {
+        version: 2,
+        events: vec![
+            order_event(&x, "ux", OrderStatus::PendingPayment, expires),
+            order_event(&b, "ub", OrderStatus::PendingPayment, expires),
+        ],
+    };
+    env.publish_raw(&serde_json::to_vec(&joined).unwrap()).await;
+    env.wait_for("X applied without waiting for B", Duration::from_secs(10), async || {
+        env.db.order(x.as_str()).await.unwrap().is_some()
+    })
+    .await;
+    assert!(env.db.order(b.as_str()).await.unwrap().is_none(), "B waits for A's release");
+    env.publish_raw(&serde_json::to_vec(&order_event(&a, "ua", OrderStatus::Cancelled, expires)).unwrap())
+        .await;
+    env.wait_for("B applied after A's release", Duration::from_secs(10), async || {
+        env.db.order(b.as_str()).await.unwrap().is_some()
+    })
+    .await;
+    let stock = env.db.stock("c").await.unwrap();
+    assert_eq!((stock[0].available, stock[0].reserved, stock[0].sold), (0, 2, 0));
+    assert_eq!(env.queue_len(&format!("{}.dead", env.settings.namespace)).await, 0, "nothing dead-lettered");
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mysql_sweep_settles_rows_redis_moved_on_from_and_reaches_the_rows_behind() {
     let env = Env::new().await;
