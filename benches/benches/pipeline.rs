@@ -154,30 +154,7 @@ fn cpu_ticks() -> Vec<(String, u64)> {
 }
 
 async fn cleanup_broker_and_redis(s: &Settings) {
-    let ns = &s.namespace;
-    if let Ok(conn) = lapin_connect(&s.amqp.url).await {
-        if let Ok(ch) = conn.create_channel().await {
-            for q in ["orders", "dead", "timeouts", "delay.900"] {
-                let _ = ch.queue_delete(format!("{ns}.{q}").as_str().into(), Default::default()).await;
-            }
-        }
-    }
-    // One UNLINK per key, on every node (a cluster node refuses multi-slot commands).
-    for node in s.redis.nodes() {
-        let client = redis::Client::open(node.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{ns}:*")).query_async(&mut conn).await.unwrap();
-        for chunk in keys.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("UNLINK").arg(k).ignore();
-            }
-            let _: () = pipe.query_async(&mut conn).await.unwrap();
-        }
-    }
+    testkit::delete_broker_objects(&s.amqp.url, &s.namespace).await;
+    testkit::delete_keys(&s.redis, &s.namespace).await;
 }
 
-async fn lapin_connect(url: &str) -> lapin::Result<lapin::Connection> {
-    lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await
-}
