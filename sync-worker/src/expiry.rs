@@ -105,6 +105,8 @@ fn count_released(outcomes: &[(OrderId, ReleaseOutcome)]) -> usize {
 pub struct SweepState {
     next_due: HashMap<CampaignId, i64>,
     last_scan: Option<Instant>,
+    /// Every campaign was looked at for half-done unit moves once.
+    moves_checked: bool,
 }
 
 pub async fn sweep_redis(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
@@ -130,7 +132,15 @@ pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize
         state.last_scan = Some(Instant::now());
         state.next_due.clear();
         let all = store.campaign_ids().await?;
-        for c in &all {
+        // Moves happen while a campaign sells (its outbox has work): after the first
+        // look at every campaign, only those with recent work are looked at again.
+        let movers = if state.moves_checked {
+            ctx.activity.within(RESCAN_EVERY * 2)
+        } else {
+            state.moves_checked = true;
+            all.clone()
+        };
+        for c in &movers {
             let finished = store.finish_moves(c, MOVE_STALE_MS).await?;
             if finished > 0 {
                 tracing::warn!(campaign = %c, finished, "finished unit moves a stopped process left");
