@@ -157,4 +157,3 @@ async fn cleanup_broker_and_redis(s: &Settings) {
     testkit::delete_broker_objects(&s.amqp.url, &s.namespace).await;
     testkit::delete_keys(&s.redis, &s.namespace).await;
 }
-
