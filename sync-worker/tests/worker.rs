@@ -98,6 +98,23 @@ impl Env {
         ledger::reconcile::check(&self.engine, &self.db, c).await.unwrap().unwrap().consistent
     }
 
+    /// Once the worker's queues exist, order `a` of `user` reserves a unit in MySQL
+    /// (its event published straight to the orders exchange).
+    async fn holds_a_unit(&self, a: &OrderId, user: &str, expires: i64) {
+        self.wait_for("topology", Duration::from_secs(10), async || {
+            self.try_queue_len(&format!("{}.retry", self.settings.namespace)).await == Some(0)
+        })
+        .await;
+        self.publish_raw(
+            &serde_json::to_vec(&order_event(a, user, OrderStatus::PendingPayment, expires)).unwrap(),
+        )
+        .await;
+        self.wait_for("A in MySQL", Duration::from_secs(10), async || {
+            self.db.order(a.as_str()).await.unwrap().is_some()
+        })
+        .await;
+    }
+
     async fn publish_raw(&self, body: &[u8]) {
         let conn =
             Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
@@ -344,20 +361,9 @@ async fn a_reservation_reaching_mysql_before_the_release_it_needs_waits_for_it()
     let a = OrderId::generate(&c);
     let b = OrderId::generate(&c);
     let expires = now_ms() + 900_000;
-    env.wait_for("topology", Duration::from_secs(10), async || {
-        env.try_queue_len(&format!("{}.retry", env.settings.namespace)).await == Some(0)
-    })
-    .await;
     // A holds the only unit; A is cancelled and B reserves the freed unit, but B's
     // event reaches MySQL first (a second worker, a relay retry, a redelivery).
-    env.publish_raw(
-        &serde_json::to_vec(&order_event(&a, "ua", OrderStatus::PendingPayment, expires)).unwrap(),
-    )
-    .await;
-    env.wait_for("A in MySQL", Duration::from_secs(10), async || {
-        env.db.order(a.as_str()).await.unwrap().is_some()
-    })
-    .await;
+    env.holds_a_unit(&a, "ua", expires).await;
     env.publish_raw(
         &serde_json::to_vec(&order_event(&b, "ub", OrderStatus::PendingPayment, expires)).unwrap(),
     )
@@ -388,18 +394,7 @@ async fn a_joined_message_refused_by_the_guard_is_taken_apart() {
     let c = env.launch("c", 2, 900, 5).await;
     let (a, b, x) = (OrderId::generate(&c), OrderId::generate(&c), OrderId::generate(&c));
     let expires = now_ms() + 900_000;
-    env.wait_for("topology", Duration::from_secs(10), async || {
-        env.try_queue_len(&format!("{}.retry", env.settings.namespace)).await == Some(0)
-    })
-    .await;
-    env.publish_raw(
-        &serde_json::to_vec(&order_event(&a, "ua", OrderStatus::PendingPayment, expires)).unwrap(),
-    )
-    .await;
-    env.wait_for("A in MySQL", Duration::from_secs(10), async || {
-        env.db.order(a.as_str()).await.unwrap().is_some()
-    })
-    .await;
+    env.holds_a_unit(&a, "ua", expires).await;
     // One message: X takes the second unit (fine), B the unit A will release (too early).
     let joined = common::message::OrderMessage::Batch {
         version: 2,
