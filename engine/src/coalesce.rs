@@ -1,9 +1,10 @@
 //! Coalesced reservations (group commit): concurrent reservations for one campaign
-//! shard (the campaign itself when unsharded) are decided by one `reserve.lua` call. There is no fixed wait: a request that
-//! finds its campaign's lane idle starts a flush at once (a quiet system answers as
-//! fast as with one call per order); requests that arrive while a call is in flight
-//! queue up and leave together, up to `engine.reserve_batch_max`, as soon as it
-//! returns. Each order is still decided on its own inside the script. A failed call
+//! shard (the campaign itself when unsharded) are decided by one `reserve.lua` call.
+//! There is no fixed wait: a request that finds its shard's lane idle starts a flush
+//! at once (a quiet system answers as fast as with one call per order); requests
+//! that arrive while a call is in flight queue up and leave together, up to
+//! `engine.reserve_batch_max`, as soon as it returns. Each order is still decided on
+//! its own inside the script. A failed call
 //! (Redis down, a timeout) fails every request of its batch, and the script is atomic:
 //! nothing of a batch is half-applied.
 //!

@@ -127,7 +127,7 @@ impl Engine {
         Shared::count(&inner.sent_to_redis);
         let map = inner.map_of(campaign, entry.meta.shards);
         let home = map.home(user);
-        let order_id = map.new_order(campaign, user);
+        let order_id = map.new_order(user);
         let mut reply = self.decide(map.tag(home), &order_id, user, key, lines).await?;
         if map.len() > 1 {
             reply = self.refill(campaign, &map, home, (&order_id, user, key, lines), reply).await?;
@@ -200,7 +200,7 @@ impl Engine {
                 // Units between shards are neither here nor gone: never sold out while
                 // some are on their way. A move a stopped process left is finished here.
                 if levels.stale_moves {
-                    store.finish_moves(campaign, map, crate::rebalance::MOVE_STALE_MS).await?;
+                    store.finish_moves(campaign, map, crate::shards::MOVE_STALE_MS).await?;
                 } else if everywhere < asked {
                     tokio::time::sleep(MOVE_WAIT).await;
                 }

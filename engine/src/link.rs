@@ -41,6 +41,10 @@ use crate::error::{EngineError, Result};
 /// so only the call that met a slot migration fails.
 const CLUSTER_RETRIES: u32 = 0;
 
+/// Commands of one [`RedisLink::each`] round trip at most: a bound on a pipeline's
+/// size (one Redis) and on the commands in flight at once (a cluster).
+pub const EACH_MAX: usize = 500;
+
 /// A connection to one Redis or to a Redis Cluster: what each call runs on.
 #[derive(Clone)]
 pub enum Conn {
@@ -189,13 +193,21 @@ impl RedisLink {
         }
     }
 
-    /// Runs independent commands and returns their replies in order: one pipeline on
-    /// one Redis; on a cluster, where a pipeline must stay in one slot, each command on
-    /// its own, all in flight at once. Every command must name one key (or none).
+    /// Runs independent commands and returns their replies in order, [`EACH_MAX`] at a
+    /// time: one pipeline on one Redis; on a cluster, where a pipeline must stay in one
+    /// slot, each command on its own, a chunk in flight at once. Every command must
+    /// name one key (or none).
     pub async fn each<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> Result<Vec<T>> {
-        if commands.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::with_capacity(commands.len());
+        let mut commands = commands.into_iter().peekable();
+        while commands.peek().is_some() {
+            let chunk: Vec<Cmd> = commands.by_ref().take(EACH_MAX).collect();
+            out.extend(self.each_chunk::<T>(chunk).await?);
         }
+        Ok(out)
+    }
+
+    async fn each_chunk<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> Result<Vec<T>> {
         if self.is_cluster() {
             self.call(|c| async move {
                 let calls = commands.into_iter().map(|cmd| {

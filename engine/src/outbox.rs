@@ -1,14 +1,12 @@
 //! The outbox protocol and the campaign-wide reads the sync-worker's loops make:
 //! consumer-group reads of a campaign's outbox stream, acknowledgement, and the
 //! pipelined look-ups that let an idle worker cost almost nothing (one round trip for
-//! every campaign's outbox length or next payment deadline, not one per campaign).
+//! many streams' outbox lengths or next payment deadlines, not one per stream).
 //! Also the two whole-campaign operations: [`StockStore::restore`] (Redis lost the
 //! campaign; MySQL's copy is loaded back) and [`StockStore::retire`] (a finished
 //! campaign's per-order data leaves Redis once MySQL holds all of it).
 
 use deadpool_redis::redis::{self, streams::StreamAutoClaimReply, streams::StreamReadReply, Value};
-
-use std::collections::BTreeMap;
 
 use crate::campaign::{CampaignSnapshot, RestoredStock};
 use crate::domain::{CampaignId, OrderId, SkuId, UserId};
@@ -20,7 +18,7 @@ use crate::store::StockStore;
 
 /// The consumer group every relay reads campaign outboxes through.
 pub const RELAY_GROUP: &str = "relay";
-/// Keys named by one pipelined read or one delete at most.
+/// Keys named by one delete or one restore step of user counts at most.
 const PIPELINE_MAX: usize = 500;
 /// Orders written by one restore step at most.
 const RESTORE_ORDERS_PER_CALL: usize = 200;
@@ -171,18 +169,14 @@ impl StockStore {
         self.per_campaign(campaigns, |k, c| redis::cmd("EXISTS").arg(k.meta(c)).clone()).await
     }
 
-    /// One command per campaign, pipelined: one round trip per [`PIPELINE_MAX`] campaigns.
+    /// One command per campaign, pipelined ([`crate::link::RedisLink::each`]).
     async fn per_campaign<T: redis::FromRedisValue>(
         &self,
         campaigns: &[CampaignId],
         command: impl Fn(&KeySpace, &CampaignId) -> redis::Cmd,
     ) -> Result<Vec<T>> {
-        let mut out = Vec::with_capacity(campaigns.len());
-        for chunk in campaigns.chunks(PIPELINE_MAX) {
-            let commands = chunk.iter().map(|c| command(self.parts().keys, c)).collect();
-            out.extend(self.parts().link.each::<T>(commands).await?);
-        }
-        Ok(out)
+        let commands = campaigns.iter().map(|c| command(self.parts().keys, c)).collect();
+        self.parts().link.each(commands).await
     }
 
     /// Sets the marker whose disappearance says Redis lost its data; returns whether it
@@ -226,8 +220,6 @@ impl StockStore {
             return Ok(None);
         }
         self.clear_unfinished_restore(&map).await?;
-        let avail_split: BTreeMap<SkuId, Vec<u64>> =
-            stock.iter().map(|(sku, (avail, _, _))| (sku.clone(), map.split(*avail))).collect();
         let (k, script) = (self.parts().keys, &self.parts().scripts.restore);
         self.list_campaign(&spec.campaign).await?;
         for shard in (0..map.len()).rev() {
@@ -247,7 +239,7 @@ impl StockStore {
             }
             let levels = |sku: &SkuId| {
                 let (_, resv, sold) = held.get(sku).copied().unwrap_or((0, 0, 0));
-                let avail = avail_split.get(sku).and_then(|s| s.get(shard)).copied().unwrap_or(0);
+                let avail = stock.get(sku).map_or(0, |(avail, _, _)| map.share(*avail, shard));
                 (avail + resv + sold, avail, resv, sold)
             };
             let finish =
@@ -304,8 +296,7 @@ impl StockStore {
     }
 
     async fn restore_step(&self, inv: redis::ScriptInvocation<'_>) -> Result<bool> {
-        let v: Value = self.parts().link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        scripts::restore::decode(v)
+        scripts::restore::decode(self.run(inv).await?)
     }
 
     /// Drops a finished campaign's per-order data (orders, user counts, buyers, pending

@@ -4,18 +4,14 @@
 
 use std::collections::HashMap;
 
-use deadpool_redis::redis::{self, Value};
+use deadpool_redis::redis;
 
 use crate::clock::now_ms;
 use crate::domain::{CampaignId, SkuId};
 use crate::error::{EngineError, Result};
 use crate::scripts::moves::{self, Move, Step};
-use crate::shards::ShardMap;
+use crate::shards::{ShardMap, MOVE_STALE_MS};
 use crate::store::StockStore;
-
-/// A move taken longer ago than this was left by a process that stopped: whoever
-/// meets it finishes it (the sync-worker's sweep does too).
-pub(crate) const MOVE_STALE_MS: i64 = 5_000;
 
 /// One sku in every shard: available units and stock generation per shard, how many
 /// buyers the campaign has (all shards), and units of the sku taken from a shard and
@@ -50,10 +46,8 @@ impl StockStore {
             levels.available.push(avail.unwrap_or(0));
             levels.generations.push(gen.unwrap_or(0));
             levels.buyers += buyers;
-            for (_, moved, units, at) in
-                records.iter().filter_map(|r| moves::parse_record(r)).filter(|m| &m.1 == sku)
-            {
-                let _ = moved;
+            let mine = records.iter().filter_map(|r| moves::parse_record(r)).filter(|(_, s, _, _)| s == sku);
+            for (_, _, units, at) in mine {
                 levels.moving += units;
                 levels.stale_moves |= at < stale_before;
             }
@@ -98,8 +92,7 @@ impl StockStore {
     }
 
     async fn move_step(&self, inv: redis::ScriptInvocation<'_>) -> Result<Step> {
-        let v: Value = self.parts().link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        moves::decode(v)
+        moves::decode(self.run(inv).await?)
     }
 
     /// Completes every move of `campaign` taken more than `older_than_ms` ago and not

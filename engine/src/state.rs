@@ -147,9 +147,13 @@ impl Shared {
     pub(crate) async fn reload(&self, campaign: &CampaignId, with_buyers: bool) -> Result<()> {
         let with_buyers = with_buyers || !self.cache.contains(campaign.as_str());
         let read_at_ms = now_ms();
-        let found = self.store.campaign_meta_and_buyer_count(campaign).await?;
-        let buyers = match (&found, with_buyers) {
-            (Some((meta, _)), true) => Some(self.store.buyers(&self.map_of(campaign, meta.shards)).await?),
+        let mut found = self.store.campaign_meta_and_buyer_count(campaign).await?;
+        let map = found.as_ref().map(|(meta, _)| self.map_of(campaign, meta.shards));
+        if let (Some((_, count)), Some(map)) = (found.as_mut(), &map) {
+            *count += self.store.buyer_count(&map.tags()[1..]).await?;
+        }
+        let buyers = match (&map, with_buyers) {
+            (Some(map), true) => Some(self.store.buyers(map).await?),
             _ => None,
         };
         let count = found.as_ref().map(|(_, n)| *n);

@@ -66,7 +66,8 @@ impl StockStore {
         self.link.call(|mut c| async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }).await
     }
 
-    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value> {
+    /// Runs one script call (EVALSHA, reloaded on NOSCRIPT) through the link.
+    pub(crate) async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value> {
         self.link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await
     }
 
@@ -172,20 +173,17 @@ impl StockStore {
         scripts::confirm::decode(self.run(inv).await?)?.ok_or_else(|| restoring(&order_id.campaign()))
     }
 
-    /// Loads a new campaign's window and stock and lists it, in one step (`warmup.lua`).
+    /// Lists a new campaign, then loads each shard's window and stock (`warmup.lua`,
+    /// one step per shard). A sharded campaign: every other shard first, shard 0 (whose
+    /// meta makes the campaign visible) last, so nobody is routed to a shard that is
+    /// not there yet. A shard left by an interrupted launch is kept as it is (its slice
+    /// is the same).
     #[tracing::instrument(level = "debug", skip_all, fields(campaign = %spec.campaign))]
-    /// A sharded campaign: every other shard first, shard 0 (whose meta makes the
-    /// campaign visible) last, so nobody is routed to a shard that is not there yet. A
-    /// shard left by an interrupted launch is kept as it is (its slice is the same).
     pub(crate) async fn launch(&self, spec: &CampaignLaunch) -> Result<LaunchOutcome> {
         self.list_campaign(&spec.campaign).await?;
         let map = ShardMap::new(&spec.campaign, usize::from(spec.shards));
-        let slices: Vec<Vec<u64>> = spec.items.iter().map(|i| map.split(i.stock)).collect();
         for shard in (0..map.len()).rev() {
-            let slice = |item: &crate::campaign::LaunchItem| {
-                let at = spec.items.iter().position(|i| i.sku == item.sku).unwrap_or(0);
-                slices[at][shard]
-            };
+            let slice = |item: &crate::campaign::LaunchItem| map.share(item.stock, shard);
             let inv = scripts::warmup::shard_invocation(
                 &self.scripts.warmup,
                 &self.keys,
@@ -271,8 +269,8 @@ impl StockStore {
         parse_meta(campaign, &map).map(Some)
     }
 
-    /// [`StockStore::campaign_meta`] and how many buyers the campaign has, in one
-    /// round trip (what a process's cache reloads).
+    /// [`StockStore::campaign_meta`] and how many buyers its shard 0 has, in one round
+    /// trip (what a process's cache reloads; the other shards' buyers: [`StockStore::buyer_count`]).
     pub(crate) async fn campaign_meta_and_buyer_count(
         &self,
         campaign: &CampaignId,
@@ -284,14 +282,14 @@ impl StockStore {
         if map.is_empty() {
             return Ok(None);
         }
-        let meta = parse_meta(campaign, &map)?;
-        if meta.shards <= 1 {
-            return Ok(Some((meta, buyers)));
-        }
-        let shards = ShardMap::new(campaign, usize::from(meta.shards));
-        let others = shards.tags()[1..].iter().map(|t| redis::cmd("SCARD").arg(self.keys.buyers(t)).clone());
-        let counts: Vec<u64> = self.link.each(others.collect()).await?;
-        Ok(Some((meta, buyers + counts.iter().sum::<u64>())))
+        Ok(Some((parse_meta(campaign, &map)?, buyers)))
+    }
+
+    /// How many buyers these shards have together.
+    pub(crate) async fn buyer_count(&self, tags: &[CampaignId]) -> Result<u64> {
+        let reads = tags.iter().map(|t| redis::cmd("SCARD").arg(self.keys.buyers(t)).clone()).collect();
+        let counts: Vec<u64> = self.link.each(reads).await?;
+        Ok(counts.iter().sum())
     }
 
     /// Each campaign's shard count (`None`: Redis does not know the campaign).

@@ -33,8 +33,6 @@ use crate::persister::Timer;
 /// Full re-read of every campaign's next deadline, and the look for unit moves
 /// between shards that a process left half done.
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
-/// A move between shards older than this was left by a process that stopped.
-const MOVE_STALE_MS: i64 = 5_000;
 
 /// Orders read from one campaign's pending set per round at most (released in
 /// batches of `engine::scripts::release::BATCH_MAX`).
@@ -141,7 +139,7 @@ pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize
             all.clone()
         };
         for c in &movers {
-            let finished = store.finish_moves(c, MOVE_STALE_MS).await?;
+            let finished = store.finish_moves(c, engine::shards::MOVE_STALE_MS).await?;
             if finished > 0 {
                 tracing::warn!(campaign = %c, finished, "finished unit moves a stopped process left");
             }

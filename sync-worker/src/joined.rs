@@ -59,14 +59,25 @@ pub fn join(entries: &[OutboxEntry]) -> Vec<Joined> {
     out
 }
 
-/// The comma-separated events of a well-formed entry (a version 2 body's list, or a
-/// version 1 body, which is one event); `None` for anything else.
+/// An entry's top level, read only as far as joining needs: well-formed JSON, an
+/// object, and whether it has a `version` (a version 2 body) or not (one event).
+#[derive(serde::Deserialize)]
+struct Shape {
+    version: Option<serde::de::IgnoredAny>,
+}
+
+/// The comma-separated events of a well-formed entry (a version 2 body's list in the
+/// scripts' exact form, or a version 1 body, which is one event); `None` for anything
+/// else.
 fn events_of(doc: &str) -> Option<&str> {
-    serde_json::from_str::<serde::de::IgnoredAny>(doc).ok()?;
-    match doc.strip_prefix(V2_HEAD).and_then(|d| d.strip_suffix(V2_TAIL)) {
-        Some(inner) => Some(inner),
-        None if doc.starts_with('{') && !doc.contains("\"version\"") => Some(doc),
-        None => None,
+    // serde would also read a struct from a JSON list: only an object is an entry.
+    if !doc.starts_with('{') {
+        return None;
+    }
+    let shape: Shape = serde_json::from_str(doc).ok()?;
+    match shape.version {
+        Some(_) => doc.strip_prefix(V2_HEAD).and_then(|d| d.strip_suffix(V2_TAIL)),
+        None => Some(doc),
     }
 }
 

@@ -152,10 +152,7 @@ async fn set_aside(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery)
         }
     }
     tracing::debug!(events = events.len(), tries, "stock move waits for another event; set aside");
-    let mut headers = d.properties.headers().clone().unwrap_or_default();
-    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(tries));
-    let props = d.properties.clone().with_headers(headers);
-    publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &d.data, props).await?;
+    publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &d.data, retry_props(d, tries)).await?;
     ctx.metrics.persist_retries.inc();
     bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
     Ok(())
@@ -174,10 +171,7 @@ async fn take_apart(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery
             Err(DbError::StockGuard { .. }) => {
                 let body = serde_json::to_vec(&OrderMessage::Batch { version: 2, events: one.to_vec() })
                     .map_err(|e| WorkerError::Broker(e.to_string()))?;
-                let mut headers = d.properties.headers().clone().unwrap_or_default();
-                headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(tries));
-                let props = d.properties.clone().with_headers(headers);
-                publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &body, props).await?;
+                publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &body, retry_props(d, tries)).await?;
                 ctx.metrics.persist_retries.inc();
                 waiting += 1;
             }
@@ -187,6 +181,13 @@ async fn take_apart(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery
     tracing::debug!(events = events.len(), waiting, "message taken apart; refused events set aside alone");
     bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
     Ok(())
+}
+
+/// A delivery's properties for its way through the retry queue, counting `tries`.
+fn retry_props(d: &Delivery, tries: u32) -> BasicProperties {
+    let mut headers = d.properties.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongUInt(tries));
+    d.properties.clone().with_headers(headers)
 }
 
 /// Publishes one message (mandatory) and waits for the broker's confirm.

@@ -1,12 +1,13 @@
-//! The outbox relay: campaign streams → RabbitMQ, with publisher confirms.
+//! The outbox relay: outbox streams → RabbitMQ, with publisher confirms.
 //!
 //! The entries of one round of a stream go out joined into as few messages as their
 //! size allows (`joined.rs`). Each outbox is read through one consumer group, so
 //! several workers share the work and the entries of a worker that died are claimed
 //! by another (`XAUTOCLAIM` after `worker.relay_claim_idle_ms`). Every message is
 //! published with `mandatory`, and its entries are acknowledged in the stream
-//! (`XACK` and `XDEL`) only after the broker confirmed it; a nack, a return (unroutable) or a timeout leaves it pending, to be
-//! claimed and published again. Duplicates are possible downstream, loss is not.
+//! (`XACK` and `XDEL`) only after the broker confirmed it; a nack, a return
+//! (unroutable) or a timeout leaves them pending, to be claimed and published again.
+//! Duplicates are possible downstream, loss is not.
 //!
 //! There is one outbox stream per campaign shard (the campaign's own when unsharded),
 //! named by the shard's tag. The relay visits only streams with work: a script that
@@ -37,8 +38,8 @@ use crate::topology::ORDER_ROUTING_KEY;
 /// Pause of a relay with work that moved nothing this round (entries pending for a
 /// worker that has not been idle long enough to be claimed from).
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
-/// How long an idle relay sleeps between looks at its stop signal and notices.
-pub const IDLE_WAIT: Duration = Duration::from_secs(30);
+/// Longest sleep of an idle relay (a notice or the stop signal wakes it sooner).
+const IDLE_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
     let mut signals = ctx.engine.work_signals();
@@ -63,25 +64,25 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         }
         let mut moved = 0;
         let mut backlog = 0;
-        for campaign in work.clone() {
-            if !with_group.contains(&campaign) {
-                ctx.engine.outbox_ensure_group(&campaign).await?;
-                with_group.insert(campaign.clone());
+        for stream in work.clone() {
+            if !with_group.contains(&stream) {
+                ctx.engine.outbox_ensure_group(&stream).await?;
+                with_group.insert(stream.clone());
             }
-            match relay_campaign(ctx, ch, &campaign).await {
+            match relay_stream(ctx, ch, &stream).await {
                 Ok((n, left)) => {
                     moved += n;
                     backlog += left;
                     if n > 0 {
-                        ctx.activity.touch(&campaign.campaign_of_tag());
+                        ctx.activity.touch(&stream.campaign_of_tag());
                     }
                     if left == 0 {
-                        work.remove(&campaign);
+                        work.remove(&stream);
                     }
                 }
                 // Redis lost the stream (and its group): make it again next round.
                 Err(WorkerError::Redis(engine::EngineError::Unavailable(msg))) if msg.contains("NOGROUP") => {
-                    with_group.remove(&campaign);
+                    with_group.remove(&stream);
                 }
                 Err(e) => return Err(e),
             }
@@ -125,15 +126,15 @@ async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
     Ok(streams.into_iter().zip(lengths).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect())
 }
 
-/// Relays one batch of one outbox stream (a campaign or shard tag); returns how many entries the broker confirmed
-/// and how many are left in the stream.
-async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Result<(usize, u64)> {
+/// Relays one batch of one outbox stream (a campaign or shard tag); returns how many
+/// entries the broker confirmed and how many are left in the stream.
+async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(usize, u64)> {
     let store = &ctx.engine;
     let max = ctx.settings.worker.relay_batch_max;
     let idle_ms = ctx.settings.worker.relay_claim_idle_ms;
-    let entries = store.outbox_take(campaign, &ctx.consumer, idle_ms, max).await?;
+    let entries = store.outbox_take(stream, &ctx.consumer, idle_ms, max).await?;
     if entries.is_empty() {
-        return Ok((0, store.outbox_ack(campaign, &[]).await?));
+        return Ok((0, store.outbox_ack(stream, &[]).await?));
     }
 
     let started = Instant::now();
@@ -184,7 +185,7 @@ async fn relay_campaign(ctx: &Ctx, ch: &Channel, campaign: &CampaignId) -> Resul
     {
         ctx.metrics.relay_lag_seconds.set((now_ms() - oldest).max(0) as f64 / 1000.0);
     }
-    let left = store.outbox_ack(campaign, &confirmed).await?;
+    let left = store.outbox_ack(stream, &confirmed).await?;
     ctx.metrics.relayed.inc_by(confirmed.len() as u64);
     Ok((confirmed.len(), left))
 }
