@@ -29,8 +29,9 @@ command -v redis-cli >/dev/null && command -v mariadb >/dev/null || {
 
 echo "[loadtest] building ($profile)"
 if [[ $profile == release ]]; then
-  cargo build --release --quiet -p gateway -p sync-worker -p flashsale-loadtest
+  cargo build --release --quiet --workspace --bins
 else
-  cargo build --quiet -p gateway -p sync-worker -p flashsale-loadtest
+  # --workspace, as scripts/test.sh builds them: the same features, no recompile.
+  cargo build --quiet --workspace --bins
 fi
 exec python3 loadtest/run.py --bin-dir "${CARGO_TARGET_DIR:-target}/$profile" "${args[@]}"

@@ -50,5 +50,5 @@ def rfc3339(offset_secs: float) -> str:
 def sql(db: str, query: str) -> list[list[str]]:
     """Rows of a MySQL query (root over TCP, as the services run here)."""
     out = subprocess.run(["mariadb", "-uroot", "-h127.0.0.1", "-N", "-B", "-e", query, db],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, timeout=120).stdout
     return [line.split("\t") for line in out.splitlines() if line]

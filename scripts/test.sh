@@ -14,22 +14,24 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
+# Every later cargo call selects --workspace too: a narrower -p selection resolves
+# features differently and recompiles part of the dependency tree.
 cargo test --workspace --no-fail-fast
 echo "== the script, cache and API suites again, against the local 3-master Redis Cluster"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
-  cargo test --no-fail-fast -p engine --test scripts --test cache --test shards --test properties -p gateway --test api
+  cargo test --workspace --no-fail-fast --test scripts --test cache --test shards --test properties --test api
 echo "== a sharded sale through two gateways and a worker, on the cluster"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
-  cargo test --no-fail-fast -p flashsale-faults --test faults -- sharded
+  cargo test --workspace --no-fail-fast --test faults -- sharded
 echo "== each master's share of a hot sku's script calls (alone on the cluster: nothing else runs on it now)"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
-  cargo test -p engine --test shards -- --ignored --nocapture each_master_serves_a_fair_share_of_a_hot_sku
+  cargo test --workspace --test shards -- --ignored --nocapture each_master_serves_a_fair_share_of_a_hot_sku
 echo "== ops: alert rules (promtool; the metric names are checked by faults/tests/ops.rs)"
 bash scripts/ensure-tools.sh promtool
 promtool check rules ops/alerts.yml
 echo "== operator dashboard in headless Chromium (playwright-core)"
 bash scripts/ensure-tools.sh chromium playwright
-cargo build --quiet -p gateway -p sync-worker
+cargo build --quiet --workspace --bins
 python3 scripts/browser_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug" \
   --shot "${CARGO_TARGET_DIR:-target}/dashboard.png"
 echo "== OpenAPI document fuzzed from outside (Schemathesis: all checks, all phases)"

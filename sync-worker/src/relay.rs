@@ -45,22 +45,23 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
     let mut signals = ctx.engine.work_signals();
     let mut with_group: HashSet<CampaignId> = HashSet::new();
     let mut work = rescan(ctx).await?;
+    // Set by a resync or a lag, whether met here or while waiting: notices may have been
+    // missed, so the next round rescans.
+    let mut resync = false;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let mut resync = false;
         loop {
             match signals.try_recv() {
-                Ok(WorkSignal::Outbox(c)) => {
-                    work.insert(c);
-                }
-                Ok(WorkSignal::Resync) | Err(TryRecvError::Lagged(_)) => resync = true,
+                Ok(s) => note(s, &mut work, &mut resync),
+                Err(TryRecvError::Lagged(_)) => note(WorkSignal::Resync, &mut work, &mut resync),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
         if resync {
             work.extend(rescan(ctx).await?);
+            resync = false;
         }
         let mut moved = 0;
         let mut backlog = 0;
@@ -92,25 +93,40 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
             continue;
         }
         let idle = if work.is_empty() { IDLE_WAIT } else { BUSY_PAUSE };
-        if wait_for_work(&mut signals, &mut work, idle, &mut stop).await {
+        if wait_for_work(&mut signals, &mut work, &mut resync, idle, &mut stop).await {
             return Ok(());
         }
     }
 }
 
-/// Sleeps up to `idle` or until a work notice arrives; returns whether to stop.
+/// What a signal asks of the next round: visit a stream, or rescan (a resync, and a lag
+/// counts as one: notices may have been missed). One meaning wherever a signal is met,
+/// mid-round or while waiting: a dropped resync would leave a stream whose notice was
+/// lost while the subscription was down unvisited for good.
+fn note(signal: WorkSignal, work: &mut HashSet<CampaignId>, resync: &mut bool) {
+    match signal {
+        WorkSignal::Outbox(c) => {
+            work.insert(c);
+        }
+        WorkSignal::Resync => *resync = true,
+    }
+}
+
+/// Sleeps up to `idle` or until a signal arrives ([`note`]d); returns whether to stop.
 async fn wait_for_work(
     signals: &mut broadcast::Receiver<WorkSignal>,
     work: &mut HashSet<CampaignId>,
+    resync: &mut bool,
     idle: Duration,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     tokio::select! {
         s = signals.recv() => {
-            if let Ok(WorkSignal::Outbox(c)) = s {
-                work.insert(c);
+            match s {
+                Ok(s) => note(s, work, resync),
+                Err(broadcast::error::RecvError::Lagged(_)) => note(WorkSignal::Resync, work, resync),
+                Err(broadcast::error::RecvError::Closed) => {}
             }
-            // A resync or a lag is handled by the next round's drain (or rescan).
             false
         }
         stopped = pause(idle, stop) => stopped,
@@ -188,4 +204,34 @@ async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(u
     let left = store.outbox_ack(stream, &confirmed).await?;
     ctx.metrics.relayed.inc_by(confirmed.len() as u64);
     Ok((confirmed.len(), left))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A resync that arrives while the relay waits must lead to a rescan: the notice of
+    /// a stream written while the subscription was down is gone, and nothing else would
+    /// bring that stream back into the work set.
+    #[tokio::test]
+    async fn a_resync_met_while_waiting_is_kept_for_the_next_round() {
+        let (tx, mut signals) = broadcast::channel(4);
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let mut work = HashSet::new();
+        let mut resync = false;
+        tx.send(WorkSignal::Resync).unwrap();
+        let stopped =
+            wait_for_work(&mut signals, &mut work, &mut resync, Duration::from_secs(5), &mut stop).await;
+        assert!(!stopped);
+        assert!(resync, "the resync was dropped");
+        assert!(work.is_empty());
+
+        let mut resync = false;
+        let c = CampaignId::parse("c").unwrap();
+        tx.send(WorkSignal::Outbox(c.clone())).unwrap();
+        wait_for_work(&mut signals, &mut work, &mut resync, Duration::from_secs(5), &mut stop).await;
+        assert!(!resync);
+        assert!(work.contains(&c));
+    }
 }

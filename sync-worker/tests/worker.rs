@@ -100,11 +100,17 @@ impl Env {
 
     /// Once the worker's queues exist, order `a` of `user` reserves a unit in MySQL
     /// (its event published straight to the orders exchange).
-    async fn holds_a_unit(&self, a: &OrderId, user: &str, expires: i64) {
+    /// Waits until the worker declared its queues (the retry queue comes last), so a
+    /// message published now is routed, not dropped.
+    async fn wait_for_topology(&self) {
         self.wait_for("topology", Duration::from_secs(10), async || {
             self.try_queue_len(&format!("{}.retry", self.settings.namespace)).await == Some(0)
         })
         .await;
+    }
+
+    async fn holds_a_unit(&self, a: &OrderId, user: &str, expires: i64) {
+        self.wait_for_topology().await;
         self.publish_raw(
             &serde_json::to_vec(&order_event(a, user, OrderStatus::PendingPayment, expires)).unwrap(),
         )
@@ -253,13 +259,7 @@ async fn the_same_message_three_times_and_a_poison_message() {
         payment_window_secs: 900,
         event_ms: now_ms(),
     };
-    // Wait for the topology.
-    env.wait_for("topology", Duration::from_secs(10), async || {
-        Connection::connect(&env.settings.amqp.url, ConnectionProperties::default()).await.is_ok_and(|_| true)
-            && worker.ctx.metrics.render().contains("flashsale")
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.wait_for_topology().await;
     env.publish_raw(b"{ not an order").await;
     let body = serde_json::to_vec(&event).unwrap();
     for _ in 0..3 {
