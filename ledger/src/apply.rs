@@ -19,11 +19,29 @@ impl Db {
         if events.is_empty() {
             return Ok(Applied::default());
         }
-        self.bounded(apply_batch(&self.pool, events)).await
+        self.bounded(apply_batch(&self.pool, events, Rebuilds::Refuse)).await
+    }
+
+    /// [`Db::apply_events`] for events of orders Redis still holds: such an order was
+    /// not lost, whatever its campaign's rebuild mark says (a rebuild that found the
+    /// campaign live after all, or a mark taken on a clock ahead of Redis's), so none
+    /// is refused as lost.
+    pub async fn apply_events_held_by_redis(&self, events: &[OrderEvent]) -> Result<Applied> {
+        if events.is_empty() {
+            return Ok(Applied::default());
+        }
+        self.bounded(apply_batch(&self.pool, events, Rebuilds::Ignore)).await
     }
 }
 
-async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent]) -> Result<Applied> {
+/// Whether a campaign's rebuild mark refuses orders MySQL does not hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rebuilds {
+    Refuse,
+    Ignore,
+}
+
+async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds) -> Result<Applied> {
     let mut conn = pool.acquire().await?;
     // READ COMMITTED: no gap locks on the ids looked up, so two workers' batches do
     // not deadlock on orders that do not exist yet (a racing insert fails on the
@@ -51,7 +69,9 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent]) -> Result<Applied>
     let mut restored = HashMap::new();
     for r in q.build().fetch_all(&mut *tx).await? {
         if let Some(at) = r.try_get::<Option<i64>, _>(1)? {
-            restored.insert(text(&r, 0)?, at);
+            if rebuilds == Rebuilds::Refuse {
+                restored.insert(text(&r, 0)?, at);
+            }
         }
     }
     let plan = fold(events, &in_db, &restored);

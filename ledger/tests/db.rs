@@ -207,10 +207,15 @@ async fn after_a_rebuild_mysql_refuses_orders_redis_lost_before_it_heard_of_them
     fresh.created_ms = 6_000;
     let mut known_paid = event("known", OrderStatus::Paid, 1);
     known_paid.created_ms = 1_000;
-    let applied = t.db.apply_events(&[lost, fresh, known_paid, lost_cancel]).await.unwrap();
+    let applied = t.db.apply_events(&[lost.clone(), fresh, known_paid, lost_cancel]).await.unwrap();
     assert_eq!(applied.lost, vec!["lost".to_owned()]);
     assert_eq!((applied.inserted, applied.advanced), (1, 1), "the new order and the known one's payment");
     assert!(t.db.order("lost").await.unwrap().is_none());
     assert_eq!(buckets(&t.db, "a").await, (8, 1, 1));
+    // The same order, known to be held by Redis (the mark was wrong about it): applied.
+    let applied = t.db.apply_events_held_by_redis(&[lost]).await.unwrap();
+    assert_eq!((applied.inserted, applied.lost.len()), (1, 0));
+    assert_eq!(t.db.order("lost").await.unwrap().unwrap().status, OrderStatus::PendingPayment);
+    assert_eq!(buckets(&t.db, "a").await, (6, 3, 1));
     t.cleanup().await;
 }

@@ -16,12 +16,13 @@
 //! event that can never apply goes to the dead-letter queue, with a metric
 //! (`flashsale_dead_lettered_events_total{reason}`) and an error naming the order:
 //! not JSON, a sku MySQL does not have, an order lost with Redis's data (created
-//! before its campaign was rebuilt from MySQL, unknown to MySQL: the fold refuses it,
-//! its units were sold again), or `worker.persist_retry_max` tries.
+//! before its campaign was rebuilt from MySQL, unknown to MySQL and to Redis: the fold
+//! refuses it, its units were sold again), or `worker.persist_retry_max` tries.
 
 use std::time::{Duration, Instant};
 
 use common::message::{OrderEvent, OrderMessage, OrderStatus};
+use engine::domain::OrderId;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -310,8 +311,10 @@ async fn after_applied(
     ctx.metrics.persisted.with_label_values(&["advanced"]).inc_by(applied.advanced as u64);
     ctx.metrics.persisted.with_label_values(&["unchanged"]).inc_by(applied.unchanged as u64);
     schedule_timers(ctx, timer_ch, events).await?;
-    let lost: Vec<OrderEvent> =
-        events.iter().filter(|e| applied.lost.contains(&e.order_id)).cloned().collect();
+    if applied.lost.is_empty() {
+        return Ok(());
+    }
+    let lost = held_by_redis(ctx, timer_ch, events, &applied.lost).await?;
     if !lost.is_empty() {
         for e in &lost {
             tracing::error!(order = %e.order_id, campaign = %e.campaign_id, user = %e.user_id,
@@ -320,6 +323,59 @@ async fn after_applied(
         dead_letter_events(ctx, timer_ch, &lost, "lost_by_redis").await?;
     }
     Ok(())
+}
+
+/// Of the orders the fold refused as lost (created before their campaign's rebuild
+/// mark, unknown to MySQL), applies those Redis still holds: the mark was wrong about
+/// them (a rebuild check that saw the campaign missing while its launch was under way,
+/// or a mark taken on a clock ahead of Redis's). A rebuild writes back only orders
+/// MySQL holds, so an order Redis holds was never lost. Returns the events of the
+/// orders really lost. A Redis error leaves the message unacknowledged (redelivered,
+/// the rest of it applies again as unchanged); a held order whose stock move must
+/// wait for another event goes through the retry queue, each event alone, and comes
+/// back here.
+async fn held_by_redis(
+    ctx: &Ctx,
+    ch: &Channel,
+    events: &[OrderEvent],
+    lost: &[String],
+) -> Result<Vec<OrderEvent>> {
+    let mut held = Vec::new();
+    for id in lost {
+        let Ok(order) = OrderId::parse(id) else { continue };
+        if ctx.engine.order(&order).await?.is_some() {
+            held.push(id.as_str());
+        }
+    }
+    let (kept, lost): (Vec<OrderEvent>, Vec<OrderEvent>) = events
+        .iter()
+        .filter(|e| lost.contains(&e.order_id))
+        .cloned()
+        .partition(|e| held.contains(&e.order_id.as_str()));
+    if !kept.is_empty() {
+        tracing::warn!(orders = held.len(), campaign = %kept[0].campaign_id,
+            "orders created before their campaign's rebuild mark are still held by Redis; applied");
+        match ctx.db.apply_events_held_by_redis(&kept).await {
+            Ok(applied) => {
+                let m = &ctx.metrics.persisted;
+                m.with_label_values(&["inserted"]).inc_by(applied.inserted as u64);
+                m.with_label_values(&["advanced"]).inc_by(applied.advanced as u64);
+                m.with_label_values(&["unchanged"]).inc_by(applied.unchanged as u64);
+            }
+            Err(DbError::StockGuard { .. }) => {
+                for event in &kept {
+                    let body =
+                        serde_json::to_vec(&OrderMessage::Batch { version: 2, events: vec![event.clone()] })
+                            .map_err(|e| WorkerError::Broker(e.to_string()))?;
+                    let props = BasicProperties::default().with_delivery_mode(2);
+                    publish_confirmed(ctx, ch, "", &ctx.names.retry_queue, &body, props).await?;
+                    ctx.metrics.persist_retries.inc();
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(lost)
 }
 
 /// Publishes one payment timer per payment window for the batch's pending orders

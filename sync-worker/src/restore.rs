@@ -16,9 +16,16 @@
 //! buyer's retry with the same key makes a new reservation, within their limit) and
 //! payment-event markers. Orders relayed before the loss but not yet in MySQL when the
 //! campaign is rebuilt are refused by the persister (`campaigns.restored_ms`: created
-//! before it, unknown to MySQL) and dead-lettered as `lost_by_redis`, with an error
-//! naming each order: their units were put back on sale, so MySQL never holds more
-//! units than stock.
+//! before it, unknown to MySQL, not in Redis) and dead-lettered as `lost_by_redis`,
+//! with an error naming each order: their units were put back on sale, so MySQL never
+//! holds more units than stock.
+//!
+//! A campaign MySQL holds and Redis does not is not always lost: the operator API
+//! writes a launch to MySQL first, so a check can fall between the two writes (on a
+//! fresh namespace the marker is missing too). The mark's time is therefore taken
+//! before Redis is asked, so the launched campaign's orders all come after it, and the
+//! persister applies any order the mark refuses that Redis holds: a rebuild writes
+//! back only orders MySQL holds, so such an order was never lost.
 
 use std::time::Duration;
 
@@ -53,13 +60,17 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
     }
     let ids: Vec<CampaignId> =
         ctx.db.unretired_campaigns().await?.iter().filter_map(|c| CampaignId::parse(c).ok()).collect();
+    // The rebuild mark's time is taken before Redis is asked: a campaign MySQL holds
+    // and Redis does not may be a launch under way (MySQL is written first), and its
+    // first orders, created once Redis has it, must all come after the mark.
+    let at = now_ms();
     let present = store.campaigns_present(&ids).await?;
     let mut restored = 0;
     for (campaign, present) in ids.iter().zip(present) {
         if present {
             continue;
         }
-        match restore_campaign(ctx, campaign).await {
+        match restore_campaign(ctx, campaign, at).await {
             Ok(true) => restored += 1,
             Ok(false) => {}
             Err(e) => {
@@ -79,11 +90,13 @@ async fn forget_marker(ctx: &Ctx) {
     let _ = ctx.engine.clear_data_marker().await;
 }
 
-async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
+/// Rebuilds one campaign Redis did not hold when it was asked after `at`.
+async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId, at: i64) -> Result<bool> {
     let Some(row) = ctx.db.campaign(campaign.as_str()).await? else { return Ok(false) };
     // First the mark (from now on MySQL refuses orders Redis lost), then the snapshot:
-    // it holds every order MySQL will ever hold from before the loss.
-    ctx.db.mark_restored(campaign.as_str(), now_ms()).await?;
+    // it holds every order MySQL will ever hold from before the loss. An order the
+    // mark refuses that Redis holds after all is applied by the persister.
+    ctx.db.mark_restored(campaign.as_str(), at).await?;
     let orders = ctx.db.campaign_orders(campaign.as_str()).await?;
     let snapshot = snapshot(campaign, &row, orders)?;
     // A generation above any a gateway has seen: their old sold-out flags cannot
