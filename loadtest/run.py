@@ -599,13 +599,16 @@ def run_ab(p, out, stack, baseline_dir):
     the ones under test take turns (baseline, current, current, baseline, ...), each on its
     own stocked campaign (both launched at the start by the build under test, in one
     namespace and database: the two builds need not read each other's per-order Redis
-    data), each turn a wrk reservation run with the worker draining and one with it
-    paused; the ratios are current over baseline (rates, and server CPU per request)."""
+    data), each turn a wrk run of sold-out answers (one sold-out campaign for both), a
+    reservation run with the worker draining and one with it paused; the ratios are
+    current over baseline (rates, and server CPU per request)."""
     tok = tokens(out, p["users"])
     tag = uuid.uuid4().hex[:8]
     campaigns = {"baseline": f"ab-{tag}-b", "current": f"ab-{tag}-c"}
     for cid in campaigns.values():
         launch(cid, {"limit": 10_000}, 100_000_000)
+    empty = f"ab-{tag}-empty"
+    launch(empty, {"limit": 1}, 0)
     created = {v: 0 for v in campaigns}
 
     def drain_all():
@@ -621,20 +624,21 @@ def run_ab(p, out, stack, baseline_dir):
         for variant, bin_dir in (both if turn % 2 == 0 else both[::-1]):
             drain_all()
             stack.swap(bin_dir)
-            cid = campaigns[variant]
-            for label, pause in (("draining", False), ("paused", True)):
+            for label, cid, pause in (("sold_out", empty, False), ("draining", campaigns[variant], False),
+                                      ("paused", campaigns[variant], True)):
                 if pause:
                     drain_all()
                 name, run = f"ab-{variant}-{label}-{turn}", f"ab{turn}{variant[0]}{label[0]}"
                 numbers = measured(stack, lambda: wrk(name, out, GATEWAY, cid, "sku0", tok, p, run), pause)
-                created[variant] += numbers["orders_created"]
+                if cid != empty:
+                    created[variant] += numbers["orders_created"]
                 runs[f"{variant}_{label}"].append(numbers)
                 log(f"ab: {variant:8} {label:8} turn {turn}  {described(numbers)}")
     drain_all()
     stack.swap(stack.bin_dir)
     mean = lambda key, field: sum(r[field] for r in runs[key]) / len(runs[key])  # noqa: E731
     ratios = {}
-    for label in ("draining", "paused"):
+    for label in ("sold_out", "draining", "paused"):
         cur, base = f"current_{label}", f"baseline_{label}"
         ratios[f"rate_{label}"] = round(mean(cur, "rate_per_sec") / max(1, mean(base, "rate_per_sec")), 3)
         ratios[f"server_cpu_{label}"] = round(mean(cur, "server_cpu_us_per_request")
@@ -645,12 +649,18 @@ def run_ab(p, out, stack, baseline_dir):
     invariants = [ran(r) for v in runs.values() for r in v]
     # Stock and limits last the whole run: a turn that answered anything but 201 (a 503
     # is within the contract, so out_of_contract misses it) compared something else.
-    invariants.append(("every turn answered only 201 (stock and limits last)",
-                       all(r["orders_created"] == r["requests"] for v in runs.values() for r in v),
+    reserving = {k: v for k, v in runs.items() if not k.endswith("sold_out")}
+    invariants.append(("every reservation turn answered only 201 (stock and limits last)",
+                       all(r["orders_created"] == r["requests"] for v in reserving.values() for r in v),
                        ", ".join(f"{k}: {[r['requests'] - r['orders_created'] for r in v]} not 201"
-                                 for k, v in runs.items())))
+                                 for k, v in reserving.items())))
+    invariants.append(("every sold-out turn answered only sold_out",
+                       all(r["sold_out"] == r["requests"] and r["orders_created"] == 0
+                           for k, v in runs.items() if k.endswith("sold_out") for r in v),
+                       ", ".join(f"{k}: {[r['requests'] - r['sold_out'] for r in v]} not sold_out"
+                                 for k, v in runs.items() if k.endswith("sold_out"))))
     for variant, cid in campaigns.items():
-        mine = [r for k, v in runs.items() if k.startswith(variant) for r in v]
+        mine = [r for k, v in reserving.items() if k.startswith(variant) for r in v]
         numbers = {"orders_created": {"count": created[variant]},
                    "out_of_contract": {"count": sum(r["out_of_contract"] for r in mine)}}
         invariants += [(f"{variant}: {name}", ok, detail) for name, ok, detail in check(

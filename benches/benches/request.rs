@@ -2,6 +2,7 @@
 //! sees it (no I/O):
 //!
 //! - `request/jwt_verify`: the storefront token (HS256 signature, `exp`, `sub`);
+//! - `request/jwt_verify_remembered`: the same token again, from the verified-token memory;
 //! - `request/parse_order_1_line`, `request/parse_order_16_lines`: path id,
 //!   `Idempotency-Key` and JSON body checked against the contract (`parse_order`);
 //! - `request/reject_unknown_field`: a body the contract refuses (400), to show that a
@@ -40,7 +41,8 @@ fn body(lines: usize) -> Vec<u8> {
 }
 
 fn benches(c: &mut Criterion) {
-    let verifier = JwtVerifier::new("bench-secret", 60);
+    let verifier = JwtVerifier::new("bench-secret", 60, 1000);
+    let checks_all = JwtVerifier::new("bench-secret", 60, 0);
     let jwt = token("bench-secret");
     let mut headers = HeaderMap::new();
     headers.insert("idempotency-key", HeaderValue::from_static("order-2027-03-01:abc.123"));
@@ -48,7 +50,8 @@ fn benches(c: &mut Criterion) {
     let hostile = br#"{"items":[{"sku_id":"a","quantity":1}],"price_cents":0}"#;
 
     let mut g = c.benchmark_group("request");
-    g.bench_function("jwt_verify", |b| b.iter(|| verifier.verify(black_box(&jwt)).unwrap()));
+    g.bench_function("jwt_verify", |b| b.iter(|| checks_all.verify(black_box(&jwt)).unwrap()));
+    g.bench_function("jwt_verify_remembered", |b| b.iter(|| verifier.verify(black_box(&jwt)).unwrap()));
     g.bench_function("parse_order_1_line", |b| {
         b.iter(|| parse_order(black_box("spring-sale".to_owned()), &headers, black_box(&one)).unwrap())
     });

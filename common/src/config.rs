@@ -120,6 +120,8 @@ pub struct AmqpSettings {
 pub struct AuthSettings {
     pub jwt_secret: SecretString,
     pub leeway_secs: u64,
+    /// Verified tokens remembered by a gateway (0: every token checked in full).
+    pub verified_tokens: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

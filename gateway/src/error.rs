@@ -2,12 +2,14 @@
 //! the contract's status and `{"error": {"code", "message"}}` body. Internal details
 //! are logged here, never sent.
 
+use std::borrow::Cow;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engine::EngineError;
 use ledger::DbError;
-use serde_json::json;
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -102,20 +104,33 @@ impl AppError {
     }
 }
 
+/// The body as sent: `view::ErrorBody` with borrowed fields (no JSON tree built per
+/// error: sold-out answers are the hottest path there is).
+#[derive(Serialize)]
+struct Wire<'a> {
+    error: WireDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct WireDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let message = match &self {
             AppError::Unavailable(detail) => {
                 tracing::warn!(%detail, "dependency unavailable");
-                "a dependency is unavailable; retry later".to_owned()
+                Cow::Borrowed("a dependency is unavailable; retry later")
             }
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                "internal error".to_owned()
+                Cow::Borrowed("internal error")
             }
-            other => other.to_string(),
+            other => Cow::Owned(other.to_string()),
         };
-        let body = Json(json!({"error": {"code": self.code(), "message": message}}));
+        let body = Json(Wire { error: WireDetail { code: self.code(), message: &message } });
         let mut res = (self.status(), body).into_response();
         let retry = match &self {
             AppError::RateLimited { retry_after_secs } => Some(*retry_after_secs),

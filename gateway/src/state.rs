@@ -51,7 +51,8 @@ impl AppState {
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let db = Db::connect_retrying(&settings.mysql, ledger::db::STARTUP_PATIENCE).await?;
         let engine = Engine::start(&settings)?;
-        let jwt = JwtVerifier::new(settings.auth.jwt_secret.expose_secret(), settings.auth.leeway_secs);
+        let auth = &settings.auth;
+        let jwt = JwtVerifier::new(auth.jwt_secret.expose_secret(), auth.leeway_secs, auth.verified_tokens);
         let amqp = AmqpCheck::new(&settings.amqp.url, Duration::from_millis(settings.amqp.call_timeout_ms));
         let in_flight = Arc::new(Semaphore::new(settings.gateway.max_in_flight));
         Ok(Self(Arc::new(Shared {
