@@ -21,6 +21,21 @@ async fn launch_validates_and_refuses_duplicates() {
     let (s, v) = env.launch(ok.clone()).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "campaign_exists"));
 
+    // A worker's rebuild check can restore a campaign into Redis from the MySQL row a
+    // launch has just written, before that launch reaches Redis: the launch that wrote
+    // the row is still answered 201 (here: Redis holds "spring", MySQL's row is gone,
+    // as between the two steps).
+    let db = sqlx::MySqlPool::connect(&env.settings.mysql.url).await.unwrap();
+    for table in ["campaign_items", "campaigns"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE campaign_id = 'spring'")).execute(&db).await.unwrap();
+    }
+    let (s, v) = env.launch(ok.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["items"][0]["available"], 10);
+    let (s, v) = env.launch(ok.clone()).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "campaign_exists"));
+    db.close().await;
+
     let mut bad = Vec::new();
     let mut b = campaign("x1", json!([]), 2);
     bad.push(b.clone());

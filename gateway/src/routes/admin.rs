@@ -166,18 +166,21 @@ pub async fn launch(
 ) -> Result<(StatusCode, Json<CampaignView>), AppError> {
     let (launch, row) = validate_launch(body)?;
     let id = launch.campaign.to_string();
-    match state.db.insert_campaign(&row, now_ms()).await? {
-        InsertCampaign::Created => {}
-        InsertCampaign::Exists(existing) if existing == row => {}
+    let wrote_row = match state.db.insert_campaign(&row, now_ms()).await? {
+        InsertCampaign::Created => true,
+        InsertCampaign::Exists(existing) if existing == row => false,
         InsertCampaign::Exists(_) => return Err(AppError::CampaignExists(id)),
-    }
+    };
     match state.engine.launch(&launch).await? {
-        LaunchOutcome::Created => Ok((StatusCode::CREATED, {
-            let (campaign, meta) = load(&state, launch.campaign.as_str()).await?;
-            Json(campaign_view(&state, &campaign, &meta).await?)
-        })),
-        LaunchOutcome::AlreadyExists => Err(AppError::CampaignExists(id)),
+        LaunchOutcome::Created => {}
+        // This request wrote the MySQL row, yet Redis holds the campaign: a worker's
+        // rebuild check ran between the two steps and restored it from that row (this
+        // request's definition). The launch happened; answer it as launched.
+        LaunchOutcome::AlreadyExists if wrote_row => {}
+        LaunchOutcome::AlreadyExists => return Err(AppError::CampaignExists(id)),
     }
+    let (campaign, meta) = load(&state, launch.campaign.as_str()).await?;
+    Ok((StatusCode::CREATED, Json(campaign_view(&state, &campaign, &meta).await?)))
 }
 
 async fn load(state: &AppState, id: &str) -> Result<(CampaignId, CampaignMeta), AppError> {
