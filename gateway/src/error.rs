@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use engine::EngineError;
 use ledger::DbError;
-use serde::Serialize;
+
+use crate::view::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -104,19 +105,6 @@ impl AppError {
     }
 }
 
-/// The body as sent: `view::ErrorBody` with borrowed fields (no JSON tree built per
-/// error: sold-out answers are the hottest path there is).
-#[derive(Serialize)]
-struct Wire<'a> {
-    error: WireDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct WireDetail<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let message = match &self {
@@ -130,7 +118,7 @@ impl IntoResponse for AppError {
             }
             other => Cow::Owned(other.to_string()),
         };
-        let body = Json(Wire { error: WireDetail { code: self.code(), message: &message } });
+        let body = Json(ErrorBody { error: ErrorDetail { code: self.code(), message: &message } });
         let mut res = (self.status(), body).into_response();
         let retry = match &self {
             AppError::RateLimited { retry_after_secs } => Some(*retry_after_secs),

@@ -112,12 +112,12 @@ pub struct CampaignList {
 
 /// Every error: `{"error": {"code": "<snake_case>", "message": "..."}}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
+pub struct ErrorDetail<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
 }
