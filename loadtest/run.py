@@ -149,12 +149,16 @@ class Stack:
 
 
 def reset_state():
-    """A clean namespace and database for this run (the last run's are left for inspection)."""
+    """A clean namespace and database for this run; also what a run leaves behind unless
+    `--keep-data` (a full run writes millions of keys, which would slow every later user
+    of this Redis)."""
     subprocess.run(["mariadb", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE IF EXISTS {DB}"], check=True)
-    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{NAMESPACE}:*"], capture_output=True, text=True,
-                          check=True).stdout.split()
-    for i in range(0, len(keys), 500):
-        subprocess.run(["redis-cli", "DEL", *keys[i:i + 500]], capture_output=True, check=True)
+    scan = subprocess.Popen(["redis-cli", "--scan", "--pattern", f"{NAMESPACE}:*"], stdout=subprocess.PIPE)
+    subprocess.run(["xargs", "-r", "-n", "1000", "redis-cli", "UNLINK"], stdin=scan.stdout,
+                   stdout=subprocess.DEVNULL, check=True)
+    scan.stdout.close()
+    if scan.wait() != 0:
+        raise RuntimeError("redis-cli --scan failed")
 
 
 _token_files = {}
@@ -698,6 +702,8 @@ def main():
     ap.add_argument("--strict", action="store_true", help="also fail when a speed target is missed")
     ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release"))
     ap.add_argument("--out", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "loadtest"))
+    ap.add_argument("--keep-data", action="store_true",
+                    help="leave the run's Redis keys and MySQL database for inspection (logs are always kept)")
     ap.add_argument("--baseline-bin-dir", help="for `ab`: where the baseline's gateway and sync-worker are")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a preset value, e.g. --set rate=5000 --set duration=10")
@@ -726,6 +732,8 @@ def main():
                 results.append(run_scenario(name, p, args.out, stack))
     finally:
         stack.down()
+        if not args.keep_data:
+            reset_state()
     failed = report(results, args.strict)
     summary = os.path.join(args.out, "summary.json")
     with open(summary, "w") as f:

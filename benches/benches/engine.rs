@@ -126,15 +126,7 @@ impl Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        let client = redis::Client::open(self.settings.redis.url.as_str()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.settings.namespace))
-            .query(&mut conn)
-            .unwrap_or_default();
-        for chunk in keys.chunks(1000) {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-        }
+        testkit::delete_keys_blocking(&self.settings.redis, &self.settings.namespace);
     }
 }
 

@@ -115,11 +115,30 @@ impl Engine {
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> Result<ReserveOutcome> {
+        self.reserve_admitted(campaign, user, key, lines, |_| None).await
+    }
+
+    /// [`reserve`](Self::reserve) behind a gate: once the campaign is known to exist,
+    /// `admit` sees its meta and may answer instead (the gateway's per-user request
+    /// rate), before anything else is looked at; `None` lets the request through. One
+    /// lookup of the campaign serves both.
+    pub async fn reserve_admitted(
+        &self,
+        campaign: &CampaignId,
+        user: &UserId,
+        key: &IdempotencyKey,
+        lines: &OrderLines,
+        admit: impl FnOnce(&CampaignMeta) -> Option<ReserveOutcome>,
+    ) -> Result<ReserveOutcome> {
         let inner = &self.inner;
         let Some(entry) = inner.entry(campaign).await? else {
             Shared::count(&inner.answered_locally);
             return Ok(ReserveOutcome::CampaignNotFound);
         };
+        if let Some(answer) = admit(&entry.meta) {
+            Shared::count(&inner.answered_locally);
+            return Ok(answer);
+        }
         if let Some(answer) = inner.answer_locally(&entry, user, lines) {
             Shared::count(&inner.answered_locally);
             return Ok(answer);

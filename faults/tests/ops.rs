@@ -11,8 +11,7 @@ fn exported() -> BTreeSet<String> {
     let g = gateway::metrics::Metrics::new().unwrap();
     g.http_requests.with_label_values(&["/r", "GET", "200"]).inc();
     g.http_latency.with_label_values(&["/r"]).observe(0.001);
-    g.reservations.with_label_values(&["reserved"]).inc();
-    g.reserve_latency.with_label_values(&["reserved"]).observe(0.001);
+    g.reservation("reserved", 0.001);
     g.ready.with_label_values(&["redis"]).set(1);
     let w = sync_worker::metrics::Metrics::new().unwrap();
     w.persisted.with_label_values(&["inserted"]).inc();

@@ -2,7 +2,6 @@
 //! metrics) and serving both listeners until stopped.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -49,12 +48,11 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     let started = Instant::now();
-    let response = match Arc::clone(&state.in_flight).try_acquire_owned() {
+    let response = match state.in_flight.try_acquire() {
         Err(_) => AppError::Unavailable("too many requests in flight".into()).into_response(),
+        // Given back on drop: also when the client goes away mid-request and this
+        // future is dropped. The in-flight gauge is read off the permits.
         Ok(_permit) => {
-            // Decremented on drop: also when the client goes away mid-request and
-            // this future is dropped.
-            let _in_flight = InFlight::enter(&state.metrics.in_flight);
             let limit = Duration::from_millis(state.settings.gateway.request_timeout_ms);
             let span = tracing::info_span!("request", method = %method, route = %route);
             match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
@@ -67,22 +65,6 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     state.metrics.http_requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
     state.metrics.http_latency.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// One request counted in the in-flight gauge for as long as it lives.
-struct InFlight<'a>(&'a prometheus::IntGauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// A running gateway (tests start several in one process).

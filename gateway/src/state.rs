@@ -26,7 +26,8 @@ pub struct Shared {
     pub jwt: JwtVerifier,
     pub metrics: Metrics,
     pub user_rates: UserRates,
-    pub(crate) in_flight: Arc<Semaphore>,
+    /// One permit per request being handled (`gateway.max_in_flight`).
+    pub(crate) in_flight: Semaphore,
 }
 
 impl Deref for AppState {
@@ -47,6 +48,13 @@ impl Credentials for AppState {
 }
 
 impl AppState {
+    /// Requests being handled now: read off the in-flight bound's permits when metrics
+    /// are scraped, rather than kept in a gauge every request would write twice.
+    pub fn requests_in_flight(&self) -> i64 {
+        let max = self.settings.gateway.max_in_flight;
+        i64::try_from(max.saturating_sub(self.in_flight.available_permits())).unwrap_or(i64::MAX)
+    }
+
     /// Connects to MySQL (creating the database and migrating) and starts the engine.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let db = Db::connect_retrying(&settings.mysql, ledger::db::STARTUP_PATIENCE).await?;
@@ -54,7 +62,7 @@ impl AppState {
         let auth = &settings.auth;
         let jwt = JwtVerifier::new(auth.jwt_secret.expose_secret(), auth.leeway_secs, auth.verified_tokens);
         let amqp = AmqpCheck::new(&settings.amqp.url, Duration::from_millis(settings.amqp.call_timeout_ms));
-        let in_flight = Arc::new(Semaphore::new(settings.gateway.max_in_flight));
+        let in_flight = Semaphore::new(settings.gateway.max_in_flight);
         Ok(Self(Arc::new(Shared {
             engine,
             db,

@@ -564,11 +564,7 @@ async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let mut left: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:{{c:c}}:*", env.settings.namespace))
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let mut left = testkit::keys_matching(&mut raw, &format!("{}:{{c:c}}:*", env.settings.namespace)).await;
     left.retain(|k| !k.contains(":payevt:") && !k.contains(":idem:")); // expire by their own TTLs
     left.sort();
     let prefix = format!("{}:{{c:c}}:", env.settings.namespace);
@@ -682,8 +678,7 @@ async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() 
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{}:*", env.settings.namespace)).query_async(&mut raw).await.unwrap();
+    let keys = testkit::keys_matching(&mut raw, &format!("{}:*", env.settings.namespace)).await;
     let _: () = redis::cmd("DEL").arg(keys).query_async(&mut raw).await.unwrap();
     env.wait_for("rebuilt", Duration::from_secs(5), async || {
         env.engine.campaign_meta(&c).await.unwrap().is_some()
@@ -768,11 +763,7 @@ async fn a_held_order_whose_move_does_not_fit_yet_waits_for_the_event_it_needs()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let outboxes: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*outbox", env.settings.namespace))
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let outboxes = testkit::keys_matching(&mut raw, &format!("{}:*outbox", env.settings.namespace)).await;
     assert!(!outboxes.is_empty());
     let _: () = redis::cmd("DEL").arg(outboxes).query_async(&mut raw).await.unwrap();
     env.db.mark_restored("c", now_ms() + 60_000).await.unwrap();

@@ -101,9 +101,29 @@ fn unlink_each(keys: &[String]) -> redis::Pipeline {
 }
 
 fn scan(cursor: u64, namespace: &str) -> redis::Cmd {
+    scan_matching(cursor, &format!("{namespace}:*"))
+}
+
+fn scan_matching(cursor: u64, pattern: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("SCAN");
-    cmd.arg(cursor).arg("MATCH").arg(format!("{namespace}:*")).arg("COUNT").arg(1000);
+    cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
     cmd
+}
+
+/// Every key matching `pattern` on one connection, by SCAN (see [`delete_keys`] for why
+/// not KEYS). Panics on a Redis error: for tests.
+pub async fn keys_matching(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            scan_matching(cursor, pattern).query_async(conn).await.expect("SCAN");
+        found.extend(keys);
+        if next == 0 {
+            return found;
+        }
+        cursor = next;
+    }
 }
 
 /// Deletes the queues and exchanges a worker of `namespace` declares.

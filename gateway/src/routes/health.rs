@@ -45,6 +45,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics` on the metrics listener.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.in_flight.set(state.requests_in_flight());
     let text = state.metrics.render(state.engine.stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::message::OrderStatus;
@@ -45,20 +46,25 @@ pub async fn create(
     State(state): State<AppState>,
     Path(campaign): Path<String>,
     Buyer(user): Buyer,
-    headers: HeaderMap,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     RawBody(body): RawBody,
 ) -> Result<Response, AppError> {
-    let ParsedOrder { campaign, key, lines } = parse_order(campaign, &headers, &body)?;
-    check_user_rate(&state, &campaign, &user).await?;
+    let ParsedOrder { campaign, key, lines } = parse_order(campaign, key.as_ref(), &body)?;
 
     let started = Instant::now();
-    let outcome = state.engine.reserve(&campaign, &user, &key, &lines).await;
+    let outcome = state
+        .engine
+        .reserve_admitted(&campaign, &user, &key, &lines, |meta| {
+            let retry_after_secs =
+                state.user_rates.check(&campaign, meta.max_user_requests_per_sec, &user).err()?;
+            Some(ReserveOutcome::RateLimited { retry_after_ms: retry_after_secs.saturating_mul(1000) })
+        })
+        .await;
     let label = match &outcome {
         Ok(o) => outcome_label(o),
         Err(_) => "unavailable",
     };
-    state.metrics.reservations.with_label_values(&[label]).inc();
-    state.metrics.reserve_latency.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    state.metrics.reservation(label, started.elapsed().as_secs_f64());
 
     match outcome? {
         ReserveOutcome::Reserved(r) => {
@@ -79,6 +85,18 @@ pub async fn create(
     }
 }
 
+/// The `Idempotency-Key` header as sent, checked by [`parse_order`] (only this header is
+/// taken from the request: extracting the whole `HeaderMap` would copy every header).
+pub struct IdempotencyKeyHeader(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get("idempotency-key").cloned()))
+    }
+}
+
 /// An order request checked against the contract, before anything is reserved.
 #[derive(Debug)]
 pub struct ParsedOrder {
@@ -87,12 +105,15 @@ pub struct ParsedOrder {
     pub lines: OrderLines,
 }
 
-/// Validates an order request's path id, `Idempotency-Key` header and JSON body (the
-/// body within the size limit already): 400 `invalid_request`, or 404 for a campaign id
-/// outside the alphabet (it cannot name a campaign).
-pub fn parse_order(campaign: String, headers: &HeaderMap, body: &[u8]) -> Result<ParsedOrder, AppError> {
-    let key = headers
-        .get("idempotency-key")
+/// Validates an order request's path id, `Idempotency-Key` header (`None`: absent) and
+/// JSON body (the body within the size limit already): 400 `invalid_request`, or 404 for
+/// a campaign id outside the alphabet (it cannot name a campaign).
+pub fn parse_order(
+    campaign: String,
+    key: Option<&HeaderValue>,
+    body: &[u8],
+) -> Result<ParsedOrder, AppError> {
+    let key = key
         .ok_or_else(|| AppError::InvalidRequest("Idempotency-Key header is required".into()))?
         .to_str()
         .map_err(|_| AppError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
@@ -101,16 +122,6 @@ pub fn parse_order(campaign: String, headers: &HeaderMap, body: &[u8]) -> Result
     let lines = OrderLines::parse(body.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())?;
     let campaign = CampaignId::parse(&campaign).map_err(|_| AppError::CampaignNotFound(campaign))?;
     Ok(ParsedOrder { campaign, key, lines })
-}
-
-async fn check_user_rate(state: &AppState, campaign: &CampaignId, user: &UserId) -> Result<(), AppError> {
-    let Some(meta) = state.engine.campaign(campaign).await? else {
-        return Ok(()); // the engine answers campaign_not_found
-    };
-    state
-        .user_rates
-        .check(campaign, meta.max_user_requests_per_sec, user)
-        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
 }
 
 fn outcome_label(o: &ReserveOutcome) -> &'static str {
