@@ -10,7 +10,7 @@ use axum::Json;
 use engine::EngineError;
 use ledger::DbError;
 
-use crate::view::{ErrorBody, ErrorDetail};
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -103,6 +103,18 @@ impl AppError {
             Internal(_) => "internal",
         }
     }
+}
+
+/// Every error: `{"error": {"code": "<snake_case>", "message": "..."}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
 }
 
 impl IntoResponse for AppError {

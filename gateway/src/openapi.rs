@@ -27,7 +27,7 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
     ),
     components(schemas(
         orders::OrderRequest, orders::LineRequest, view::ReservationView, view::OrderView,
-        view::ErrorBody, view::ErrorDetail, view::CampaignView, view::CampaignList, admin::LiveView, crate::metrics::LiveCounters, view::CampaignItemView, view::Thresholds,
+        crate::error::ErrorBody, crate::error::ErrorDetail, view::CampaignView, view::CampaignList, admin::LiveView, crate::metrics::LiveCounters, view::CampaignItemView, view::Thresholds,
         admin::LaunchRequest, admin::LaunchItemRequest, admin::TuneRequest, admin::ThresholdsRequest,
         payments::Callback, engine::domain::PaymentStatus, payments::CallbackAnswer,
         common::message::OrderItem, common::message::OrderStatus,

@@ -109,15 +109,3 @@ pub struct CampaignList {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
-
-/// Every error: `{"error": {"code": "<snake_case>", "message": "..."}}`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody<'a> {
-    pub error: ErrorDetail<'a>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail<'a> {
-    pub code: &'a str,
-    pub message: &'a str,
-}

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Operator;
 use crate::body::{double_option, JsonBody};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::metrics::LiveCounters;
 use crate::state::AppState;
-use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignList, CampaignView, ErrorBody, Thresholds};
+use crate::view::{parse_time, rfc3339, CampaignItemView, CampaignList, CampaignView, Thresholds};
 
 /// Most skus in one campaign (each is a key of the warm-up script).
 pub const MAX_SKUS: usize = 1000;

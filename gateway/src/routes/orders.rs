@@ -16,9 +16,9 @@ use serde::Deserialize;
 
 use crate::auth::Buyer;
 use crate::body::RawBody;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
-use crate::view::{rfc3339, ErrorBody, OrderView, ReservationView};
+use crate::view::{rfc3339, OrderView, ReservationView};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

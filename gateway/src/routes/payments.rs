@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{verify_signature, SIGNATURE_HEADER};
 use crate::body::{parse, RawBody};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::state::AppState;
-use crate::view::ErrorBody;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
