@@ -5,16 +5,18 @@
 -- KEYS: 1 order, 2 outbox, 3 pending (zset), 4 payment event marker, 5 meta,
 --       6.. stock hash per line
 -- ARGV: 1 campaign, 2 order_id, 3 amount_cents, 4 'succeeded'|'failed', 5 key prefix,
---       6 event marker ttl secs, 7 events channel
+--       6 event marker ttl secs, 7 events channel, 8 the payment event id
 -- Replies (the order's state after the call comes last where there is an order):
 --   {'paid', state} {'refund_required', state} {'failed_noted', state}
 --   {'duplicate', state} {'already', state} {'amount_mismatch', total}
 --   {'event_conflict', other_order_id} {'not_found'} {'restoring'} {'bad_keys'}
 
 local campaign, order_id, amount, status, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local marker_ttl, channel = tonumber(ARGV[6]), ARGV[7]
+local marker_ttl, channel, event_id = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+-- The event id travels to MySQL with the order, so a rebuilt shard still knows it.
+local event_field = ',"payment_event":' .. cjson.encode(event_id)
 
-if redis.call('EXISTS', KEYS[5]) == 0 then
+if shard_state(KEYS[5]) ~= 'live' then
   return { 'restoring' }
 end
 local o = redis.call('HMGET', KEYS[1], 'state', 'items', 'total')
@@ -52,13 +54,13 @@ if o[1] == 'pending_payment' then
   redis.call('HSET', KEYS[1], 'state', 'paid', 'paid', int(now))
   redis.call('ZREM', KEYS[3], order_id)
   mark_event()
-  emit(KEYS[2], campaign, order_id, KEYS[1], now, channel)
+  emit(KEYS[2], campaign, order_id, KEYS[1], now, channel, event_field)
   return { 'paid', 'paid' }
 end
 if o[1] == 'cancelled' or o[1] == 'expired' then
   redis.call('HSET', KEYS[1], 'state', 'refund_required', 'paid', int(now))
   mark_event()
-  emit(KEYS[2], campaign, order_id, KEYS[1], now, channel)
+  emit(KEYS[2], campaign, order_id, KEYS[1], now, channel, event_field)
   return { 'refund_required', 'refund_required' }
 end
 mark_event()

@@ -1,14 +1,18 @@
--- counters: one consistent snapshot of every sku's stock counters.
--- KEYS: 1.. stock hashes
--- Replies: one {total, avail, resv, sold, price} per key ({} for a missing key)
+-- counters: one consistent snapshot of every sku's stock counters of one shard.
+-- KEYS: 1 meta, 2.. stock hashes
+-- Replies: {'restoring'} while the shard is lost or being rebuilt, else
+--   {'ok', {total, avail, resv, sold, price} per stock key ({} for a missing key)}
 
+if shard_state(KEYS[1]) ~= 'live' then
+  return { 'restoring' }
+end
 local out = {}
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   local s = redis.call('HMGET', KEYS[i], 'total', 'avail', 'resv', 'sold', 'price')
   if s[1] then
-    out[i] = s
+    out[i - 1] = s
   else
-    out[i] = {}
+    out[i - 1] = {}
   end
 end
-return out
+return { 'ok', out }

@@ -13,7 +13,8 @@
 --   Σ shards (avail + resv + sold) + units in transit (taken, not yet given)
 --     = Σ shards total = stock_total.
 -- A gateway that stops between steps leaves a record; the sync-worker finishes it
--- (give, then settle: both are safe to repeat).
+-- (give, then settle: both are safe to repeat). Take and give answer 'restoring' on a
+-- shard that is not live and while a rebuild has paused the campaign's moves.
 -- take:   KEYS 1 meta, 2 stock hash, 3 moves hash
 --         ARGV 1 'take', 2 move id, 3 to shard, 4 sku, 5 want, 6 min, 7 now ms
 --         -> {'taken', n} | {'short', avail} | {'restoring'}
@@ -26,7 +27,7 @@
 
 local mode = ARGV[1]
 if mode == 'take' then
-  if redis.call('EXISTS', KEYS[1]) == 0 then
+  if shard_state(KEYS[1]) ~= 'live' or moves_paused(KEYS[1]) then
     return { 'restoring' }
   end
   -- The same move id twice (a call repeated after a lost reply) takes nothing more.
@@ -46,7 +47,7 @@ if mode == 'take' then
   return { 'taken', int(n) }
 end
 if mode == 'give' then
-  if redis.call('EXISTS', KEYS[1]) == 0 then
+  if shard_state(KEYS[1]) ~= 'live' or moves_paused(KEYS[1]) then
     return { 'restoring' }
   end
   if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then

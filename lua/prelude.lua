@@ -10,10 +10,36 @@ local function int(v)
   return string.format('%d', v)
 end
 
+-- Whether a campaign shard can be used: 'live', 'missing' (no meta: its data was
+-- lost, or it never existed) or 'restoring' (being rebuilt from MySQL and the other
+-- shards). Every script that reads or changes a shard's stock or orders asks this
+-- first and answers 503 on anything but 'live', so a half-rebuilt shard is never
+-- sold from, released into or confirmed against.
+local function shard_state(meta_key)
+  local m = redis.call('HMGET', meta_key, 'starts', 'restoring')
+  if not m[1] then
+    return 'missing'
+  end
+  if m[2] then
+    return 'restoring'
+  end
+  return 'live'
+end
+
+-- While a rebuild reads the surviving shards of a campaign, units may not move between
+-- them (a read of one shard and then another must not see a unit in both): take and
+-- give refuse until `moves_paused_until` (Redis clock, ms) has passed. The pause
+-- lapses by itself if the rebuilder stops.
+local function moves_paused(meta_key)
+  local until_ms = redis.call('HGET', meta_key, 'moves_paused_until')
+  return until_ms ~= false and now_ms() < tonumber(until_ms)
+end
+
 -- One order's state as an order event (the JSON the persister reads): the whole
 -- order, so a consumer can apply events in any order. Numbers come formatted.
+-- `extra` (optional) is more fields, already formatted, each led by a comma.
 local function order_doc(campaign, order_id, user, state, items_json, total, created, expires, paid,
-                         window, event_ms)
+                         window, event_ms, extra)
   return '{"order_id":' .. cjson.encode(order_id)
     .. ',"campaign_id":' .. cjson.encode(campaign)
     .. ',"user_id":' .. cjson.encode(user)
@@ -24,7 +50,7 @@ local function order_doc(campaign, order_id, user, state, items_json, total, cre
     .. ',"expires_ms":' .. expires
     .. ',"paid_ms":' .. (paid or '0')
     .. ',"payment_window_secs":' .. window
-    .. ',"event_ms":' .. int(event_ms) .. '}'
+    .. ',"event_ms":' .. int(event_ms) .. (extra or '') .. '}'
 end
 
 -- When an outbox is empty, an `outbox <tag>` notice tells the relays that it has work
@@ -46,11 +72,11 @@ local function emit_docs(outbox, campaign, docs, channel)
 end
 
 -- Appends one order's event, read from its hash, as a version 1 entry (field `order`).
-local function emit(outbox, campaign, order_id, order_key, event_ms, channel)
+local function emit(outbox, campaign, order_id, order_key, event_ms, channel, extra)
   local o = redis.call('HMGET', order_key, 'user', 'state', 'items', 'total', 'created', 'expires', 'paid', 'window')
   announce_work(outbox, campaign, channel)
   redis.call('XADD', outbox, '*', 'order',
-    order_doc(campaign, order_id, o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], event_ms))
+    order_doc(campaign, order_id, o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], event_ms, extra))
 end
 
 -- Reads an order's line list back into {sku, qty} pairs.

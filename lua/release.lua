@@ -6,7 +6,7 @@
 --       the order hash, the user count, one stock hash per order line
 -- ARGV: 1 campaign, 2 target state ('cancelled'|'expired'), 3 key prefix,
 --       4 events channel, then per order: (order_id, number of stock keys)
--- Replies: {'restoring'} while the campaign is not in Redis (rebuilt from MySQL), or
+-- Replies: {'restoring'} while the shard is lost or being rebuilt (prelude `shard_state`), or
 --   {'done', {outcome, ...}, {sku, gen, ...}} with one outcome per order, in order:
 --   'released' | 'not_found' | 'not_pending:<state>' | 'not_due:<expires_ms>' | 'bad_keys'.
 --   An order id without an order hash also leaves the pending set (nothing can ever
@@ -18,7 +18,7 @@ local campaign, target, prefix, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if target ~= 'cancelled' and target ~= 'expired' then
   return redis.error_reply('release target must be cancelled or expired')
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if shard_state(KEYS[1]) ~= 'live' then
   return { 'restoring' }
 end
 

@@ -7,7 +7,7 @@
 --       (string "<second> <count>"), then per order, in ARGV order:
 --       user count, idempotency, order, one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
---       then per order: order_id, user_id, fingerprint, number of lines,
+--       then per order: order_id, user_id, fingerprint, idempotency key, number of lines,
 --       then (sku, qty) per line
 -- Reply: one element per order, in order, each one of
 --   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
@@ -15,6 +15,7 @@
 --   {'reused'}  {'campaign_not_found'}  {'not_active'}  {'sku_not_found', sku}
 --   {'sold_out', sku, gen, available, buyers}
 --   {'limit_exceeded', held, limit}  {'backlog_full', len}  {'rate_limited', retry_after_ms}
+--   {'restoring'} (every order, while the shard is being rebuilt)
 -- The {sku, gen, ...} list names skus this order brought to zero, with their stock
 -- generation. `buyers` (the buyer set's size after the call) comes with every reply
 -- that can flag a sku sold out: a gateway trusts that flag only once it has heard of
@@ -24,7 +25,17 @@
 local campaign, idem_ttl, outbox_max, channel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local K_META, K_OUTBOX, K_PENDING, K_BUYERS, K_RATE = 1, 2, 3, 4, 5
 
-local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec')
+local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec',
+  'restoring')
+if meta[6] then
+  -- Being rebuilt: no decision at all (not even a replay: its record may not be back yet).
+  local replies, at = {}, 5
+  while at <= #ARGV do
+    replies[#replies + 1] = { 'restoring' }
+    at = at + 5 + 2 * tonumber(ARGV[at + 4])
+  end
+  return replies
+end
 local now = now_ms()
 local open = meta[1] and now >= tonumber(meta[1]) and now < tonumber(meta[2])
 local backlog = redis.call('XLEN', KEYS[K_OUTBOX])
@@ -68,9 +79,10 @@ local needs_buyer_count = {}
 local key_at, arg_at = 6, 5
 
 while arg_at <= #ARGV do
-  local order_id, user_id, fingerprint, n = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], tonumber(ARGV[arg_at + 3])
+  local order_id, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
+  local n = tonumber(ARGV[arg_at + 4])
   local k_user, k_idem, k_order, first_stock = KEYS[key_at], KEYS[key_at + 1], KEYS[key_at + 2], key_at + 3
-  local first_line = arg_at + 4
+  local first_line = arg_at + 5
   key_at = first_stock + n
   arg_at = first_line + 2 * n
 
@@ -151,8 +163,9 @@ while arg_at <= #ARGV do
       if redis.call('SADD', KEYS[K_BUYERS], user_id) == 1 then
         new_buyers[#new_buyers + 1] = user_id
       end
+      -- The key travels to MySQL, so a rebuilt shard still replays this order.
       docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, int(total),
-        int(now), int(expires), '0', meta[4], now)
+        int(now), int(expires), '0', meta[4], now, ',"idempotency_key":' .. cjson.encode(idem_key))
       reply = { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied, 0 }
       needs_buyer_count[#replies + 1] = 8
     end

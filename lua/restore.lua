@@ -1,49 +1,127 @@
--- restore: rebuilds a campaign that Redis lost (a restart with no persistence) from
--- what MySQL holds. Runs in steps, each refusing once the campaign's meta exists
--- again (it goes live only in the last step, so no reservation, release or payment
--- can touch a half-restored campaign: they all need the meta):
---   'orders':  KEYS 1 meta, 2 pending (zset), 3 buyers (set), then one order hash
---              per order; ARGV 1 'orders', then per order the ten fields
---              (order_id, user, state, items_json, units, total, created_ms,
---              expires_ms, paid_ms or '', payment_window_secs).
---   'users':   KEYS 1 meta, then one user count per user; ARGV 1 'users', then the
---              units each user holds or bought, in KEYS order.
---   'finish':  KEYS 1 meta, 2.. one stock hash per sku (the caller lists the campaign
---              in the index first: another slot on a cluster);
---              ARGV 1 'finish', 2 campaign, 3 starts_ms, 4 ends_ms, 5 per_user_limit,
---              6 payment_window_secs, 7 max_orders_per_sec, 8 max_user_rps,
---              9 events channel, 10 stock generation, 11 shard count,
---              12 '1' while other shards wait for shard 0 ('' otherwise), then per
---              sku (sku, total, avail, resv, sold, price): this shard's.
--- Replies: {'ok'} {'exists'}
+-- restore: rebuilds campaign shards whose data Redis lost (one master restarted empty,
+-- a whole Redis lost) from MySQL (the shard's orders) and the campaign's surviving
+-- shards (conservation of units). Each step runs in one shard's slot.
+--
+-- Steps on a lost shard, under a lease: the meta's `restoring` field holds the
+-- rebuilder's token and `restoring_until` the lease's end (Redis clock, ms). Every other
+-- script answers 503 while `restoring` is set (prelude `shard_state`); a rebuilder that
+-- stopped is taken over once its lease has lapsed; no step ever writes into a live shard.
+--   'begin'   KEYS 1 meta
+--             ARGV 1 'begin', 2 token, 3 lease ms, 4 campaign, 5 starts_ms, 6 ends_ms,
+--             7 per_user_limit, 8 payment_window_secs, 9 max_orders_per_sec,
+--             10 max_user_rps, 11 events channel, 12 shard count, 13 skus (comma-separated)
+--             -> {'begun'}: the meta is written, with `restoring`
+--                {'live'}: the shard holds its data; nothing to do
+--                {'busy'}: another rebuilder's lease has not lapsed
+--   'orders'  KEYS 1 meta, 2 pending (zset), 3 buyers (set), then per order its hash,
+--             its idempotency record if it has one, its payment event marker if it has one
+--             ARGV 1 'orders', 2 token, 3 lease ms, then per order 13 fields: order_id,
+--             user, state, items_json, units, total, created_ms, expires_ms, paid_ms or '',
+--             payment_window_secs, idempotency record or '', its ttl secs, payment event
+--             marker ttl secs or ''
+--   'users'   KEYS 1 meta, then one user count per user
+--             ARGV 1 'users', 2 token, 3 lease ms, then the units each user holds or bought
+--   'finish'  KEYS 1 meta, 2.. one stock hash per sku
+--             ARGV 1 'finish', 2 token, 3 lease ms, 4 campaign, 5 events channel,
+--             6 stock generation, then per sku (sku, total, avail, resv, sold, price, in, out)
+--             The stock is written and the lease dropped in this one step: the shard goes
+--             live whole, and no flag outlives a finished rebuild.
+--   orders/users/finish -> {'ok'} | {'lost'} (the lease is not this token's: nothing written)
+--
+-- Steps on a surviving shard of the same campaign (the rebuild's consistent read):
+--   'pause'   KEYS 1 meta; ARGV 1 'pause', 2 ms: no unit moves in or out of this shard
+--             for that long (move.lua) -> {'ok'} | {'gone'} (the shard is not live)
+--   'census'  KEYS 1 meta, 2 moves hash, 3.. one stock hash per sku; ARGV 1 'census'
+--             -> {'ok', {avail + resv + sold per sku}, {move id, record, ...}} | {'gone'}
+--   'resume'  KEYS 1 meta; ARGV 1 'resume' -> {'ok'}
 
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return { 'exists' }
-end
 local mode = ARGV[1]
+
+if mode == 'pause' then
+  if shard_state(KEYS[1]) ~= 'live' then
+    return { 'gone' }
+  end
+  redis.call('HSET', KEYS[1], 'moves_paused_until', int(now_ms() + tonumber(ARGV[2])))
+  return { 'ok' }
+end
+if mode == 'census' then
+  if shard_state(KEYS[1]) ~= 'live' then
+    return { 'gone' }
+  end
+  local sums = {}
+  for i = 3, #KEYS do
+    local s = redis.call('HMGET', KEYS[i], 'avail', 'resv', 'sold')
+    sums[#sums + 1] = int(tonumber(s[1] or '0') + tonumber(s[2] or '0') + tonumber(s[3] or '0'))
+  end
+  return { 'ok', sums, redis.call('HGETALL', KEYS[2]) }
+end
+if mode == 'resume' then
+  redis.call('HDEL', KEYS[1], 'moves_paused_until')
+  return { 'ok' }
+end
+
+local token, lease_ms = ARGV[2], tonumber(ARGV[3])
+
+if mode == 'begin' then
+  local m = redis.call('HMGET', KEYS[1], 'starts', 'restoring', 'restoring_until')
+  if m[1] and not m[2] then
+    return { 'live' }
+  end
+  if m[2] and m[2] ~= token and now_ms() < tonumber(m[3] or '0') then
+    return { 'busy' }
+  end
+  local skus = {}
+  for sku in string.gmatch(ARGV[13], '[^,]+') do
+    skus[#skus + 1] = sku
+  end
+  redis.call('DEL', KEYS[1])
+  write_meta(KEYS[1], 5, skus)
+  redis.call('HSET', KEYS[1], 'shards', ARGV[12], 'restoring', token,
+    'restoring_until', int(now_ms() + lease_ms))
+  return { 'begun' }
+end
+
+-- Every later step: only the lease holder writes, and each step renews the lease.
+if redis.call('HGET', KEYS[1], 'restoring') ~= token then
+  return { 'lost' }
+end
+redis.call('HSET', KEYS[1], 'restoring_until', int(now_ms() + lease_ms))
+
 if mode == 'orders' then
-  local FIELDS = 10
-  for i = 4, #KEYS do
-    local a = 2 + (i - 4) * FIELDS
+  local FIELDS = 13
+  local key_at = 4
+  for a = 4, #ARGV, FIELDS do
+    local k_order = KEYS[key_at]
+    key_at = key_at + 1
     local order_id, user, state = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-    redis.call('DEL', KEYS[i])
-    redis.call('HSET', KEYS[i], 'user', user, 'state', state, 'items', ARGV[a + 3],
+    redis.call('DEL', k_order)
+    redis.call('HSET', k_order, 'user', user, 'state', state, 'items', ARGV[a + 3],
       'units', ARGV[a + 4], 'total', ARGV[a + 5], 'created', ARGV[a + 6],
       'expires', ARGV[a + 7], 'window', ARGV[a + 9])
     if ARGV[a + 8] ~= '' then
-      redis.call('HSET', KEYS[i], 'paid', ARGV[a + 8])
+      redis.call('HSET', k_order, 'paid', ARGV[a + 8])
     end
     if state == 'pending_payment' then
       redis.call('ZADD', KEYS[2], ARGV[a + 7], order_id)
+    else
+      redis.call('ZREM', KEYS[2], order_id)
     end
     redis.call('SADD', KEYS[3], user)
+    if ARGV[a + 10] ~= '' then
+      redis.call('SET', KEYS[key_at], ARGV[a + 10], 'EX', ARGV[a + 11])
+      key_at = key_at + 1
+    end
+    if ARGV[a + 12] ~= '' then
+      redis.call('SET', KEYS[key_at], order_id, 'EX', ARGV[a + 12])
+      key_at = key_at + 1
+    end
   end
   return { 'ok' }
 end
 if mode == 'users' then
   for i = 2, #KEYS do
-    if tonumber(ARGV[i]) > 0 then
-      redis.call('SET', KEYS[i], ARGV[i])
+    if tonumber(ARGV[i + 2]) > 0 then
+      redis.call('SET', KEYS[i], ARGV[i + 2])
     else
       redis.call('DEL', KEYS[i])
     end
@@ -51,20 +129,22 @@ if mode == 'users' then
   return { 'ok' }
 end
 if mode == 'finish' then
-  local skus = {}
+  local campaign, channel, gen = ARGV[4], ARGV[5], ARGV[6]
+  local restocked = {}
   for i = 2, #KEYS do
-    local b = 13 + (i - 2) * 6
-    skus[#skus + 1] = ARGV[b]
+    local b = 7 + (i - 2) * 8
     redis.call('DEL', KEYS[i])
     redis.call('HSET', KEYS[i], 'total', ARGV[b + 1], 'avail', ARGV[b + 2], 'resv', ARGV[b + 3],
-      'sold', ARGV[b + 4], 'price', ARGV[b + 5], 'gen', ARGV[10])
+      'sold', ARGV[b + 4], 'price', ARGV[b + 5], 'gen', gen, 'in', ARGV[b + 6], 'out', ARGV[b + 7])
+    if tonumber(ARGV[b + 2]) > 0 then
+      restocked[#restocked + 1] = ARGV[b]
+    end
   end
-  write_meta(KEYS[1], 3, skus)
-  redis.call('HSET', KEYS[1], 'shards', ARGV[11])
-  if ARGV[12] == '1' then
-    redis.call('HSET', KEYS[1], 'restoring', 1)
+  redis.call('HDEL', KEYS[1], 'restoring', 'restoring_until')
+  redis.call('PUBLISH', channel, 'meta ' .. campaign)
+  for _, sku in ipairs(restocked) do
+    redis.call('PUBLISH', channel, 'restock ' .. campaign .. ' ' .. sku .. ' ' .. gen)
   end
-  redis.call('PUBLISH', ARGV[9], 'meta ' .. ARGV[2])
   return { 'ok' }
 end
 return redis.error_reply('restore: unknown step ' .. tostring(mode))

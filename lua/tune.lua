@@ -3,10 +3,14 @@
 -- KEYS: 1 meta
 -- ARGV: 1 campaign, 2 events channel, then (field, value) pairs among
 --       ends, limit, max_orders_per_sec, max_user_rps ('' = no threshold)
--- Replies: {'tuned'} {'not_found'} {'ends_before_start'}
+-- Replies: {'tuned'} {'not_found'} {'restoring'} {'ends_before_start'}
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local state = shard_state(KEYS[1])
+if state == 'missing' then
   return { 'not_found' }
+end
+if state == 'restoring' then
+  return { 'restoring' }
 end
 for i = 3, #ARGV, 2 do
   if ARGV[i] == 'ends' and tonumber(ARGV[i + 1]) <= tonumber(redis.call('HGET', KEYS[1], 'starts')) then

@@ -34,6 +34,8 @@ fn event(n: u64, status: OrderStatus) -> OrderEvent {
         paid_ms: if status == OrderStatus::Paid { 5 } else { 0 },
         payment_window_secs: 900,
         event_ms: if status == OrderStatus::Paid { 5 } else { 1 },
+        idempotency_key: None,
+        payment_event: None,
     }
 }
 

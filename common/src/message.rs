@@ -100,6 +100,15 @@ pub struct OrderEvent {
     pub payment_window_secs: u32,
     /// When this state change happened (Redis clock).
     pub event_ms: i64,
+    /// The reservation's `Idempotency-Key` (the reservation's event carries it), kept
+    /// in MySQL so that a shard rebuilt from MySQL still replays the order to a retry
+    /// (the request's fingerprint is its lines, which MySQL holds anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The payment event that paid the order (or asked for its refund), kept for the
+    /// same reason: the same event after a rebuild is still a no-op.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_event: Option<String>,
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use common::message::{OrderItem, OrderStatus};
 
-use crate::domain::{CampaignId, OrderId, SkuId, UserId};
-use crate::error::{EngineError, Result};
+use crate::domain::{CampaignId, EventId, IdempotencyKey, OrderId, SkuId, UserId};
 
 /// A campaign as Redis holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,40 +143,11 @@ pub struct SnapshotOrder {
     pub created_ms: i64,
     pub expires_ms: i64,
     pub paid_ms: Option<i64>,
+    /// The reservation's `Idempotency-Key` (`None` for orders from before it was kept).
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The payment event that paid the order or asked for its refund.
+    pub payment_event: Option<EventId>,
 }
 
 /// What a restore loaded: per sku (available, reserved, sold).
 pub type RestoredStock = BTreeMap<SkuId, (u64, u64, u64)>;
-
-impl CampaignSnapshot {
-    /// Units held (pending) and sold (paid) per sku, and units counted against each user.
-    pub(crate) fn tally(&self) -> Result<(RestoredStock, BTreeMap<&UserId, u64>)> {
-        let mut stock: RestoredStock =
-            self.launch.items.iter().map(|i| (i.sku.clone(), (i.stock, 0, 0))).collect();
-        let mut users: BTreeMap<&UserId, u64> = BTreeMap::new();
-        for o in &self.orders {
-            let counted = matches!(o.status, OrderStatus::PendingPayment | OrderStatus::Paid);
-            let holder = users.entry(&o.user).or_default();
-            for item in &o.items {
-                if !counted {
-                    continue;
-                }
-                *holder += item.quantity;
-                let sku = SkuId::parse(&item.sku_id).map_err(|e| EngineError::Protocol(e.to_string()))?;
-                let (avail, resv, sold) = stock.get_mut(&sku).ok_or_else(|| {
-                    EngineError::Protocol(format!("order {} names unknown sku {sku}", o.order_id))
-                })?;
-                let units = item.quantity;
-                *avail = avail.checked_sub(units).ok_or_else(|| {
-                    EngineError::Protocol(format!("MySQL holds more units of {sku} than its stock"))
-                })?;
-                if o.status == OrderStatus::Paid {
-                    *sold += units;
-                } else {
-                    *resv += units;
-                }
-            }
-        }
-        Ok((stock, users))
-    }
-}

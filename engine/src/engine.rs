@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::config::Settings;
 
 use crate::cache::LocalCache;
+use crate::campaign::CampaignSnapshot;
 use crate::campaign::{
     CampaignLaunch, CampaignMeta, CampaignTuning, LaunchOutcome, OrderRecord, SkuCounters, TuneOutcome,
 };
-use crate::campaign::{CampaignSnapshot, RestoredStock};
 use crate::coalesce::{self, Waiting};
 use crate::domain::{
     CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseOutcome,
@@ -23,6 +23,7 @@ use crate::keys::KeySpace;
 use crate::link::RedisLink;
 use crate::notices;
 use crate::outbox::{OutboxEntry, WorkSignal};
+use crate::rebuild::{Rebuilt, ShardState};
 use crate::scripts::reserve::ReserveReply;
 use crate::shards::ShardMap;
 use crate::state::Shared;
@@ -148,6 +149,13 @@ impl Engine {
         let home = map.home(user);
         let order_id = map.new_order(user);
         let mut reply = self.decide(map.tag(home), &order_id, user, key, lines).await?;
+        if reply.outcome == ReserveOutcome::CampaignNotFound {
+            // This process knows the campaign, yet its shard has no meta: the shard's
+            // data is gone and the sync-worker is about to rebuild it. Never a 404.
+            return Err(crate::EngineError::Unavailable(
+                "campaign shard lost its data; being rebuilt".into(),
+            ));
+        }
         if map.len() > 1 {
             reply = self.refill(campaign, &map, home, (&order_id, user, key, lines), reply).await?;
         } else {
@@ -215,6 +223,12 @@ impl Engine {
             let asked = lines.iter().find(|l| &l.sku == sku).map_or(1, |l| l.quantity);
             let levels = store.sku_levels(map, sku).await?;
             let everywhere: u64 = levels.available.iter().sum();
+            if levels.incomplete && everywhere < asked {
+                // A shard being rebuilt may hold units: 503 and retry, never sold_out.
+                return Err(crate::EngineError::Unavailable(
+                    "a shard of the campaign is being rebuilt".into(),
+                ));
+            }
             if levels.moving > 0 {
                 // Units between shards are neither here nor gone: never sold out while
                 // some are on their way. A move a stopped process left is finished here.
@@ -402,23 +416,28 @@ impl Engine {
         self.inner.store.campaigns_present(campaigns).await
     }
 
-    /// Sets the data-loss marker; returns whether it was there already.
-    pub async fn data_marker_present(&self) -> Result<bool> {
-        self.inner.store.data_marker_present().await
+    /// Every shard's state, per campaign (`(id, shard count)` as MySQL has them): one
+    /// pipelined command per shard.
+    pub async fn shard_states(&self, campaigns: &[(CampaignId, u16)]) -> Result<Vec<Vec<ShardState>>> {
+        self.inner.store.shard_states(campaigns).await
     }
 
-    /// Deletes the data-loss marker, so the next check looks at every campaign again.
-    pub async fn clear_data_marker(&self) -> Result<()> {
-        self.inner.store.clear_data_marker().await
+    /// Puts campaigns back in the index the relay and sweeps walk; returns how many
+    /// were missing from it.
+    pub async fn relist(&self, campaigns: &[CampaignId]) -> Result<u64> {
+        self.inner.store.relist(campaigns).await
     }
 
-    /// Loads a campaign Redis lost back from MySQL's copy; `None` if it exists after all.
-    pub async fn restore(
+    /// Rebuilds the `lost` shards of a campaign from MySQL's copy and the campaign's
+    /// other shards (see `rebuild.rs`). The lease is this process's: a rebuild it left
+    /// half done is taken up again at once, another process's after its lease lapses.
+    pub async fn rebuild(
         &self,
         snapshot: &CampaignSnapshot,
+        lost: &[usize],
         generation: u64,
-    ) -> Result<Option<RestoredStock>> {
-        self.inner.store.restore(snapshot, generation).await
+    ) -> Result<Rebuilt> {
+        self.inner.store.rebuild(snapshot, lost, &self.inner.rebuild_token, generation).await
     }
 
     /// Drops a finished campaign's per-order data from Redis (see `outbox.rs`).

@@ -31,6 +31,7 @@ pub mod link;
 pub mod notices;
 pub mod outbox;
 mod rebalance;
+pub mod rebuild;
 pub mod scripts;
 pub mod shards;
 mod state;

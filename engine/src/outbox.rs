@@ -2,26 +2,21 @@
 //! consumer-group reads of a campaign's outbox stream, acknowledgement, and the
 //! pipelined look-ups that let an idle worker cost almost nothing (one round trip for
 //! many streams' outbox lengths or next payment deadlines, not one per stream).
-//! Also the two whole-campaign operations: [`StockStore::restore`] (Redis lost the
-//! campaign; MySQL's copy is loaded back) and [`StockStore::retire`] (a finished
-//! campaign's per-order data leaves Redis once MySQL holds all of it).
+//! Also [`StockStore::retire`]: a finished campaign's per-order data leaves Redis once
+//! MySQL holds all of it (rebuilding lost shards is `rebuild.rs`).
 
 use deadpool_redis::redis::{self, streams::StreamAutoClaimReply, streams::StreamReadReply, Value};
 
-use crate::campaign::{CampaignSnapshot, RestoredStock};
-use crate::domain::{CampaignId, OrderId, SkuId, UserId};
+use crate::domain::{CampaignId, OrderId, UserId};
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
-use crate::scripts;
 use crate::shards::ShardMap;
 use crate::store::StockStore;
 
 /// The consumer group every relay reads campaign outboxes through.
 pub const RELAY_GROUP: &str = "relay";
-/// Keys named by one delete or one restore step of user counts at most.
+/// Keys named by one delete at most.
 const PIPELINE_MAX: usize = 500;
-/// Orders written by one restore step at most.
-const RESTORE_ORDERS_PER_CALL: usize = 200;
 
 /// What the notice stream tells the relays (an `outbox <c>` notice, or a gap).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,126 +172,6 @@ impl StockStore {
     ) -> Result<Vec<T>> {
         let commands = campaigns.iter().map(|c| command(self.parts().keys, c)).collect();
         self.parts().link.each(commands).await
-    }
-
-    /// Sets the marker whose disappearance says Redis lost its data; returns whether it
-    /// was there already.
-    pub async fn data_marker_present(&self) -> Result<bool> {
-        let key = format!("{}:data-marker", self.parts().keys.namespace());
-        let created: Option<String> =
-            self.parts()
-                .link
-                .call(|mut c| async move {
-                    redis::cmd("SET").arg(key).arg("1").arg("NX").query_async(&mut c).await
-                })
-                .await?;
-        Ok(created.is_none())
-    }
-
-    /// Deletes the data marker, so the next check looks at every campaign again.
-    pub async fn clear_data_marker(&self) -> Result<()> {
-        let key = format!("{}:data-marker", self.parts().keys.namespace());
-        self.parts()
-            .link
-            .call(|mut c| async move { redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await })
-            .await
-    }
-
-    /// Loads a campaign Redis lost back from MySQL's copy (`restore.lua`, in steps;
-    /// the campaign goes live in the last one: shard 0's `finish`). Returns `None` if
-    /// the campaign exists in Redis after all, else what was loaded per sku (the
-    /// campaign's sums). A sharded campaign gets each order back in its shard, each
-    /// user's count in the user's home shard, and the available units split over the
-    /// shards as at launch.
-    pub async fn restore(
-        &self,
-        snap: &CampaignSnapshot,
-        stock_generation: u64,
-    ) -> Result<Option<RestoredStock>> {
-        let (stock, _) = snap.tally()?;
-        let spec = &snap.launch;
-        let map = ShardMap::new(&spec.campaign, usize::from(spec.shards));
-        if self.campaigns_present(std::slice::from_ref(&spec.campaign)).await?.first() == Some(&true) {
-            return Ok(None);
-        }
-        self.clear_unfinished_restore(&map).await?;
-        let (k, script) = (self.parts().keys, &self.parts().scripts.restore);
-        self.list_campaign(&spec.campaign).await?;
-        for shard in (0..map.len()).rev() {
-            let tag = map.tag(shard);
-            let part = CampaignSnapshot {
-                launch: spec.clone(),
-                orders: snap.orders.iter().filter(|o| map.of_order(&o.order_id) == shard).cloned().collect(),
-            };
-            let (held, users) = part.tally()?;
-            let mut ran = true;
-            for chunk in part.orders.chunks(RESTORE_ORDERS_PER_CALL) {
-                ran &= self.restore_step(scripts::restore::orders(script, k, (spec, tag), chunk)?).await?;
-            }
-            let users: Vec<(&UserId, u64)> = users.into_iter().collect();
-            for chunk in users.chunks(PIPELINE_MAX) {
-                ran &= self.restore_step(scripts::restore::users(script, k, tag, chunk)).await?;
-            }
-            let levels = |sku: &SkuId| {
-                let (_, resv, sold) = held.get(sku).copied().unwrap_or((0, 0, 0));
-                let avail = stock.get(sku).map_or(0, |(avail, _, _)| map.share(*avail, shard));
-                (avail + resv + sold, avail, resv, sold)
-            };
-            let finish =
-                scripts::restore::finish(script, k, (spec, tag, shard > 0), stock_generation, levels);
-            ran &= self.restore_step(finish).await?;
-            if !ran {
-                if shard == 0 {
-                    return Ok(None);
-                }
-                return Err(EngineError::Unavailable(format!("shard {tag} appeared during its restore")));
-            }
-        }
-        let live: Vec<redis::Cmd> = map.tags()[1..]
-            .iter()
-            .map(|t| redis::cmd("HDEL").arg(k.meta(t)).arg("restoring").clone())
-            .collect();
-        let _: Vec<Value> = self.parts().link.each(live).await?;
-        Ok(Some(stock))
-    }
-
-    /// Before a sharded campaign is restored: a shard other than 0 left by an earlier,
-    /// interrupted restore (its meta says `restoring`) is emptied so the steps can run
-    /// again. A shard that holds live data while shard 0 lost its own (one master of
-    /// several lost its data) is not touched: that needs an operator, and the restore
-    /// stops with `Unavailable`.
-    async fn clear_unfinished_restore(&self, map: &ShardMap) -> Result<()> {
-        if map.len() < 2 {
-            return Ok(());
-        }
-        let k = self.parts().keys;
-        let reads = map.tags()[1..]
-            .iter()
-            .map(|t| redis::cmd("HMGET").arg(k.meta(t)).arg("starts").arg("restoring").clone())
-            .collect();
-        let metas: Vec<(Option<String>, Option<String>)> = self.parts().link.each(reads).await?;
-        for (tag, (starts, restoring)) in map.tags()[1..].iter().zip(metas) {
-            match (starts, restoring) {
-                (None, _) => {}
-                (Some(_), Some(_)) => {
-                    let key = k.meta(tag);
-                    self.parts()
-                        .link
-                        .call(|mut c| async move { redis::cmd("DEL").arg(key).query_async::<()>(&mut c).await })
-                        .await?;
-                }
-                (Some(_), None) => {
-                    return Err(EngineError::Unavailable(format!(
-                        "shard {tag} still holds live data while shard 0 lost its own; not restored automatically"
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn restore_step(&self, inv: redis::ScriptInvocation<'_>) -> Result<bool> {
-        scripts::restore::decode(self.run(inv).await?)
     }
 
     /// Drops a finished campaign's per-order data (orders, user counts, buyers, pending

@@ -24,6 +24,9 @@ pub(crate) struct Levels {
     pub(crate) moving: u64,
     /// Some of `moving` was taken more than [`MOVE_STALE_MS`] ago.
     pub(crate) stale_moves: bool,
+    /// Some shard is lost or being rebuilt: its units are unknown, so nobody may be
+    /// told `sold_out` on the strength of this reading.
+    pub(crate) incomplete: bool,
 }
 
 impl StockStore {
@@ -35,14 +38,22 @@ impl StockStore {
             pipe.cmd("HMGET").arg(parts.keys.stock(tag, sku)).arg("avail").arg("gen");
             pipe.cmd("SCARD").arg(parts.keys.buyers(tag));
             pipe.cmd("HVALS").arg(parts.keys.moves_out(tag));
+            pipe.cmd("HMGET").arg(parts.keys.meta(tag)).arg("starts").arg("restoring");
             parts.link.call(|mut c| async move {
-                pipe.query_async::<((Option<u64>, Option<u64>), u64, Vec<String>)>(&mut c).await
+                pipe.query_async::<(
+                    (Option<u64>, Option<u64>),
+                    u64,
+                    Vec<String>,
+                    (Option<String>, Option<String>),
+                )>(&mut c)
+                .await
             })
         });
         let rows = futures_util::future::try_join_all(reads).await?;
         let stale_before = now_ms() - MOVE_STALE_MS;
         let mut levels = Levels::default();
-        for ((avail, gen), buyers, records) in rows {
+        for ((avail, gen), buyers, records, (starts, restoring)) in rows {
+            levels.incomplete |= starts.is_none() || restoring.is_some();
             levels.available.push(avail.unwrap_or(0));
             levels.generations.push(gen.unwrap_or(0));
             levels.buyers += buyers;

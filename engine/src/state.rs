@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: Mutex<Vec<AbortHandle>>,
     /// Each campaign's shard layout (fixed at launch, so never reloaded).
     pub(crate) maps: DashMap<CampaignId, Arc<ShardMap>>,
+    /// Names this process as the holder of a rebuild lease (`rebuild.rs`).
+    pub(crate) rebuild_token: String,
 }
 
 /// Work signals buffered per listener; one that falls further behind gets a lag error
@@ -55,6 +57,7 @@ impl Shared {
             work: tokio::sync::broadcast::channel(WORK_SIGNAL_BUFFER).0,
             tasks: Mutex::new(Vec::new()),
             maps: DashMap::new(),
+            rebuild_token: uuid::Uuid::now_v7().simple().to_string(),
         }
     }
 

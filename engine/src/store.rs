@@ -56,6 +56,10 @@ impl StockStore {
         Self { link, keys, settings, scripts: Scripts::new() }
     }
 
+    pub(crate) fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
     /// What the outbox and whole-campaign operations (`outbox.rs`) share with the scripts here.
     pub(crate) fn parts(&self) -> StoreParts<'_> {
         StoreParts { link: &self.link, keys: &self.keys, scripts: &self.scripts }
@@ -158,6 +162,11 @@ impl StockStore {
         let tag = map.tag(map.of_order(order_id));
         let owners = self.owners_and_skus(tag, std::slice::from_ref(order_id)).await?;
         let Some(Some((_, skus))) = owners.into_iter().next() else {
+            // No such order in its shard: unknown, unless the shard itself is gone or
+            // being rebuilt (the order may be on its way back).
+            if !self.shard_live(tag).await? {
+                return Err(restoring(&order_id.campaign()));
+            }
             return Ok(ConfirmOutcome::NotFound);
         };
         let request = scripts::confirm::Request {
@@ -370,6 +379,18 @@ impl StockStore {
         }
     }
 
+    /// Whether a campaign shard holds its data and is not being rebuilt.
+    async fn shard_live(&self, tag: &CampaignId) -> Result<bool> {
+        let key = self.keys.meta(tag);
+        let (starts, restoring): (Option<String>, Option<String>) = self
+            .link
+            .call(|mut c| async move {
+                redis::cmd("HMGET").arg(key).arg("starts").arg("restoring").query_async(&mut c).await
+            })
+            .await?;
+        Ok(starts.is_some() && restoring.is_none())
+    }
+
     /// Each order's owner and skus (`None` where Redis has no such order): the keys a
     /// release or confirmation must name. One pipelined round trip.
     async fn owners_and_skus(
@@ -421,7 +442,7 @@ fn by_shard(map: &ShardMap, orders: &[OrderId]) -> Vec<(usize, Vec<OrderId>)> {
 }
 
 fn restoring(campaign: &CampaignId) -> EngineError {
-    EngineError::Unavailable(format!("campaign {campaign} is being restored from MySQL"))
+    EngineError::Unavailable(format!("a shard of campaign {campaign} is being rebuilt"))
 }
 
 fn parse_meta(campaign: &CampaignId, map: &HashMap<String, String>) -> Result<CampaignMeta> {

@@ -224,6 +224,7 @@ async fn script_stats(seeds: &[String]) -> Vec<(u64, u64)> {
 async fn a_sharded_campaign_lost_by_redis_is_rebuilt_shard_by_shard() {
     use engine::campaign::{CampaignSnapshot, SnapshotOrder};
     use engine::domain::{EventId, PaymentStatus};
+    use engine::rebuild::Rebuilt;
 
     let ns = Ns::new();
     let e = ns.engine();
@@ -254,6 +255,8 @@ async fn a_sharded_campaign_lost_by_redis_is_rebuilt_shard_by_shard() {
             created_ms: o.created_ms,
             expires_ms: o.expires_ms,
             paid_ms: o.paid_ms,
+            idempotency_key: None,
+            payment_event: None,
         });
     }
     let before = e.counters(&cid("lost"), &[sku("hot")]).await.unwrap();
@@ -261,7 +264,8 @@ async fn a_sharded_campaign_lost_by_redis_is_rebuilt_shard_by_shard() {
 
     testkit::delete_keys(&ns.settings.redis, &ns.settings.namespace).await;
     let fresh = ns.engine();
-    assert!(fresh.restore(&snapshot, 7).await.unwrap().is_some());
+    let rebuilt = fresh.rebuild(&snapshot, &[0, 1, 2], 7).await.unwrap();
+    assert!(matches!(rebuilt, Rebuilt::Shards { ref shards, .. } if shards.len() == 3), "{rebuilt:?}");
     let after = fresh.counters(&cid("lost"), &[sku("hot")]).await.unwrap();
     assert_eq!(after, before);
     let map = ShardMap::new(&cid("lost"), 3);
@@ -279,8 +283,8 @@ async fn a_sharded_campaign_lost_by_redis_is_rebuilt_shard_by_shard() {
     assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
     let r = fresh.reserve(&cid("lost"), &held.user, &key("more2"), &lines(&[("hot", 1)])).await.unwrap();
     assert!(matches!(r, ReserveOutcome::LimitExceeded { held: 2, limit: 2 }), "{r:?}");
-    // A second restore finds the campaign there and changes nothing.
-    assert!(fresh.restore(&snapshot, 8).await.unwrap().is_none());
+    // A second rebuild finds every shard live and changes nothing.
+    assert_eq!(fresh.rebuild(&snapshot, &[0, 1, 2], 8).await.unwrap(), Rebuilt::Nothing);
 }
 
 /// A move's steps are safe to repeat: the same take twice takes once, the same give
@@ -312,4 +316,196 @@ async fn a_unit_move_repeated_moves_its_units_once() {
     assert_eq!(e.finish_moves(&cid("mv"), -1).await.unwrap(), 1);
     assert_eq!(e.finish_moves(&cid("mv"), -1).await.unwrap(), 0);
     assert_eq!(shelves(&ns, &map).await, vec![6, 10, 14]);
+}
+
+/// A user whose home is shard `shard` of `map`.
+fn homed(map: &ShardMap, shard: usize, prefix: &str) -> UserId {
+    (0..).map(|i| user(&format!("{prefix}{i}"))).find(|u| map.home(u) == shard).unwrap()
+}
+
+fn is_unavailable<T: std::fmt::Debug>(r: &Result<T, engine::EngineError>) -> bool {
+    matches!(r, Err(engine::EngineError::Unavailable(_)))
+}
+
+/// A shard being rebuilt (its meta says `restoring`) answers 503 on every path until it
+/// is whole: no reservation, release, payment, unit move, counter read or tuning
+/// touches it, while the campaign's other shards sell on.
+#[tokio::test]
+async fn a_shard_being_rebuilt_answers_503_on_every_path() {
+    use engine::campaign::CampaignTuning;
+    use engine::domain::{EventId, PaymentStatus};
+    use engine::scripts::moves::{self, Move, Step};
+
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &sharded("rb", 30, 5, 3)).await;
+    let (c, hot) = (cid("rb"), sku("hot"));
+    let map = ShardMap::new(&c, 3);
+    let (u1, u0) = (homed(&map, 1, "one-"), homed(&map, 0, "zero-"));
+    let one = lines(&[("hot", 1)]);
+    let mut held = Vec::new();
+    for k in ["a", "b"] {
+        let ReserveOutcome::Reserved(r) = e.reserve(&c, &u1, &key(k), &one).await.unwrap() else { panic!() };
+        held.push(r);
+    }
+    let before = shelves(&ns, &map).await;
+    let mut raw = ns.raw().await;
+    let _: () = redis::cmd("HSET")
+        .arg(ns.keys().meta(map.tag(1)))
+        .arg("restoring")
+        .arg("another-rebuilder")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let r = e.reserve(&c, &u1, &key("c"), &one).await;
+    assert!(is_unavailable(&r), "reserve: {r:?}");
+    let r = e.release(&held[0].order_id, ReleaseReason::Cancelled).await;
+    assert!(is_unavailable(&r), "release: {r:?}");
+    let ev = EventId::parse("pay-b").unwrap();
+    let r = e.confirm(&held[1].order_id, &ev, held[1].total_cents, PaymentStatus::Succeeded).await;
+    assert!(is_unavailable(&r), "confirm: {r:?}");
+    let r = e.counters(&c, std::slice::from_ref(&hot)).await;
+    assert!(is_unavailable(&r), "counters: {r:?}");
+    let r = e.tune(&c, &CampaignTuning { per_user_limit: Some(4), ..CampaignTuning::default() }).await;
+    assert!(is_unavailable(&r), "tune: {r:?}");
+    let script = moves::script();
+    let out = Move { id: "m-out", campaign: &c, sku: &hot, from: map.tag(1), to: map.tag(0), to_shard: 0 };
+    let step =
+        moves::decode(moves::take(&script, &ns.keys(), &out, 3, 1, 0).invoke_async(&mut raw).await.unwrap());
+    assert_eq!(step.unwrap(), Step::Restoring, "take from it");
+    let into = Move { id: "m-in", campaign: &c, sku: &hot, from: map.tag(0), to: map.tag(1), to_shard: 1 };
+    let step =
+        moves::decode(moves::give(&script, &ns.keys(), &into, 3).invoke_async(&mut raw).await.unwrap());
+    assert_eq!(step.unwrap(), Step::Restoring, "give to it");
+
+    // Nothing in it changed; the other shards sell on.
+    assert_eq!(shelves(&ns, &map).await, before);
+    for r in &held {
+        let state: String = redis::cmd("HGET")
+            .arg(ns.keys().order_at(map.tag(1), &r.order_id))
+            .arg("state")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(state, "pending_payment");
+    }
+    let r = e.reserve(&c, &u0, &key("d"), &one).await.unwrap();
+    assert!(matches!(r, ReserveOutcome::Reserved(_)), "shard 0 sells: {r:?}");
+}
+
+/// One shard of three loses its data (its master restarted empty) mid-sale, with units
+/// on their way into it and between the others: rebuilt from MySQL's copy of its
+/// orders and from the two surviving shards, it sells again, the campaign holds exactly
+/// its stock, and its orders' retries and repeated payment events are answered as
+/// before the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lost_shard_is_rebuilt_from_mysql_and_the_surviving_shards() {
+    use engine::campaign::{CampaignSnapshot, SnapshotOrder};
+    use engine::domain::{ConfirmOutcome, EventId, PaymentStatus};
+    use engine::rebuild::{Rebuilt, ShardState};
+    use engine::scripts::moves::{self, Move, Step};
+
+    let ns = Ns::new();
+    let e = ns.engine();
+    let spec = sharded("one", 60, 2, 3);
+    launch(&e, &spec).await;
+    let (c, hot) = (cid("one"), sku("hot"));
+    let map = ShardMap::new(&c, 3);
+    let one = lines(&[("hot", 1)]);
+    // What MySQL would hold: every order as the outbox told it, with its key and the
+    // payment event that paid it.
+    let mut snapshot = CampaignSnapshot { launch: spec.clone(), orders: Vec::new() };
+    let mut in_lost = Vec::new();
+    for i in 0..24 {
+        let (u, k) = (user(&format!("b{i}")), key(&format!("k-{i}")));
+        let ReserveOutcome::Reserved(r) = e.reserve(&c, &u, &k, &one).await.unwrap() else { panic!() };
+        let mut event = None;
+        if i % 3 == 0 {
+            let ev = EventId::parse(&format!("pay-{i}")).unwrap();
+            assert_eq!(
+                e.confirm(&r.order_id, &ev, r.total_cents, PaymentStatus::Succeeded).await.unwrap(),
+                ConfirmOutcome::Paid
+            );
+            event = Some(ev);
+        } else if i % 3 == 1 {
+            e.release(&r.order_id, ReleaseReason::Cancelled).await.unwrap();
+        }
+        let o = e.order(&r.order_id).await.unwrap().unwrap();
+        snapshot.orders.push(SnapshotOrder {
+            order_id: o.order_id,
+            user: u.clone(),
+            status: o.status,
+            items: o.items,
+            total_cents: o.total_cents,
+            created_ms: o.created_ms,
+            expires_ms: o.expires_ms,
+            paid_ms: o.paid_ms,
+            idempotency_key: Some(k.clone()),
+            payment_event: event.clone(),
+        });
+        if map.of_order(&r.order_id) == 1 {
+            in_lost.push((u, k, r, event));
+        }
+    }
+    assert!(in_lost.iter().any(|(_, _, _, ev)| ev.is_some()), "a paid order in the shard that is lost");
+    // Units in transit: taken from shard 2 for shard 0 and from shard 0 for shard 1.
+    let script = moves::script();
+    let mut raw = ns.raw().await;
+    for (id, from, to, n) in [("to-0", 2, 0, 3), ("to-1", 0, 1, 2)] {
+        let m = Move { id, campaign: &c, sku: &hot, from: map.tag(from), to: map.tag(to), to_shard: to };
+        let step = moves::decode(
+            moves::take(&script, &ns.keys(), &m, n, 1, 0).invoke_async(&mut raw).await.unwrap(),
+        );
+        assert_eq!(step.unwrap(), Step::Taken(n));
+    }
+
+    testkit::lose_shard(&ns.settings.redis, &ns.settings.namespace, map.tag(1).as_str()).await;
+    let states = e.shard_states(&[(c.clone(), 3)]).await.unwrap();
+    assert_eq!(states, vec![vec![ShardState::Live, ShardState::Missing, ShardState::Live]]);
+    let (u, k, _, _) = &in_lost[0];
+    let r = e.reserve(&c, u, k, &one).await;
+    assert!(is_unavailable(&r), "its buyers get 503, never a 404 or a new order: {r:?}");
+
+    let rebuilt = e.rebuild(&snapshot, &[1], 1).await.unwrap();
+    assert!(matches!(&rebuilt, Rebuilt::Shards { shards, .. } if shards == &vec![1]), "{rebuilt:?}");
+    assert_eq!(e.shard_states(&[(c.clone(), 3)]).await.unwrap(), vec![vec![ShardState::Live; 3]]);
+    assert_eq!(e.rebuild(&snapshot, &[1], 1).await.unwrap(), Rebuilt::Nothing, "a redo never overwrites");
+
+    for (u, k, r, event) in &in_lost {
+        let again = e.reserve(&c, u, k, &one).await.unwrap();
+        assert!(matches!(&again, ReserveOutcome::Replayed(x) if x.order_id == r.order_id), "{again:?}");
+        if let Some(ev) = event {
+            let again = e.confirm(&r.order_id, ev, r.total_cents, PaymentStatus::Succeeded).await.unwrap();
+            assert!(matches!(again, ConfirmOutcome::Duplicate(_)), "{again:?}");
+        }
+    }
+    // The moves left in transit arrive (one into the rebuilt shard); then every unit is
+    // in exactly one shard.
+    assert_eq!(e.finish_moves(&c, -1).await.unwrap(), 2);
+    let mut units = 0;
+    for tag in map.tags() {
+        let (a, r, s): (i64, i64, i64) = redis::cmd("HMGET")
+            .arg(ns.keys().stock(tag, &hot))
+            .arg("avail")
+            .arg("resv")
+            .arg("sold")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        units += a + r + s;
+    }
+    assert_eq!(units, 60, "Σ shards (available + reserved + sold) = stock");
+    let view = e.counters(&c, std::slice::from_ref(&hot)).await.unwrap();
+    assert_eq!(view[0].total, 60);
+    assert_eq!(view[0].available + view[0].reserved + view[0].sold, 60);
+
+    // Demand above what is left: exactly the rest sells, then sold_out.
+    let left = view[0].available;
+    let buyers: Vec<UserId> = (0..left + 20).map(|i| user(&format!("late{i}"))).collect();
+    let answers = sale(std::slice::from_ref(&e), "one", buyers, 8).await;
+    let won = answers.iter().filter(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_))).count() as u64;
+    assert_eq!(won, left, "every unit left sold once, none left unsold");
+    let view = e.counters(&c, std::slice::from_ref(&hot)).await.unwrap();
+    assert_eq!((view[0].available, view[0].reserved + view[0].sold), (0, 60));
 }

@@ -3,7 +3,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::config::{ExposeSecret, Settings};
 use engine::Engine;
@@ -28,7 +28,15 @@ pub struct Shared {
     pub user_rates: UserRates,
     /// One permit per request being handled (`gateway.max_in_flight`).
     pub(crate) in_flight: Semaphore,
+    /// Whether MySQL holds a campaign Redis does not know, and when that was asked.
+    launched: quick_cache::sync::Cache<String, (bool, Instant)>,
 }
+
+/// How long the answer to "was this campaign launched?" is reused: a campaign Redis does
+/// not know costs one MySQL look-up per id per second at most.
+const LAUNCHED_FRESH: Duration = Duration::from_secs(1);
+/// Campaign ids whose answer is remembered at most.
+const LAUNCHED_REMEMBERED: usize = 10_000;
 
 impl Deref for AppState {
     type Target = Shared;
@@ -55,6 +63,19 @@ impl AppState {
         i64::try_from(max.saturating_sub(self.in_flight.available_permits())).unwrap_or(i64::MAX)
     }
 
+    /// Whether MySQL holds this campaign: asked when Redis does not know it, so that a
+    /// campaign whose Redis data is being rebuilt answers 503, never 404.
+    pub async fn launched(&self, campaign: &str) -> Result<bool, ledger::DbError> {
+        if let Some((known, at)) = self.launched.get(campaign) {
+            if at.elapsed() < LAUNCHED_FRESH {
+                return Ok(known);
+            }
+        }
+        let known = self.db.campaign_exists(campaign).await?;
+        self.launched.insert(campaign.to_owned(), (known, Instant::now()));
+        Ok(known)
+    }
+
     /// Connects to MySQL (creating the database and migrating) and starts the engine.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let db = Db::connect_retrying(&settings.mysql, ledger::db::STARTUP_PATIENCE).await?;
@@ -71,6 +92,7 @@ impl AppState {
             metrics: Metrics::new()?,
             user_rates: UserRates::default(),
             in_flight,
+            launched: quick_cache::sync::Cache::new(LAUNCHED_REMEMBERED),
             settings,
         })))
     }

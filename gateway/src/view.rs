@@ -99,6 +99,10 @@ pub struct CampaignView {
     pub payment_window_secs: u32,
     pub thresholds: Thresholds,
     pub items: Vec<CampaignItemView>,
+    /// Redis cannot answer for the campaign right now (a shard is being rebuilt after
+    /// its data was lost, or Redis is out of reach): the view is MySQL's, whose
+    /// counters trail Redis's by the relay's lag.
+    pub restoring: bool,
 }
 
 /// `GET /admin/v1/campaigns`: one page, newest `starts_at` first.

@@ -79,7 +79,7 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
     if !plan.inserts.is_empty() {
         let mut q = QueryBuilder::<MySql>::new(
             "INSERT INTO orders (order_id, campaign_id, user_id, status, total_cents, created_ms, \
-             expires_ms, paid_ms, updated_ms) ",
+             expires_ms, paid_ms, updated_ms, idempotency_key, payment_event_id) ",
         );
         q.push_values(&plan.inserts, |mut b, e| {
             b.push_bind(&e.order_id)
@@ -90,7 +90,9 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
                 .push_bind(e.created_ms)
                 .push_bind(e.expires_ms)
                 .push_bind((e.paid_ms > 0).then_some(e.paid_ms))
-                .push_bind(e.event_ms);
+                .push_bind(e.event_ms)
+                .push_bind(&e.idempotency_key)
+                .push_bind(&e.payment_event);
         });
         q.build().execute(&mut *tx).await?;
         let lines: Vec<(&str, &OrderItem)> =
@@ -105,11 +107,13 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
 
     for (id, (db_status, e)) in &plan.updates {
         let done = sqlx::query(
-            "UPDATE orders SET status = ?, paid_ms = ?, updated_ms = ? WHERE order_id = ? AND status = ?",
+            "UPDATE orders SET status = ?, paid_ms = ?, updated_ms = ?, \
+             payment_event_id = COALESCE(payment_event_id, ?) WHERE order_id = ? AND status = ?",
         )
         .bind(e.status.as_str())
         .bind((e.paid_ms > 0).then_some(e.paid_ms))
         .bind(e.event_ms)
+        .bind(&e.payment_event)
         .bind(*id)
         .bind(db_status.as_str())
         .execute(&mut *tx)

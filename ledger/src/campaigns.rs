@@ -179,6 +179,47 @@ impl Db {
     }
 
     /// Campaigns whose data Redis should still hold (not retired).
+    /// Whether a campaign with this id was launched (one primary-key look-up).
+    pub async fn campaign_exists(&self, id: &str) -> Result<bool> {
+        self.bounded(async {
+            let found = sqlx::query("SELECT 1 FROM campaigns WHERE campaign_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
+    /// Each sku's stock buckets as MySQL holds them (sku, total, available, reserved,
+    /// sold), in sku order: the campaign view while Redis cannot answer for it.
+    pub async fn buckets(&self, campaign: &str) -> Result<Vec<(String, i64, i64, i64, i64)>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT sku_id, stock_total, available, reserved, sold FROM campaign_items \
+                 WHERE campaign_id = ? ORDER BY sku_id",
+            )
+            .bind(campaign)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((text(r, 0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+                .collect()
+        })
+        .await
+    }
+
+    /// Every unretired campaign with its shard count (what the worker checks Redis for).
+    pub async fn live_campaign_shards(&self) -> Result<Vec<(String, u16)>> {
+        self.bounded(async {
+            let rows = sqlx::query("SELECT campaign_id, shards FROM campaigns WHERE retired_ms IS NULL")
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(|r| Ok((text(r, 0)?, r.try_get::<u16, _>(1)?))).collect()
+        })
+        .await
+    }
+
     pub async fn unretired_campaigns(&self) -> Result<Vec<String>> {
         self.bounded(async {
             let rows = sqlx::query("SELECT campaign_id FROM campaigns WHERE retired_ms IS NULL")

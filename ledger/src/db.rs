@@ -141,6 +141,22 @@ pub(crate) fn text(row: &MySqlRow, i: usize) -> Result<String> {
     }
 }
 
+/// [`text`] for a column that may be NULL.
+pub(crate) fn opt_text(row: &MySqlRow, i: usize) -> Result<Option<String>> {
+    match row.try_get::<Option<String>, _>(i) {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            let bytes: Option<Vec<u8>> = row.try_get(i)?;
+            bytes
+                .map(|b| {
+                    String::from_utf8(b)
+                        .map_err(|e| DbError::Corrupt(format!("column {i} is not UTF-8: {e}")))
+                })
+                .transpose()
+        }
+    }
+}
+
 /// Runs a MySQL exchange with a time limit.
 pub(crate) async fn bounded<T>(limit: Duration, f: impl Future<Output = Result<T>>) -> Result<T> {
     tokio::time::timeout(limit, f).await.unwrap_or(Err(DbError::Timeout(limit)))

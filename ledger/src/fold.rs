@@ -123,6 +123,8 @@ mod tests {
             paid_ms: 0,
             payment_window_secs: 60,
             event_ms: 5,
+            idempotency_key: None,
+            payment_event: None,
         }
     }
 

@@ -5,15 +5,15 @@ use std::collections::HashMap;
 use common::message::{OrderItem, OrderStatus};
 use sqlx::Row;
 
-use crate::db::{text, Db, DbError, Result};
+use crate::db::{opt_text, text, Db, DbError, Result};
 use crate::rows::{OrderRow, StockRow};
 
 impl Db {
     pub async fn order(&self, order_id: &str) -> Result<Option<OrderRow>> {
         self.bounded(async {
             let Some(r) = sqlx::query(
-                "SELECT order_id, campaign_id, user_id, status, total_cents, created_ms, expires_ms, paid_ms \
-                 FROM orders WHERE order_id = ?",
+                "SELECT order_id, campaign_id, user_id, status, total_cents, created_ms, expires_ms, paid_ms, \
+                 idempotency_key, payment_event_id FROM orders WHERE order_id = ?",
             )
             .bind(order_id)
             .fetch_optional(&self.pool)
@@ -45,6 +45,8 @@ impl Db {
                 created_ms: r.try_get(5)?,
                 expires_ms: r.try_get(6)?,
                 paid_ms: r.try_get(7)?,
+                idempotency_key: opt_text(&r, 8)?,
+                payment_event: opt_text(&r, 9)?,
             }))
         })
         .await
@@ -82,7 +84,8 @@ impl Db {
         self.bounded_for(self.timeout * 10, async {
             let rows = sqlx::query(
                 "SELECT o.order_id, o.user_id, o.status, o.total_cents, o.created_ms, o.expires_ms, o.paid_ms, \
-                 i.sku_id, i.quantity, i.price_cents FROM orders o JOIN order_items i ON i.order_id = o.order_id \
+                 i.sku_id, i.quantity, i.price_cents, o.idempotency_key, o.payment_event_id \
+                 FROM orders o JOIN order_items i ON i.order_id = o.order_id \
                  WHERE o.campaign_id = ? ORDER BY o.order_id, i.sku_id",
             )
             .bind(campaign)
@@ -109,6 +112,8 @@ impl Db {
                     created_ms: r.try_get(4)?,
                     expires_ms: r.try_get(5)?,
                     paid_ms: r.try_get(6)?,
+                    idempotency_key: opt_text(&r, 10)?,
+                    payment_event: opt_text(&r, 11)?,
                 });
             }
             Ok(out)

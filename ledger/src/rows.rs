@@ -58,6 +58,10 @@ pub struct OrderRow {
     pub created_ms: i64,
     pub expires_ms: i64,
     pub paid_ms: Option<i64>,
+    /// The reservation's `Idempotency-Key` (`None` for orders from before it was kept).
+    pub idempotency_key: Option<String>,
+    /// The payment event that paid the order or asked for its refund.
+    pub payment_event: Option<String>,
 }
 
 /// What applying a batch of events did.

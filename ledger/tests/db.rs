@@ -64,6 +64,8 @@ fn event(order: &str, status: OrderStatus, qty: u64) -> OrderEvent {
         paid_ms: if status == OrderStatus::Paid { 5 } else { 0 },
         payment_window_secs: 60,
         event_ms: 5,
+        idempotency_key: None,
+        payment_event: None,
     }
 }
 

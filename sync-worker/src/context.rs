@@ -46,6 +46,13 @@ impl Activity {
 }
 
 impl Ctx {
+    /// One campaign's error met by a loop over campaigns (`task` names the loop): logged
+    /// and counted, and the loop goes on with the next campaign.
+    pub fn campaign_failed(&self, task: &'static str, campaign: &CampaignId, error: &dyn std::fmt::Display) {
+        self.metrics.campaign_errors.with_label_values(&[task]).inc();
+        tracing::warn!(%campaign, task, error = %error, "one campaign's work failed; the others go on");
+    }
+
     pub fn broker_timeout(&self) -> Duration {
         Duration::from_millis(self.settings.amqp.call_timeout_ms)
     }

@@ -79,19 +79,34 @@ pub async fn consume_timers(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<b
     }
 }
 
+/// Expires a timer's orders, campaign by campaign; a campaign that fails does not stop
+/// the others. Returns an error (the timer is requeued; releasing is idempotent) if any
+/// campaign failed.
 async fn expire_all(ctx: &Ctx, ids: &[String]) -> Result<()> {
+    let mut failed = None;
+    for (campaign, orders) in by_campaign(ids.iter().map(String::as_str)) {
+        match ctx.engine.release_many(&campaign, &orders, ReleaseReason::Expired).await {
+            Ok(outcomes) => {
+                ctx.metrics.expired.with_label_values(&["timer"]).inc_by(count_released(&outcomes) as u64);
+            }
+            Err(e) => {
+                ctx.campaign_failed("expiry_timer", &campaign, &e);
+                failed = Some(e);
+            }
+        }
+    }
+    failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Order ids grouped by campaign (ids that do not parse are skipped).
+fn by_campaign<'a>(ids: impl Iterator<Item = &'a str>) -> BTreeMap<CampaignId, Vec<OrderId>> {
     let mut by_campaign: BTreeMap<CampaignId, Vec<OrderId>> = BTreeMap::new();
     for id in ids {
         if let Ok(order) = OrderId::parse(id) {
             by_campaign.entry(order.campaign()).or_default().push(order);
         }
     }
-    for (campaign, orders) in by_campaign {
-        let released =
-            count_released(&ctx.engine.release_many(&campaign, &orders, ReleaseReason::Expired).await?);
-        ctx.metrics.expired.with_label_values(&["timer"]).inc_by(released as u64);
-    }
-    Ok(())
+    by_campaign
 }
 
 fn count_released(outcomes: &[(OrderId, ReleaseOutcome)]) -> usize {
@@ -139,9 +154,12 @@ pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize
             all.clone()
         };
         for c in &movers {
-            let finished = store.finish_moves(c, engine::shards::MOVE_STALE_MS).await?;
-            if finished > 0 {
-                tracing::warn!(campaign = %c, finished, "finished unit moves a stopped process left");
+            match store.finish_moves(c, engine::shards::MOVE_STALE_MS).await {
+                Ok(0) => {}
+                Ok(finished) => {
+                    tracing::warn!(campaign = %c, finished, "finished unit moves a stopped process left");
+                }
+                Err(e) => ctx.campaign_failed("finish_moves", c, &e),
             }
         }
         all
@@ -160,20 +178,9 @@ pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize
         state.next_due.iter().filter(|(_, ms)| **ms <= now).map(|(c, _)| c.clone()).collect();
     let mut released = 0;
     for campaign in &due {
-        loop {
-            let orders = store.due_orders(campaign, now_ms(), SWEEP_BATCH).await?;
-            if orders.is_empty() {
-                break;
-            }
-            let outcomes = ctx.engine.release_many(campaign, &orders, ReleaseReason::Expired).await?;
-            let n = count_released(&outcomes);
-            ctx.metrics.expired.with_label_values(&["sweeper"]).inc_by(n as u64);
-            released += n;
-            // A short read is everything due; a read with nothing released is orders
-            // the Redis clock does not see due yet.
-            if orders.len() < SWEEP_BATCH || n == 0 {
-                break;
-            }
+        match sweep_campaign(ctx, campaign).await {
+            Ok(n) => released += n,
+            Err(e) => ctx.campaign_failed("expiry_sweep", campaign, &e),
         }
     }
     for (c, ms) in due.iter().zip(store.next_deadlines(&due).await?) {
@@ -183,6 +190,26 @@ pub async fn sweep_redis_once(ctx: &Ctx, state: &mut SweepState) -> Result<usize
         };
     }
     Ok(released)
+}
+
+/// Releases every order of one campaign past its deadline; returns how many.
+async fn sweep_campaign(ctx: &Ctx, campaign: &CampaignId) -> Result<usize> {
+    let mut released = 0;
+    loop {
+        let orders = ctx.engine.due_orders(campaign, now_ms(), SWEEP_BATCH).await?;
+        if orders.is_empty() {
+            return Ok(released);
+        }
+        let outcomes = ctx.engine.release_many(campaign, &orders, ReleaseReason::Expired).await?;
+        let n = count_released(&outcomes);
+        ctx.metrics.expired.with_label_values(&["sweeper"]).inc_by(n as u64);
+        released += n;
+        // A short read is everything due; a read with nothing released is orders the
+        // Redis clock does not see due yet.
+        if orders.len() < SWEEP_BATCH || n == 0 {
+            return Ok(released);
+        }
+    }
 }
 
 pub async fn sweep_mysql(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
@@ -207,23 +234,27 @@ pub async fn sweep_mysql_once(ctx: &Ctx) -> Result<usize> {
         let page = ctx.db.overdue_orders(before, cursor.as_ref(), MYSQL_SWEEP_PAGE).await?;
         let Some(last) = page.last().cloned() else { break };
         seen += page.len();
-        let mut by_campaign: BTreeMap<CampaignId, Vec<OrderId>> = BTreeMap::new();
-        for (_, id) in &page {
-            if let Ok(order) = OrderId::parse(id) {
-                by_campaign.entry(order.campaign()).or_default().push(order);
-            }
-        }
-        for (campaign, orders) in by_campaign {
-            for (order, outcome) in
-                ctx.engine.release_many(&campaign, &orders, ReleaseReason::Expired).await?
-            {
-                settled += usize::from(settle(ctx, &order, outcome).await?);
+        // The cursor walks past a campaign that cannot be settled now (a shard being
+        // rebuilt, its node unreachable): its rows come round again next run.
+        for (campaign, orders) in by_campaign(page.iter().map(|(_, id)| id.as_str())) {
+            match settle_campaign(ctx, &campaign, &orders).await {
+                Ok(n) => settled += n,
+                Err(e) => ctx.campaign_failed("mysql_sweep", &campaign, &e),
             }
         }
         if page.len() < MYSQL_SWEEP_PAGE as usize {
             break;
         }
         cursor = Some(last);
+    }
+    Ok(settled)
+}
+
+/// Settles one campaign's overdue orders; returns how many changed.
+async fn settle_campaign(ctx: &Ctx, campaign: &CampaignId, orders: &[OrderId]) -> Result<usize> {
+    let mut settled = 0;
+    for (order, outcome) in ctx.engine.release_many(campaign, orders, ReleaseReason::Expired).await? {
+        settled += usize::from(settle(ctx, &order, outcome).await?);
     }
     Ok(settled)
 }
@@ -258,6 +289,8 @@ async fn settle(ctx: &Ctx, order: &OrderId, outcome: ReleaseOutcome) -> Result<b
                 paid_ms: 0,
                 payment_window_secs: 0,
                 event_ms: now_ms(),
+                idempotency_key: None,
+                payment_event: None,
             };
             ctx.db.apply_events(&[event]).await?;
             tracing::warn!(order = %id, "mysql sweep: expired in MySQL only, Redis no longer knew the order");
@@ -282,5 +315,7 @@ fn event_from_redis(order: &OrderId, r: &OrderRecord) -> OrderEvent {
         paid_ms: r.paid_ms.unwrap_or(0),
         payment_window_secs: 0,
         event_ms: now_ms(),
+        idempotency_key: None,
+        payment_event: None,
     }
 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub drift_units: IntGauge,
     pub inconsistent_campaigns: IntGauge,
     pub restored_campaigns: IntCounter,
+    pub restored_shards: IntCounter,
+    pub campaign_errors: IntCounterVec,
     pub retired_campaigns: IntCounter,
     pub sweep_repairs: IntCounterVec,
 }
@@ -136,7 +138,18 @@ impl Metrics {
             restored_campaigns: counter(
                 &r,
                 "flashsale_restored_campaigns_total",
-                "Campaigns Redis had lost, rebuilt from MySQL",
+                "Campaigns with at least one shard Redis had lost, rebuilt",
+            )?,
+            restored_shards: counter(
+                &r,
+                "flashsale_restored_shards_total",
+                "Campaign shards Redis had lost, rebuilt from MySQL and the surviving shards",
+            )?,
+            campaign_errors: counter_vec(
+                &r,
+                "flashsale_campaign_errors_total",
+                "Errors met in one campaign by a loop over campaigns (logged, counted, the loop goes on), by task",
+                "task",
             )?,
             retired_campaigns: counter(
                 &r,

@@ -47,7 +47,7 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
                 Ok(None) => {
                     streak.remove(&campaign);
                 }
-                Err(e) => tracing::warn!(error = %e, %campaign, "reconciliation failed"),
+                Err(e) => ctx.campaign_failed("reconcile", &campaign, &e),
             }
         }
         ctx.metrics.drift_units.set(drift_total);

@@ -18,7 +18,7 @@
 //! start and after the notice stream was interrupted. An idle relay makes no Redis
 //! call however many campaigns and shards were ever launched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use engine::clock::now_ms;
@@ -38,12 +38,17 @@ use crate::topology::ORDER_ROUTING_KEY;
 /// Pause of a relay with work that moved nothing this round (entries pending for a
 /// worker that has not been idle long enough to be claimed from).
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
+/// How long a stream whose Redis call failed is left alone.
+const STREAM_REST: Duration = Duration::from_secs(1);
 /// Longest sleep of an idle relay (a notice or the stop signal wakes it sooner).
 const IDLE_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
     let mut signals = ctx.engine.work_signals();
     let mut with_group: HashSet<CampaignId> = HashSet::new();
+    // Streams whose Redis call failed, left alone until then: one unreachable node
+    // does not cost every round its call timeout.
+    let mut resting: HashMap<CampaignId, Instant> = HashMap::new();
     let mut work = rescan(ctx).await?;
     // Set by a resync or a lag, whether met here or while waiting: notices may have been
     // missed, so the next round rescans.
@@ -65,9 +70,18 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         }
         let mut moved = 0;
         let mut backlog = 0;
+        resting.retain(|_, until| *until > Instant::now());
         for stream in work.clone() {
+            if resting.contains_key(&stream) {
+                continue;
+            }
             if !with_group.contains(&stream) {
-                ctx.engine.outbox_ensure_group(&stream).await?;
+                if let Err(e) = ctx.engine.outbox_ensure_group(&stream).await {
+                    // Its node unreachable or being rebuilt: the other streams go on.
+                    ctx.campaign_failed("relay", &stream, &e);
+                    resting.insert(stream.clone(), Instant::now() + STREAM_REST);
+                    continue;
+                }
                 with_group.insert(stream.clone());
             }
             match relay_stream(ctx, ch, &stream).await {
@@ -84,6 +98,12 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                 // Redis lost the stream (and its group): make it again next round.
                 Err(WorkerError::Redis(engine::EngineError::Unavailable(msg))) if msg.contains("NOGROUP") => {
                     with_group.remove(&stream);
+                }
+                // One stream's Redis trouble stays there (kept in `work`, tried again);
+                // a broker failure ends the relay, which the supervisor restarts.
+                Err(WorkerError::Redis(e)) => {
+                    ctx.campaign_failed("relay", &stream, &e);
+                    resting.insert(stream.clone(), Instant::now() + STREAM_REST);
                 }
                 Err(e) => return Err(e),
             }

@@ -1,38 +1,40 @@
-//! Rebuilding campaigns Redis lost.
+//! Finding and rebuilding campaign shards Redis lost.
 //!
-//! Redis here keeps nothing on disk, and even with AOF `everysec` a crash can lose a
-//! second. Every `worker.restore_check_ms` the worker reads a marker key it keeps in
-//! Redis (one call); a missing marker means Redis lost its data. Then every campaign
-//! MySQL holds unretired is checked (pipelined) and each one missing from Redis is
-//! rebuilt from MySQL: stock available = stock − units of pending orders − units of
-//! paid orders, every order with its state, the pending deadlines, the buyers and
-//! each user's count ([`engine::store::StockStore::restore`]; the campaign goes live
-//! in the script's last step, and releases and payments wait for it with 503). The
-//! campaign sells again within a few seconds, and MySQL never holds more units than
-//! stock.
+//! Redis here keeps nothing on disk, and a Redis Cluster loses one master's data at a
+//! time: a master restarted empty, a failover to a replica behind it. Every
+//! `worker.restore_check_ms` the worker asks Redis for the state of every shard of
+//! every unretired campaign MySQL holds (one pipelined command per shard: the shard's
+//! own meta is its marker) and puts every such campaign back in the campaign index (one
+//! command; the index lives in one slot too). A shard that is missing, or left
+//! half-rebuilt, is rebuilt from MySQL and the campaign's surviving shards
+//! ([`engine::rebuild`]); the campaign's other shards sell on meanwhile, and the lost
+//! shard answers 503 until it is whole. One campaign's failure is logged and counted
+//! (`flashsale_campaign_errors_total{task="rebuild"}`) and the others go on.
 //!
-//! What cannot come back: reservations granted but not yet relayed to the broker
-//! when Redis died (their outbox entries died with it), idempotency records (a
-//! buyer's retry with the same key makes a new reservation, within their limit) and
-//! payment-event markers. Orders relayed before the loss but not yet in MySQL when the
-//! campaign is rebuilt are refused by the persister (`campaigns.restored_ms`: created
-//! before it, unknown to MySQL, not in Redis) and dead-lettered as `lost_by_redis`,
-//! with an error naming each order: their units were put back on sale, so MySQL never
-//! holds more units than stock.
+//! What cannot come back: reservations granted but not yet relayed to the broker when
+//! their shard died (their outbox entries died with it); their units are on sale again.
+//! Orders relayed before the loss but not yet in MySQL when the shard is rebuilt are
+//! refused by the persister (`campaigns.restored_ms`: created before it, unknown to
+//! MySQL, not in Redis) and dead-lettered as `lost_by_redis`, each logged by id and
+//! counted: their units were put back on sale, so MySQL never holds more units than
+//! stock. Idempotency keys and payment event ids travel with the orders into MySQL and
+//! come back with them, so a retry or a repeated payment event is answered as before.
 //!
 //! A campaign MySQL holds and Redis does not is not always lost: the operator API
-//! writes a launch to MySQL first, so a check can fall between the two writes (on a
-//! fresh namespace the marker is missing too). The mark's time is therefore taken
-//! before Redis is asked, so the launched campaign's orders all come after it, and the
-//! persister applies any order the mark refuses that Redis holds: a rebuild writes
-//! back only orders MySQL holds, so such an order was never lost.
+//! writes a launch to MySQL first, so a check can fall between the two writes. The
+//! mark's time is therefore taken before Redis is asked, so the launched campaign's
+//! orders all come after it, and the persister applies any order the mark refuses that
+//! Redis holds: a rebuild writes back only orders MySQL holds, so such an order was
+//! never lost. (A shard rebuilt before its launch reached it gets exactly its launch
+//! slice: nothing else holds units yet.)
 
 use std::time::Duration;
 
 use engine::campaign::{CampaignLaunch, LaunchItem};
 use engine::campaign::{CampaignSnapshot, SnapshotOrder};
 use engine::clock::now_ms;
-use engine::domain::{CampaignId, OrderId, SkuId, UserId};
+use engine::domain::{CampaignId, EventId, IdempotencyKey, OrderId, SkuId, UserId};
+use engine::rebuild::{Rebuilt, ShardState};
 use ledger::{CampaignRow, OrderRow};
 use tokio::sync::watch;
 
@@ -51,48 +53,49 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Rebuilds every campaign Redis lost, if the marker says it lost anything; returns
-/// how many it rebuilt.
+/// Rebuilds every lost shard of every live campaign; returns how many shards it
+/// rebuilt. An error here is one of the reads every campaign shares (MySQL's list,
+/// Redis's shard states); one campaign's rebuild failing is logged and counted.
 pub async fn check_once(ctx: &Ctx) -> Result<usize> {
-    let store = &ctx.engine;
-    if store.data_marker_present().await? {
+    let campaigns: Vec<(CampaignId, u16)> = ctx
+        .db
+        .live_campaign_shards()
+        .await?
+        .into_iter()
+        .filter_map(|(id, shards)| Some((CampaignId::parse(&id).ok()?, shards)))
+        .collect();
+    if campaigns.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<CampaignId> =
-        ctx.db.unretired_campaigns().await?.iter().filter_map(|c| CampaignId::parse(c).ok()).collect();
     // The rebuild mark's time is taken before Redis is asked: a campaign MySQL holds
     // and Redis does not may be a launch under way (MySQL is written first), and its
     // first orders, created once Redis has it, must all come after the mark.
     let at = now_ms();
-    let present = store.campaigns_present(&ids).await?;
-    let mut restored = 0;
-    for (campaign, present) in ids.iter().zip(present) {
-        if present {
+    let ids: Vec<CampaignId> = campaigns.iter().map(|(c, _)| c.clone()).collect();
+    let relisted = ctx.engine.relist(&ids).await?;
+    if relisted > 0 {
+        tracing::warn!(relisted, "the campaign index had lost live campaigns; listed again");
+    }
+    let states = ctx.engine.shard_states(&campaigns).await?;
+    let mut rebuilt = 0;
+    for ((campaign, _), states) in campaigns.iter().zip(states) {
+        let lost: Vec<usize> =
+            states.iter().enumerate().filter(|(_, s)| **s != ShardState::Live).map(|(i, _)| i).collect();
+        if lost.is_empty() {
             continue;
         }
-        match restore_campaign(ctx, campaign, at).await {
-            Ok(true) => restored += 1,
-            Ok(false) => {}
-            Err(e) => {
-                // Try again next round: the marker must not say "all is well" yet.
-                forget_marker(ctx).await;
-                return Err(e);
-            }
+        match rebuild_campaign(ctx, campaign, &lost, at).await {
+            Ok(n) => rebuilt += n,
+            Err(e) => ctx.campaign_failed("rebuild", campaign, &e),
         }
     }
-    if restored > 0 {
-        tracing::warn!(restored, "redis had lost campaigns; rebuilt from MySQL");
-    }
-    Ok(restored)
+    Ok(rebuilt)
 }
 
-async fn forget_marker(ctx: &Ctx) {
-    let _ = ctx.engine.clear_data_marker().await;
-}
-
-/// Rebuilds one campaign Redis did not hold when it was asked after `at`.
-async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId, at: i64) -> Result<bool> {
-    let Some(row) = ctx.db.campaign(campaign.as_str()).await? else { return Ok(false) };
+/// Rebuilds the `lost` shards of one campaign Redis was asked about after `at`;
+/// returns how many it rebuilt.
+async fn rebuild_campaign(ctx: &Ctx, campaign: &CampaignId, lost: &[usize], at: i64) -> Result<usize> {
+    let Some(row) = ctx.db.campaign(campaign.as_str()).await? else { return Ok(0) };
     // First the mark (from now on MySQL refuses orders Redis lost), then the snapshot:
     // it holds every order MySQL will ever hold from before the loss. An order the
     // mark refuses that Redis holds after all is applied by the persister.
@@ -102,12 +105,20 @@ async fn restore_campaign(ctx: &Ctx, campaign: &CampaignId, at: i64) -> Result<b
     // A generation above any a gateway has seen: their old sold-out flags cannot
     // outrank what the rebuilt stock says.
     let generation = (now_ms() / 1000) as u64;
-    let Some(stock) = ctx.engine.restore(&snapshot, generation).await? else {
-        return Ok(false);
-    };
-    ctx.metrics.restored_campaigns.inc();
-    tracing::warn!(%campaign, orders = snapshot.orders.len(), ?stock, "campaign rebuilt from MySQL");
-    Ok(true)
+    match ctx.engine.rebuild(&snapshot, lost, generation).await? {
+        Rebuilt::Shards { shards, stock } => {
+            ctx.metrics.restored_campaigns.inc();
+            ctx.metrics.restored_shards.inc_by(shards.len() as u64);
+            tracing::warn!(%campaign, ?shards, orders = snapshot.orders.len(), ?stock,
+                "lost campaign shards rebuilt from MySQL and the surviving shards");
+            Ok(shards.len())
+        }
+        Rebuilt::Nothing => Ok(0),
+        Rebuilt::Busy => {
+            tracing::info!(%campaign, "another process is rebuilding this campaign's shards");
+            Ok(0)
+        }
+    }
 }
 
 fn snapshot(campaign: &CampaignId, row: &CampaignRow, orders: Vec<OrderRow>) -> Result<CampaignSnapshot> {
@@ -136,6 +147,8 @@ fn snapshot(campaign: &CampaignId, row: &CampaignRow, orders: Vec<OrderRow>) -> 
                 created_ms: o.created_ms,
                 expires_ms: o.expires_ms,
                 paid_ms: o.paid_ms,
+                idempotency_key: o.idempotency_key.and_then(|k| IdempotencyKey::parse(&k).ok()),
+                payment_event: o.payment_event.and_then(|e| EventId::parse(&e).ok()),
             })
         })
         .collect::<Result<Vec<_>>>()?;

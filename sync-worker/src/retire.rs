@@ -36,23 +36,27 @@ pub async fn retire_once(ctx: &Ctx) -> Result<usize> {
     let mut retired = 0;
     for id in ctx.db.campaigns_to_retire(now_ms() - retention_ms).await? {
         let Ok(campaign) = CampaignId::parse(&id) else { continue };
-        if !settled(ctx, &campaign).await? {
-            continue;
+        match retire_one(ctx, &campaign).await {
+            Ok(done) => retired += usize::from(done),
+            Err(e) => ctx.campaign_failed("retire", &campaign, &e),
         }
-        let orders: Vec<OrderId> = ctx
-            .db
-            .campaign_orders(&id)
-            .await?
-            .iter()
-            .filter_map(|o| OrderId::parse(&o.order_id).ok())
-            .collect();
-        ctx.engine.retire(&campaign, &orders).await?;
-        ctx.db.mark_retired(&id, now_ms()).await?;
-        ctx.metrics.retired_campaigns.inc();
-        tracing::info!(%campaign, orders = orders.len(), "finished campaign retired from Redis");
-        retired += 1;
     }
     Ok(retired)
+}
+
+/// Retires one campaign if it is settled; returns whether it did.
+async fn retire_one(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
+    if !settled(ctx, campaign).await? {
+        return Ok(false);
+    }
+    let id = campaign.as_str();
+    let orders: Vec<OrderId> =
+        ctx.db.campaign_orders(id).await?.iter().filter_map(|o| OrderId::parse(&o.order_id).ok()).collect();
+    ctx.engine.retire(campaign, &orders).await?;
+    ctx.db.mark_retired(id, now_ms()).await?;
+    ctx.metrics.retired_campaigns.inc();
+    tracing::info!(%campaign, orders = orders.len(), "finished campaign retired from Redis");
+    Ok(true)
 }
 
 async fn settled(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {

@@ -263,6 +263,8 @@ async fn the_same_message_three_times_and_a_poison_message() {
         paid_ms: 0,
         payment_window_secs: 900,
         event_ms: now_ms(),
+        idempotency_key: None,
+        payment_event: None,
     };
     env.wait_for_topology().await;
     env.publish_raw(b"{ not an order").await;
@@ -355,6 +357,8 @@ fn order_event(id: &OrderId, user: &str, status: OrderStatus, expires_ms: i64) -
         paid_ms: 0,
         payment_window_secs: 900,
         event_ms: now_ms(),
+        idempotency_key: None,
+        payment_event: None,
     }
 }
 

@@ -48,13 +48,25 @@ pub async fn drop_database(url: &str) {
 /// beside this one. One UNLINK per key: on a cluster node, keys of several slots
 /// cannot share a command.
 pub async fn delete_keys(redis: &RedisSettings, namespace: &str) {
+    delete_keys_matching(redis, &format!("{namespace}:*")).await;
+}
+
+/// Deletes every key of one campaign shard (`tag`: the campaign id for shard 0), on
+/// whichever node holds it: what that shard looks like after its master restarted
+/// with no data.
+pub async fn lose_shard(redis: &RedisSettings, namespace: &str, tag: &str) {
+    delete_keys_matching(redis, &format!("{namespace}:{{c:{tag}}}:*")).await;
+}
+
+/// [`delete_keys`] for any SCAN pattern.
+pub async fn delete_keys_matching(redis: &RedisSettings, pattern: &str) {
     for node in redis.nodes() {
         let Ok(client) = redis::Client::open(node.as_str()) else { continue };
         let Ok(mut conn) = client.get_multiplexed_async_connection().await else { continue };
         let mut cursor = 0u64;
         loop {
             let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> =
-                scan(cursor, namespace).query_async(&mut conn).await
+                scan_matching(cursor, pattern).query_async(&mut conn).await
             else {
                 break;
             };

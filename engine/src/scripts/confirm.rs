@@ -44,11 +44,12 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, r: &Request<'_>) -> Scri
         .arg(r.status.as_str())
         .arg(k.prefix(tag))
         .arg(r.event_ttl_secs)
-        .arg(k.notice_channel());
+        .arg(k.notice_channel())
+        .arg(r.event.as_str());
     inv
 }
 
-/// `None` while the campaign is being restored (it has no meta yet).
+/// `None` while the order's shard is lost or being rebuilt.
 pub fn decode(v: Value) -> Result<Option<ConfirmOutcome>> {
     let r = Reply::new(v)?;
     Ok(Some(match r.tag()? {

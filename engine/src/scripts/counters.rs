@@ -12,7 +12,7 @@ pub fn script() -> Script {
     Script::new(flashsale_lua::COUNTERS)
 }
 
-/// KEYS: one stock hash per sku.
+/// KEYS: the shard's meta, then one stock hash per sku.
 pub fn invocation<'s>(
     script: &'s Script,
     k: &KeySpace,
@@ -20,15 +20,23 @@ pub fn invocation<'s>(
     skus: &[SkuId],
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
+    inv.key(k.meta(campaign));
     for sku in skus {
         inv.key(k.stock(campaign, sku));
     }
     inv
 }
 
-/// One [`SkuCounters`] per sku Redis holds, in `skus` order.
+/// One [`SkuCounters`] per sku Redis holds, in `skus` order; `Unavailable` while the
+/// shard is lost or being rebuilt.
 pub fn decode(v: Value, skus: &[SkuId]) -> Result<Vec<SkuCounters>> {
-    let Value::Array(rows) = v else {
+    let r = Reply::new(v)?;
+    match r.tag()? {
+        "ok" => {}
+        "restoring" => return Err(EngineError::Unavailable("campaign shard is being rebuilt".into())),
+        other => return Err(EngineError::Protocol(format!("counters: {other}"))),
+    }
+    let Some(Value::Array(rows)) = r.0.into_iter().nth(1) else {
         return Err(EngineError::Protocol("counters: not an array".into()));
     };
     let mut out = Vec::with_capacity(rows.len());

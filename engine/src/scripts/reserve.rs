@@ -61,7 +61,11 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
         .arg(k.notice_channel());
     for r in batch {
         inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order_at(c, r.order_id));
-        inv.arg(r.order_id.as_str()).arg(r.user.as_str()).arg(r.lines.fingerprint()).arg(r.lines.len());
+        inv.arg(r.order_id.as_str())
+            .arg(r.user.as_str())
+            .arg(r.lines.fingerprint())
+            .arg(r.key.as_str())
+            .arg(r.lines.len());
         for line in r.lines.iter() {
             inv.key(k.stock(c, &line.sku));
             inv.arg(line.sku.as_str()).arg(line.quantity);
@@ -71,7 +75,8 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
 }
 
 /// One result per request of the batch, in order: an order refused because the
-/// outbox is full is `Backpressure` (503), the others' outcomes stand on their own.
+/// outbox is full is `Backpressure` (503), one met by a shard being rebuilt is
+/// `Unavailable` (503), the others' outcomes stand on their own.
 pub fn decode(v: Value, expected: usize) -> Result<Vec<Result<ReserveReply>>> {
     let Value::Array(items) = v else {
         return Err(EngineError::Protocol(format!("reserve: expected an array, got {v:?}")));
@@ -122,6 +127,7 @@ fn decode_one(v: Value) -> Result<ReserveReply> {
             ReserveReply::plain(ReserveOutcome::RateLimited { retry_after_ms: r.int(1)? as u64 })
         }
         "backlog_full" => return Err(EngineError::Backpressure(r.int(1)? as u64)),
+        "restoring" => return Err(EngineError::Unavailable("campaign shard is being rebuilt".into())),
         other => return Err(EngineError::Protocol(format!("reserve: {other}"))),
     })
 }

@@ -42,6 +42,7 @@ pub fn decode(v: Value) -> Result<TuneOutcome> {
     match Reply::new(v)?.tag()? {
         "tuned" => Ok(TuneOutcome::Tuned),
         "not_found" => Ok(TuneOutcome::NotFound),
+        "restoring" => Err(EngineError::Unavailable("campaign shard is being rebuilt".into())),
         "ends_before_start" => Ok(TuneOutcome::EndsBeforeStart),
         other => Err(EngineError::Protocol(format!("tune: {other}"))),
     }

@@ -74,6 +74,10 @@ pub async fn create(
             Ok((StatusCode::OK, Json(reservation_view(&campaign, r))).into_response())
         }
         ReserveOutcome::KeyReused => Err(AppError::IdempotencyKeyReused),
+        // Redis does not know it; MySQL may (a lost shard 0 being rebuilt): then 503.
+        ReserveOutcome::CampaignNotFound if state.launched(campaign.as_str()).await? => {
+            Err(AppError::Unavailable(format!("campaign {campaign} is being rebuilt")))
+        }
         ReserveOutcome::CampaignNotFound => Err(AppError::CampaignNotFound(campaign.to_string())),
         ReserveOutcome::SkuNotFound(s) => Err(AppError::SkuNotFound(s.to_string())),
         ReserveOutcome::NotActive => Err(AppError::CampaignNotActive),
