@@ -675,3 +675,41 @@ async fn the_live_view_and_the_dashboard_page() {
     assert!(res.text().await.unwrap().contains("/admin/v1/campaigns"));
     env.cleanup().await;
 }
+
+/// Redis lost a launched campaign (its node restarted empty) and nothing has rebuilt it
+/// yet: its orders answer 503 (a retry resolves it), never 404 `campaign_not_found`;
+/// the campaign list answers 200 and shows it from MySQL with `restoring: true`, as its
+/// own view does; a campaign never launched is still a 404.
+#[tokio::test]
+async fn a_campaign_redis_lost_answers_503_and_is_listed_from_mysql() {
+    let env = Env::start().await;
+    for id in ["lost", "kept"] {
+        let (s, v) =
+            env.launch(campaign(id, json!([{"sku_id": "a", "stock": 5, "price_cents": 100}]), 2)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let one = json!([{"sku_id": "a", "quantity": 1}]);
+    assert_eq!(env.order("lost", "u1", "k1", one.clone()).await.0, StatusCode::CREATED);
+    testkit::lose_shard(&env.settings.redis, &env.settings.namespace, "lost").await;
+
+    // Before and after the gateway's cache has noticed.
+    for _ in 0..2 {
+        let (s, v) = env.order("lost", "u2", "k2", one.clone()).await;
+        assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    }
+    let (s, v) = env.order("never-launched", "u2", "k2", one.clone()).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"), "{v}");
+    assert_eq!(env.order("kept", "u2", "k2", one).await.0, StatusCode::CREATED, "the others sell on");
+
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let listed =
+        |id: &str| v["campaigns"].as_array().unwrap().iter().find(|c| c["campaign_id"] == id).cloned();
+    let lost = listed("lost").unwrap();
+    assert_eq!((lost["restoring"].clone(), lost["items"][0]["stock_total"].clone()), (json!(true), json!(5)));
+    assert_eq!(listed("kept").unwrap()["restoring"], json!(false));
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns/lost", None).await;
+    assert_eq!((s, v["restoring"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    env.cleanup().await;
+}

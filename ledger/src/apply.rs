@@ -91,8 +91,8 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
                 .push_bind(e.expires_ms)
                 .push_bind((e.paid_ms > 0).then_some(e.paid_ms))
                 .push_bind(e.event_ms)
-                .push_bind(&e.idempotency_key)
-                .push_bind(&e.payment_event);
+                .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.idempotency_key))
+                .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.payment_event));
         });
         q.build().execute(&mut *tx).await?;
         let lines: Vec<(&str, &OrderItem)> =
@@ -106,14 +106,17 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
     }
 
     for (id, (db_status, e)) in &plan.updates {
+        let ids = plan.ids.get(id).copied().unwrap_or_default();
         let done = sqlx::query(
             "UPDATE orders SET status = ?, paid_ms = ?, updated_ms = ?, \
-             payment_event_id = COALESCE(payment_event_id, ?) WHERE order_id = ? AND status = ?",
+             idempotency_key = COALESCE(idempotency_key, ?), payment_event_id = COALESCE(payment_event_id, ?) \
+             WHERE order_id = ? AND status = ?",
         )
         .bind(e.status.as_str())
         .bind((e.paid_ms > 0).then_some(e.paid_ms))
         .bind(e.event_ms)
-        .bind(&e.payment_event)
+        .bind(ids.idempotency_key)
+        .bind(ids.payment_event)
         .bind(*id)
         .bind(db_status.as_str())
         .execute(&mut *tx)
@@ -121,6 +124,26 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
         if done.rows_affected() != 1 {
             return Err(DbError::Corrupt(format!("order {id} changed under its row lock")));
         }
+    }
+
+    // An order whose events here change nothing may still bring an id MySQL lacks (its
+    // reservation's event arriving after its payment's): kept, so a rebuild has it.
+    for (id, ids) in &plan.ids {
+        if plan.updates.contains_key(id) || plan.inserts_order(id) || !in_db.contains_key(*id) {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE orders SET idempotency_key = COALESCE(idempotency_key, ?), \
+             payment_event_id = COALESCE(payment_event_id, ?) WHERE order_id = ? \
+             AND ((? IS NOT NULL AND idempotency_key IS NULL) OR (? IS NOT NULL AND payment_event_id IS NULL))",
+        )
+        .bind(ids.idempotency_key)
+        .bind(ids.payment_event)
+        .bind(*id)
+        .bind(ids.idempotency_key)
+        .bind(ids.payment_event)
+        .execute(&mut *tx)
+        .await?;
     }
 
     // In key order, so concurrent batches lock stock rows in the same order.

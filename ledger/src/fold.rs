@@ -24,8 +24,19 @@ pub struct Plan<'a> {
     pub updates: BTreeMap<&'a str, (OrderStatus, &'a OrderEvent)>,
     /// Net unit moves per (campaign, sku): [available, reserved, sold].
     pub deltas: BTreeMap<(&'a str, &'a str), [i64; 3]>,
+    /// Per order (not lost), the ids some event of the batch carries, whichever state it
+    /// is in: the reservation's idempotency key and the payment event id ride on
+    /// different events, and the furthest event may carry neither.
+    pub ids: BTreeMap<&'a str, ReplayIds<'a>>,
     pub applied: Applied,
     insert_index: HashMap<&'a str, usize>,
+}
+
+/// An order's idempotency key and payment event id, as far as a batch knows them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayIds<'a> {
+    pub idempotency_key: Option<&'a str>,
+    pub payment_event: Option<&'a str>,
 }
 
 /// Folds `events` given each order's state in MySQL (`in_db`) and when each
@@ -51,6 +62,11 @@ fn bucket_index(b: StockBucket) -> usize {
 }
 
 impl<'a> Plan<'a> {
+    /// Whether the batch inserts this order.
+    pub fn inserts_order(&self, id: &str) -> bool {
+        self.insert_index.contains_key(id)
+    }
+
     fn move_units(&mut self, e: &'a OrderEvent, from: StockBucket, to: StockBucket) {
         if from == to {
             return;
@@ -77,6 +93,11 @@ impl<'a> Plan<'a> {
         } else {
             in_db.get(id).copied()
         };
+        if !(current.is_none() && lost()) && (e.idempotency_key.is_some() || e.payment_event.is_some()) {
+            let ids = self.ids.entry(id).or_default();
+            ids.idempotency_key = ids.idempotency_key.or(e.idempotency_key.as_deref());
+            ids.payment_event = ids.payment_event.or(e.payment_event.as_deref());
+        }
         match current {
             None if lost() => {
                 if !self.applied.lost.iter().any(|l| l == id) {
@@ -174,6 +195,21 @@ mod tests {
             Some((OrderStatus::PendingPayment, OrderStatus::Cancelled))
         );
         assert_eq!(plan.inserts.len(), 1);
+    }
+
+    #[test]
+    fn the_ids_of_an_order_survive_whichever_of_its_events_is_kept() {
+        let mut reserved = ev("x", OrderStatus::PendingPayment, 1, 1);
+        reserved.idempotency_key = Some("key-1".into());
+        let mut paid = ev("x", OrderStatus::Paid, 1, 1);
+        paid.payment_event = Some("evt-1".into());
+        let want = ReplayIds { idempotency_key: Some("key-1"), payment_event: Some("evt-1") };
+        for events in [[reserved.clone(), paid.clone()], [paid, reserved]] {
+            let plan = fold(&events, &HashMap::new(), &HashMap::new());
+            assert_eq!(plan.inserts.len(), 1);
+            assert_eq!(plan.inserts[0].status, OrderStatus::Paid);
+            assert_eq!(plan.ids.get("x"), Some(&want));
+        }
     }
 
     #[test]

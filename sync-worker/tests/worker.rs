@@ -58,6 +58,25 @@ impl Env {
         spec.campaign
     }
 
+    /// A campaign of `shards` shards, launched as the operator API does.
+    async fn launch_sharded(&self, id: &str, stock: u64, limit: u64, shards: u16) -> CampaignId {
+        let now = now_ms();
+        let spec = CampaignLaunch {
+            campaign: CampaignId::parse(id).unwrap(),
+            starts_ms: now - 1000,
+            ends_ms: now + 3_600_000,
+            per_user_limit: limit,
+            payment_window_secs: 900,
+            max_orders_per_sec: None,
+            max_user_requests_per_sec: None,
+            shards,
+            items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
+        };
+        self.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();
+        self.engine.launch(&spec).await.unwrap();
+        spec.campaign
+    }
+
     async fn reserve(&self, c: &CampaignId, user: &str) -> OrderId {
         let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
         let r = self
@@ -805,4 +824,117 @@ fn counter(rendered: &str, name: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Redis's keys of one campaign shard are gone (its master restarted empty) while the
+/// campaign's other shards keep theirs: the worker finds that shard within its check
+/// interval and rebuilds it from MySQL and the surviving shards; its buyers' retries
+/// and repeated payment events are answered as before the loss; the sale goes on to
+/// sell exactly the stock, and Redis and MySQL agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lost_shard_is_found_and_rebuilt_while_the_others_sell() {
+    let mut env = Env::new().await;
+    env.settings.worker.restore_check_ms = 200;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    let c = env.launch_sharded("sh", 90, 1, 3).await;
+    let map = engine::shards::ShardMap::new(&c, 3);
+    let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+    let mut lost = Vec::new();
+    for i in 0..30 {
+        let (user, key) =
+            (UserId::parse(&format!("u{i}")).unwrap(), IdempotencyKey::parse(&format!("k{i}")).unwrap());
+        let ReserveOutcome::Reserved(r) = env.engine.reserve(&c, &user, &key, &lines).await.unwrap() else {
+            panic!("reserved")
+        };
+        let mut event = None;
+        if i % 2 == 0 {
+            let ev = EventId::parse(&format!("pay-{i}")).unwrap();
+            assert_eq!(
+                env.engine.confirm(&r.order_id, &ev, 100, PaymentStatus::Succeeded).await.unwrap(),
+                ConfirmOutcome::Paid
+            );
+            event = Some(ev);
+        }
+        if map.of_order(&r.order_id) == 1 {
+            lost.push((user, key, r.order_id, event));
+        }
+    }
+    assert!(lost.len() > 2, "orders in the shard about to be lost");
+    env.wait_for("every order and payment in MySQL", Duration::from_secs(10), async || {
+        env.count_orders("sh").await == 30 && env.db.stock("sh").await.unwrap()[0].sold == 15
+    })
+    .await;
+
+    testkit::lose_shard(&env.settings.redis, &env.settings.namespace, map.tag(1).as_str()).await;
+    let lost_at = Instant::now();
+    env.wait_for("the lost shard rebuilt", Duration::from_secs(5), async || {
+        let states = env.engine.shard_states(&[(c.clone(), 3)]).await.unwrap();
+        states[0].iter().all(|s| *s == engine::rebuild::ShardState::Live)
+    })
+    .await;
+    println!("shard rebuilt {:?} after its data was lost", lost_at.elapsed());
+    for (user, key, order, event) in &lost {
+        let again = env.engine.reserve(&c, user, key, &lines).await.unwrap();
+        assert!(matches!(&again, ReserveOutcome::Replayed(r) if &r.order_id == order), "{again:?}");
+        if let Some(ev) = event {
+            let again = env.engine.confirm(order, ev, 100, PaymentStatus::Succeeded).await.unwrap();
+            assert!(matches!(again, ConfirmOutcome::Duplicate(_)), "{again:?}");
+        }
+    }
+    // Demand above what is left: exactly the stock sells.
+    let mut sold = 30;
+    for i in 30..140 {
+        let user = UserId::parse(&format!("u{i}")).unwrap();
+        match env.engine.reserve(&c, &user, &IdempotencyKey::parse("k").unwrap(), &lines).await.unwrap() {
+            ReserveOutcome::Reserved(_) => sold += 1,
+            ReserveOutcome::SoldOut(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sold, 90, "every unit sold once, none left unsold");
+    env.wait_for("consistent", Duration::from_secs(15), async || {
+        env.count_orders("sh").await == 90 && env.consistent(&c).await
+    })
+    .await;
+    assert!(counter(&worker.ctx.metrics.render(), "flashsale_restored_shards_total") >= 1.0);
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+/// One campaign Redis cannot answer for (its data gone, not rebuilt yet) does not stop
+/// the MySQL sweep: the overdue orders of the campaigns behind it are settled, the
+/// error is counted, and the troubled campaign's rows come round again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mysql_sweep_goes_past_a_campaign_redis_cannot_answer_for() {
+    let mut env = Env::new().await;
+    // No rebuild during the test: the trouble must last.
+    env.settings.worker.restore_check_ms = 3_600_000;
+    let troubled = env.launch("a-troubled", 10, 1, 1).await;
+    let fine = env.launch("b-fine", 10, 1, 1).await;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    let overdue = now_ms() - 60_000;
+    let mut ids = Vec::new();
+    for (c, user) in [(&troubled, "ta"), (&fine, "fb")] {
+        let o = OrderId::generate(c);
+        let mut ev = order_event(&o, user, OrderStatus::PendingPayment, overdue);
+        ev.created_ms = overdue - 1000;
+        env.db.apply_events(&[ev]).await.unwrap();
+        ids.push(o);
+    }
+    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let meta = engine::keys::KeySpace::new(&env.settings.namespace).meta(&troubled);
+    let _: () = redis::cmd("DEL").arg(meta).query_async(&mut raw).await.unwrap();
+
+    let settled = sync_worker::expiry::sweep_mysql_once(&worker.ctx).await.unwrap();
+    assert_eq!(settled, 1, "the campaign behind the troubled one is settled");
+    assert_eq!(env.db.order(ids[1].as_str()).await.unwrap().unwrap().status, OrderStatus::Expired);
+    assert_eq!(env.db.order(ids[0].as_str()).await.unwrap().unwrap().status, OrderStatus::PendingPayment);
+    let errors = worker.ctx.metrics.render();
+    assert!(errors.contains("flashsale_campaign_errors_total{task=\"mysql_sweep\"} 1"), "{errors}");
+    worker.shutdown().await;
+    env.cleanup().await;
 }
