@@ -207,6 +207,28 @@ impl RedisLink {
         Ok(out)
     }
 
+    /// [`RedisLink::each`] where one command failing does not fail the others (on a
+    /// cluster, a node out of reach costs only its own commands): one result per
+    /// command. On one Redis they stand or fall together, as one pipeline.
+    pub async fn each_settled<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> Vec<Result<T>> {
+        if !self.is_cluster() {
+            let n = commands.len();
+            return match self.each::<T>(commands).await {
+                Ok(replies) => replies.into_iter().map(Ok).collect(),
+                Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+            };
+        }
+        let mut out = Vec::with_capacity(commands.len());
+        let mut commands = commands.into_iter().peekable();
+        while commands.peek().is_some() {
+            let calls = commands.by_ref().take(EACH_MAX).map(|cmd| {
+                self.call(move |mut c| async move { cmd.query_async::<T>(&mut c).await })
+            });
+            out.extend(futures_util::future::join_all(calls).await);
+        }
+        out
+    }
+
     async fn each_chunk<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> Result<Vec<T>> {
         if self.is_cluster() {
             self.call(|c| async move {

@@ -56,6 +56,8 @@ pub enum ShardState {
     Missing,
     /// Being rebuilt (or left half-rebuilt by a rebuilder that stopped).
     Restoring,
+    /// Its node did not answer: nothing is known (and nothing is rebuilt).
+    Unknown,
 }
 
 /// What [`StockStore::rebuild`] did.
@@ -71,7 +73,8 @@ pub enum Rebuilt {
 
 impl StockStore {
     /// Every shard's state, per campaign (`shards`: each campaign's shard count, as
-    /// MySQL has it). One pipelined command per shard.
+    /// MySQL has it). One pipelined command per shard; a shard whose node does not
+    /// answer is [`ShardState::Unknown`], the others are read all the same.
     pub(crate) async fn shard_states(&self, campaigns: &[(CampaignId, u16)]) -> Result<Vec<Vec<ShardState>>> {
         let k = self.parts().keys;
         let maps: Vec<ShardMap> = campaigns.iter().map(|(c, n)| ShardMap::new(c, usize::from(*n))).collect();
@@ -80,7 +83,10 @@ impl StockStore {
             .flat_map(|m| m.tags().iter())
             .map(|t| redis::cmd("HMGET").arg(k.meta(t)).arg("starts").arg("restoring").clone())
             .collect();
-        let rows: Vec<(Option<String>, Option<String>)> = self.parts().link.each(reads).await?;
+        let rows = self.parts().link.each_settled::<(Option<String>, Option<String>)>(reads).await;
+        if let Some(Err(e)) = rows.first().filter(|_| rows.iter().all(Result::is_err)) {
+            return Err(e.clone());
+        }
         let mut rows = rows.into_iter();
         Ok(maps
             .iter()
@@ -88,9 +94,10 @@ impl StockStore {
                 rows.by_ref()
                     .take(m.len())
                     .map(|row| match row {
-                        (None, _) => ShardState::Missing,
-                        (Some(_), Some(_)) => ShardState::Restoring,
-                        (Some(_), None) => ShardState::Live,
+                        Err(_) => ShardState::Unknown,
+                        Ok((None, _)) => ShardState::Missing,
+                        Ok((Some(_), Some(_))) => ShardState::Restoring,
+                        Ok((Some(_), None)) => ShardState::Live,
                     })
                     .collect()
             })

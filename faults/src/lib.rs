@@ -9,6 +9,10 @@
 //!   the test kills with SIGKILL and restarts on the same port: the data comes back,
 //!   the script cache does not; or restarts it empty, as a Redis without persistence
 //!   comes back.
+//! - [`RedisCluster`]: a private Redis Cluster of a few masters without persistence:
+//!   one master is restarted empty (keeping its cluster configuration, as a node whose
+//!   data was in memory only), frozen (SIGSTOP: connections open, no answer) or has its
+//!   script cache flushed, while the others go on.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -248,5 +252,189 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private Redis Cluster: `n` masters on ports at or below 55535 (the cluster bus
+/// is port + 10000), no persistence, `cluster-require-full-coverage no` (the other
+/// masters serve while one is down) and a short node timeout.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    fn spawn(&mut self) -> bool {
+        self.kill();
+        let spawned = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(child) => {
+                self.child = Some(child);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A free port p with p + 10000 free too, at most 55535.
+fn cluster_port(taken: &[u16]) -> Option<u16> {
+    (0..200).find_map(|_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+        let p = l.local_addr().ok()?.port();
+        let fits = p <= 55535 && !taken.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok();
+        fits.then_some(p)
+    })
+}
+
+impl RedisCluster {
+    /// Starts `n` masters and joins them (`redis-cli --cluster create`); `None` when
+    /// redis-server or redis-cli is missing or the cluster does not form.
+    pub async fn start(n: usize) -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let taken: Vec<u16> = nodes.iter().map(|n: &ClusterNode| n.port).collect();
+            let port = cluster_port(&taken)?;
+            let dir = std::env::temp_dir().join(format!("flashsale-cluster-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).ok()?;
+            let mut node = ClusterNode { port, dir, child: None };
+            if !node.spawn() {
+                return None;
+            }
+            nodes.push(node);
+        }
+        let me = Self { nodes };
+        for i in 0..n {
+            if !me.answers(i).await {
+                return None;
+            }
+        }
+        let addrs: Vec<String> = me.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        (created.success() && me.healthy(Duration::from_secs(20)).await).then_some(me)
+    }
+
+    /// The seed list, as `redis.cluster_nodes` takes it.
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Which node (by index) serves `slot`.
+    pub fn node_of_slot(&self, slot: u16) -> Option<usize> {
+        let slots = self.nodes.first()?.cli(&["cluster", "slots"])?;
+        // Lines: start, end, ip, port, id, (then the next range): read triples loosely.
+        let words: Vec<&str> = slots.lines().map(str::trim).collect();
+        for w in words.windows(4) {
+            let (Ok(start), Ok(end), Ok(port)) = (w[0].parse::<u16>(), w[1].parse::<u16>(), w[3].parse::<u16>())
+            else {
+                continue;
+            };
+            if w[2] == "127.0.0.1" && (start..=end).contains(&slot) {
+                return self.nodes.iter().position(|n| n.port == port);
+            }
+        }
+        None
+    }
+
+    /// SIGKILL, then the same node again with no data: what a master without
+    /// persistence is after a crash (its cluster configuration is on disk and kept).
+    /// True once the cluster is healthy again.
+    pub async fn restart_empty(&mut self, i: usize) -> bool {
+        let Some(node) = self.nodes.get_mut(i) else { return false };
+        node.kill();
+        node.spawn() && self.answers(i).await && self.healthy(Duration::from_secs(20)).await
+    }
+
+    /// SIGSTOP: its connections stay open and nothing is answered (a blackholed node).
+    pub fn freeze(&self, i: usize) {
+        if let Some(n) = self.nodes.get(i) {
+            n.signal("-STOP");
+        }
+    }
+
+    /// SIGCONT after [`RedisCluster::freeze`].
+    pub fn thaw(&self, i: usize) {
+        if let Some(n) = self.nodes.get(i) {
+            n.signal("-CONT");
+        }
+    }
+
+    /// `SCRIPT FLUSH` on one node.
+    pub fn script_flush(&self, i: usize) -> bool {
+        self.nodes.get(i).and_then(|n| n.cli(&["script", "flush"])).is_some_and(|o| o.contains("OK"))
+    }
+
+    async fn answers(&self, i: usize) -> bool {
+        let Some(n) = self.nodes.get(i) else { return false };
+        for _ in 0..200 {
+            if n.cli(&["ping"]).is_some_and(|o| o.contains("PONG")) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Every node says `cluster_state:ok`.
+    pub async fn healthy(&self, patience: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < patience {
+            if self.nodes.iter().all(|n| n.cli(&["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok")))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.signal("-CONT");
+            n.kill();
+            let _ = std::fs::remove_dir_all(&n.dir);
+        }
     }
 }

@@ -79,9 +79,18 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
     let states = ctx.engine.shard_states(&campaigns).await?;
     let mut rebuilt = 0;
     for ((campaign, _), states) in campaigns.iter().zip(states) {
-        let lost: Vec<usize> =
-            states.iter().enumerate().filter(|(_, s)| **s != ShardState::Live).map(|(i, _)| i).collect();
+        let lost: Vec<usize> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, ShardState::Missing | ShardState::Restoring))
+            .map(|(i, _)| i)
+            .collect();
         if lost.is_empty() {
+            continue;
+        }
+        if states.contains(&ShardState::Unknown) {
+            // A surviving shard must be read to rebuild a lost one: wait for its node.
+            ctx.campaign_failed("rebuild", campaign, &"a shard's node does not answer");
             continue;
         }
         match rebuild_campaign(ctx, campaign, &lost, at).await {
