@@ -221,9 +221,10 @@ impl RedisLink {
         let mut out = Vec::with_capacity(commands.len());
         let mut commands = commands.into_iter().peekable();
         while commands.peek().is_some() {
-            let calls = commands.by_ref().take(EACH_MAX).map(|cmd| {
-                self.call(move |mut c| async move { cmd.query_async::<T>(&mut c).await })
-            });
+            let calls = commands
+                .by_ref()
+                .take(EACH_MAX)
+                .map(|cmd| self.call(move |mut c| async move { cmd.query_async::<T>(&mut c).await }));
             out.extend(futures_util::future::join_all(calls).await);
         }
         out
@@ -284,9 +285,11 @@ impl RedisLink {
                     drop(Connection::take(conn));
                 }
             }
-            Backend::Cluster { conn, .. } => {
-                lock(conn).take();
-            }
+            // Kept: the cluster connection holds one connection per node and replaces a
+            // node's own when it fails. Dropping the whole of it for one node's fault
+            // would make every call wait for a new one, whose set-up waits for every
+            // node, the silent one included: one blackholed master would stop them all.
+            Backend::Cluster { .. } => {}
         }
     }
 }

@@ -272,7 +272,16 @@ impl ClusterNode {
     fn spawn(&mut self) -> bool {
         self.kill();
         let spawned = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"])
             .arg("--dir")
@@ -313,7 +322,9 @@ fn cluster_port(taken: &[u16]) -> Option<u16> {
     (0..200).find_map(|_| {
         let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
         let p = l.local_addr().ok()?.port();
-        let fits = p <= 55535 && !taken.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok();
+        let fits = p <= 55535
+            && !taken.contains(&p)
+            && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok();
         fits.then_some(p)
     })
 }
@@ -365,7 +376,8 @@ impl RedisCluster {
         // Lines: start, end, ip, port, id, (then the next range): read triples loosely.
         let words: Vec<&str> = slots.lines().map(str::trim).collect();
         for w in words.windows(4) {
-            let (Ok(start), Ok(end), Ok(port)) = (w[0].parse::<u16>(), w[1].parse::<u16>(), w[3].parse::<u16>())
+            let (Ok(start), Ok(end), Ok(port)) =
+                (w[0].parse::<u16>(), w[1].parse::<u16>(), w[3].parse::<u16>())
             else {
                 continue;
             };
@@ -419,7 +431,10 @@ impl RedisCluster {
     pub async fn healthy(&self, patience: Duration) -> bool {
         let started = std::time::Instant::now();
         while started.elapsed() < patience {
-            if self.nodes.iter().all(|n| n.cli(&["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok")))
+            if self
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok")))
             {
                 return true;
             }

@@ -944,7 +944,9 @@ async fn a_client_gone_mid_request_leaves_the_in_flight_gauge() {
 /// A private 3-master Redis Cluster, two gateways and a worker on it, and a MySQL pool.
 async fn on_private_cluster() -> (RedisCluster, Env, Vec<sync_worker::supervisor::Running>, sqlx::MySqlPool) {
     let Some(cluster) = RedisCluster::start(3).await else {
-        panic!("redis-server and redis-cli are needed for this test (scripts/ensure-services.sh installs them)");
+        panic!(
+            "redis-server and redis-cli are needed for this test (scripts/ensure-services.sh installs them)"
+        );
     };
     let seeds = cluster.seeds();
     let env = Env::start_many(2, move |s| s.redis.cluster_nodes = seeds).await;
@@ -958,14 +960,40 @@ fn node_of(cluster: &RedisCluster, tag: &engine::domain::CampaignId) -> usize {
     cluster.node_of_slot(engine::keys::hash_slot(&format!("{{c:{tag}}}"))).unwrap()
 }
 
+/// A campaign id for each master of the cluster (by node index).
+fn one_campaign_per_master(cluster: &RedisCluster) -> Vec<String> {
+    let mut solo: Vec<String> = vec![String::new(); 3];
+    for j in 0.. {
+        let id = format!("m{j}");
+        let node = node_of(cluster, &engine::domain::CampaignId::parse(&id).unwrap());
+        if solo[node].is_empty() {
+            solo[node] = id;
+        }
+        if solo.iter().all(|s| !s.is_empty()) {
+            return solo;
+        }
+    }
+    solo
+}
+
 /// Every 201 of `o` asked again with its key, on the other gateway: the same order.
 async fn replays_return_their_orders(env: &Env, campaign: &str, o: &Outcomes) {
     for (user, id, _) in &o.created {
         let u: usize = user.trim_start_matches("user-").parse().unwrap();
         let (s, v) = env
-            .order_on((u + 1) % env.gateways.len(), campaign, user, &format!("k{u}"), json!([{"sku_id": "a", "quantity": 1}]))
+            .order_on(
+                (u + 1) % env.gateways.len(),
+                campaign,
+                user,
+                &format!("k{u}"),
+                json!([{"sku_id": "a", "quantity": 1}]),
+            )
             .await;
-        assert_eq!((s, v["order_id"].as_str()), (StatusCode::OK, Some(id.as_str())), "{campaign} {user}: {v}");
+        assert_eq!(
+            (s, v["order_id"].as_str()),
+            (StatusCode::OK, Some(id.as_str())),
+            "{campaign} {user}: {v}"
+        );
     }
 }
 
@@ -983,17 +1011,7 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
     let (mut cluster, env, workers, db) = on_private_cluster().await;
     let stock = scale(120, 600);
     // One unsharded campaign per master, and one spread over the three.
-    let mut solo: Vec<String> = vec![String::new(); 3];
-    for j in 0.. {
-        let id = format!("m{j}");
-        let node = node_of(&cluster, &CampaignId::parse(&id).unwrap());
-        if solo[node].is_empty() {
-            solo[node] = id;
-        }
-        if solo.iter().all(|s| !s.is_empty()) {
-            break;
-        }
-    }
+    let solo = one_campaign_per_master(&cluster);
     let mut spread = sale("spread", stock, 1, 900);
     spread["shards"] = json!(3);
     let (s, v) = env.launch(spread).await;
@@ -1046,7 +1064,13 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
         let (mut answers, mut u) = (Vec::new(), base(vi) + 50_000);
         while !stopped() {
             let (s, v) = env
-                .order_on(u % 2, &victim_campaign, &format!("user-{u}"), &format!("k{u}"), json!([{"sku_id": "a", "quantity": 1}]))
+                .order_on(
+                    u % 2,
+                    &victim_campaign,
+                    &format!("user-{u}"),
+                    &format!("k{u}"),
+                    json!([{"sku_id": "a", "quantity": 1}]),
+                )
                 .await;
             if s == StatusCode::CREATED {
                 let id = v["order_id"].as_str().unwrap().to_owned();
@@ -1068,7 +1092,13 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
         while !stopped() {
             let asked = Instant::now();
             let (s, v) = env
-                .order_on(u % 2, &solo[oi], &format!("user-{u}"), &format!("k{u}"), json!([{"sku_id": "a", "quantity": 1}]))
+                .order_on(
+                    u % 2,
+                    &solo[oi],
+                    &format!("user-{u}"),
+                    &format!("k{u}"),
+                    json!([{"sku_id": "a", "quantity": 1}]),
+                )
                 .await;
             let id = (s == StatusCode::CREATED).then(|| v["order_id"].as_str().unwrap().to_owned());
             answers.push((asked.elapsed(), s, id.map(|id| (format!("user-{u}"), id, 500))));
@@ -1090,7 +1120,10 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
     let back_at = restarted.lock().unwrap().unwrap();
     let sold_again = asked.iter().find(|(at, s, _)| *at > back_at && *s == StatusCode::CREATED);
     let (at, _, _) = sold_again.expect("the lost master's campaign sells again");
-    println!("the lost master's campaign sold again {:?} after the node answered", at.duration_since(back_at));
+    println!(
+        "the lost master's campaign sold again {:?} after the node answered",
+        at.duration_since(back_at)
+    );
     assert!(at.duration_since(back_at) < Duration::from_secs(5), "sold again within 5 s");
     outcomes[vi].created.extend(asked.into_iter().filter_map(|(_, _, c)| c));
     let slowest = sold_elsewhere.iter().map(|(d, _, _)| *d).max().unwrap();
@@ -1113,6 +1146,166 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
         assert_invariants(&env, &db, c, &outcomes[i], 1, &paid[i]).await;
         replays_return_their_orders(&env, c, &outcomes[i]).await;
     }
+    cleanup(env, workers, db).await;
+    drop(cluster);
+}
+
+/// One master of the cluster stops answering (SIGSTOP: its connections stay open,
+/// nothing comes back) for longer than the cluster's node timeout: requests for its
+/// campaign answer 503 within the call timeout, never hang; the other masters'
+/// campaigns sell on; the list answers 200 (the silent master's campaign from MySQL).
+/// Once it answers again its campaign sells again, and every campaign sells exactly its
+/// stock, reconciled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_cluster_master_costs_only_its_own_campaigns() {
+    let (cluster, env, workers, db) = on_private_cluster().await;
+    let stock = scale(40, 400);
+    let solo = one_campaign_per_master(&cluster);
+    for id in &solo {
+        assert_eq!(env.launch(sale(id, stock, 1, 900)).await.0, StatusCode::CREATED);
+    }
+    let (victim, other) = (0, 1);
+    let base = |i: usize| i * 100_000;
+    let mut outcomes = Vec::new();
+    for (i, c) in solo.iter().enumerate() {
+        outcomes.push(buy(&env, c, base(i)..base(i) + stock / 4, 8).await);
+    }
+    cluster.freeze(victim);
+    let frozen = Instant::now();
+    let mut silent = Vec::new();
+    let mut elsewhere = Vec::new();
+    let mut u = 0;
+    while frozen.elapsed() < Duration::from_secs(3) {
+        u += 1;
+        let asked = Instant::now();
+        let user = base(victim) + 50_000 + u;
+        let (s, _) = env
+            .order_on(
+                u % 2,
+                &solo[victim],
+                &format!("user-{user}"),
+                &format!("k{user}"),
+                json!([{"sku_id": "a", "quantity": 1}]),
+            )
+            .await;
+        silent.push((asked.elapsed(), s, user));
+        let asked = Instant::now();
+        let user = base(other) + 50_000 + u;
+        let (s, v) = env
+            .order_on(
+                u % 2,
+                &solo[other],
+                &format!("user-{user}"),
+                &format!("k{user}"),
+                json!([{"sku_id": "a", "quantity": 1}]),
+            )
+            .await;
+        elsewhere.push((asked.elapsed(), s));
+        if s == StatusCode::CREATED {
+            outcomes[other].created.push((
+                format!("user-{user}"),
+                v["order_id"].as_str().unwrap().to_owned(),
+                500,
+            ));
+        }
+    }
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns", None).await;
+    assert_eq!(s, StatusCode::OK, "the list answers while a master is silent: {v}");
+    let listed = v["campaigns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["campaign_id"] == solo[victim].as_str())
+        .cloned();
+    assert_eq!(listed.unwrap()["restoring"], json!(true), "the silent master's campaign, from MySQL");
+    cluster.thaw(victim);
+    assert!(cluster.healthy(Duration::from_secs(20)).await);
+
+    let call_timeout = Duration::from_millis(env.settings.redis.call_timeout_ms);
+    let slack = Duration::from_millis(700);
+    assert!(
+        silent.iter().all(|(d, s, _)| *s == StatusCode::SERVICE_UNAVAILABLE && *d < call_timeout + slack),
+        "503 within the call timeout: {silent:?}"
+    );
+    assert!(
+        elsewhere.iter().all(|(d, s)| *s == StatusCode::CREATED && *d < call_timeout + slack),
+        "another master sells on: {elsewhere:?}"
+    );
+    // Its campaign sells again; then every campaign sells exactly its stock.
+    let back = Instant::now();
+    loop {
+        let user = base(victim) + 60_000 + back.elapsed().as_millis() as usize;
+        let (s, v) = env
+            .order(
+                &solo[victim],
+                &format!("user-{user}"),
+                &format!("k{user}"),
+                json!([{"sku_id": "a", "quantity": 1}]),
+            )
+            .await;
+        if s == StatusCode::CREATED {
+            outcomes[victim].created.push((
+                format!("user-{user}"),
+                v["order_id"].as_str().unwrap().to_owned(),
+                500,
+            ));
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "sells again once it answers: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A 503 may hide a reservation the silent master made once it ran again: the same
+    // request again (same key) says which, as the contract promises.
+    for (_, _, user) in &silent {
+        let (s, v) = env
+            .order(
+                &solo[victim],
+                &format!("user-{user}"),
+                &format!("k{user}"),
+                json!([{"sku_id": "a", "quantity": 1}]),
+            )
+            .await;
+        assert!(s == StatusCode::OK || s == StatusCode::CREATED, "the retry resolves the 503: {s} {v}");
+        outcomes[victim].created.push((
+            format!("user-{user}"),
+            v["order_id"].as_str().unwrap().to_owned(),
+            500,
+        ));
+    }
+    for (i, c) in solo.iter().enumerate() {
+        let rest = buy(&env, c, base(i) + 70_000..base(i) + 70_000 + stock, 16).await;
+        outcomes[i].created.extend(rest.created);
+        assert_eq!(outcomes[i].created.len(), stock, "{c}: every unit sold once");
+        drained(&env, &db, c, stock, false, Duration::from_secs(60)).await;
+        assert_invariants(&env, &db, c, &outcomes[i], 1, &HashSet::new()).await;
+    }
+    cleanup(env, workers, db).await;
+    drop(cluster);
+}
+
+/// `SCRIPT FLUSH` on one master of the cluster mid-sale: the scripts are loaded again
+/// where they are missing (EVALSHA, NOSCRIPT, reload), no request fails, and the sale
+/// sells exactly its stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_script_flush_on_one_cluster_master_breaks_nothing() {
+    let (cluster, env, workers, db) = on_private_cluster().await;
+    let stock = scale(90, 900);
+    let mut spec = sale("spread", stock, 1, 900);
+    spec["shards"] = json!(3);
+    assert_eq!(env.launch(spec).await.0, StatusCode::CREATED);
+    let mut o = buy(&env, "spread", 0..stock / 3, 16).await;
+    let victim = node_of(&cluster, &engine::domain::CampaignId::parse("spread").unwrap());
+    assert!(cluster.script_flush(victim), "SCRIPT FLUSH answered OK");
+    let rest = buy(&env, "spread", stock..3 * stock, 16).await;
+    assert!(
+        rest.statuses.keys().all(|s| *s == 201 || *s == 409),
+        "nothing but 201 and sold_out: {:?}",
+        rest.statuses
+    );
+    o.created.extend(rest.created);
+    assert_eq!(o.created.len(), stock, "every unit sold once");
+    drained(&env, &db, "spread", stock, false, Duration::from_secs(60)).await;
+    assert_invariants(&env, &db, "spread", &o, 1, &HashSet::new()).await;
     cleanup(env, workers, db).await;
     drop(cluster);
 }

@@ -938,3 +938,88 @@ async fn the_mysql_sweep_goes_past_a_campaign_redis_cannot_answer_for() {
     worker.shutdown().await;
     env.cleanup().await;
 }
+
+/// A worker SIGKILLed in the middle of rebuilding a lost shard leaves it `restoring`
+/// (503 on every path, nothing half-live); the next worker takes the rebuild over once
+/// the dead one's lease lapses, redoes it whole, and overwrites nothing of the shards
+/// that kept their data. Runs on the one Redis and on the local Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_rebuild_leaves_the_shard_restoring_and_the_next_one_finishes_it() {
+    use engine::rebuild::ShardState;
+    let env = Env::new().await;
+    let per_shard = 20_000;
+    let c = env.launch_sharded("kr", 3 * per_shard, 1, 3).await;
+    let map = engine::shards::ShardMap::new(&c, 3);
+    // MySQL holds 15,000 pending orders of shard 1 (many restore steps: the rebuild
+    // takes a while), one unit each, and Redis loses shard 1.
+    let pending = 15_000;
+    let events: Vec<OrderEvent> = (0..pending)
+        .map(|i| {
+            let mut e = order_event(
+                &OrderId::generate_in(&c, 1),
+                &format!("u{i}"),
+                OrderStatus::PendingPayment,
+                now_ms() + 900_000,
+            );
+            e.campaign_id = "kr".into();
+            e
+        })
+        .collect();
+    for chunk in events.chunks(2000) {
+        env.db.apply_events(chunk).await.unwrap();
+    }
+    testkit::lose_shard(&env.settings.redis, &env.settings.namespace, map.tag(1).as_str()).await;
+    let states = || async { env.engine.shard_states(&[(c.clone(), 3)]).await.unwrap().remove(0) };
+
+    let mut settings = env.settings.clone();
+    settings.worker.restore_check_ms = 50;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sync-worker"))
+        .env("FLASHSALE__NAMESPACE", &settings.namespace)
+        .env("FLASHSALE__MYSQL__URL", &settings.mysql.url)
+        .env("FLASHSALE__WORKER__METRICS_LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__WORKER__RESTORE_CHECK_MS", "50")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if states().await[1] == ShardState::Restoring {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the worker never began the rebuild");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        states().await,
+        vec![ShardState::Live, ShardState::Restoring, ShardState::Live],
+        "left restoring"
+    );
+    let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+    let homed = (0..).map(|i| UserId::parse(&format!("h{i}")).unwrap()).find(|u| map.home(u) == 1).unwrap();
+    let r = env.engine.reserve(&c, &homed, &IdempotencyKey::parse("k").unwrap(), &lines).await;
+    assert!(
+        matches!(r, Err(engine::EngineError::Unavailable(_))),
+        "a half-rebuilt shard sells nothing: {r:?}"
+    );
+
+    let killed = Instant::now();
+    let worker = sync_worker::supervisor::start(settings).await.unwrap();
+    env.wait_for("the next worker finished the rebuild", Duration::from_secs(10), async || {
+        states().await.iter().all(|s| *s == ShardState::Live)
+    })
+    .await;
+    println!("rebuild finished {:?} after the first worker was killed", killed.elapsed());
+    let view = env.engine.counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
+    assert_eq!(
+        (view[0].total, view[0].available, view[0].reserved, view[0].sold),
+        (3 * per_shard as u64, 3 * per_shard as u64 - pending as u64, pending as u64, 0),
+        "the survivors' units untouched, the lost shard's orders back, nothing sold twice"
+    );
+    let r = env.engine.reserve(&c, &homed, &IdempotencyKey::parse("k").unwrap(), &lines).await.unwrap();
+    assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+    worker.shutdown().await;
+    env.cleanup().await;
+}
