@@ -1015,7 +1015,7 @@ async fn a_worker_killed_mid_rebuild_leaves_the_shard_restoring_and_the_next_one
     let view = env.engine.counters(&c, &[SkuId::parse("a").unwrap()]).await.unwrap();
     assert_eq!(
         (view[0].total, view[0].available, view[0].reserved, view[0].sold),
-        (3 * per_shard as u64, 3 * per_shard as u64 - pending as u64, pending as u64, 0),
+        (3 * per_shard, 3 * per_shard - pending as u64, pending as u64, 0),
         "the survivors' units untouched, the lost shard's orders back, nothing sold twice"
     );
     let r = env.engine.reserve(&c, &homed, &IdempotencyKey::parse("k").unwrap(), &lines).await.unwrap();
