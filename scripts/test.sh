@@ -23,6 +23,11 @@ FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
 echo "== a sharded sale through two gateways and a worker, on the cluster"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
   cargo test --workspace --no-fail-fast --test faults -- sharded
+echo "== a lost shard found and rebuilt by the worker, and a rebuild whose worker was killed, on the cluster"
+echo "   (the fault tests of one master restarted empty, blackholed or script-flushed run in the"
+echo "   cargo test pass above, each on a private 3-master cluster it starts and stops itself)"
+FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
+  cargo test --workspace --no-fail-fast --test worker -- one_lost_shard a_worker_killed_mid_rebuild
 echo "== each master's share of a hot sku's script calls (alone on the cluster: nothing else runs on it now)"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
   cargo test --workspace --test shards -- --ignored --nocapture each_master_serves_a_fair_share_of_a_hot_sku
