@@ -79,6 +79,9 @@ pub struct RedisSettings {
     pub connections: usize,
     pub call_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Replicas that must hold a change before it is answered (`WAIT`); 0: none.
+    pub replica_acks: u32,
+    pub replica_ack_timeout_ms: u64,
 }
 
 impl RedisSettings {
@@ -199,6 +202,7 @@ impl Settings {
             ("redis.connections", self.redis.connections as u64),
             ("redis.call_timeout_ms", self.redis.call_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("redis.replica_ack_timeout_ms", self.redis.replica_ack_timeout_ms),
             ("mysql.max_connections", u64::from(self.mysql.max_connections)),
             ("mysql.call_timeout_ms", self.mysql.call_timeout_ms),
             ("amqp.call_timeout_ms", self.amqp.call_timeout_ms),

@@ -205,6 +205,11 @@ impl LocalCache {
         self.campaigns.contains_key(campaign)
     }
 
+    /// Drops a campaign: its next request loads it again, buyers and all.
+    pub fn evict(&self, campaign: &str) {
+        self.campaigns.remove(campaign);
+    }
+
     /// Forgets that a campaign was missing (it was just launched).
     pub fn unmark_missing(&self, campaign: &str) {
         self.missing.remove(campaign);

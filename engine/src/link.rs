@@ -80,6 +80,27 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// `WAIT n timeout_ms`: on this very connection (one Redis: it counts this client's
+    /// writes), or on the master serving `slot` (a cluster: the node connection the
+    /// slot's script ran on). Returns how many replicas acknowledged.
+    async fn wait_replicas(&mut self, slot: u16, n: u32, timeout_ms: u64) -> RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(n).arg(timeout_ms);
+        match self {
+            Conn::Single(c) => wait.query_async(c).await,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                    slot,
+                    SlotAddr::Master,
+                )));
+                Ok(redis::from_redis_value(c.route_command(wait, to).await?)?)
+            }
+        }
+    }
+}
+
 /// Opens one connection as the settings say (one Redis or the cluster): for tools and
 /// tests that look under the engine.
 pub async fn connect(settings: &RedisSettings) -> RedisResult<Conn> {
@@ -109,6 +130,9 @@ enum Backend {
 pub struct RedisLink {
     backend: Backend,
     call_timeout: Duration,
+    /// Replicas a change must reach before it is answered (0: none), and how long it waits.
+    replica_acks: u32,
+    replica_ack_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -137,7 +161,12 @@ impl RedisLink {
                 connect_timeout,
             }
         };
-        Ok(Self { backend, call_timeout })
+        Ok(Self {
+            backend,
+            call_timeout,
+            replica_acks: settings.replica_acks,
+            replica_ack_timeout_ms: settings.replica_ack_timeout_ms,
+        })
     }
 
     fn single(
@@ -175,10 +204,57 @@ impl RedisLink {
         Fut: Future<Output = RedisResult<T>>,
     {
         let (conn, slot) = self.lease().await?;
+        self.bounded(conn, slot, f).await
+    }
+
+    /// [`RedisLink::call`] for an exchange that changes state in hash slot `slot`:
+    /// with `redis.replica_acks` ≥ 1 it returns only once that many replicas hold the
+    /// change (`WAIT` on the connection, or the node, that made it). Not acknowledged
+    /// in time: `Unavailable` (503). The change may or may not survive a failover then,
+    /// and the client's retry with its idempotency key finds out which.
+    pub async fn call_acked<T, F, Fut>(&self, slot: u16, f: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (conn, lease) = self.lease().await?;
+        let value = self.bounded(conn.clone(), lease, f).await?;
+        if self.replica_acks == 0 {
+            return Ok(value);
+        }
+        let (n, timeout_ms) = (self.replica_acks, self.replica_ack_timeout_ms);
+        let acked = self
+            .bounded(conn, lease, |mut c| async move { c.wait_replicas(slot, n, timeout_ms).await })
+            .await?;
+        if acked < i64::from(n) {
+            return Err(EngineError::Unavailable(format!(
+                "{acked} of {n} replicas acknowledged the change within {timeout_ms} ms"
+            )));
+        }
+        Ok(value)
+    }
+
+    /// Whether changes wait for replicas (`redis.replica_acks` ≥ 1).
+    pub fn acks_replicas(&self) -> bool {
+        self.replica_acks > 0
+    }
+
+    async fn bounded<T, F, Fut>(&self, conn: Conn, slot: usize, f: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         match tokio::time::timeout(self.call_timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                if is_connection_fault(&e) {
+                if self.is_cluster() {
+                    // The slot map moved under us (a failover): a fresh cluster
+                    // connection learns it from the seeds. A node that failed alone
+                    // keeps the rest (see `discard`).
+                    if matches!(e.retry_method(), redis::RetryMethod::MovedRedirect) {
+                        self.rebuild_cluster_connection();
+                    }
+                } else if is_connection_fault(&e) {
                     self.discard(slot);
                 }
                 Err(e.into())
@@ -274,6 +350,14 @@ impl RedisLink {
                 let c = guard.get_or_insert(fresh);
                 Ok((Conn::Cluster(c.clone()), 0))
             }
+        }
+    }
+
+    /// Drops the cluster connection: the next call makes a new one, with the slot map
+    /// as the seeds tell it now.
+    fn rebuild_cluster_connection(&self) {
+        if let Backend::Cluster { conn, .. } = &self.backend {
+            lock(conn).take();
         }
     }
 

@@ -44,9 +44,12 @@ pub(crate) async fn listen(engine: Weak<Shared>, nodes: Vec<String>, channel: St
                 {
                     let Some(inner) = engine.upgrade() else { return };
                     inner.cache.forget_sold_out();
-                    if let Err(e) = inner.reload_all(true).await {
-                        tracing::warn!(error = %e, "reload after subscribing failed; retrying");
-                        continue;
+                    let failed = inner.reload_all(true).await;
+                    if failed > 0 {
+                        tracing::warn!(
+                            failed,
+                            "campaigns not reloaded after subscribing; dropped from the local cache"
+                        );
                     }
                     inner.cache.set_live(true);
                     let _ = inner.work.send(WorkSignal::Resync);
@@ -125,8 +128,9 @@ pub(crate) async fn refresh(engine: Weak<Shared>, every: Duration) {
         tick.tick().await;
         let Some(inner) = engine.upgrade() else { return };
         inner.cache.prune();
-        if let Err(e) = inner.reload_all(false).await {
-            tracing::debug!(error = %e, "campaign refresh failed");
+        let failed = inner.reload_all(false).await;
+        if failed > 0 {
+            tracing::debug!(failed, "campaigns not refreshed this round");
         }
     }
 }

@@ -71,10 +71,15 @@ impl StockStore {
     ) -> Result<Vec<OutboxEntry>> {
         let key = self.parts().keys.outbox(campaign);
         let (k, me) = (key.clone(), consumer.to_owned());
+        // Both reads are acknowledged by the replicas (`redis.replica_acks`): the read is
+        // itself a write, so once replicas hold it they hold every entry it returned,
+        // and MySQL never learns of an order a failover could still drop. Entries read
+        // but not acknowledged stay pending and are claimed again.
+        let slot = crate::keys::hash_slot(&key);
         let claimed: StreamAutoClaimReply = self
             .parts()
             .link
-            .call(|mut c| async move {
+            .call_acked(slot, |mut c| async move {
                 redis::cmd("XAUTOCLAIM")
                     .arg(k)
                     .arg(RELAY_GROUP)
@@ -93,7 +98,7 @@ impl StockStore {
             let fresh: Option<StreamReadReply> = self
                 .parts()
                 .link
-                .call(|mut c| async move {
+                .call_acked(slot, |mut c| async move {
                     redis::cmd("XREADGROUP")
                         .arg("GROUP")
                         .arg(RELAY_GROUP)

@@ -81,7 +81,7 @@ impl StockStore {
         let m = Move { id: &id, campaign, sku, from: map.tag(from), to: map.tag(to), to_shard: to };
         let parts = self.parts();
         let script = &parts.scripts.moves;
-        let taken = self.move_step(moves::take(script, parts.keys, &m, want, min, now_ms())).await?;
+        let taken = self.move_step(moves::take(script, parts.keys, &m, want, min, now_ms()), m.from).await?;
         let Step::Taken(units) = taken else {
             return Ok(0);
         };
@@ -93,17 +93,17 @@ impl StockStore {
     async fn deliver(&self, m: &Move<'_>, units: u64) -> Result<()> {
         let parts = self.parts();
         let script = &parts.scripts.moves;
-        match self.move_step(moves::give(script, parts.keys, m, units)).await? {
+        match self.move_step(moves::give(script, parts.keys, m, units), m.to).await? {
             Step::Given => {}
             Step::Restoring => return Err(EngineError::Unavailable("campaign is being restored".into())),
             other => return Err(EngineError::Protocol(format!("move give: {other:?}"))),
         }
-        self.move_step(moves::settle(script, parts.keys, m)).await?;
+        self.move_step(moves::settle(script, parts.keys, m), m.from).await?;
         Ok(())
     }
 
-    async fn move_step(&self, inv: redis::ScriptInvocation<'_>) -> Result<Step> {
-        moves::decode(self.run(inv).await?)
+    async fn move_step(&self, inv: redis::ScriptInvocation<'_>, tag: &CampaignId) -> Result<Step> {
+        moves::decode(self.run(inv, tag).await?)
     }
 
     /// Completes every move of `campaign` taken more than `older_than_ms` ago and not

@@ -135,7 +135,9 @@ impl StockStore {
         let (k, s) = (self.parts().keys, &self.parts().scripts.restore);
         let mut begun = Vec::new();
         for &shard in lost.iter().filter(|s| **s < map.len()) {
-            match script::decode(self.run(script::begin(s, k, (spec, map.tag(shard)), lease)).await?)? {
+            match script::decode(
+                self.run(script::begin(s, k, (spec, map.tag(shard)), lease), map.tag(shard)).await?,
+            )? {
                 Step::Begun => begun.push(shard),
                 Step::Live => {}
                 Step::Busy => return Ok(Rebuilt::Busy),
@@ -161,7 +163,9 @@ impl StockStore {
     async fn pause_moves(&self, map: &ShardMap, survivors: &[usize]) -> Result<()> {
         let (k, s) = (self.parts().keys, &self.parts().scripts.restore);
         for &shard in survivors {
-            if !script::decode_pause(self.run(script::pause(s, k, map.tag(shard), PAUSE_MS)).await?)? {
+            if !script::decode_pause(
+                self.run(script::pause(s, k, map.tag(shard), PAUSE_MS), map.tag(shard)).await?,
+            )? {
                 return Err(EngineError::Unavailable(format!(
                     "shard {} lost its data during the rebuild of another",
                     map.tag(shard)
@@ -174,7 +178,7 @@ impl StockStore {
     async fn resume_moves(&self, map: &ShardMap, survivors: &[usize]) -> Result<()> {
         let (k, s) = (self.parts().keys, &self.parts().scripts.restore);
         for &shard in survivors {
-            self.run(script::resume(s, k, map.tag(shard))).await?;
+            self.run(script::resume(s, k, map.tag(shard)), map.tag(shard)).await?;
         }
         Ok(())
     }
@@ -240,7 +244,8 @@ impl StockStore {
         let mut outside: HashMap<SkuId, u64> = HashMap::new();
         let mut pending_moves = Vec::new();
         for &shard in survivors {
-            let census = script::decode_census(self.run(script::census(s, k, map.tag(shard), skus)).await?)?;
+            let census =
+                script::decode_census(self.run_read(script::census(s, k, map.tag(shard), skus)).await?)?;
             let Some(script::Census { units: sums, moves_out }) = census else {
                 return Err(EngineError::Unavailable(format!(
                     "shard {} lost its data during the rebuild of another",
@@ -300,20 +305,20 @@ impl StockStore {
             })
             .collect();
         for chunk in orders.chunks(ORDERS_PER_CALL) {
-            self.rebuild_step(script::orders(s, k, (spec, tag), lease, chunk)?).await?;
+            self.rebuild_step(script::orders(s, k, (spec, tag), lease, chunk)?, tag).await?;
         }
         let users: Vec<(&UserId, u64)> = p.users.iter().map(|(u, n)| (*u, *n)).collect();
         for chunk in users.chunks(USERS_PER_CALL) {
-            self.rebuild_step(script::users(s, k, tag, lease, chunk)).await?;
+            self.rebuild_step(script::users(s, k, tag, lease, chunk), tag).await?;
         }
         let finish = script::finish(s, k, (spec, tag), lease, generation, |sku| {
             stock.get(sku).copied().unwrap_or_default()
         });
-        self.rebuild_step(finish).await
+        self.rebuild_step(finish, tag).await
     }
 
-    async fn rebuild_step(&self, inv: redis::ScriptInvocation<'_>) -> Result<()> {
-        match script::decode(self.run(inv).await?)? {
+    async fn rebuild_step(&self, inv: redis::ScriptInvocation<'_>, tag: &CampaignId) -> Result<()> {
+        match script::decode(self.run(inv, tag).await?)? {
             Step::Ok => Ok(()),
             Step::Lost => Err(EngineError::Unavailable("another rebuilder took the shard over".into())),
             other => Err(EngineError::Protocol(format!("restore step: {other:?}"))),

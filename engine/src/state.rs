@@ -167,10 +167,22 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) async fn reload_all(&self, with_buyers: bool) -> Result<()> {
+    /// Reloads every cached campaign; returns how many could not be read now (a node
+    /// down, a shard being rebuilt). One that fails never holds the others back. With
+    /// `with_buyers` (after notices may have been missed) a campaign that failed is
+    /// dropped from the cache, to be loaded again, buyers and all, by its next request;
+    /// otherwise it keeps what it had until the next round.
+    pub(crate) async fn reload_all(&self, with_buyers: bool) -> usize {
+        let mut failed = 0;
         for campaign in self.cache.cached_campaigns() {
-            self.reload(&campaign, with_buyers).await?;
+            if let Err(e) = self.reload(&campaign, with_buyers).await {
+                tracing::debug!(%campaign, error = %e, "campaign not reloaded");
+                failed += 1;
+                if with_buyers {
+                    self.cache.evict(campaign.as_str());
+                }
+            }
         }
-        Ok(())
+        failed
     }
 }

@@ -70,8 +70,16 @@ impl StockStore {
         self.link.call(|mut c| async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }).await
     }
 
-    /// Runs one script call (EVALSHA, reloaded on NOSCRIPT) through the link.
-    pub(crate) async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value> {
+    /// Runs one script call that may change the shard `tag` (EVALSHA, reloaded on
+    /// NOSCRIPT) through the link; with `redis.replica_acks` it answers only once the
+    /// replicas hold the change ([`RedisLink::call_acked`]).
+    pub(crate) async fn run(&self, inv: redis::ScriptInvocation<'_>, tag: &CampaignId) -> Result<Value> {
+        let slot = crate::keys::hash_slot(&format!("{{c:{tag}}}"));
+        self.link.call_acked(slot, |mut c| async move { inv.invoke_async(&mut c).await }).await
+    }
+
+    /// Runs one script call that only reads.
+    pub(crate) async fn run_read(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value> {
         self.link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await
     }
 
@@ -111,7 +119,7 @@ impl StockStore {
             })
             .collect();
         let inv = scripts::reserve::invocation(&self.scripts.reserve, &self.keys, &requests);
-        scripts::reserve::decode(self.run(inv).await?, requests.len())
+        scripts::reserve::decode(self.run(inv, tag).await?, requests.len())
     }
 
     /// Cancels or expires pending reservations of one campaign, giving their units back
@@ -139,7 +147,7 @@ impl StockStore {
                     chunk,
                     &owners,
                 );
-                let Some(part) = scripts::release::decode(self.run(inv).await?, chunk)? else {
+                let Some(part) = scripts::release::decode(self.run(inv, tag).await?, chunk)? else {
                     return Err(restoring(campaign));
                 };
                 reply.outcomes.extend(part.outcomes);
@@ -179,7 +187,7 @@ impl StockStore {
             event_ttl_secs: self.settings.payment_event_ttl_secs,
         };
         let inv = scripts::confirm::invocation(&self.scripts.confirm, &self.keys, &request);
-        scripts::confirm::decode(self.run(inv).await?)?.ok_or_else(|| restoring(&order_id.campaign()))
+        scripts::confirm::decode(self.run(inv, tag).await?)?.ok_or_else(|| restoring(&order_id.campaign()))
     }
 
     /// Lists a new campaign, then loads each shard's window and stock (`warmup.lua`,
@@ -200,7 +208,7 @@ impl StockStore {
                 map.tag(shard),
                 slice,
             );
-            let outcome = scripts::warmup::decode(self.run(inv).await?)?;
+            let outcome = scripts::warmup::decode(self.run(inv, map.tag(shard)).await?)?;
             if shard == 0 {
                 return Ok(outcome);
             }
@@ -232,7 +240,7 @@ impl StockStore {
         for shard in (0..map.len()).rev() {
             let inv =
                 scripts::tune::invocation(&self.scripts.tune, &self.keys, (campaign, map.tag(shard)), t);
-            let outcome = scripts::tune::decode(self.run(inv).await?)?;
+            let outcome = scripts::tune::decode(self.run(inv, map.tag(shard)).await?)?;
             if shard == 0 || outcome != TuneOutcome::Tuned {
                 return Ok(outcome);
             }
@@ -248,7 +256,7 @@ impl StockStore {
         let mut sums: Vec<SkuCounters> = Vec::new();
         for tag in map.tags() {
             let inv = scripts::counters::invocation(&self.scripts.counters, &self.keys, tag, skus);
-            let shard = scripts::counters::decode(self.run(inv).await?, skus)?;
+            let shard = scripts::counters::decode(self.run_read(inv).await?, skus)?;
             if sums.is_empty() {
                 sums = shard;
                 continue;

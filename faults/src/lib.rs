@@ -333,6 +333,12 @@ impl RedisCluster {
     /// Starts `n` masters and joins them (`redis-cli --cluster create`); `None` when
     /// redis-server or redis-cli is missing or the cluster does not form.
     pub async fn start(n: usize) -> Option<Self> {
+        Self::start_with_replicas(n, 0).await
+    }
+
+    /// `masters` masters with `replicas` replicas each.
+    pub async fn start_with_replicas(masters: usize, replicas: usize) -> Option<Self> {
+        let n = masters * (1 + replicas);
         let mut nodes = Vec::new();
         for _ in 0..n {
             let taken: Vec<u16> = nodes.iter().map(|n: &ClusterNode| n.port).collect();
@@ -357,12 +363,29 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .ok()?;
-        (created.success() && me.healthy(Duration::from_secs(20)).await).then_some(me)
+        (created.success() && me.healthy(Duration::from_secs(20)).await && me.replicas_synced().await)
+            .then_some(me)
+    }
+
+    /// Waits until every running replica's link to its master is up (a write can be
+    /// acknowledged by it only then).
+    pub async fn replicas_synced(&self) -> bool {
+        for _ in 0..300 {
+            let synced = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                n.cli(&["info", "replication"])
+                    .is_some_and(|o| !o.contains("role:slave") || o.contains("master_link_status:up"))
+            });
+            if synced {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// The seed list, as `redis.cluster_nodes` takes it.
@@ -372,7 +395,7 @@ impl RedisCluster {
 
     /// Which node (by index) serves `slot`.
     pub fn node_of_slot(&self, slot: u16) -> Option<usize> {
-        let slots = self.nodes.first()?.cli(&["cluster", "slots"])?;
+        let slots = self.nodes.iter().find(|n| n.child.is_some())?.cli(&["cluster", "slots"])?;
         // Lines: start, end, ip, port, id, (then the next range): read triples loosely.
         let words: Vec<&str> = slots.lines().map(str::trim).collect();
         for w in words.windows(4) {
@@ -386,6 +409,30 @@ impl RedisCluster {
             }
         }
         None
+    }
+
+    /// Which node (by index) replicates node `master`, as the cluster says now.
+    pub fn replica_of(&self, master: usize) -> Option<usize> {
+        let id = self.node_id(master)?;
+        let nodes = self.nodes.iter().find(|n| n.child.is_some())?.cli(&["cluster", "nodes"])?;
+        nodes.lines().find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let port: u16 = w.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+            (w.get(2)?.contains("slave") && w.get(3) == Some(&id.as_str()))
+                .then(|| self.nodes.iter().position(|n| n.port == port))
+                .flatten()
+        })
+    }
+
+    fn node_id(&self, i: usize) -> Option<String> {
+        Some(self.nodes.get(i)?.cli(&["cluster", "myid"])?.trim().to_owned())
+    }
+
+    /// SIGKILL, for good (a failover promotes its replica, if it has one).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.kill();
+        }
     }
 
     /// SIGKILL, then the same node again with no data: what a master without
@@ -431,10 +478,10 @@ impl RedisCluster {
     pub async fn healthy(&self, patience: Duration) -> bool {
         let started = std::time::Instant::now();
         while started.elapsed() < patience {
-            if self
-                .nodes
-                .iter()
-                .all(|n| n.cli(&["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok")))
+            let mut running = self.nodes.iter().filter(|n| n.child.is_some()).peekable();
+            if running.peek().is_some()
+                && running
+                    .all(|n| n.cli(&["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok")))
             {
                 return true;
             }
