@@ -451,6 +451,29 @@ impl RedisCluster {
         }
     }
 
+    /// Closes node `i`'s connections to its replicas (`CLIENT KILL TYPE replica`): with
+    /// the replica frozen it cannot reconnect, and misses every write after this.
+    pub fn cut_replication(&self, i: usize) -> bool {
+        self.nodes.get(i).and_then(|n| n.cli(&["client", "kill", "type", "replica"])).is_some()
+    }
+
+    /// Waits until node `i` is a master (a failover promoted it).
+    pub async fn promoted(&self, i: usize, patience: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < patience {
+            if self
+                .nodes
+                .get(i)
+                .and_then(|n| n.cli(&["info", "replication"]))
+                .is_some_and(|o| o.contains("role:master"))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// SIGCONT after [`RedisCluster::freeze`].
     pub fn thaw(&self, i: usize) {
         if let Some(n) = self.nodes.get(i) {
