@@ -106,9 +106,10 @@ class Stack:
             time.sleep(0.3)
         raise SystemExit(f"gateway never became ready; see {self.out}/gateway.log")
 
-    def swap(self, bin_dir):
+    def swap(self, bin_dir, env=None):
         """Replaces the gateway and the sync-worker with the ones built in `bin_dir` (same
-        ports, namespace and database): the before/after runs share everything else."""
+        ports, namespace and database), with `env` (variables) on top of the stack's: the
+        before/after runs share everything else."""
         for name in ("gateway", "sync-worker"):
             self.signal(name, signal.SIGCONT)
             self.signal(name, signal.SIGTERM)
@@ -122,13 +123,13 @@ class Stack:
                     p.wait()
             else:
                 keep.append(p)
-        self.procs, own = keep, self.bin_dir
-        self.bin_dir = bin_dir
+        self.procs, own, own_env = keep, self.bin_dir, self.env
+        self.bin_dir, self.env = bin_dir, dict(self.env, **(env or {}))
         try:
             self.start("gateway", "gateway")
             self.start("sync-worker", "sync-worker")
         finally:
-            self.bin_dir = own
+            self.bin_dir, self.env = own, own_env
         self.wait_ready()
 
     def signal(self, name, sig):
@@ -148,17 +149,28 @@ class Stack:
                 p.kill()
 
 
+def redis_nodes():
+    """(host, port) of the one Redis, or of every seed of the cluster the stack uses."""
+    seeds = [n.strip() for n in os.environ.get("FLASHSALE__REDIS__CLUSTER_NODES", "").split(",") if n.strip()]
+    if not seeds:
+        return [("127.0.0.1", "6379")]
+    return [tuple(n.split("://", 1)[1].rsplit(":", 1)) for n in seeds]
+
+
 def reset_state():
     """A clean namespace and database for this run; also what a run leaves behind unless
     `--keep-data` (a full run writes millions of keys, which would slow every later user
     of this Redis)."""
     subprocess.run(["mariadb", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE IF EXISTS {DB}"], check=True)
-    scan = subprocess.Popen(["redis-cli", "--scan", "--pattern", f"{NAMESPACE}:*"], stdout=subprocess.PIPE)
-    subprocess.run(["xargs", "-r", "-n", "1000", "redis-cli", "UNLINK"], stdin=scan.stdout,
-                   stdout=subprocess.DEVNULL, check=True)
-    scan.stdout.close()
-    if scan.wait() != 0:
-        raise RuntimeError("redis-cli --scan failed")
+    for host, port in redis_nodes():
+        cli = ["redis-cli", "-h", host, "-p", port]
+        scan = subprocess.Popen([*cli, "--scan", "--pattern", f"{NAMESPACE}:*"], stdout=subprocess.PIPE)
+        # One key per UNLINK: on a cluster node, keys of several slots cannot share one.
+        subprocess.run(["xargs", "-r", "-n", "1", *cli, "UNLINK"], stdin=scan.stdout,
+                       stdout=subprocess.DEVNULL, check=True)
+        scan.stdout.close()
+        if scan.wait() != 0:
+            raise RuntimeError("redis-cli --scan failed")
 
 
 _token_files = {}
@@ -259,21 +271,23 @@ class CpuMeter:
     """CPU seconds used by each process of the stack (and k6) over a run: where the time goes."""
 
     def __init__(self, stack):
-        pids = {os.path.basename(p.args[0]) + ("-" + p.args[1] if len(p.args) > 1 else ""): p.pid
+        pids = {os.path.basename(p.args[0]) + ("-" + p.args[1] if len(p.args) > 1 else ""): [p.pid]
                 for p in stack.procs}
+        # Every process of the name: a Redis Cluster is several redis-servers (idle ones
+        # beside it add next to nothing).
         for name in ("redis-server", "mariadbd", "beam.smp"):
             found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
             if found:
-                pids[name] = int(found[0])
+                pids[name] = [int(p) for p in found]
         self.pids = pids
 
     def __enter__(self):
-        self.start = {n: cpu_secs(p) for n, p in self.pids.items()}
+        self.start = {n: sum(map(cpu_secs, ps)) for n, ps in self.pids.items()}
         self.k6_start = os.times().children_user + os.times().children_system
         return self
 
     def __exit__(self, *_):
-        self.used = {n: cpu_secs(p) - self.start[n] for n, p in self.pids.items()}
+        self.used = {n: sum(map(cpu_secs, ps)) - self.start[n] for n, ps in self.pids.items()}
         self.used["client"] = os.times().children_user + os.times().children_system - self.k6_start
 
     def per_request_us(self, requests):
@@ -598,7 +612,7 @@ def run_ratios(p, out, stack):
             "invariants": invariants, "targets": targets}
 
 
-def run_ab(p, out, stack, baseline_dir):
+def run_ab(p, out, stack, baseline_dir, envs=None):
     """Before/after in one invocation: the gateway and sync-worker of `baseline_dir` and
     the ones under test take turns (baseline, current, current, baseline, ...), each on its
     own stocked campaign (both launched at the start by the build under test, in one
@@ -627,7 +641,7 @@ def run_ab(p, out, stack, baseline_dir):
         both = [("baseline", baseline_dir), ("current", stack.bin_dir)]
         for variant, bin_dir in (both if turn % 2 == 0 else both[::-1]):
             drain_all()
-            stack.swap(bin_dir)
+            stack.swap(bin_dir, (envs or {}).get(variant))
             for label, cid, pause in (("sold_out", empty, False), ("draining", campaigns[variant], False),
                                       ("paused", campaigns[variant], True)):
                 if pause:
@@ -705,6 +719,12 @@ def main():
     ap.add_argument("--keep-data", action="store_true",
                     help="leave the run's Redis keys and MySQL database for inspection (logs are always kept)")
     ap.add_argument("--baseline-bin-dir", help="for `ab`: where the baseline's gateway and sync-worker are")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="VAR=VALUE",
+                    help="for `ab`: an environment variable of the baseline's processes only, e.g. "
+                         "FLASHSALE__REDIS__REPLICA_ACKS=0 (with --baseline-bin-dir the build under test: "
+                         "one setting against another)")
+    ap.add_argument("--current-env", action="append", default=[], metavar="VAR=VALUE",
+                    help="for `ab`: an environment variable of the processes under test only")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a preset value, e.g. --set rate=5000 --set duration=10")
     args = ap.parse_args()
@@ -727,7 +747,9 @@ def main():
             if name == "ratios":
                 results.append(run_ratios(p, args.out, stack))
             elif name == "ab":
-                results.append(run_ab(p, args.out, stack, os.path.abspath(args.baseline_bin_dir)))
+                envs = {"baseline": dict(kv.split("=", 1) for kv in args.baseline_env),
+                        "current": dict(kv.split("=", 1) for kv in args.current_env)}
+                results.append(run_ab(p, args.out, stack, os.path.abspath(args.baseline_bin_dir), envs))
             else:
                 results.append(run_scenario(name, p, args.out, stack))
     finally:

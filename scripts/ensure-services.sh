@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure Redis (6379), RabbitMQ (5672) and MariaDB (3306) answer on 127.0.0.1;
 # with --cluster also a 3-master Redis Cluster on 55001-55003 (bus ports 65001-65003)
-# for the tests that run against a cluster (its seeds: REDIS_CLUSTER_NODES below).
+# for the tests that run against a cluster (its seeds: REDIS_CLUSTER_NODES in test.sh);
+# with --replicated a cluster of 3 masters with a replica each on 55011-55016, for the
+# replication measurements (the failover tests start private ones of their own).
 # Reuses what already runs; starts what is installed; installs from Debian's packages
 # what is missing. Safe to run any number of times.
 set -euo pipefail
@@ -52,41 +54,51 @@ ensure_mariadb() {
 }
 
 CLUSTER_PORTS=(55001 55002 55003)
+# 3 masters with a replica each (the replication and failover measurements), its seeds:
+# redis://127.0.0.1:55011,...:55013.
+REPLICATED_PORTS=(55011 55012 55013 55014 55015 55016)
 cluster_ok() { redis-cli -p "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
 
-# Three empty masters (no persistence, like the single Redis), joined into one cluster.
-# A node that answers but is not part of a healthy cluster is restarted empty.
+# Empty nodes (no persistence, like the single Redis) on the given ports, joined into one
+# cluster with $1 replicas per master. A node that answers but is not part of a healthy
+# cluster is restarted empty.
 ensure_redis_cluster() {
-  local all_ok=1 port
-  for port in "${CLUSTER_PORTS[@]}"; do cluster_ok "$port" || all_ok=0; done
-  if [[ $all_ok -eq 1 ]]; then log "redis cluster: running"; return; fi
-  log "redis cluster: starting on ${CLUSTER_PORTS[*]}"
+  local replicas=$1; shift
+  local ports=("$@") all_ok=1 port
+  for port in "${ports[@]}"; do cluster_ok "$port" || all_ok=0; done
+  if [[ $all_ok -eq 1 ]]; then log "redis cluster ${ports[0]}..: running"; return; fi
+  log "redis cluster: starting on ${ports[*]} ($replicas replica(s) per master)"
   local base="${TMPDIR:-/tmp}/flashsale-redis-cluster"
-  for port in "${CLUSTER_PORTS[@]}"; do
+  for port in "${ports[@]}"; do
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
   done
-  for port in "${CLUSTER_PORTS[@]}"; do
+  for port in "${ports[@]}"; do
     for _ in $(seq 20); do port_open "$port" || break; sleep 0.25; done
     rm -rf "${base:?}/$port" && mkdir -p "$base/$port"
     redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
       --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
       --dir "$base/$port" --logfile "$base/$port/redis.log"
   done
-  for port in "${CLUSTER_PORTS[@]}"; do wait_port "$port" "redis cluster node"; done
+  for port in "${ports[@]}"; do wait_port "$port" "redis cluster node"; done
   local nodes=()
-  for port in "${CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for port in "${ports[@]}"; do nodes+=("127.0.0.1:$port"); done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >/dev/null
   for _ in $(seq 120); do
     all_ok=1
-    for port in "${CLUSTER_PORTS[@]}"; do cluster_ok "$port" || all_ok=0; done
-    if [[ $all_ok -eq 1 ]]; then log "redis cluster: ok"; return; fi
+    for port in "${ports[@]}"; do cluster_ok "$port" || all_ok=0; done
+    if [[ $all_ok -eq 1 ]]; then log "redis cluster ${ports[0]}..: ok"; return; fi
     sleep 0.5
   done
   log "redis cluster did not reach cluster_state:ok"; return 1
 }
 
 ensure_redis
-if [[ "${1:-}" == "--cluster" ]]; then ensure_redis_cluster; fi
+for arg in "$@"; do
+  case "$arg" in
+    --cluster) ensure_redis_cluster 0 "${CLUSTER_PORTS[@]}" ;;
+    --replicated) ensure_redis_cluster 1 "${REPLICATED_PORTS[@]}" ;;
+  esac
+done
 ensure_rabbitmq
 ensure_mariadb
 log "all services answer"
