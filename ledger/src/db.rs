@@ -81,7 +81,25 @@ impl Db {
         // half of a rolling upgrade) runs against a schema migrated by a newer one.
         let mut migrator = sqlx::migrate!("../migrations");
         migrator.set_ignore_missing(true);
-        bounded(timeout * 10, async { Ok(migrator.run(&db.pool).await?) }).await?;
+        bounded(timeout * 10, async {
+            // Several processes may start at once on a fresh database: one migrates
+            // while the others wait for its lock (MySQL cannot roll DDL back, so another
+            // starter would otherwise meet a migration half applied and give up).
+            let mut lock = db.pool.acquire().await?;
+            let name = migration_lock_name(&database);
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                .bind(&name)
+                .bind((timeout * 10).as_secs().max(1))
+                .fetch_one(&mut *lock)
+                .await?;
+            if got != Some(1) {
+                return Err(DbError::Unavailable(format!("migration lock {name} not granted")));
+            }
+            let ran = migrator.run(&db.pool).await;
+            sqlx::query("SELECT RELEASE_LOCK(?)").bind(&name).execute(&mut *lock).await?;
+            Ok(ran?)
+        })
+        .await?;
         Ok(db)
     }
 
@@ -155,6 +173,14 @@ pub(crate) fn opt_text(row: &MySqlRow, i: usize) -> Result<Option<String>> {
                 .transpose()
         }
     }
+}
+
+/// The server-wide lock that serialises migrations of one database (a lock name is at
+/// most 64 characters).
+fn migration_lock_name(database: &str) -> String {
+    let mut name = format!("flashsale-migrate:{database}");
+    name.truncate(64);
+    name
 }
 
 /// Runs a MySQL exchange with a time limit.

@@ -221,3 +221,31 @@ async fn after_a_rebuild_mysql_refuses_orders_redis_lost_before_it_heard_of_them
     assert_eq!(buckets(&t.db, "a").await, (6, 3, 1));
     t.cleanup().await;
 }
+
+/// Eight processes' worth of start-ups on a fresh database at once, twenty times: every
+/// one connects and finds the schema whole (migrations are serialised, never seen half
+/// applied by another starter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_starts_at_once_on_a_fresh_database_all_succeed_twenty_times() {
+    for round in 0..20 {
+        let settings = testkit::isolate("mg").mysql;
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let s = settings.clone();
+                tokio::spawn(async move {
+                    let db = Db::connect(&s).await?;
+                    db.close().await;
+                    Ok::<(), DbError>(())
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for s in starts {
+            if let Err(e) = s.await.unwrap() {
+                failed.push(e.to_string());
+            }
+        }
+        testkit::drop_database(&settings.url).await;
+        assert!(failed.is_empty(), "round {round}: {failed:?}");
+    }
+}
