@@ -1,6 +1,7 @@
 -- reserve: the orders of one campaign gathered into one call (group commit), each
 -- decided on its own exactly as if it came alone, in arrival order: all its lines or
--- none, per-user limit, idempotency, window, thresholds, sold-out naming the sku.
+-- none, per-user limit (checked before stock), idempotency, window, thresholds,
+-- sold-out naming the sku.
 -- What is the batch's is done once: campaign meta, the clock, the rate counter, the
 -- outbox length, one outbox entry carrying every order granted, one buyer notice.
 -- KEYS: 1 meta, 2 outbox, 3 pending (zset), 4 buyers (set), 5 order rate
@@ -110,6 +111,15 @@ while arg_at <= #ARGV do
       lines[i] = { sku = sku, qty = qty, avail = tonumber(s[1]), price = tonumber(s[2]), gen = s[3] or '0' }
       units = units + qty
     end
+    -- The limit before stock: an order over it is refused whatever stock is left, and
+    -- a refused order never makes a sharded campaign move units to this shard.
+    local held = 0
+    if not reply then
+      held = tonumber(redis.call('GET', k_user) or '0')
+      if held + units > tonumber(meta[3]) then
+        reply = { 'limit_exceeded', int(held), meta[3] }
+      end
+    end
     if not reply then
       for i = 1, n do
         if lines[i].avail < lines[i].qty then
@@ -119,12 +129,8 @@ while arg_at <= #ARGV do
         end
       end
     end
-    local held = 0
     if not reply then
-      held = tonumber(redis.call('GET', k_user) or '0')
-      if held + units > tonumber(meta[3]) then
-        reply = { 'limit_exceeded', int(held), meta[3] }
-      elseif backlog + #docs >= outbox_max then
+      if backlog + #docs >= outbox_max then
         reply = { 'backlog_full', backlog + #docs }
       elseif max_rate and granted_this_second >= max_rate then
         -- max_orders_per_sec counts reservations granted in the current second (Redis

@@ -139,6 +139,13 @@ impl Shared {
             // winner whose notice has not arrived yet must reach the script.
             return self.cache.may_answer_ended(entry).then_some(ReserveOutcome::NotActive);
         }
+        // The limit before stock, as `reserve.lua` decides: a user who never bought holds
+        // nothing, so only an order over the limit by itself is refused here.
+        let units: u64 = lines.iter().map(|l| l.quantity).sum();
+        let limit = entry.meta.per_user_limit;
+        if units > limit {
+            return Some(ReserveOutcome::LimitExceeded { held: 0, limit });
+        }
         lines
             .iter()
             .find(|l| self.cache.is_sold_out(entry, &l.sku))

@@ -509,3 +509,38 @@ async fn one_lost_shard_is_rebuilt_from_mysql_and_the_surviving_shards() {
     let view = e.counters(&c, std::slice::from_ref(&hot)).await.unwrap();
     assert_eq!((view[0].available, view[0].reserved + view[0].sold), (0, 60));
 }
+
+/// A user's order over their limit is refused before stock is looked at: it moves no
+/// unit between shards, however often it is sent, and the other buyers meanwhile get
+/// 201 or `sold_out`, never a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_over_the_limit_moves_no_unit_between_shards() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &sharded("lim", 12, 2, 3)).await;
+    let c = cid("lim");
+    let map = ShardMap::new(&c, 3);
+    let before = shelves(&ns, &map).await;
+    let greedy = user("greedy");
+    let refusals = {
+        let e = e.clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut refused = 0;
+            for i in 0..200 {
+                match e.reserve(&c, &greedy, &key(&format!("g{i}")), &lines(&[("hot", 5)])).await {
+                    Ok(ReserveOutcome::LimitExceeded { .. }) => refused += 1,
+                    other => panic!("an order of 5 against a limit of 2: {other:?}"),
+                }
+            }
+            refused
+        })
+    };
+    assert_eq!(refusals.await.unwrap(), 200);
+    assert_eq!(shelves(&ns, &map).await, before, "no unit moved for a refused order");
+    let buyers: Vec<UserId> = (0..300).map(|i| user(&format!("other{i}"))).collect();
+    let answers = sale(std::slice::from_ref(&e), "lim", buyers, 16).await;
+    for (_, _, u, r) in &answers {
+        assert!(matches!(r, ReserveOutcome::Reserved(_) | ReserveOutcome::SoldOut(_)), "{u}: {r:?}");
+    }
+}
