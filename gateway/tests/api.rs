@@ -80,7 +80,7 @@ async fn launch_validates_and_refuses_duplicates() {
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"), "refused launches left nothing");
 
     // A sharded campaign: the view shows the sums, orders and cancels go to the shards.
-    let mut sharded = campaign("split", json!([{"sku_id": "a", "stock": 64, "price_cents": 100}]), 64);
+    let mut sharded = campaign("split", json!([{"sku_id": "a", "stock": 64, "price_cents": 100}]), 100);
     sharded["shards"] = json!(64);
     let (s, v) = env.launch(sharded).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -97,6 +97,9 @@ async fn launch_validates_and_refuses_duplicates() {
     assert_eq!(env.item("split", "a").await["available"], json!(64));
     let (s, v) = env.order("split", "other", "k1", json!([{"sku_id": "a", "quantity": 65}])).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "sold_out"));
+    // Over the limit is refused as such, whatever the stock (the limit comes first).
+    let (s, v) = env.order("split", "other", "k2", json!([{"sku_id": "a", "quantity": 101}])).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "purchase_limit_exceeded"));
     // Tuning reaches every shard: whatever a buyer's home shard, the new limit holds.
     let (s, v) =
         env.admin(Method::PATCH, "/admin/v1/campaigns/split", Some(json!({"per_user_limit": 1}))).await;
