@@ -16,6 +16,7 @@
 //! | `<ns>:{c:<c>}:moves` | hash | units taken from this shard, not yet settled (`move.lua`) |
 //! | `<ns>:{c:<c>}:moved-in` | set | move ids this shard has received |
 //! | `<ns>:campaigns` | set | every campaign id (not in a script) |
+//! | `<ns>:{pe:<event_id>}` | string | the order a payment event id belongs to, system-wide |
 //!
 //! Pub/sub channel `<ns>:events` carries `restock <c> <sku> <gen>`, `meta <c>` and
 //! `buyer <c> <user>` (one buyer), `buyers <c> <json array>` (every new buyer of one
@@ -99,6 +100,12 @@ impl KeySpace {
 
     pub fn payment_event(&self, c: &CampaignId, event: &EventId) -> String {
         format!("{}payevt:{}", self.prefix(c), event)
+    }
+
+    /// Which order a payment event id belongs to, across every campaign and shard: a
+    /// key of its own hash tag, claimed before the order's shard is asked.
+    pub fn payment_event_claim(&self, event: &EventId) -> String {
+        format!("{}:{{pe:{}}}", self.ns, event)
     }
 
     pub fn campaigns(&self) -> String {

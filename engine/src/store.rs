@@ -177,6 +177,9 @@ impl StockStore {
             }
             return Ok(ConfirmOutcome::NotFound);
         };
+        if !self.claim_payment_event(event, order_id).await? {
+            return Ok(ConfirmOutcome::EventConflict);
+        }
         let request = scripts::confirm::Request {
             order_id,
             tag,
@@ -385,6 +388,31 @@ impl StockStore {
             ReserveOutcome::CampaignNotFound => Ok(()),
             other => Err(EngineError::Protocol(format!("probe: {other:?}"))),
         }
+    }
+
+    /// Claims a payment event id for an order, system-wide (`SET NX GET` on a key of its
+    /// own hash tag); false when the id belongs to another order. The same event for the
+    /// same order passes again, so a confirmation that failed after the claim can be
+    /// retried.
+    async fn claim_payment_event(&self, event: &EventId, order_id: &OrderId) -> Result<bool> {
+        let key = self.keys.payment_event_claim(event);
+        let slot = crate::keys::hash_slot(&key);
+        let (order, ttl) = (order_id.as_str().to_owned(), self.settings.payment_event_ttl_secs);
+        let owner: Option<String> = self
+            .link
+            .call_acked(slot, |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(order)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("EX")
+                    .arg(ttl)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(owner.is_none_or(|o| o == order_id.as_str()))
     }
 
     /// Whether a campaign shard holds its data and is not being rebuilt.

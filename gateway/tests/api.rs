@@ -716,3 +716,48 @@ async fn a_campaign_redis_lost_answers_503_and_is_listed_from_mysql() {
     assert_eq!((s, v["restoring"].clone()), (StatusCode::OK, json!(true)), "{v}");
     env.cleanup().await;
 }
+
+/// A payment event id belongs to the first order it was seen with, across the whole
+/// system: the same id for an order of another campaign, or of another shard of the
+/// same campaign, is 409 `event_id_conflict` and changes nothing.
+#[tokio::test]
+async fn a_payment_event_id_is_unique_across_campaigns_and_shards() {
+    let env = Env::start().await;
+    let item = json!([{"sku_id": "a", "stock": 10, "price_cents": 100}]);
+    assert_eq!(env.launch(campaign("pa", item.clone(), 5)).await.0, StatusCode::CREATED);
+    let mut sharded = campaign("pb", item, 5);
+    sharded["shards"] = json!(3);
+    assert_eq!(env.launch(sharded).await.0, StatusCode::CREATED);
+    let one = json!([{"sku_id": "a", "quantity": 1}]);
+    let (_, a) = env.order("pa", "ua", "k", one.clone()).await;
+    // Two orders of "pb" in two different shards (users with different home shards).
+    let map = engine::shards::ShardMap::new(&engine::domain::CampaignId::parse("pb").unwrap(), 3);
+    let users: Vec<String> = (0..)
+        .map(|i| format!("ub{i}"))
+        .scan(std::collections::HashSet::new(), |homes, u| {
+            let home = map.home(&engine::domain::UserId::parse(&u).unwrap());
+            Some(homes.insert(home).then_some(u))
+        })
+        .flatten()
+        .take(2)
+        .collect();
+    let (_, b1) = env.order("pb", &users[0], "k", one.clone()).await;
+    let (_, b2) = env.order("pb", &users[1], "k", one).await;
+    let id = |v: &serde_json::Value| v["order_id"].as_str().unwrap().to_owned();
+    let (s, v) = env.pay("evt-shared", &id(&a), 100, "succeeded").await;
+    assert_eq!((s, v["order_status"].clone()), (StatusCode::OK, json!("paid")), "{v}");
+    for (o, user) in [(&b1, &users[0]), (&b2, &users[1])] {
+        let (s, v) = env.pay("evt-shared", &id(o), 100, "succeeded").await;
+        assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_id_conflict"), "{v}");
+        let (_, order) = env.get_order(user, &id(o)).await;
+        assert_eq!(order["status"], "pending_payment", "nothing changed");
+    }
+    // Within one shard-crossing campaign too: an event of b1 is refused for b2.
+    assert_eq!(env.pay("evt-b1", &id(&b1), 100, "succeeded").await.0, StatusCode::OK);
+    let (s, v) = env.pay("evt-b1", &id(&b2), 100, "succeeded").await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_id_conflict"), "{v}");
+    // The first order's own event again is a no-op.
+    let (s, v) = env.pay("evt-shared", &id(&a), 100, "succeeded").await;
+    assert_eq!((s, v["result"].clone()), (StatusCode::OK, json!("duplicate")), "{v}");
+    env.cleanup().await;
+}
