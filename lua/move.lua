@@ -16,7 +16,8 @@
 -- (give, then settle: both are safe to repeat). Take and give answer 'restoring' on a
 -- shard that is not live and while a rebuild has paused the campaign's moves.
 -- take:   KEYS 1 meta, 2 stock hash, 3 moves hash
---         ARGV 1 'take', 2 move id, 3 to shard, 4 sku, 5 want, 6 min, 7 now ms
+--         ARGV 1 'take', 2 move id, 3 to shard, 4 sku, 5 want, 6 min (the taken-at time is
+--         Redis's clock)
 --         -> {'taken', n} | {'short', avail} | {'restoring'}
 -- give:   KEYS 1 meta, 2 stock hash, 3 moved-in set
 --         ARGV 1 'give', 2 move id, 3 n, 4 campaign, 5 sku, 6 events channel
@@ -43,7 +44,8 @@ if mode == 'take' then
   local n = math.min(avail, want)
   redis.call('HINCRBY', KEYS[2], 'avail', -n)
   redis.call('HINCRBY', KEYS[2], 'out', n)
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. int(n) .. ' ' .. ARGV[7])
+  -- Redis's clock, not the caller's: whoever finishes a stale move compares with it.
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. int(n) .. ' ' .. int(now_ms()))
   return { 'taken', int(n) }
 end
 if mode == 'give' then

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use deadpool_redis::redis;
 
-use crate::clock::now_ms;
 use crate::domain::{CampaignId, SkuId};
 use crate::error::{EngineError, Result};
 use crate::scripts::moves::{self, Move, Step};
@@ -39,20 +38,23 @@ impl StockStore {
             pipe.cmd("SCARD").arg(parts.keys.buyers(tag));
             pipe.cmd("HVALS").arg(parts.keys.moves_out(tag));
             pipe.cmd("HMGET").arg(parts.keys.meta(tag)).arg("starts").arg("restoring");
+            // The shard's own clock: the one its move records were taken by.
+            pipe.cmd("TIME");
             parts.link.call(|mut c| async move {
                 pipe.query_async::<(
                     (Option<u64>, Option<u64>),
                     u64,
                     Vec<String>,
                     (Option<String>, Option<String>),
+                    (i64, i64),
                 )>(&mut c)
-                .await
+                    .await
             })
         });
         let rows = futures_util::future::try_join_all(reads).await?;
-        let stale_before = now_ms() - MOVE_STALE_MS;
         let mut levels = Levels::default();
-        for ((avail, gen), buyers, records, (starts, restoring)) in rows {
+        for ((avail, gen), buyers, records, (starts, restoring), time) in rows {
+            let stale_before = redis_ms(time) - MOVE_STALE_MS;
             levels.incomplete |= starts.is_none() || restoring.is_some();
             levels.available.push(avail.unwrap_or(0));
             levels.generations.push(gen.unwrap_or(0));
@@ -77,11 +79,11 @@ impl StockStore {
         (from, to): (usize, usize),
         (want, min): (u64, u64),
     ) -> Result<u64> {
-        let id = format!("{}-{}", now_ms(), uuid::Uuid::now_v7().simple());
+        let id = uuid::Uuid::now_v7().simple().to_string();
         let m = Move { id: &id, campaign, sku, from: map.tag(from), to: map.tag(to), to_shard: to };
         let parts = self.parts();
         let script = &parts.scripts.moves;
-        let taken = self.move_step(moves::take(script, parts.keys, &m, want, min, now_ms()), m.from).await?;
+        let taken = self.move_step(moves::take(script, parts.keys, &m, want, min), m.from).await?;
         let Step::Taken(units) = taken else {
             return Ok(0);
         };
@@ -118,12 +120,22 @@ impl StockStore {
             return Ok(0);
         }
         let parts = self.parts();
-        let reads =
-            map.tags().iter().map(|t| redis::cmd("HGETALL").arg(parts.keys.moves_out(t)).clone()).collect();
-        let records: Vec<HashMap<String, String>> = parts.link.each(reads).await?;
-        let cutoff = now_ms() - older_than_ms;
+        let reads = map
+            .tags()
+            .iter()
+            .map(|t| {
+                // Each shard's records with its own clock (the one they were taken by).
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGETALL").arg(parts.keys.moves_out(t)).cmd("TIME");
+                parts.link.call(|mut c| async move {
+                    pipe.query_async::<(HashMap<String, String>, (i64, i64))>(&mut c).await
+                })
+            })
+            .collect::<Vec<_>>();
+        let records = futures_util::future::try_join_all(reads).await?;
         let mut finished = 0;
-        for (from, shard_records) in records.iter().enumerate() {
+        for (from, (shard_records, time)) in records.iter().enumerate() {
+            let cutoff = redis_ms(*time) - older_than_ms;
             for (id, record) in shard_records {
                 let Some((to, sku, units, at)) = moves::parse_record(record) else {
                     tracing::error!(%campaign, %id, %record, "unreadable move record left as it is");
@@ -139,4 +151,9 @@ impl StockStore {
         }
         Ok(finished)
     }
+}
+
+/// Redis's `TIME` reply (seconds, microseconds) in milliseconds.
+fn redis_ms((secs, micros): (i64, i64)) -> i64 {
+    secs * 1000 + micros / 1000
 }

@@ -137,7 +137,7 @@ async fn run(ns: &Ns, engine: &Engine, shards: usize, ops: Vec<Op>) -> Result<()
                     };
                     let script = engine::scripts::moves::script();
                     let mut raw = ns.raw().await;
-                    let inv = engine::scripts::moves::take(&script, &ns.keys(), &m, n, 1, 0);
+                    let inv = engine::scripts::moves::take(&script, &ns.keys(), &m, n, 1);
                     let taken =
                         engine::scripts::moves::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap();
                     if let (Step::Taken(units), true) = (taken, whole) {

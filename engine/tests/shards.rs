@@ -301,7 +301,7 @@ async fn a_unit_move_repeated_moves_its_units_once() {
     let script = moves::script();
     let mut raw = ns.raw().await;
     for _ in 0..2 {
-        let inv = moves::take(&script, &ns.keys(), &m, 4, 1, 0);
+        let inv = moves::take(&script, &ns.keys(), &m, 4, 1);
         assert_eq!(moves::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap(), Step::Taken(4));
     }
     assert_eq!(shelves(&ns, &map).await, vec![6, 10, 10], "taken once, 4 in transit");
@@ -372,7 +372,7 @@ async fn a_shard_being_rebuilt_answers_503_on_every_path() {
     let script = moves::script();
     let out = Move { id: "m-out", campaign: &c, sku: &hot, from: map.tag(1), to: map.tag(0), to_shard: 0 };
     let step =
-        moves::decode(moves::take(&script, &ns.keys(), &out, 3, 1, 0).invoke_async(&mut raw).await.unwrap());
+        moves::decode(moves::take(&script, &ns.keys(), &out, 3, 1).invoke_async(&mut raw).await.unwrap());
     assert_eq!(step.unwrap(), Step::Restoring, "take from it");
     let into = Move { id: "m-in", campaign: &c, sku: &hot, from: map.tag(0), to: map.tag(1), to_shard: 1 };
     let step =
@@ -454,9 +454,8 @@ async fn one_lost_shard_is_rebuilt_from_mysql_and_the_surviving_shards() {
     let mut raw = ns.raw().await;
     for (id, from, to, n) in [("to-0", 2, 0, 3), ("to-1", 0, 1, 2)] {
         let m = Move { id, campaign: &c, sku: &hot, from: map.tag(from), to: map.tag(to), to_shard: to };
-        let step = moves::decode(
-            moves::take(&script, &ns.keys(), &m, n, 1, 0).invoke_async(&mut raw).await.unwrap(),
-        );
+        let step =
+            moves::decode(moves::take(&script, &ns.keys(), &m, n, 1).invoke_async(&mut raw).await.unwrap());
         assert_eq!(step.unwrap(), Step::Taken(n));
     }
 
@@ -543,4 +542,28 @@ async fn an_order_over_the_limit_moves_no_unit_between_shards() {
     for (_, _, u, r) in &answers {
         assert!(matches!(r, ReserveOutcome::Reserved(_) | ReserveOutcome::SoldOut(_)), "{u}: {r:?}");
     }
+}
+
+/// One clock for moves: a move's taken-at time is Redis's, whatever the clock of the
+/// process that took it (here one running a minute ahead), so a move left half done is
+/// finished once it is older than the stale age by Redis's clock.
+#[tokio::test]
+async fn a_move_taken_by_a_process_whose_clock_runs_ahead_is_finished_on_time() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &sharded("clk", 30, 1, 3)).await;
+    let (c, hot) = (cid("clk"), sku("hot"));
+    let map = ShardMap::new(&c, 3);
+    let k = ns.keys();
+    // A take as a process a minute ahead would send it (its clock as the last argument).
+    let script = engine::scripts::moves::script();
+    let mut take = script.prepare_invoke();
+    take.key(k.meta(map.tag(0))).key(k.stock(map.tag(0), &hot)).key(k.moves_out(map.tag(0)));
+    take.arg("take").arg("skewed").arg(2).arg("hot").arg(4).arg(1).arg(engine::clock::now_ms() + 60_000);
+    let mut raw = ns.raw().await;
+    let _: redis::Value = take.invoke_async(&mut raw).await.unwrap();
+    assert_eq!(shelves(&ns, &map).await, vec![6, 10, 10], "taken");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(e.finish_moves(&c, 200).await.unwrap(), 1, "older than 200 ms by Redis's clock: finished");
+    assert_eq!(shelves(&ns, &map).await, vec![6, 10, 14]);
 }

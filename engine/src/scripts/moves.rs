@@ -37,17 +37,10 @@ pub enum Step {
 }
 
 /// Take on the donor: up to `want` units, none unless `min` are there.
-pub fn take<'s>(
-    script: &'s Script,
-    k: &KeySpace,
-    m: &Move<'_>,
-    want: u64,
-    min: u64,
-    now_ms: i64,
-) -> ScriptInvocation<'s> {
+pub fn take<'s>(script: &'s Script, k: &KeySpace, m: &Move<'_>, want: u64, min: u64) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(m.from)).key(k.stock(m.from, m.sku)).key(k.moves_out(m.from));
-    inv.arg("take").arg(m.id).arg(m.to_shard).arg(m.sku.as_str()).arg(want).arg(min).arg(now_ms);
+    inv.arg("take").arg(m.id).arg(m.to_shard).arg(m.sku.as_str()).arg(want).arg(min);
     inv
 }
 
