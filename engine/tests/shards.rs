@@ -567,3 +567,48 @@ async fn a_move_taken_by_a_process_whose_clock_runs_ahead_is_finished_on_time() 
     assert_eq!(e.finish_moves(&c, 200).await.unwrap(), 1, "older than 200 ms by Redis's clock: finished");
     assert_eq!(shelves(&ns, &map).await, vec![6, 10, 14]);
 }
+
+/// Sold-out flags across shards: with a 3-shard sku sold out on two engines (two
+/// gateways' worth), a unit released on each shard in turn is sold again through
+/// either engine within 1 s of its release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_released_on_any_shard_sells_again_everywhere_within_a_second() {
+    let ns = Ns::new();
+    let (e1, e2) = (ns.engine(), ns.engine());
+    until_live(&e1).await;
+    until_live(&e2).await;
+    launch(&e1, &sharded("rel", 9, 1, 3)).await;
+    let c = cid("rel");
+    let map = ShardMap::new(&c, 3);
+    let buyers: Vec<UserId> = (0..40).map(|i| user(&format!("b{i}"))).collect();
+    let answers = sale(&[e1.clone(), e2.clone()], "rel", buyers, 8).await;
+    let won: Vec<(UserId, engine::domain::OrderId)> = answers
+        .iter()
+        .filter_map(|(_, _, u, r)| match r {
+            ReserveOutcome::Reserved(res) => Some((u.clone(), res.order_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(won.len(), 9);
+    let mut next = 0;
+    for shard in 0..3 {
+        // Both engines say sold out now (flags set).
+        for e in [&e1, &e2] {
+            let r = e.reserve(&c, &user(&format!("probe{shard}")), &key("p"), &lines(&[("hot", 1)])).await.unwrap();
+            assert!(matches!(r, ReserveOutcome::SoldOut(_)), "{r:?}");
+        }
+        let (_, order) = won.iter().find(|(_, o)| map.of_order(o) == shard).unwrap();
+        e1.release(order, ReleaseReason::Cancelled).await.unwrap();
+        let released = Instant::now();
+        // Through the engine that did not release it, a new buyer gets the unit within 1 s.
+        loop {
+            next += 1;
+            let r = e2.reserve(&c, &user(&format!("late{next}")), &key("k"), &lines(&[("hot", 1)])).await.unwrap();
+            if matches!(r, ReserveOutcome::Reserved(_)) {
+                break;
+            }
+            assert!(released.elapsed() < std::time::Duration::from_secs(1), "shard {shard}: still {r:?} after 1 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
