@@ -27,7 +27,7 @@ local campaign, idem_ttl, outbox_max, channel = ARGV[1], tonumber(ARGV[2]), tonu
 local K_META, K_OUTBOX, K_PENDING, K_BUYERS, K_RATE = 1, 2, 3, 4, 5
 
 local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec',
-  'restoring')
+  'restoring', 'shards')
 if meta[6] then
   -- Being rebuilt: no decision at all (not even a replay: its record may not be back yet).
   local replies, at = {}, 5
@@ -41,7 +41,13 @@ local now = now_ms()
 local open = meta[1] and now >= tonumber(meta[1]) and now < tonumber(meta[2])
 local backlog = redis.call('XLEN', KEYS[K_OUTBOX])
 local second = math.floor(now / 1000)
+-- max_orders_per_sec holds for the campaign: each of its N shards grants at most its
+-- ceil(threshold / N) in a second of Redis time, so the campaign grants at most the
+-- threshold plus one order per shard (users are spread over the shards by a hash).
 local max_rate = tonumber(meta[5] or '')
+if max_rate then
+  max_rate = math.ceil(max_rate / math.max(1, tonumber(meta[7] or '1') or 1))
+end
 local granted_this_second = 0
 if max_rate then
   local rate = redis.call('GET', KEYS[K_RATE])
