@@ -654,3 +654,41 @@ async fn max_orders_per_sec_holds_for_the_whole_sharded_campaign() {
     assert!(most <= 54, "grants per Redis second: {per_second:?}");
     assert!(most >= 40, "the threshold is used, not starved: {per_second:?}");
 }
+
+/// Honest sold-out and ended answers with shards and two gateways: every winner who
+/// retries on the other engine after the sell-out, and again after the end, gets their
+/// order back, never `sold_out` or `campaign_not_active`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn winners_retrying_on_another_gateway_after_sell_out_and_end_get_their_orders() {
+    let ns = Ns::new();
+    let (e1, e2) = (ns.engine(), ns.engine());
+    until_live(&e1).await;
+    until_live(&e2).await;
+    launch(&e1, &sharded("hon", 30, 1, 3)).await;
+    let c = cid("hon");
+    let buyers: Vec<UserId> = (0..90).map(|i| user(&format!("b{i}"))).collect();
+    let answers = sale(&[e1.clone(), e2.clone()], "hon", buyers, 16).await;
+    let winners: Vec<(UserId, engine::domain::OrderId)> = answers
+        .iter()
+        .filter_map(|(_, _, u, r)| match r {
+            ReserveOutcome::Reserved(res) => Some((u.clone(), res.order_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 30);
+    let retry_all = |when: &'static str| {
+        let (e1, e2, c, winners) = (e1.clone(), e2.clone(), c.clone(), winners.clone());
+        async move {
+            for (i, (u, order)) in winners.iter().enumerate() {
+                let e = if i % 2 == 0 { &e2 } else { &e1 };
+                let r = e.reserve(&c, u, &key("k1"), &lines(&[("hot", 1)])).await.unwrap();
+                assert!(matches!(&r, ReserveOutcome::Replayed(x) if &x.order_id == order), "{when}, {u}: {r:?}");
+            }
+        }
+    };
+    retry_all("after the sell-out").await;
+    let end = engine::campaign::CampaignTuning { ends_ms: Some(engine::clock::now_ms()), ..Default::default() };
+    e1.tune(&c, &end).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    retry_all("after the end").await;
+}
