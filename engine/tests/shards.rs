@@ -594,7 +594,10 @@ async fn a_unit_released_on_any_shard_sells_again_everywhere_within_a_second() {
     for shard in 0..3 {
         // Both engines say sold out now (flags set).
         for e in [&e1, &e2] {
-            let r = e.reserve(&c, &user(&format!("probe{shard}")), &key("p"), &lines(&[("hot", 1)])).await.unwrap();
+            let r = e
+                .reserve(&c, &user(&format!("probe{shard}")), &key("p"), &lines(&[("hot", 1)]))
+                .await
+                .unwrap();
             assert!(matches!(r, ReserveOutcome::SoldOut(_)), "{r:?}");
         }
         let (_, order) = won.iter().find(|(_, o)| map.of_order(o) == shard).unwrap();
@@ -603,11 +606,17 @@ async fn a_unit_released_on_any_shard_sells_again_everywhere_within_a_second() {
         // Through the engine that did not release it, a new buyer gets the unit within 1 s.
         loop {
             next += 1;
-            let r = e2.reserve(&c, &user(&format!("late{next}")), &key("k"), &lines(&[("hot", 1)])).await.unwrap();
+            let r = e2
+                .reserve(&c, &user(&format!("late{next}")), &key("k"), &lines(&[("hot", 1)]))
+                .await
+                .unwrap();
             if matches!(r, ReserveOutcome::Reserved(_)) {
                 break;
             }
-            assert!(released.elapsed() < std::time::Duration::from_secs(1), "shard {shard}: still {r:?} after 1 s");
+            assert!(
+                released.elapsed() < std::time::Duration::from_secs(1),
+                "shard {shard}: still {r:?} after 1 s"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
@@ -636,7 +645,9 @@ async fn max_orders_per_sec_holds_for_the_whole_sharded_campaign() {
             while started.elapsed() < std::time::Duration::from_secs(3) {
                 i += 1;
                 let u = user(&format!("w{w}-{i}"));
-                if let Ok(ReserveOutcome::Reserved(r)) = e.reserve(&c, &u, &key("k"), &lines(&[("hot", 1)])).await {
+                if let Ok(ReserveOutcome::Reserved(r)) =
+                    e.reserve(&c, &u, &key("k"), &lines(&[("hot", 1)])).await
+                {
                     granted.push(r.created_ms / 1000);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -682,12 +693,16 @@ async fn winners_retrying_on_another_gateway_after_sell_out_and_end_get_their_or
             for (i, (u, order)) in winners.iter().enumerate() {
                 let e = if i % 2 == 0 { &e2 } else { &e1 };
                 let r = e.reserve(&c, u, &key("k1"), &lines(&[("hot", 1)])).await.unwrap();
-                assert!(matches!(&r, ReserveOutcome::Replayed(x) if &x.order_id == order), "{when}, {u}: {r:?}");
+                assert!(
+                    matches!(&r, ReserveOutcome::Replayed(x) if &x.order_id == order),
+                    "{when}, {u}: {r:?}"
+                );
             }
         }
     };
     retry_all("after the sell-out").await;
-    let end = engine::campaign::CampaignTuning { ends_ms: Some(engine::clock::now_ms()), ..Default::default() };
+    let end =
+        engine::campaign::CampaignTuning { ends_ms: Some(engine::clock::now_ms()), ..Default::default() };
     e1.tune(&c, &end).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     retry_all("after the end").await;

@@ -81,7 +81,9 @@ fn the_dashboard_and_the_alerts_query_exported_metrics() {
         "flashsale_reconciliation_drift_units",
         "flashsale_ready",
         "flashsale_reserve_duration_seconds",
-        "flashsale_dead_lettered_events_total",
+        "flashsale_dead_lettered_orders_total",
+        "flashsale_campaign_errors_total",
+        "flashsale_restored_shards_total",
     ] {
         assert!(in_rules.contains(needed), "an alert on {needed}");
     }

@@ -85,7 +85,8 @@ async function loadCampaigns(more) {
     const tr = document.createElement("tr");
     tr.dataset.campaign = c.campaign_id;
     if (c.campaign_id === selected) tr.classList.add("selected");
-    [c.campaign_id, c.name, c.status, c.starts_at, c.ends_at].forEach((v) => cell(tr, v));
+    [c.campaign_id, c.name, c.restoring ? c.status + " (restoring)" : c.status, c.starts_at, c.ends_at]
+      .forEach((v) => cell(tr, v));
     ["available", "reserved", "sold"].forEach((f) => cell(tr, fmt(sum(c.items, f))));
     tr.addEventListener("click", () => select(c.campaign_id));
     body.appendChild(tr);
@@ -95,6 +96,29 @@ async function loadCampaigns(more) {
 }
 
 $("more").addEventListener("click", () => loadCampaigns(true).catch((e) => showError(e.message)));
+
+async function loadDeadLetters() {
+  const page = await api("GET", "/admin/v1/dead-letters?limit=50");
+  const body = $("dead-letters");
+  body.textContent = "";
+  for (const d of page.orders) {
+    const tr = document.createElement("tr");
+    [d.order_id, d.campaign_id, d.reason, d.at].forEach((v) => cell(tr, v));
+    body.appendChild(tr);
+  }
+  $("dead-none").hidden = page.orders.length > 0;
+  $("replay-all").hidden = page.orders.length === 0;
+}
+
+$("replay-all").addEventListener("click", async () => {
+  try {
+    const r = await api("POST", "/admin/v1/dead-letters/replay", {});
+    showNotice("Sent back " + r.replayed + " dead-lettered orders to be applied.");
+    await loadDeadLetters();
+  } catch (e) {
+    showError("Not sent back: " + e.message);
+  }
+});
 
 function select(id) {
   selected = id;
@@ -287,6 +311,8 @@ async function start() {
     if (e.message !== "unauthenticated") showError("Campaigns: " + e.message);
     return;
   }
+  $("dead").hidden = false;
+  loadDeadLetters().catch((e) => showError("Dead letters: " + e.message));
   const m = /campaign=([^&]+)/.exec(location.hash);
   if (m) select(decodeURIComponent(m[1]));
 }

@@ -10,7 +10,7 @@ use engine::domain::{
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::routes::{admin, health, orders, payments};
+use crate::routes::{admin, dead_letters, health, orders, payments};
 use crate::view;
 
 #[derive(OpenApi)]
@@ -23,6 +23,7 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
     paths(
         orders::create, orders::get, orders::cancel, payments::callback,
         admin::launch, admin::list, admin::view, admin::tune, admin::reconciliation, admin::live,
+        dead_letters::list, dead_letters::replay,
         health::healthz, health::readyz
     ),
     components(schemas(
@@ -31,7 +32,8 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
         admin::LaunchRequest, admin::LaunchItemRequest, admin::TuneRequest, admin::ThresholdsRequest,
         payments::Callback, engine::domain::PaymentStatus, payments::CallbackAnswer,
         common::message::OrderItem, common::message::OrderStatus,
-        ledger::reconcile::Reconciliation, ledger::reconcile::ReconciliationItem
+        ledger::reconcile::Reconciliation, ledger::reconcile::ReconciliationItem,
+        dead_letters::DeadLetterList, dead_letters::DeadLetterView, dead_letters::ReplayRequest, dead_letters::ReplayAnswer
     )),
     tags(
         (name = "storefront"), (name = "payments"), (name = "operator"), (name = "health")

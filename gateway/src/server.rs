@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::body::MAX_BODY_BYTES;
 use crate::error::AppError;
-use crate::routes::{admin, health, orders, payments};
+use crate::routes::{admin, dead_letters, health, orders, payments};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -28,6 +28,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/campaigns/{campaign_id}", get(admin::view).patch(admin::tune))
         .route("/admin/v1/campaigns/{campaign_id}/reconciliation", get(admin::reconciliation))
         .route("/admin/v1/campaigns/{campaign_id}/live", get(admin::live))
+        .route("/admin/v1/dead-letters", get(dead_letters::list))
+        .route("/admin/v1/dead-letters/replay", post(dead_letters::replay))
         .route("/admin/", get(crate::dashboard::page))
         .route("/admin/dashboard.js", get(crate::dashboard::script))
         .route("/openapi.json", get(crate::openapi::document))

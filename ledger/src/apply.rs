@@ -77,11 +77,16 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
     let plan = fold(events, &in_db, &restored);
 
     if !plan.inserts.is_empty() {
+        // Rows in one fixed order (by order id), whatever order the events came in: two
+        // workers applying overlapping batches take their locks in the same order and
+        // cannot deadlock each other.
+        let mut inserts = plan.inserts.clone();
+        inserts.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
         let mut q = QueryBuilder::<MySql>::new(
             "INSERT INTO orders (order_id, campaign_id, user_id, status, total_cents, created_ms, \
              expires_ms, paid_ms, updated_ms, idempotency_key, payment_event_id) ",
         );
-        q.push_values(&plan.inserts, |mut b, e| {
+        q.push_values(&inserts, |mut b, e| {
             b.push_bind(&e.order_id)
                 .push_bind(&e.campaign_id)
                 .push_bind(&e.user_id)
@@ -96,7 +101,7 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
         });
         q.build().execute(&mut *tx).await?;
         let lines: Vec<(&str, &OrderItem)> =
-            plan.inserts.iter().flat_map(|e| e.items.iter().map(move |i| (e.order_id.as_str(), i))).collect();
+            inserts.iter().flat_map(|e| e.items.iter().map(move |i| (e.order_id.as_str(), i))).collect();
         let mut q =
             QueryBuilder::<MySql>::new("INSERT INTO order_items (order_id, sku_id, quantity, price_cents) ");
         q.push_values(&lines, |mut b, (order, i)| {

@@ -10,6 +10,7 @@
 //!   without MySQL.
 //! - [`apply`]: the SQL that applies a fold in one transaction, stock moves guarded.
 //! - [`reconcile`]: a campaign's Redis counters against MySQL.
+//! - [`dead`]: dead-lettered orders, kept to be listed and sent back.
 //!
 //! The ledger speaks the engine's domain types (it records what the engine decided);
 //! the engine never sees the ledger.
@@ -18,6 +19,7 @@
 pub mod apply;
 pub mod campaigns;
 pub mod db;
+pub mod dead;
 pub mod fold;
 pub mod orders;
 pub mod reconcile;

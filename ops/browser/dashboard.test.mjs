@@ -65,6 +65,8 @@ try {
   await page.waitForSelector(`tr[data-campaign="${CAMPAIGN}"]`);
   check(true, "the launched campaign is listed");
   check(!page.url().includes(ADMIN_TOKEN), "the token is not in the URL");
+  await page.waitForSelector("#dead:not([hidden])");
+  check(true, "the dead letters are shown (none yet)");
 
   step = "live";
   await page.click(`tr[data-campaign="${CAMPAIGN}"]`);

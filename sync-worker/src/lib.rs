@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod context;
+pub mod dead;
 pub mod error;
 pub mod expiry;
 pub mod joined;

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub persist_seconds: Histogram,
     pub poisoned: IntCounter,
     pub dead_lettered: IntCounterVec,
+    pub dead_lettered_orders: IntCounterVec,
     pub persist_retries: IntCounter,
     pub expired: IntCounterVec,
     pub drift_units: IntGauge,
@@ -128,6 +129,12 @@ impl Metrics {
                 &r,
                 "flashsale_dead_lettered_events_total",
                 "Order events that can never apply, sent to the dead-letter queue, by reason",
+                "reason",
+            )?,
+            dead_lettered_orders: counter_vec(
+                &r,
+                "flashsale_dead_lettered_orders_total",
+                "Orders in messages that reached the dead-letter queue, logged by id and kept in MySQL, by reason",
                 "reason",
             )?,
             persist_retries: counter(

@@ -111,16 +111,29 @@ async fn dead_letter_events(
 ) -> Result<()> {
     let body = serde_json::to_vec(&OrderMessage::Batch { version: 2, events: events.to_vec() })
         .map_err(|e| WorkerError::Broker(e.to_string()))?;
-    let props = BasicProperties::default().with_delivery_mode(2);
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(crate::dead::REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
     publish_confirmed(ctx, ch, &ctx.names.dead_exchange, DEAD_ROUTING_KEY, &body, props).await?;
     ctx.metrics.dead_lettered.with_label_values(&[reason]).inc_by(events.len() as u64);
     Ok(())
 }
 
-async fn dead_letter(ctx: &Ctx, d: &Delivery, reason: &'static str) -> Result<()> {
+/// Sends a message to the dead-letter queue with its reason (a header the dead-letter
+/// keeper records), confirmed, then acknowledges it.
+async fn dead_letter(ctx: &Ctx, ch: &Channel, d: &Delivery, reason: &'static str) -> Result<()> {
     ctx.metrics.dead_lettered.with_label_values(&[reason]).inc();
-    poison(ctx, d).await
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(crate::dead::REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    publish_confirmed(ctx, ch, &ctx.names.dead_exchange, DEAD_ROUTING_KEY, &d.data, props).await?;
+    bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;
+    Ok(())
 }
+
+/// Times a refused statement (a deadlock, a lock wait) is tried again in place before
+/// its message is requeued (which spends one of its deliveries).
+const STATEMENT_RETRIES: u32 = 5;
 
 /// Header counting how often an event was set aside.
 const ATTEMPTS_HEADER: &str = "x-flashsale-attempts";
@@ -149,7 +162,7 @@ async fn set_aside(ctx: &Ctx, ch: &Channel, events: &[OrderEvent], d: &Delivery)
         if let Some(reason) = never_applies(ctx, event, tries).await? {
             tracing::error!(order = %event.order_id, campaign = %event.campaign_id, status = event.status.as_str(),
                 reason, tries, events = events.len(), "order event can never apply to MySQL; message dead-lettered");
-            return dead_letter(ctx, d, reason).await;
+            return dead_letter(ctx, ch, d, reason).await;
         }
     }
     tracing::debug!(events = events.len(), tries, "stock move waits for another event; set aside");
@@ -192,7 +205,7 @@ fn retry_props(d: &Delivery, tries: u32) -> BasicProperties {
 }
 
 /// Publishes one message (mandatory) and waits for the broker's confirm.
-async fn publish_confirmed(
+pub(crate) async fn publish_confirmed(
     ctx: &Ctx,
     ch: &Channel,
     exchange: &str,
@@ -242,6 +255,7 @@ async fn apply(
     }
     let events: Vec<OrderEvent> = group.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
     let mut backoff = common::backoff::DEPENDENCY;
+    let mut refused = 0;
     loop {
         let started = Instant::now();
         match ctx.db.apply_events(&events).await {
@@ -267,9 +281,14 @@ async fn apply(
                 }
                 return Ok(());
             }
+            // A racing writer or a deadlock: tried again here first, so a passing
+            // conflict spends none of the message's deliveries.
+            Err(DbError::Statement(e)) if refused < STATEMENT_RETRIES => {
+                refused += 1;
+                tracing::warn!(error = %e, refused, "statement refused; trying again");
+            }
             Err(DbError::Statement(e)) => {
-                // A racing writer or a deadlock: another delivery will find the row.
-                tracing::warn!(error = %e, "statement refused; message requeued");
+                tracing::warn!(error = %e, "statement refused again; message requeued");
                 for (_, d) in &group {
                     let nack =
                         d.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() });
@@ -286,7 +305,7 @@ async fn apply(
             Err(e) => {
                 tracing::error!(error = %e, order = %events[0].order_id, "event cannot apply; dead-lettered");
                 for (_, d) in &group {
-                    dead_letter(ctx, d, "corrupt").await?;
+                    dead_letter(ctx, timer_ch, d, "corrupt").await?;
                 }
                 return Ok(());
             }

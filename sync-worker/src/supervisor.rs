@@ -18,7 +18,7 @@ use crate::context::{pause, Ctx};
 use crate::error::{bounded, Result};
 use crate::metrics::Metrics;
 use crate::topology::{self, DelayQueues, Names};
-use crate::{expiry, persister, reconcile, relay, restore, retire};
+use crate::{dead, expiry, persister, reconcile, relay, restore, retire};
 
 /// A running worker (tests start several in one process).
 pub struct Running {
@@ -105,11 +105,16 @@ async fn run_broker_tasks(ctx: &Ctx, stop: watch::Receiver<bool>) -> Result<()> 
     let timer_ch = bounded(limit, "channel", conn.create_channel()).await?;
     bounded(limit, "confirm.select", timer_ch.confirm_select(ConfirmSelectOptions::default())).await?;
     let timeout_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    let dead_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    let replay_ch = bounded(limit, "channel", conn.create_channel()).await?;
+    bounded(limit, "confirm.select", replay_ch.confirm_select(ConfirmSelectOptions::default())).await?;
     tracing::info!("broker connected; topology declared");
     let result = tokio::try_join!(
         relay::run(ctx, &relay_ch, stop.clone()),
         persister::run(ctx, &persist_ch, &timer_ch, stop.clone()),
-        expiry::consume_timers(ctx, &timeout_ch, stop),
+        expiry::consume_timers(ctx, &timeout_ch, stop.clone()),
+        dead::keep(ctx, &dead_ch, stop.clone()),
+        dead::replay(ctx, &replay_ch, stop),
     );
     let _ = tokio::time::timeout(limit, conn.close(200, "shutting down".into())).await;
     result.map(|_| ())

@@ -296,9 +296,9 @@ async fn the_same_message_three_times_and_a_poison_message() {
     assert_eq!(env.count_orders("c").await, 1);
     let stock = env.db.stock("c").await.unwrap();
     assert_eq!((stock[0].available, stock[0].reserved), (8, 2), "moved once");
-    let dead = format!("{}.dead", env.settings.namespace);
-    env.wait_for("poison in the dead-letter queue", Duration::from_secs(10), async || {
-        env.queue_len(&dead).await == 1
+    env.wait_for("the poison kept in the dead-letter list", Duration::from_secs(10), async || {
+        let (listed, _) = env.db.dead_letter_page(None, 10).await.unwrap();
+        listed.len() == 1 && listed[0].reason == "unreadable"
     })
     .await;
     worker.shutdown().await;
@@ -1020,6 +1020,84 @@ async fn a_worker_killed_mid_rebuild_leaves_the_shard_restoring_and_the_next_one
     );
     let r = env.engine.reserve(&c, &homed, &IdempotencyKey::parse("k").unwrap(), &lines).await.unwrap();
     assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Dead letters are never silent: a joined message with an event that can never apply
+/// (a sku MySQL does not have) and a message RabbitMQ gave up on (published straight to
+/// the dead-letter exchange, as after its delivery limit) both end in MySQL's
+/// dead-letter list, every order by id, counted by reason; the good orders beside the
+/// bad one are applied; an operator's replay sends the second back and it applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_kept_listed_and_replayed() {
+    let env = Env::new().await;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    let c = env.launch("dl", 10, 900, 1).await;
+    env.wait_for_topology().await;
+    let expires = now_ms() + 900_000;
+    let good: Vec<OrderId> = (0..3).map(|_| OrderId::generate(&c)).collect();
+    let mut events: Vec<OrderEvent> = good
+        .iter()
+        .enumerate()
+        .map(|(i, o)| order_event(o, &format!("g{i}"), OrderStatus::PendingPayment, expires))
+        .collect();
+    let poison = OrderId::generate(&c);
+    let mut bad = order_event(&poison, "bad", OrderStatus::PendingPayment, expires);
+    bad.items[0].sku_id = "no-such-sku".into();
+    events.push(bad);
+    env.publish_raw(
+        &serde_json::to_vec(&common::message::OrderMessage::Batch { version: 2, events }).unwrap(),
+    )
+    .await;
+    // A message RabbitMQ dead-lettered after its delivery limit.
+    let given_up = OrderId::generate(&c);
+    let body =
+        serde_json::to_vec(&order_event(&given_up, "late", OrderStatus::PendingPayment, expires)).unwrap();
+    let conn = Connection::connect(&env.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("x-flashsale-reason".into(), lapin::types::AMQPValue::LongString("delivery_limit".into()));
+    let confirm = ch
+        .basic_publish(
+            format!("{}.dlx", env.settings.namespace).as_str().into(),
+            "dead".into(),
+            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+            &body,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)));
+    conn.close(200, "done".into()).await.unwrap();
+
+    env.wait_for("both dead letters listed", Duration::from_secs(10), async || {
+        env.db.dead_letter_page(None, 10).await.unwrap().0.len() == 2
+    })
+    .await;
+    let (listed, _) = env.db.dead_letter_page(None, 10).await.unwrap();
+    let reasons: std::collections::HashMap<String, String> =
+        listed.into_iter().map(|l| (l.order_id, l.reason)).collect();
+    assert_eq!(reasons.get(poison.as_str()).map(String::as_str), Some("unknown_sku"));
+    assert_eq!(reasons.get(given_up.as_str()).map(String::as_str), Some("delivery_limit"));
+    for o in &good {
+        assert!(
+            env.db.order(o.as_str()).await.unwrap().is_some(),
+            "the good orders beside the bad one applied"
+        );
+    }
+    let m = worker.ctx.metrics.render();
+    assert!(m.contains("flashsale_dead_lettered_orders_total{reason=\"unknown_sku\"} 1"), "{m}");
+    assert!(m.contains("flashsale_dead_lettered_orders_total{reason=\"delivery_limit\"} 1"), "{m}");
+    assert_eq!(env.queue_len(&format!("{}.dead", env.settings.namespace)).await, 0, "nothing left unread");
+
+    assert_eq!(env.db.request_replay(Some(&[given_up.as_str().to_owned()])).await.unwrap(), 1);
+    env.wait_for("the replayed order applied and forgotten", Duration::from_secs(10), async || {
+        env.db.order(given_up.as_str()).await.unwrap().is_some()
+            && env.db.dead_letter_page(None, 10).await.unwrap().0.len() == 1
+    })
+    .await;
     worker.shutdown().await;
     env.cleanup().await;
 }
