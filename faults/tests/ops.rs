@@ -16,6 +16,7 @@ fn exported() -> BTreeSet<String> {
     let w = sync_worker::metrics::Metrics::new().unwrap();
     w.persisted.with_label_values(&["inserted"]).inc();
     w.dead_lettered.with_label_values(&["corrupt"]).inc();
+    w.dead_lettered_orders.with_label_values(&["rejected"]).inc();
     w.expired.with_label_values(&["timer"]).inc();
     w.sweep_repairs.with_label_values(&["released"]).inc();
     let text = g.render(engine::EngineStats::default()) + &w.render();

@@ -95,7 +95,7 @@ impl Metrics {
             "flashsale_reconciliation_inconsistent_campaigns",
             "Recently active campaigns whose Redis and MySQL disagree",
         )?;
-        Ok(Self {
+        let me = Self {
             relayed: counter(&r, "flashsale_relayed_events_total", "Outbox entries confirmed by the broker")?,
             relay_failures: counter(
                 &r,
@@ -176,8 +176,17 @@ impl Metrics {
             drift_units,
             inconsistent_campaigns,
             registry: r,
-        })
+        };
+        for task in Self::CAMPAIGN_TASKS {
+            me.campaign_errors.with_label_values(&[task]);
+        }
+        Ok(me)
     }
+
+    /// Every task of a loop over campaigns, exported at 0 from the start (an alert's
+    /// `increase` needs the series before the first error).
+    pub const CAMPAIGN_TASKS: [&'static str; 8] =
+        ["rebuild", "expiry_timer", "expiry_sweep", "mysql_sweep", "finish_moves", "relay", "reconcile", "retire"];
 
     pub fn render(&self) -> String {
         serve::metrics_text(&self.registry)
