@@ -393,6 +393,11 @@ impl Engine {
         self.inner.store.outbox_take(campaign, consumer, claim_idle_ms, max).await
     }
 
+    /// Sets aside outbox entries that carry no order (see `outbox.rs`).
+    pub async fn outbox_set_aside(&self, campaign: &CampaignId, ids: &[String]) -> Result<()> {
+        self.inner.store.outbox_set_aside(campaign, ids).await
+    }
+
     /// Acknowledges relayed entries; returns the entries left.
     pub async fn outbox_ack(&self, campaign: &CampaignId, ids: &[String]) -> Result<u64> {
         self.inner.store.outbox_ack(campaign, ids).await

@@ -10,6 +10,7 @@
 //! | `<ns>:{c:<c>}:order:<order_id>` | hash | the reservation: user, items, state, times |
 //! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline |
 //! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |
+//! | `<ns>:{c:<c>}:outbox-dead` | stream | ids of outbox entries that carried no order (set aside) |
 //! | `<ns>:{c:<c>}:buyers` | set | users who ever got a reservation |
 //! | `<ns>:{c:<c>}:rate` | string | reservations granted in the current second |
 //! | `<ns>:{c:<c>}:payevt:<event_id>` | string | a payment event already applied |
@@ -88,6 +89,11 @@ impl KeySpace {
 
     pub fn outbox(&self, c: &CampaignId) -> String {
         format!("{}outbox", self.prefix(c))
+    }
+
+    /// Ids of outbox entries that carried no order, set aside by the relay.
+    pub fn outbox_dead(&self, c: &CampaignId) -> String {
+        format!("{}outbox-dead", self.prefix(c))
     }
 
     pub fn order_rate(&self, c: &CampaignId) -> String {

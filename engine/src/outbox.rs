@@ -15,6 +15,8 @@ use crate::store::StockStore;
 
 /// The consumer group every relay reads campaign outboxes through.
 pub const RELAY_GROUP: &str = "relay";
+/// Entries a shard's `outbox-dead` stream keeps at most (the oldest leave first).
+const OUTBOX_DEAD_MAX: usize = 10_000;
 /// Keys named by one delete at most.
 const PIPELINE_MAX: usize = 500;
 
@@ -122,6 +124,25 @@ impl StockStore {
                 id: e.id,
             })
             .collect())
+    }
+
+    /// Moves entries that carry no order (nothing a consumer could read) out of the
+    /// outbox into the shard's `outbox-dead` stream (kept, with the id they had), and
+    /// acknowledges them: a malformed entry never stays pending, keeping its stream in
+    /// the relay's work and its campaign from retiring.
+    pub async fn outbox_set_aside(&self, campaign: &CampaignId, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let k = self.parts().keys;
+        let (outbox, dead) = (k.outbox(campaign), k.outbox_dead(campaign));
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XADD").arg(&dead).arg("MAXLEN").arg("~").arg(OUTBOX_DEAD_MAX).arg("*").arg("id").arg(id).ignore();
+        }
+        pipe.cmd("XACK").arg(&outbox).arg(RELAY_GROUP).arg(ids).ignore();
+        pipe.cmd("XDEL").arg(&outbox).arg(ids).ignore();
+        self.parts().link.call(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await
     }
 
     /// Acknowledges and deletes relayed entries; returns the entries left in the stream.

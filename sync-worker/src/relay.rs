@@ -175,8 +175,12 @@ async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(u
 
     let started = Instant::now();
     let limit = ctx.broker_timeout();
-    for entry in entries.iter().filter(|e| e.doc.is_none()) {
-        tracing::error!(id = %entry.id, "outbox entry without an order; left pending");
+    let malformed: Vec<String> = entries.iter().filter(|e| e.doc.is_none()).map(|e| e.id.clone()).collect();
+    if !malformed.is_empty() {
+        for id in &malformed {
+            tracing::error!(%stream, %id, "outbox entry without an order; set aside in the shard's outbox-dead stream");
+        }
+        store.outbox_set_aside(stream, &malformed).await?;
     }
     let messages = joined::join(&entries);
     let mut confirms = Vec::with_capacity(messages.len());

@@ -1101,3 +1101,38 @@ async fn dead_letters_are_kept_listed_and_replayed() {
     worker.shutdown().await;
     env.cleanup().await;
 }
+
+/// An outbox entry that carries no order is set aside, not left pending for ever: it
+/// moves to the shard's `outbox-dead` stream (logged), so its stream leaves the relay's
+/// work and its campaign can retire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_outbox_entry_is_set_aside() {
+    let env = Env::new().await;
+    let c = env.launch("mal", 10, 900, 1).await;
+    let keys = engine::keys::KeySpace::new(&env.settings.namespace);
+    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD").arg(keys.outbox(&c)).arg("*").arg("junk").arg("1").query_async(&mut raw).await.unwrap();
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    env.wait_for("the entry set aside", Duration::from_secs(10), async || {
+        let mut raw = raw.clone();
+        let (left, dead): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(keys.outbox(&c))
+            .cmd("XLEN")
+            .arg(keys.outbox_dead(&c))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        left == 0 && dead == 1
+    })
+    .await;
+    // And the stream is idle: a reservation after it is relayed as usual.
+    env.reserve(&c, "u1").await;
+    env.wait_for("the next order in MySQL", Duration::from_secs(10), async || env.count_orders("mal").await == 1).await;
+    worker.shutdown().await;
+    env.cleanup().await;
+}
