@@ -25,7 +25,9 @@
 -- settle: KEYS 1 moves hash (the receiver's set is in another slot: the caller
 --         settles only after 'given' or 'already')
 --         ARGV 1 'settle', 2 move id -> {'settled'} | {'gone'}
+-- received: KEYS 1 moved-in set; ARGV 1 'received', 2 move id -> 1 | 0 (read only)
 
+local MOVED_IN_KEEP_MS = 86400000
 local mode = ARGV[1]
 if mode == 'take' then
   if shard_state(KEYS[1]) ~= 'live' or moves_paused(KEYS[1]) then
@@ -52,7 +54,17 @@ if mode == 'give' then
   if shard_state(KEYS[1]) ~= 'live' or moves_paused(KEYS[1]) then
     return { 'restoring' }
   end
-  if redis.call('SADD', KEYS[3], ARGV[2]) == 0 then
+  -- Received ids, with when: kept MOVED_IN_KEEP_MS (a day), far longer than a move can
+  -- stay unsettled while anything runs, so the set holds a day of moves, not a
+  -- campaign's whole life. A set written before (ids without times) is kept as is.
+  local now = now_ms()
+  local fresh = redis.pcall('ZADD', KEYS[3], 'NX', now, ARGV[2])
+  if type(fresh) == 'table' and fresh.err then
+    fresh = redis.call('SADD', KEYS[3], ARGV[2])
+  else
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - MOVED_IN_KEEP_MS)
+  end
+  if fresh == 0 then
     return { 'already' }
   end
   local n = tonumber(ARGV[3])
@@ -63,6 +75,16 @@ if mode == 'give' then
     redis.call('PUBLISH', ARGV[6], 'restock ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. int(gen))
   end
   return { 'given' }
+end
+if mode == 'received' then
+  local at = redis.pcall('ZSCORE', KEYS[1], ARGV[2])
+  if type(at) == 'table' and at.err then
+    return redis.call('SISMEMBER', KEYS[1], ARGV[2])
+  end
+  if at then
+    return 1
+  end
+  return 0
 end
 if mode == 'settle' then
   if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then

@@ -15,7 +15,7 @@
 //! | `<ns>:{c:<c>}:rate` | string | reservations granted in the current second |
 //! | `<ns>:{c:<c>}:payevt:<event_id>` | string | a payment event already applied |
 //! | `<ns>:{c:<c>}:moves` | hash | units taken from this shard, not yet settled (`move.lua`) |
-//! | `<ns>:{c:<c>}:moved-in` | set | move ids this shard has received |
+//! | `<ns>:{c:<c>}:moved-in` | zset | move ids this shard has received, by when (kept a day) |
 //! | `<ns>:campaigns` | set | every campaign id (not in a script) |
 //! | `<ns>:{pe:<event_id>}` | string | the order a payment event id belongs to, system-wide |
 //!

@@ -138,7 +138,15 @@ impl StockStore {
         let (outbox, dead) = (k.outbox(campaign), k.outbox_dead(campaign));
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("XADD").arg(&dead).arg("MAXLEN").arg("~").arg(OUTBOX_DEAD_MAX).arg("*").arg("id").arg(id).ignore();
+            pipe.cmd("XADD")
+                .arg(&dead)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(OUTBOX_DEAD_MAX)
+                .arg("*")
+                .arg("id")
+                .arg(id)
+                .ignore();
         }
         pipe.cmd("XACK").arg(&outbox).arg(RELAY_GROUP).arg(ids).ignore();
         pipe.cmd("XDEL").arg(&outbox).arg(ids).ignore();

@@ -264,14 +264,13 @@ impl StockStore {
             }
         }
         // A move to a survivor is in transit until the receiver has recorded it.
-        let checks: Vec<redis::Cmd> = pending_moves
-            .iter()
-            .filter(|(_, to, _, _)| !lost.contains(to))
-            .map(|(id, to, _, _)| redis::cmd("SISMEMBER").arg(k.moves_in(map.tag(*to))).arg(id).clone())
-            .collect();
-        let mut received = self.parts().link.each::<bool>(checks).await?.into_iter();
-        for (_, to, sku, units) in pending_moves {
-            let arrived = !lost.contains(&to) && received.next().unwrap_or(false);
+        let moves_script = &self.parts().scripts.moves;
+        for (id, to, sku, units) in pending_moves {
+            let arrived = !lost.contains(&to)
+                && redis::from_redis_value::<bool>(
+                    self.run_read(moves::received(moves_script, k, map.tag(to), &id)).await?,
+                )
+                .map_err(scripts::protocol)?;
             if !arrived {
                 *outside.entry(sku).or_default() += units;
             }

@@ -230,12 +230,13 @@ async fn check_shards(ns: &Ns, map: &ShardMap) -> Result<(), TestCaseError> {
             redis::cmd("HGETALL").arg(ns.keys().moves_out(tag)).query_async(&mut raw).await.unwrap();
         for (id, rec) in records {
             let (to, sku_id, units, _) = engine::scripts::moves::parse_record(&rec).unwrap();
-            let given: bool = redis::cmd("SISMEMBER")
+            let given: Option<f64> = redis::cmd("ZSCORE")
                 .arg(ns.keys().moves_in(map.tag(to)))
                 .arg(&id)
                 .query_async(&mut raw)
                 .await
                 .unwrap();
+            let given = given.is_some();
             if !given {
                 *in_transit.entry(sku_id.to_string()).or_default() += units as i64;
             }

@@ -707,3 +707,47 @@ async fn winners_retrying_on_another_gateway_after_sell_out_and_end_get_their_or
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     retry_all("after the end").await;
 }
+
+/// The ids a shard has received keep a day, not a campaign's whole life: an id older
+/// than that leaves with the next move in, a recent one still stops a repeated give;
+/// a set written before times were kept still works.
+#[tokio::test]
+async fn received_move_ids_are_kept_a_day() {
+    use engine::scripts::moves::{self, Move, Step};
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &sharded("mi", 30, 1, 3)).await;
+    let (c, hot) = (cid("mi"), sku("hot"));
+    let map = ShardMap::new(&c, 3);
+    let k = ns.keys();
+    let mut raw = ns.raw().await;
+    let _: () = redis::cmd("ZADD")
+        .arg(k.moves_in(map.tag(2)))
+        .arg(0)
+        .arg("ancient")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let script = moves::script();
+    let m = Move { id: "fresh", campaign: &c, sku: &hot, from: map.tag(0), to: map.tag(2), to_shard: 2 };
+    let step =
+        moves::decode(moves::take(&script, &k, &m, 2, 1).invoke_async(&mut raw).await.unwrap()).unwrap();
+    assert_eq!(step, Step::Taken(2));
+    for _ in 0..2 {
+        let step =
+            moves::decode(moves::give(&script, &k, &m, 2).invoke_async(&mut raw).await.unwrap()).unwrap();
+        assert_eq!(step, Step::Given);
+    }
+    let ids: Vec<String> =
+        redis::cmd("ZRANGE").arg(k.moves_in(map.tag(2))).arg(0).arg(-1).query_async(&mut raw).await.unwrap();
+    assert_eq!(ids, ["fresh"], "the day-old id left, the new one stays");
+    assert_eq!(shelves(&ns, &map).await, vec![8, 10, 12], "given once");
+    // A set from before: ids kept without times still stop a repeated give.
+    let _: () =
+        redis::cmd("SADD").arg(k.moves_in(map.tag(1))).arg("old").query_async(&mut raw).await.unwrap();
+    let old = Move { id: "old", campaign: &c, sku: &hot, from: map.tag(0), to: map.tag(1), to_shard: 1 };
+    let step =
+        moves::decode(moves::give(&script, &k, &old, 2).invoke_async(&mut raw).await.unwrap()).unwrap();
+    assert_eq!(step, Step::Given, "already received: nothing given again");
+    assert_eq!(shelves(&ns, &map).await, vec![8, 10, 12]);
+}

@@ -185,8 +185,16 @@ impl Metrics {
 
     /// Every task of a loop over campaigns, exported at 0 from the start (an alert's
     /// `increase` needs the series before the first error).
-    pub const CAMPAIGN_TASKS: [&'static str; 8] =
-        ["rebuild", "expiry_timer", "expiry_sweep", "mysql_sweep", "finish_moves", "relay", "reconcile", "retire"];
+    pub const CAMPAIGN_TASKS: [&'static str; 8] = [
+        "rebuild",
+        "expiry_timer",
+        "expiry_sweep",
+        "mysql_sweep",
+        "finish_moves",
+        "relay",
+        "reconcile",
+        "retire",
+    ];
 
     pub fn render(&self) -> String {
         serve::metrics_text(&self.registry)

@@ -1115,7 +1115,14 @@ async fn a_malformed_outbox_entry_is_set_aside() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: String = redis::cmd("XADD").arg(keys.outbox(&c)).arg("*").arg("junk").arg("1").query_async(&mut raw).await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(keys.outbox(&c))
+        .arg("*")
+        .arg("junk")
+        .arg("1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
     env.wait_for("the entry set aside", Duration::from_secs(10), async || {
         let mut raw = raw.clone();
@@ -1132,7 +1139,10 @@ async fn a_malformed_outbox_entry_is_set_aside() {
     .await;
     // And the stream is idle: a reservation after it is relayed as usual.
     env.reserve(&c, "u1").await;
-    env.wait_for("the next order in MySQL", Duration::from_secs(10), async || env.count_orders("mal").await == 1).await;
+    env.wait_for("the next order in MySQL", Duration::from_secs(10), async || {
+        env.count_orders("mal").await == 1
+    })
+    .await;
     worker.shutdown().await;
     env.cleanup().await;
 }

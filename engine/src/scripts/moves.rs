@@ -52,6 +52,13 @@ pub fn give<'s>(script: &'s Script, k: &KeySpace, m: &Move<'_>, units: u64) -> S
     inv
 }
 
+/// Whether the receiver has applied this move (read only).
+pub fn received<'s>(script: &'s Script, k: &KeySpace, to: &CampaignId, id: &str) -> ScriptInvocation<'s> {
+    let mut inv = script.prepare_invoke();
+    inv.key(k.moves_in(to)).arg("received").arg(id);
+    inv
+}
+
 /// Settle on the donor, once the receiver has the units.
 pub fn settle<'s>(script: &'s Script, k: &KeySpace, m: &Move<'_>) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
