@@ -11,7 +11,7 @@
 //! Bounds: a lane's queue holds only requests that are in flight, so it never exceeds
 //! the gateway's `gateway.max_in_flight` (past which requests get 503 before they
 //! reach the engine); a batch is at most `engine.reserve_batch_max`; one lane per
-//! campaign shard this process has reserved in.
+//! campaign shard in use (idle lanes are dropped every refresh).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,18 @@ impl std::fmt::Debug for Coalescer {
 impl Coalescer {
     pub(crate) fn new(batch_max: usize) -> Self {
         Self { lanes: DashMap::new(), batch_max: batch_max.max(1) }
+    }
+
+    /// Drops the lanes with nothing queued and no flush running: one lane per campaign
+    /// shard in use, not per shard ever reserved in. A request that took a lane just
+    /// before it went still has it, and its flush runs on it as usual.
+    pub(crate) fn prune(&self) {
+        self.lanes.retain(|_, lane| lane.flushing.load(Ordering::Acquire) || !lock(&lane.queue).is_empty());
+    }
+
+    /// Lanes held now.
+    pub(crate) fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// Queues one reservation; starts a flush for its campaign if none runs.

@@ -45,6 +45,14 @@ pub struct EngineStats {
     pub sent_to_redis: u64,
 }
 
+/// See [`Engine::footprint`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub cached_campaigns: usize,
+    pub lanes: usize,
+    pub shard_maps: usize,
+}
+
 /// The hot path. Cheap to clone; background tasks stop when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -82,6 +90,16 @@ impl Engine {
             tasks.push(refresher.abort_handle());
         }
         Ok(Self { inner })
+    }
+
+    /// What this process holds per campaign now (cached campaigns, coalescer lanes,
+    /// shard layouts): each is dropped when idle, so it follows the campaigns in use.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            cached_campaigns: self.inner.cache.cached_campaigns().len(),
+            lanes: self.inner.coalescer.lanes(),
+            shard_maps: self.inner.maps.len(),
+        }
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -445,9 +463,16 @@ impl Engine {
         self.inner.store.rebuild(snapshot, lost, &self.inner.rebuild_token, generation).await
     }
 
-    /// Drops a finished campaign's per-order data from Redis (see `outbox.rs`).
-    pub async fn retire(&self, campaign: &CampaignId, orders: &[OrderId]) -> Result<()> {
+    /// Drops one page of a finished campaign's orders from Redis (see `outbox.rs`).
+    pub async fn retire_orders(&self, campaign: &CampaignId, orders: &[OrderId]) -> Result<()> {
         let map = self.inner.shard_map(campaign).await?;
-        self.inner.store.retire(campaign, &map, orders).await
+        self.inner.store.retire_orders(&map, orders).await
+    }
+
+    /// Drops the rest of a finished campaign's per-order data and takes it off the
+    /// index, once [`Engine::retire_orders`] has taken every page.
+    pub async fn retire_finish(&self, campaign: &CampaignId) -> Result<()> {
+        let map = self.inner.shard_map(campaign).await?;
+        self.inner.store.retire_finish(campaign, &map).await
     }
 }

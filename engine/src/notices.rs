@@ -127,7 +127,7 @@ pub(crate) async fn refresh(engine: Weak<Shared>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = engine.upgrade() else { return };
-        inner.cache.prune();
+        inner.prune();
         let failed = inner.reload_all(false).await;
         if failed > 0 {
             tracing::debug!(failed, "campaigns not refreshed this round");

@@ -2,8 +2,9 @@
 //! consumer-group reads of a campaign's outbox stream, acknowledgement, and the
 //! pipelined look-ups that let an idle worker cost almost nothing (one round trip for
 //! many streams' outbox lengths or next payment deadlines, not one per stream).
-//! Also [`StockStore::retire`]: a finished campaign's per-order data leaves Redis once
-//! MySQL holds all of it (rebuilding lost shards is `rebuild.rs`).
+//! Also retirement ([`StockStore::retire_orders`], [`StockStore::retire_finish`]): a
+//! finished campaign's per-order data leaves Redis once MySQL holds all of it, a page
+//! at a time (rebuilding lost shards is `rebuild.rs`).
 
 use deadpool_redis::redis::{self, streams::StreamAutoClaimReply, streams::StreamReadReply, Value};
 
@@ -208,36 +209,52 @@ impl StockStore {
         self.parts().link.each(commands).await
     }
 
-    /// Drops a finished campaign's per-order data (orders, user counts, buyers, pending
-    /// set, outbox, rate) and takes it off the index. Its meta and stock stay, so the
-    /// campaign still answers "ended" and its counters still show. The caller makes
+    /// Drops one page of a finished campaign's orders from Redis (each in its shard);
+    /// [`StockStore::retire_finish`] follows once every page is gone. The caller makes
     /// sure MySQL holds everything first.
-    pub async fn retire(&self, campaign: &CampaignId, map: &ShardMap, orders: &[OrderId]) -> Result<()> {
+    pub async fn retire_orders(&self, map: &ShardMap, orders: &[OrderId]) -> Result<()> {
         let k = &self.parts().keys;
         for (shard, tag) in map.tags().iter().enumerate() {
-            let buyers: Vec<String> = {
-                let key = k.buyers(tag);
-                self.parts()
-                    .link
-                    .call(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await })
-                    .await?
-            };
-            let mut doomed: Vec<String> =
+            let doomed: Vec<String> =
                 orders.iter().filter(|o| map.of_order(o) == shard).map(|o| k.order_at(tag, o)).collect();
-            for b in &buyers {
-                if let Ok(user) = UserId::parse(b) {
-                    doomed.push(k.user(tag, &user));
-                }
-            }
-            doomed.extend([k.pending(tag), k.outbox(tag), k.order_rate(tag), k.buyers(tag), k.moves_in(tag)]);
-            // One slot per call: every key here carries this shard's tag.
-            for chunk in doomed.chunks(PIPELINE_MAX) {
-                let chunk = chunk.to_vec();
-                self.parts()
+            self.unlink(doomed).await?;
+        }
+        Ok(())
+    }
+
+    /// The rest of a finished campaign's per-order data (user counts, buyers, pending
+    /// set, outbox, rate, received moves), a bounded page of buyers at a time, then the
+    /// campaign leaves the index. Its meta and stock stay, so the campaign still answers
+    /// "ended" and its counters still show.
+    pub async fn retire_finish(&self, campaign: &CampaignId, map: &ShardMap) -> Result<()> {
+        let k = &self.parts().keys;
+        for tag in map.tags() {
+            let mut cursor = 0u64;
+            loop {
+                let key = k.buyers(tag);
+                let (next, buyers): (u64, Vec<String>) = self
+                    .parts()
                     .link
-                    .call(|mut c| async move { redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut c).await })
+                    .call(|mut c| async move {
+                        redis::cmd("SSCAN")
+                            .arg(key)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(PIPELINE_MAX)
+                            .query_async(&mut c)
+                            .await
+                    })
                     .await?;
+                let users =
+                    buyers.iter().filter_map(|b| UserId::parse(b).ok()).map(|u| k.user(tag, &u)).collect();
+                self.unlink(users).await?;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
+            let rest = vec![k.pending(tag), k.outbox(tag), k.order_rate(tag), k.buyers(tag), k.moves_in(tag)];
+            self.unlink(rest).await?;
         }
         // Two keys in two slots (the campaign's and the index's): two commands.
         let mut retired = redis::cmd("HSET");
@@ -245,6 +262,18 @@ impl StockStore {
         let mut unlisted = redis::cmd("SREM");
         unlisted.arg(k.campaigns()).arg(campaign.as_str());
         let _: Vec<Value> = self.parts().link.each(vec![retired, unlisted]).await?;
+        Ok(())
+    }
+
+    /// UNLINKs keys of one shard ([`PIPELINE_MAX`] per call: one slot per call).
+    async fn unlink(&self, keys: Vec<String>) -> Result<()> {
+        for chunk in keys.chunks(PIPELINE_MAX) {
+            let chunk = chunk.to_vec();
+            self.parts()
+                .link
+                .call(|mut c| async move { redis::cmd("UNLINK").arg(chunk).query_async::<()>(&mut c).await })
+                .await?;
+        }
         Ok(())
     }
 }

@@ -35,6 +35,10 @@ pub(crate) struct Shared {
     pub(crate) rebuild_token: String,
 }
 
+/// Shard layouts kept for campaigns the cache no longer holds (the sync-worker's
+/// sweeps use layouts without caching campaigns).
+const SHARD_MAPS_KEPT: usize = 1024;
+
 /// Work signals buffered per listener; one that falls further behind gets a lag error
 /// and treats it as [`WorkSignal::Resync`].
 const WORK_SIGNAL_BUFFER: usize = 4096;
@@ -58,6 +62,17 @@ impl Shared {
             tasks: Mutex::new(Vec::new()),
             maps: DashMap::new(),
             rebuild_token: uuid::Uuid::now_v7().simple().to_string(),
+        }
+    }
+
+    /// Drops what no request uses any more: idle campaigns from the cache, idle lanes,
+    /// and, past [`SHARD_MAPS_KEPT`], the layouts of campaigns not in the cache (a
+    /// layout is a pure function of the campaign: it is computed again when needed).
+    pub(crate) fn prune(&self) {
+        self.cache.prune();
+        self.coalescer.prune();
+        if self.maps.len() > SHARD_MAPS_KEPT {
+            self.maps.retain(|c, _| self.cache.contains(c.as_str()));
         }
     }
 

@@ -131,3 +131,26 @@ async fn a_campaign_launched_elsewhere_is_seen_and_tuning_reaches_others_within_
     let r = b.reserve(&cid("c"), &user("v"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
     assert_eq!(r, ReserveOutcome::NotActive);
 }
+
+/// Bounded growth: a process that reserved once in each of 300 campaigns holds no
+/// coalescer lane for them once they are idle (a lane per campaign in use, not per
+/// campaign ever seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_campaigns_leave_no_coalescer_lane_behind() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    for i in 0..300 {
+        let spec = open_campaign(&format!("many{i}"), &[("a", 5, 100)], 1);
+        launch(&e, &spec).await;
+        let r =
+            e.reserve(&cid(&format!("many{i}")), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+        assert!(matches!(r, engine::domain::ReserveOutcome::Reserved(_)), "{r:?}");
+    }
+    let started = std::time::Instant::now();
+    while e.footprint().lanes > 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "lanes left: {:?}", e.footprint());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let f = e.footprint();
+    assert!(f.shard_maps <= f.cached_campaigns.max(1024), "{f:?}");
+}

@@ -121,6 +121,23 @@ impl Db {
         .await
     }
 
+    /// A campaign's order ids in id order, `limit` at most, after `after` (a page of a
+    /// retirement: never every order in memory at once).
+    pub async fn order_ids_page(&self, campaign: &str, after: &str, limit: u32) -> Result<Vec<String>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT order_id FROM orders WHERE campaign_id = ? AND order_id > ? ORDER BY order_id LIMIT ?",
+            )
+            .bind(campaign)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(|r| text(r, 0)).collect()
+        })
+        .await
+    }
+
     /// Whether MySQL has a stock row for this sku (an event naming none can never apply).
     pub async fn has_stock_row(&self, campaign: &str, sku: &str) -> Result<bool> {
         self.bounded(async {

@@ -30,6 +30,9 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Order ids read and dropped from Redis per page when a campaign retires.
+const RETIRE_PAGE: u32 = 10_000;
+
 /// Retires every settled campaign past its retention; returns how many.
 pub async fn retire_once(ctx: &Ctx) -> Result<usize> {
     let retention_ms = (ctx.settings.worker.retain_finished_secs * 1000) as i64;
@@ -50,12 +53,20 @@ async fn retire_one(ctx: &Ctx, campaign: &CampaignId) -> Result<bool> {
         return Ok(false);
     }
     let id = campaign.as_str();
-    let orders: Vec<OrderId> =
-        ctx.db.campaign_orders(id).await?.iter().filter_map(|o| OrderId::parse(&o.order_id).ok()).collect();
-    ctx.engine.retire(campaign, &orders).await?;
+    // A page of order ids at a time: a campaign of millions never sits in memory whole.
+    let (mut after, mut retired) = (String::new(), 0usize);
+    loop {
+        let page = ctx.db.order_ids_page(id, &after, RETIRE_PAGE).await?;
+        let Some(last) = page.last().cloned() else { break };
+        let orders: Vec<OrderId> = page.iter().filter_map(|o| OrderId::parse(o).ok()).collect();
+        ctx.engine.retire_orders(campaign, &orders).await?;
+        retired += page.len();
+        after = last;
+    }
+    ctx.engine.retire_finish(campaign).await?;
     ctx.db.mark_retired(id, now_ms()).await?;
     ctx.metrics.retired_campaigns.inc();
-    tracing::info!(%campaign, orders = orders.len(), "finished campaign retired from Redis");
+    tracing::info!(%campaign, orders = retired, "finished campaign retired from Redis");
     Ok(true)
 }
 
