@@ -3,12 +3,15 @@
 //! # Layout
 //! - [`domain`]: ids and order lines, parsed once at the edge; outcomes as enums.
 //! - [`keys`]: the Redis key layout (one hash tag per campaign).
-//! - [`link`]: shared multiplexed Redis connections with a timeout on every call.
+//! - [`link`]: shared multiplexed Redis connections with a timeout on every call, and
+//!   the replicas' acknowledgement (`WAIT`) of every change when asked for.
 //! - [`campaign`]: a campaign's data as launched, tuned and held in Redis.
 //! - [`scripts`]: each Lua script's keys, arguments and reply, beside `lua/<name>.lua`.
 //! - [`store`]: runs the scripts and the plain reads; reached only through [`Engine`].
 //! - [`outbox`]: the outbox protocol, the worker's pipelined campaign-wide reads,
-//!   and restoring or retiring a whole campaign.
+//!   and retiring a finished campaign a page at a time.
+//! - [`rebuild`]: campaign shards whose data Redis lost, found (each shard's meta is
+//!   its marker) and rebuilt from MySQL and the surviving shards.
 //! - [`cache`]: the local sharded cache answering sold-out, not-started and unknown
 //!   requests without Redis.
 //! - [`notices`]: the pub/sub listener that keeps every process's cache fresh.

@@ -5,7 +5,8 @@
 //! - [`server`]: the router, the guard middleware (in-flight bound, request timeout,
 //!   metrics), serving with graceful shutdown.
 //! - [`state`]: [`state::AppState`], what every handler shares.
-//! - [`routes`]: one module per audience: `orders`, `payments`, `admin`, `health`.
+//! - [`routes`]: one module per audience: `orders`, `payments`, `admin`, `dead_letters`,
+//!   `health`.
 //! - [`auth`]: storefront JWTs, the operator token, callback signatures.
 //! - [`body`]: JSON bodies with the contract's errors.
 //! - [`error`]: [`error::AppError`], the one error type, mapped to status and code.

@@ -169,28 +169,22 @@ impl Db {
             for r in units {
                 by_sku.insert((text(&r, 0)?, text(&r, 1)?), r.try_get(2)?);
             }
-            let rows = sqlx::query(
-                "SELECT sku_id, stock_total, available, reserved, sold FROM campaign_items \
-                 WHERE campaign_id = ? ORDER BY sku_id",
-            )
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
-            rows.into_iter()
-                .map(|r| {
-                    let sku = text(&r, 0)?;
+            let rows = self.buckets(campaign).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(sku, stock_total, available, reserved, sold)| {
                     let units = |s: &str| by_sku.get(&(sku.clone(), s.to_owned())).copied().unwrap_or(0);
-                    Ok(StockRow {
+                    StockRow {
                         pending_units: units("pending_payment"),
                         paid_units: units("paid"),
-                        stock_total: r.try_get(1)?,
-                        available: r.try_get(2)?,
-                        reserved: r.try_get(3)?,
-                        sold: r.try_get(4)?,
+                        stock_total,
+                        available,
+                        reserved,
+                        sold,
                         sku_id: sku,
-                    })
+                    }
                 })
-                .collect()
+                .collect())
         })
         .await
     }

@@ -21,10 +21,8 @@ use tokio::sync::watch;
 
 use crate::context::{consume, pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
-use crate::topology::ORDER_ROUTING_KEY;
+use crate::topology::{ORDER_ROUTING_KEY, REASON_HEADER};
 
-/// The header the persister names its own reason in (`unknown_sku`, `lost_by_redis`…).
-pub const REASON_HEADER: &str = "x-flashsale-reason";
 /// Dead letters sent back per round at most.
 const REPLAY_BATCH: u32 = 500;
 /// How often the worker looks for dead letters an operator asked to replay.

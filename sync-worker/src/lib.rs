@@ -8,7 +8,9 @@
 //! - [`persister`]: RabbitMQ → MySQL in batches; schedules payment timers.
 //! - [`expiry`]: payment timers, the Redis sweep and the MySQL sweep.
 //! - [`reconcile`]: Redis against MySQL, as a metric and a warning.
-//! - [`restore`]: rebuilds campaigns Redis lost from MySQL.
+//! - [`restore`]: finds campaign shards Redis lost (every second) and rebuilds them.
+//! - [`dead`]: keeps every dead-lettered order in MySQL (logged, counted) and sends
+//!   back those an operator asks to replay.
 //! - [`retire`]: drops a finished, settled campaign's per-order data from Redis.
 //! - [`topology`]: exchange and queue names and declarations.
 //! - [`context`], [`metrics`], [`error`]: what the tasks share.

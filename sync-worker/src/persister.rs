@@ -112,7 +112,7 @@ async fn dead_letter_events(
     let body = serde_json::to_vec(&OrderMessage::Batch { version: 2, events: events.to_vec() })
         .map_err(|e| WorkerError::Broker(e.to_string()))?;
     let mut headers = lapin::types::FieldTable::default();
-    headers.insert(crate::dead::REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    headers.insert(crate::topology::REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
     let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
     publish_confirmed(ctx, ch, &ctx.names.dead_exchange, DEAD_ROUTING_KEY, &body, props).await?;
     ctx.metrics.dead_lettered.with_label_values(&[reason]).inc_by(events.len() as u64);
@@ -124,7 +124,7 @@ async fn dead_letter_events(
 async fn dead_letter(ctx: &Ctx, ch: &Channel, d: &Delivery, reason: &'static str) -> Result<()> {
     ctx.metrics.dead_lettered.with_label_values(&[reason]).inc();
     let mut headers = lapin::types::FieldTable::default();
-    headers.insert(crate::dead::REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    headers.insert(crate::topology::REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
     let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
     publish_confirmed(ctx, ch, &ctx.names.dead_exchange, DEAD_ROUTING_KEY, &d.data, props).await?;
     bounded(ctx.broker_timeout(), "basic.ack", d.acker.ack(BasicAckOptions::default())).await?;

@@ -26,6 +26,9 @@ use crate::error::{bounded, Result};
 pub const ORDER_ROUTING_KEY: &str = "order";
 pub const TIMEOUT_ROUTING_KEY: &str = "timeout";
 pub const DEAD_ROUTING_KEY: &str = "dead";
+/// The header a message sent to the dead-letter exchange names its reason in
+/// (`unknown_sku`, `lost_by_redis`…); RabbitMQ's own dead letters carry `x-death`.
+pub const REASON_HEADER: &str = "x-flashsale-reason";
 
 #[derive(Debug, Clone)]
 pub struct Names {
