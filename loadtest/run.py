@@ -21,7 +21,7 @@ GATEWAY = "127.0.0.1:18080"
 CEILING_CONSTANT = "127.0.0.1:18091"
 CEILING_EVALSHA = "127.0.0.1:18092"
 
-# Per scenario: the full run (the numbers in the README) and the short one CI runs.
+# Per scenario: the full run (the numbers in docs/performance.md) and the short one CI runs.
 PRESETS = {
     "spike": {
         "full": dict(rate=10000, duration=30, skus=1, stock=5000, users=50000, limit=2, window=900, hold=3,

@@ -52,3 +52,14 @@ def sql(db: str, query: str) -> list[list[str]]:
     out = subprocess.run(["mariadb", "-uroot", "-h127.0.0.1", "-N", "-B", "-e", query, db],
                          capture_output=True, text=True, check=True, timeout=120).stdout
     return [line.split("\t") for line in out.splitlines() if line]
+
+
+if __name__ == "__main__":
+    # `python3 scripts/fsclient.py jwt USER`: a storefront token for USER;
+    # `python3 scripts/fsclient.py sign BODY`: the Flashsale-Signature header of BODY
+    # (both with the secrets of the environment, else the development defaults).
+    import sys
+    usage = "usage: fsclient.py jwt USER | sign BODY"
+    if len(sys.argv) != 3 or sys.argv[1] not in ("jwt", "sign"):
+        raise SystemExit(usage)
+    print(jwt(sys.argv[2]) if sys.argv[1] == "jwt" else signature(sys.argv[2].encode()))

@@ -39,6 +39,9 @@ bash scripts/ensure-tools.sh chromium playwright
 cargo build --quiet --workspace --bins
 python3 scripts/browser_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug" \
   --shot "${CARGO_TARGET_DIR:-target}/dashboard.png"
+echo "== the README's walk-through, run as written; every link of the docs resolves"
+python3 scripts/walkthrough_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug"
+python3 scripts/check_docs.py
 echo "== OpenAPI document fuzzed from outside (Schemathesis: all checks, all phases)"
 bash scripts/ensure-tools.sh schemathesis
 python3 scripts/schemathesis_test.py --bin-dir "${CARGO_TARGET_DIR:-target}/debug"

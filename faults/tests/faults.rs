@@ -1466,7 +1466,7 @@ async fn a_failover_with_replica_acks_loses_no_answered_order() {
 }
 
 /// The same failover with `redis.replica_acks = 0` (the default): what it loses is
-/// counted and printed for the README's fault table. MySQL's guard still holds (never
+/// counted and printed for the fault table (docs/reliability.md). MySQL's guard still holds (never
 /// more units than stock); the orders buyers were answered that no store holds any
 /// more, and the units sold twice, are the risk the setting takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// mimalloc instead of the system allocator: the hot paths allocate per request (HTTP
 /// parsing, JSON, script replies), and glibc's malloc and free were a fifth of the
-/// gateway's CPU per reservation under load (see README, "Where the time goes").
+/// gateway's CPU per reservation under load (see docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
