@@ -131,6 +131,46 @@ pub struct AuthSettings {
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     pub token: SecretString,
+    /// `name:token` pairs, comma-separated: one operator each, beside `token` (the
+    /// operator named `admin`).
+    pub tokens: SecretString,
+}
+
+/// An operator's name and token.
+pub type OperatorToken = (String, SecretString);
+
+/// Names an operator may have (`[a-z0-9_-]`, 1 to 32), and the shortest token.
+const OPERATOR_NAME_MAX: usize = 32;
+const OPERATOR_TOKEN_MIN: usize = 16;
+
+impl AdminSettings {
+    /// Every operator with its token: `admin` (`admin.token`) first, then `admin.tokens`.
+    pub fn operators(&self) -> Result<Vec<OperatorToken>, String> {
+        let mut out = vec![("admin".to_owned(), self.token.clone())];
+        for pair in self.tokens.expose_secret().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            // The message never repeats a token, only where the pair went wrong.
+            let Some((name, token)) = pair.split_once(':') else {
+                return Err(format!("operator {} is not a name:token pair", out.len()));
+            };
+            let name_ok = (1..=OPERATOR_NAME_MAX).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            if !name_ok {
+                return Err(format!("operator name {name:?} must be 1..={OPERATOR_NAME_MAX} of [a-z0-9_-]"));
+            }
+            if token.len() < OPERATOR_TOKEN_MIN {
+                return Err(format!(
+                    "operator {name}'s token must be at least {OPERATOR_TOKEN_MIN} characters"
+                ));
+            }
+            if out.iter().any(|(n, _)| n == name) {
+                return Err(format!("operator {name} is named twice"));
+            }
+            out.push((name.to_owned(), SecretString::from(token.to_owned())));
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +270,9 @@ impl Settings {
         if self.redis.cluster_seeds().iter().any(|n| !n.starts_with("redis://")) {
             return bad("redis.cluster_nodes", "must be comma-separated redis://host:port seed nodes");
         }
+        if let Err(e) = self.admin.operators() {
+            return bad("admin.tokens", &e);
+        }
         for (key, v) in [
             ("redis.url", self.redis.url.as_str()),
             ("mysql.url", self.mysql.url.as_str()),
@@ -306,6 +349,29 @@ mod tests {
             Ok(())
         });
         out
+    }
+
+    #[test]
+    fn operators_are_name_token_pairs_checked_at_start_up() {
+        let s = load_with_env(&[(
+            "FLASHSALE__ADMIN__TOKENS",
+            "alice:alice-token-0123456, bob:bob-token-01234567",
+        )])
+        .unwrap();
+        let ops = s.admin.operators().unwrap();
+        let names: Vec<&str> = ops.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["admin", "alice", "bob"]);
+        assert_eq!(ops[2].1.expose_secret(), "bob-token-01234567");
+        for (bad, why) in [
+            ("alice:short", "at least 16"),
+            ("Alice:alice-token-0123456", "must be 1..=32"),
+            ("alice-token-0123456", "not a name:token pair"),
+            ("alice:alice-token-0123456,alice:other-token-0123456", "named twice"),
+        ] {
+            let err = load_with_env(&[("FLASHSALE__ADMIN__TOKENS", bad)]).unwrap_err();
+            assert!(err.contains("admin.tokens") && err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("token-0123456"), "no token in the message: {err}");
+        }
     }
 
     #[test]

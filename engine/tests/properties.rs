@@ -140,6 +140,22 @@ async fn run(ns: &Ns, engine: &Engine, shards: usize, ops: Vec<Op>) -> Result<()
                     let inv = engine::scripts::moves::take(&script, &ns.keys(), &m, n, 1);
                     let taken =
                         engine::scripts::moves::decode(inv.invoke_async(&mut raw).await.unwrap()).unwrap();
+                    if let (Step::Taken(_), false) = (&taken, whole) {
+                        // Left half done by a process that stopped long ago: its record
+                        // is older than the stale age (taken at time 0), so whoever
+                        // meets it finishes it.
+                        let out = ns.keys().moves_out(map.tag(from));
+                        let record: String =
+                            redis::cmd("HGET").arg(&out).arg(&id).query_async(&mut raw).await.unwrap();
+                        let old = format!("{} 0", record.rsplit_once(' ').unwrap().0);
+                        let _: () = redis::cmd("HSET")
+                            .arg(&out)
+                            .arg(&id)
+                            .arg(old)
+                            .query_async(&mut raw)
+                            .await
+                            .unwrap();
+                    }
                     if let (Step::Taken(units), true) = (taken, whole) {
                         let inv = engine::scripts::moves::give(&script, &ns.keys(), &m, units);
                         let _: redis::Value = inv.invoke_async(&mut raw).await.unwrap();

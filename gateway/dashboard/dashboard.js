@@ -134,9 +134,24 @@ function select(id) {
   stopPolling();
   poll(true);
   timer = setInterval(poll, POLL_MS);
+  loadChanges().catch((e) => showError("Changes: " + e.message));
 }
 
 function stopPolling() { if (timer) clearInterval(timer); timer = null; }
+
+async function loadChanges() {
+  if (!selected) return;
+  const h = await api("GET", "/admin/v1/campaigns/" + encodeURIComponent(selected) + "/history");
+  const body = $("change-rows");
+  body.textContent = "";
+  for (const c of h.changes) {
+    const tr = document.createElement("tr");
+    [c.at, c.operator, c.action, c.before == null ? "–" : JSON.stringify(c.before), JSON.stringify(c.after)]
+      .forEach((v) => cell(tr, v));
+    body.appendChild(tr);
+  }
+  $("changes").hidden = false;
+}
 
 // The quantile of the latency observed between two cumulative bucket readings.
 function quantile(q, le, now, before) {
@@ -279,6 +294,7 @@ $("tune-form").addEventListener("submit", async (ev) => {
     };
     await api("PATCH", "/admin/v1/campaigns/" + encodeURIComponent(selected), body);
     showNotice("Tuned " + selected + ".");
+    loadChanges().catch(() => {});
     fillForm = true;
     poll();
   } catch (e) {
@@ -292,6 +308,7 @@ $("end-now").addEventListener("click", async () => {
   try {
     await api("PATCH", "/admin/v1/campaigns/" + encodeURIComponent(selected), { ends_at: new Date().toISOString() });
     showNotice("Ended " + selected + ".");
+    loadChanges().catch(() => {});
     poll();
     loadCampaigns(false).catch(() => {});
   } catch (e) {

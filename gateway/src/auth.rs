@@ -80,7 +80,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// What the extractors check callers against (the application state provides it).
 pub trait Credentials {
     fn jwt(&self) -> &JwtVerifier;
-    fn admin_token(&self) -> &str;
+    /// Every operator's name and token (`admin.token` as `admin`, then `admin.tokens`).
+    fn operators(&self) -> &[common::config::OperatorToken];
 }
 
 /// A storefront user, from `Authorization: Bearer <JWT>`.
@@ -95,19 +96,27 @@ impl<S: Credentials + Send + Sync> FromRequestParts<S> for Buyer {
     }
 }
 
-/// The operator, from `Authorization: Bearer <admin.token>`.
-pub struct Operator;
+/// The operator, by name, from `Authorization: Bearer <their token>`.
+pub struct Operator(pub String);
 
 impl<S: Credentials + Send + Sync> FromRequestParts<S> for Operator {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(AppError::Unauthenticated)?;
-        if constant_time_eq(token.as_bytes(), state.admin_token().as_bytes()) {
-            Ok(Operator)
-        } else {
-            Err(AppError::Unauthenticated)
+        // Every token is compared (in constant time), whichever matches: how many
+        // comparisons ran says nothing about which operator, if any, matched.
+        let mut who = None;
+        for (name, secret) in state.operators() {
+            if constant_time_eq(
+                token.as_bytes(),
+                common::config::ExposeSecret::expose_secret(secret).as_bytes(),
+            ) && who.is_none()
+            {
+                who = Some(name.clone());
+            }
         }
+        who.map(Operator).ok_or(AppError::Unauthenticated)
     }
 }
 

@@ -22,7 +22,7 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
     ),
     paths(
         orders::create, orders::get, orders::cancel, payments::callback,
-        admin::launch, admin::list, admin::view, admin::tune, admin::reconciliation, admin::live,
+        admin::launch, admin::list, admin::view, admin::tune, admin::reconciliation, admin::live, admin::history,
         dead_letters::list, dead_letters::replay,
         health::healthz, health::readyz
     ),
@@ -33,7 +33,7 @@ operator API (Bearer admin token). Errors are {\"error\": {\"code\", \"message\"
         payments::Callback, engine::domain::PaymentStatus, payments::CallbackAnswer,
         common::message::OrderItem, common::message::OrderStatus,
         ledger::reconcile::Reconciliation, ledger::reconcile::ReconciliationItem,
-        dead_letters::DeadLetterList, dead_letters::DeadLetterView, dead_letters::ReplayRequest, dead_letters::ReplayAnswer
+        admin::History, admin::ChangeView, dead_letters::DeadLetterList, dead_letters::DeadLetterView, dead_letters::ReplayRequest, dead_letters::ReplayAnswer
     )),
     tags(
         (name = "storefront"), (name = "payments"), (name = "operator"), (name = "health")

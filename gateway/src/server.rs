@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/campaigns/{campaign_id}", get(admin::view).patch(admin::tune))
         .route("/admin/v1/campaigns/{campaign_id}/reconciliation", get(admin::reconciliation))
         .route("/admin/v1/campaigns/{campaign_id}/live", get(admin::live))
+        .route("/admin/v1/campaigns/{campaign_id}/history", get(admin::history))
         .route("/admin/v1/dead-letters", get(dead_letters::list))
         .route("/admin/v1/dead-letters/replay", post(dead_letters::replay))
         .route("/admin/", get(crate::dashboard::page))

@@ -30,6 +30,8 @@ pub struct Shared {
     pub(crate) in_flight: Semaphore,
     /// Whether MySQL holds a campaign Redis does not know, and when that was asked.
     launched: quick_cache::sync::Cache<String, (bool, Instant)>,
+    /// Every operator's name and token (settings checked them at start-up).
+    operators: Vec<common::config::OperatorToken>,
 }
 
 /// How long the answer to "was this campaign launched?" is reused: a campaign Redis does
@@ -50,8 +52,8 @@ impl Credentials for AppState {
         &self.jwt
     }
 
-    fn admin_token(&self) -> &str {
-        self.settings.admin.token.expose_secret()
+    fn operators(&self) -> &[common::config::OperatorToken] {
+        &self.operators
     }
 }
 
@@ -93,6 +95,7 @@ impl AppState {
             user_rates: UserRates::default(),
             in_flight,
             launched: quick_cache::sync::Cache::new(LAUNCHED_REMEMBERED),
+            operators: settings.admin.operators().map_err(|e| anyhow::anyhow!("admin.tokens: {e}"))?,
             settings,
         })))
     }

@@ -813,3 +813,59 @@ async fn dead_letters_are_listed_and_sent_back() {
     db.close().await;
     env.cleanup().await;
 }
+
+/// Named operators: each token acts as its operator, every launch and tuning is
+/// recorded with who made it and the campaign before and after, newest first; a refused
+/// change is not recorded; a token that is no operator's is 401.
+#[tokio::test]
+async fn operators_are_named_and_every_change_is_in_the_history() {
+    let env = Env::start_many(1, |s| {
+        s.admin.tokens = "alice:alice-token-0123456,bob:bob-token-01234567".into();
+    })
+    .await;
+    let as_op = |token: &'static str, method: Method, path: String, body: Option<serde_json::Value>| {
+        let mut req = env.http.request(method, env.url(0, &path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move { decode(req.send().await.unwrap()).await }
+    };
+    let c = campaign("audited", json!([{"sku_id": "a", "stock": 5, "price_cents": 100}]), 2);
+    let (s, v) = as_op("alice-token-0123456", Method::POST, "/admin/v1/campaigns".into(), Some(c)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let tune =
+        |body| as_op("bob-token-01234567", Method::PATCH, "/admin/v1/campaigns/audited".into(), Some(body));
+    assert_eq!(tune(json!({"per_user_limit": 3})).await.0, StatusCode::OK);
+    assert_eq!(tune(json!({"per_user_limit": 0})).await.0, StatusCode::BAD_REQUEST, "refused");
+    let (s, _) = env
+        .admin(
+            Method::PATCH,
+            "/admin/v1/campaigns/audited",
+            Some(json!({"thresholds": {"max_orders_per_sec": 9}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "admin.token is the operator admin");
+    let (s, _) = as_op("not-a-token-at-all-0123", Method::GET, "/admin/v1/campaigns".into(), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let (s, h) = env.admin(Method::GET, "/admin/v1/campaigns/audited/history", None).await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    let changes = h["changes"].as_array().unwrap();
+    let who: Vec<(&str, &str)> =
+        changes.iter().map(|c| (c["operator"].as_str().unwrap(), c["action"].as_str().unwrap())).collect();
+    assert_eq!(
+        who,
+        [("admin", "tune"), ("bob", "tune"), ("alice", "launch")],
+        "newest first; the refusal not recorded"
+    );
+    assert_eq!(
+        (changes[1]["before"]["per_user_limit"].clone(), changes[1]["after"]["per_user_limit"].clone()),
+        (json!(2), json!(3))
+    );
+    assert_eq!(changes[2]["before"], json!(null));
+    assert_eq!(changes[2]["after"]["items"][0]["stock"], json!(5));
+    assert!(!h.to_string().contains("token-0123456"), "no token in a record");
+    let (s, v) = env.admin(Method::GET, "/admin/v1/campaigns/nope/history", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"));
+    env.cleanup().await;
+}

@@ -9,6 +9,17 @@ use crate::rows::{CampaignItemRow, CampaignRow, InsertCampaign};
 impl Db {
     /// Inserts a campaign and its items; an existing id is returned as it is.
     pub async fn insert_campaign(&self, c: &CampaignRow, now_ms: i64) -> Result<InsertCampaign> {
+        self.insert_campaign_as(c, now_ms, "admin").await
+    }
+
+    /// [`Db::insert_campaign`] by the operator `operator`, recorded as a `launch` in the
+    /// campaign's history in the same transaction.
+    pub async fn insert_campaign_as(
+        &self,
+        c: &CampaignRow,
+        now_ms: i64,
+        operator: &str,
+    ) -> Result<InsertCampaign> {
         let inserted = self
             .bounded(async {
                 let mut tx = self.pool.begin().await?;
@@ -46,6 +57,8 @@ impl Db {
                         .push_bind(i.stock_total);
                 });
                 q.build().execute(&mut *tx).await?;
+                record_change(&mut tx, &c.campaign_id, now_ms, operator, "launch", None, &launch_json(c))
+                    .await?;
                 tx.commit().await?;
                 Ok(true)
             })
@@ -107,12 +120,13 @@ impl Db {
     pub async fn tune_campaign(
         &self,
         id: &str,
-        ends_ms: Option<i64>,
-        per_user_limit: Option<i64>,
-        max_orders_per_sec: Option<Option<u32>>,
-        max_user_requests_per_sec: Option<Option<u32>>,
+        (ends_ms, per_user_limit): (Option<i64>, Option<i64>),
+        (max_orders_per_sec, max_user_requests_per_sec): (Option<Option<u32>>, Option<Option<u32>>),
+        (operator, now_ms): (&str, i64),
     ) -> Result<()> {
         self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let before = tuning_json(&mut tx, id).await?;
             let mut q = QueryBuilder::<MySql>::new("UPDATE campaigns SET campaign_id = campaign_id");
             if let Some(v) = ends_ms {
                 q.push(", ends_ms = ").push_bind(v);
@@ -127,8 +141,37 @@ impl Db {
                 q.push(", max_user_requests_per_sec = ").push_bind(v);
             }
             q.push(" WHERE campaign_id = ").push_bind(id);
-            q.build().execute(&self.pool).await?;
+            q.build().execute(&mut *tx).await?;
+            let after = tuning_json(&mut tx, id).await?;
+            record_change(&mut tx, id, now_ms, operator, "tune", Some(&before), &after).await?;
+            tx.commit().await?;
             Ok(())
+        })
+        .await
+    }
+
+    /// A campaign's recorded changes, newest first, `limit` at most.
+    pub async fn campaign_history(&self, id: &str, limit: u32) -> Result<Vec<CampaignChange>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT at_ms, operator, action, before_json, after_json FROM campaign_changes \
+                 WHERE campaign_id = ? ORDER BY change_id DESC LIMIT ?",
+            )
+            .bind(id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(CampaignChange {
+                        at_ms: r.try_get(0)?,
+                        operator: text(r, 1)?,
+                        action: text(r, 2)?,
+                        before: crate::db::opt_text(r, 3)?,
+                        after: text(r, 4)?,
+                    })
+                })
+                .collect()
         })
         .await
     }
@@ -264,4 +307,72 @@ impl Db {
         })
         .await
     }
+}
+
+/// One recorded change of a campaign; `before` and `after` are JSON objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignChange {
+    pub at_ms: i64,
+    pub operator: String,
+    pub action: String,
+    pub before: Option<String>,
+    pub after: String,
+}
+
+/// A launch as its history records it: the whole definition.
+fn launch_json(c: &CampaignRow) -> String {
+    let items: Vec<serde_json::Value> = c
+        .items
+        .iter()
+        .map(
+            |i| serde_json::json!({"sku_id": i.sku_id, "stock": i.stock_total, "price_cents": i.price_cents}),
+        )
+        .collect();
+    serde_json::json!({
+        "name": c.name, "starts_ms": c.starts_ms, "ends_ms": c.ends_ms, "per_user_limit": c.per_user_limit,
+        "payment_window_secs": c.payment_window_secs, "max_orders_per_sec": c.max_orders_per_sec,
+        "max_user_requests_per_sec": c.max_user_requests_per_sec, "shards": c.shards, "items": items,
+    })
+    .to_string()
+}
+
+/// What a tuning may change, as the row holds it now (read under its lock).
+async fn tuning_json(tx: &mut sqlx::Transaction<'_, MySql>, id: &str) -> Result<String> {
+    let r = sqlx::query(
+        "SELECT ends_ms, per_user_limit, max_orders_per_sec, max_user_requests_per_sec FROM campaigns \
+         WHERE campaign_id = ? FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(serde_json::json!({
+        "ends_ms": r.try_get::<i64, _>(0)?, "per_user_limit": r.try_get::<i64, _>(1)?,
+        "max_orders_per_sec": r.try_get::<Option<u32>, _>(2)?,
+        "max_user_requests_per_sec": r.try_get::<Option<u32>, _>(3)?,
+    })
+    .to_string())
+}
+
+async fn record_change(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    id: &str,
+    at_ms: i64,
+    operator: &str,
+    action: &str,
+    before: Option<&str>,
+    after: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO campaign_changes (campaign_id, at_ms, operator, action, before_json, after_json) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(at_ms)
+    .bind(operator)
+    .bind(action)
+    .bind(before)
+    .bind(after)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -84,7 +84,7 @@ async fn campaigns_insert_once_and_report_the_existing_one() {
         InsertCampaign::Exists(row) => assert_eq!(row, campaign("c", 10)),
         other => panic!("{other:?}"),
     }
-    t.db.tune_campaign("c", Some(20), Some(5), Some(Some(100)), None).await.unwrap();
+    t.db.tune_campaign("c", (Some(20), Some(5)), (Some(Some(100)), None), ("admin", 3)).await.unwrap();
     let row = t.db.campaign("c").await.unwrap().unwrap();
     assert_eq!((row.ends_ms, row.per_user_limit, row.max_orders_per_sec), (20, 5, Some(100)));
     assert!(t.db.campaign("zz").await.unwrap().is_none());

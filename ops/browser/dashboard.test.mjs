@@ -100,6 +100,8 @@ try {
   await page.fill("#tune-limit", "3");
   await page.click("#tune-apply");
   await page.waitForSelector("#notice:has-text('Tuned')");
+  await page.waitForSelector("#change-rows tr:has-text('tune')");
+  check(true, "the tuning is in the campaign's changes, with who made it");
   let c = await campaign();
   check(c.thresholds.max_orders_per_sec === 7 && c.thresholds.max_user_requests_per_sec === null
         && c.per_user_limit === 3, "the API reports the tuned thresholds");

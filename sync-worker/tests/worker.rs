@@ -181,6 +181,12 @@ impl Env {
         Some(q.message_count())
     }
 
+    /// The reason an order is in the dead-letter list for, if it is.
+    async fn dead_lettered(&self, order: &OrderId) -> Option<String> {
+        let (listed, _) = self.db.dead_letter_page(None, 200).await.unwrap();
+        listed.into_iter().find(|l| l.order_id == order.as_str()).map(|l| l.reason)
+    }
+
     async fn count_orders(&self, campaign: &str) -> i64 {
         testkit::count_orders(&self.pool, campaign).await
     }
@@ -712,9 +718,8 @@ async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() 
     assert_eq!((counters[0].available, counters[0].reserved), (2, 1), "u1's unit still held");
     assert_eq!(env.engine.order(&kept).await.unwrap().unwrap().status, OrderStatus::PendingPayment);
     env.publish_raw(&serde_json::to_vec(&lost_event).unwrap()).await;
-    let dead = format!("{}.dead", env.settings.namespace);
-    env.wait_for("the lost order dead-lettered", Duration::from_secs(10), async || {
-        env.queue_len(&dead).await == 1
+    env.wait_for("the lost order dead-lettered and listed", Duration::from_secs(10), async || {
+        env.dead_lettered(&lost).await.as_deref() == Some("lost_by_redis")
     })
     .await;
     assert!(env.db.order(lost.as_str()).await.unwrap().is_none(), "never applied");
@@ -752,11 +757,13 @@ async fn orders_redis_holds_are_applied_whatever_a_rebuild_mark_says() {
             .unwrap(),
     )
     .await;
-    let dead = format!("{}.dead", env.settings.namespace);
     env.wait_for(
         "the held orders in MySQL, the other one dead-lettered",
         Duration::from_secs(20),
-        async || env.count_orders("c").await == 3 && env.queue_len(&dead).await == 1,
+        async || {
+            env.count_orders("c").await == 3
+                && env.dead_lettered(&lost).await.as_deref() == Some("lost_by_redis")
+        },
     )
     .await;
     for o in &held {

@@ -161,12 +161,12 @@ fn validate_launch(r: LaunchRequest) -> Result<(CampaignLaunch, CampaignRow), Ap
     responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 409, body = ErrorBody, description = "campaign_exists")))]
 pub async fn launch(
     State(state): State<AppState>,
-    _: Operator,
+    Operator(operator): Operator,
     JsonBody(body): JsonBody<LaunchRequest>,
 ) -> Result<(StatusCode, Json<CampaignView>), AppError> {
     let (launch, row) = validate_launch(body)?;
     let id = launch.campaign.to_string();
-    let wrote_row = match state.db.insert_campaign(&row, now_ms()).await? {
+    let wrote_row = match state.db.insert_campaign_as(&row, now_ms(), &operator).await? {
         InsertCampaign::Created => true,
         InsertCampaign::Exists(existing) if existing == row => false,
         InsertCampaign::Exists(_) => return Err(AppError::CampaignExists(id)),
@@ -392,7 +392,7 @@ pub async fn view(
     responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody, description = "invalid_request"), (status = 404, body = ErrorBody, description = "campaign_not_found")))]
 pub async fn tune(
     State(state): State<AppState>,
-    _: Operator,
+    Operator(operator): Operator,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<TuneRequest>,
 ) -> Result<Json<CampaignView>, AppError> {
@@ -413,10 +413,9 @@ pub async fn tune(
         .db
         .tune_campaign(
             campaign.as_str(),
-            tuning.ends_ms,
-            tuning.per_user_limit.map(|v| v as i64),
-            tuning.max_orders_per_sec,
-            tuning.max_user_requests_per_sec,
+            (tuning.ends_ms, tuning.per_user_limit.map(|v| v as i64)),
+            (tuning.max_orders_per_sec, tuning.max_user_requests_per_sec),
+            (&operator, now_ms()),
         )
         .await?;
     let (campaign, meta) = load(&state, campaign.as_str()).await?;
@@ -464,6 +463,61 @@ pub async fn live(
         mysql_units_behind: recon.items.iter().map(|i| i.drift).sum(),
         gateway: state.metrics.live(),
     }))
+}
+
+/// One recorded change of a campaign.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangeView {
+    /// When it was made.
+    at: String,
+    /// The operator whose token made it (never the token).
+    operator: String,
+    /// `launch` or `tune` (ending a sale is a tuning of `ends_at`).
+    action: String,
+    /// The campaign before (`null` for a launch).
+    #[schema(value_type = Object)]
+    before: serde_json::Value,
+    /// The campaign after.
+    #[schema(value_type = Object)]
+    after: serde_json::Value,
+}
+
+/// `GET /admin/v1/campaigns/{id}/history`: newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct History {
+    changes: Vec<ChangeView>,
+}
+
+/// Changes listed by the history route at most (the newest).
+pub const HISTORY_MAX: u32 = 200;
+
+#[utoipa::path(get, path = "/admin/v1/campaigns/{campaign_id}/history", tag = "operator",
+    params(("campaign_id" = String, Path)),
+    responses((status = 200, body = History), (status = 404, body = ErrorBody, description = "campaign_not_found")))]
+pub async fn history(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<History>, AppError> {
+    CampaignId::parse(&id).map_err(|_| AppError::CampaignNotFound(id.clone()))?;
+    if !state.db.campaign_exists(&id).await? {
+        return Err(AppError::CampaignNotFound(id));
+    }
+    let parse = |j: &str| serde_json::from_str(j).unwrap_or(serde_json::Value::Null);
+    let changes = state
+        .db
+        .campaign_history(&id, HISTORY_MAX)
+        .await?
+        .into_iter()
+        .map(|c| ChangeView {
+            at: rfc3339(c.at_ms),
+            operator: c.operator,
+            action: c.action,
+            before: c.before.as_deref().map_or(serde_json::Value::Null, parse),
+            after: parse(&c.after),
+        })
+        .collect();
+    Ok(Json(History { changes }))
 }
 
 /// `GET /admin/v1/campaigns/{id}/reconciliation`
