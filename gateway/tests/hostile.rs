@@ -183,3 +183,74 @@ async fn ten_thousand_held_connections_neither_block_nor_bloat_the_gateway() {
     cleanup_settings(&settings).await;
     eprintln!("RSS {before} KiB → {during} KiB with 10,000 connections held");
 }
+
+/// No token ever reaches the logs: the gateway binary, logging everything it logs at
+/// `debug`, is sent operators' tokens (right and wrong), a storefront JWT, a signed
+/// callback and failing requests; none of the secrets is anywhere in its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_secret_is_ever_logged() {
+    let settings = test_settings();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::env::temp_dir().join(format!("gateway-log-{}-{port}.txt", std::process::id()));
+    let (alice, wrong) = ("alice-secret-token-0123456", "alice-secret-token-6543210");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env("FLASHSALE__NAMESPACE", &settings.namespace)
+        .env("FLASHSALE__MYSQL__URL", &settings.mysql.url)
+        .env("FLASHSALE__GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLASHSALE__GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
+        .env("FLASHSALE__ADMIN__TOKENS", format!("alice:{alice}"))
+        .env("FLASHSALE__AUTH__JWT_SECRET", "jwt-secret-never-logged")
+        .env("FLASHSALE__PAYMENTS__WEBHOOK_SECRET", "webhook-secret-never-logged")
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = campaign("secrets", json!([{"sku_id": "a", "stock": 5, "price_cents": 100}]), 2);
+    let launched =
+        http.post(format!("{base}/admin/v1/campaigns")).bearer_auth(alice).json(&c).send().await.unwrap();
+    assert_eq!(launched.status(), StatusCode::CREATED);
+    let refused = http.get(format!("{base}/admin/v1/campaigns")).bearer_auth(wrong).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let jwt = token_with("jwt-secret-never-logged", json!({"sub": "buyer", "exp": now_secs() + 600}));
+    let ordered = http
+        .post(format!("{base}/api/v1/campaigns/secrets/orders"))
+        .bearer_auth(&jwt)
+        .header("Idempotency-Key", "k1")
+        .json(&json!({"items": [{"sku_id": "a", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ordered.status(), StatusCode::CREATED);
+    let body =
+        json!({"event_id": "e1", "order_id": "secrets.nope", "amount_cents": 100, "status": "succeeded"})
+            .to_string();
+    let sig = sign("webhook-secret-never-logged", now_secs(), body.as_bytes());
+    let paid = http
+        .post(format!("{base}/api/v1/payments/callback"))
+        .header("Flashsale-Signature", &sig)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), StatusCode::NOT_FOUND);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.lines().count() > 5, "the run logged something: {text}");
+    for secret in
+        [alice, wrong, jwt.as_str(), "jwt-secret-never-logged", "webhook-secret-never-logged", sig.as_str()]
+    {
+        assert!(!text.contains(secret), "{secret:?} is in the gateway's log");
+    }
+    cleanup_settings(&settings).await;
+}
