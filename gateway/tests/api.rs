@@ -796,7 +796,15 @@ async fn dead_letters_are_listed_and_sent_back() {
         let (s, v) = env.admin(Method::GET, &format!("/admin/v1/dead-letters?{bad}"), None).await;
         assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {v}");
     }
-    for bad in [json!({"order_ids": ["a b"]}), json!({"order_ids": "c.order0"}), json!({"extra": 1})] {
+    let (s, v) = env
+        .admin(Method::POST, "/admin/v1/dead-letters/replay", Some(json!({"order_ids": ["a b", ""]})))
+        .await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"replayed": 0})),
+        "ids that name no dead letter send nothing back"
+    );
+    for bad in [json!({"order_ids": "c.order0"}), json!({"order_ids": [1]}), json!({"extra": 1})] {
         let (s, v) = env.admin(Method::POST, "/admin/v1/dead-letters/replay", Some(bad.clone())).await;
         assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {v}");
     }

@@ -475,7 +475,7 @@ pub struct ChangeView {
     /// `launch` or `tune` (ending a sale is a tuning of `ends_at`).
     action: String,
     /// The campaign before (`null` for a launch).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     before: serde_json::Value,
     /// The campaign after.
     #[schema(value_type = Object)]
