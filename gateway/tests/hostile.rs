@@ -123,6 +123,59 @@ async fn absurd_values_get_contract_errors_and_change_nothing() {
     env.cleanup().await;
 }
 
+/// The gateway binary on a port of its own, killed when dropped (also when a test's
+/// assertion fails, so no gateway outlives its test).
+struct GatewayProcess {
+    child: std::process::Child,
+    base: String,
+}
+
+impl GatewayProcess {
+    /// Starts it with the test settings' namespace and database, `env` on top, its
+    /// output to `log` (or nowhere), and waits until it answers `/healthz`.
+    async fn start(
+        settings: &common::config::Settings,
+        env: &[(&str, String)],
+        log: Option<&std::path::Path>,
+    ) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.env("FLASHSALE__NAMESPACE", &settings.namespace)
+            .env("FLASHSALE__MYSQL__URL", &settings.mysql.url)
+            .env("FLASHSALE__GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASHSALE__GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "error");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        match log {
+            Some(path) => cmd
+                .stdout(std::fs::File::create(path).unwrap())
+                .stderr(std::fs::File::options().append(true).open(path).unwrap()),
+            None => cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()),
+        };
+        let me = Self { child: cmd.spawn().unwrap(), base: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http.get(format!("{}/healthz", me.base)).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "gateway did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        me
+    }
+
+    fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -135,25 +188,10 @@ fn rss_kib(pid: u32) -> u64 {
 async fn ten_thousand_held_connections_neither_block_nor_bloat_the_gateway() {
     use tokio::io::AsyncWriteExt;
     let settings = test_settings();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .env("FLASHSALE__NAMESPACE", &settings.namespace)
-        .env("FLASHSALE__MYSQL__URL", &settings.mysql.url)
-        .env("FLASHSALE__GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
-        .env("FLASHSALE__GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let gateway = GatewayProcess::start(&settings, &[], None).await;
+    let (base, port) = (gateway.base.clone(), gateway.port());
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let before = rss_kib(child.id());
+    let before = rss_kib(gateway.child.id());
     let mut held = Vec::with_capacity(10_000);
     for i in 0..10_000 {
         match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -175,11 +213,10 @@ async fn ten_thousand_held_connections_neither_block_nor_bloat_the_gateway() {
     let res = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(took.elapsed() < Duration::from_secs(1), "answered in {:?} with 10,000 held", took.elapsed());
-    let during = rss_kib(child.id());
+    let during = rss_kib(gateway.child.id());
     assert!(during - before.min(during) < 256 * 1024, "RSS grew from {before} KiB to {during} KiB");
     drop(held);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gateway);
     cleanup_settings(&settings).await;
     eprintln!("RSS {before} KiB → {during} KiB with 10,000 connections held");
 }
@@ -190,29 +227,17 @@ async fn ten_thousand_held_connections_neither_block_nor_bloat_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_secret_is_ever_logged() {
     let settings = test_settings();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::env::temp_dir().join(format!("gateway-log-{}-{port}.txt", std::process::id()));
+    let log =
+        std::env::temp_dir().join(format!("gateway-log-{}-{}.txt", std::process::id(), settings.namespace));
     let (alice, wrong) = ("alice-secret-token-0123456", "alice-secret-token-6543210");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .env("FLASHSALE__NAMESPACE", &settings.namespace)
-        .env("FLASHSALE__MYSQL__URL", &settings.mysql.url)
-        .env("FLASHSALE__GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
-        .env("FLASHSALE__GATEWAY__METRICS_LISTEN", "127.0.0.1:0")
-        .env("FLASHSALE__ADMIN__TOKENS", format!("alice:{alice}"))
-        .env("FLASHSALE__AUTH__JWT_SECRET", "jwt-secret-never-logged")
-        .env("FLASHSALE__PAYMENTS__WEBHOOK_SECRET", "webhook-secret-never-logged")
-        .env("RUST_LOG", "debug")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let env = [
+        ("FLASHSALE__ADMIN__TOKENS", format!("alice:{alice}")),
+        ("FLASHSALE__AUTH__JWT_SECRET", "jwt-secret-never-logged".to_owned()),
+        ("FLASHSALE__PAYMENTS__WEBHOOK_SECRET", "webhook-secret-never-logged".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    let gateway = GatewayProcess::start(&settings, &env, Some(&log)).await;
+    let (base, http) = (gateway.base.clone(), reqwest::Client::new());
     let c = campaign("secrets", json!([{"sku_id": "a", "stock": 5, "price_cents": 100}]), 2);
     let launched =
         http.post(format!("{base}/admin/v1/campaigns")).bearer_auth(alice).json(&c).send().await.unwrap();
@@ -242,8 +267,7 @@ async fn no_token_or_secret_is_ever_logged() {
         .await
         .unwrap();
     assert_eq!(paid.status(), StatusCode::NOT_FOUND);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gateway);
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     assert!(text.lines().count() > 5, "the run logged something: {text}");
