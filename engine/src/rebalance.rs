@@ -9,6 +9,7 @@ use deadpool_redis::redis;
 use crate::domain::{CampaignId, SkuId};
 use crate::error::{EngineError, Result};
 use crate::scripts::moves::{self, Move, Step};
+use crate::shards::ShardState;
 use crate::shards::{ShardMap, MOVE_STALE_MS};
 use crate::store::StockStore;
 
@@ -55,7 +56,7 @@ impl StockStore {
         let mut levels = Levels::default();
         for ((avail, gen), buyers, records, (starts, restoring), time) in rows {
             let stale_before = redis_ms(time) - MOVE_STALE_MS;
-            levels.incomplete |= starts.is_none() || restoring.is_some();
+            levels.incomplete |= ShardState::of(starts, restoring) != ShardState::Live;
             levels.available.push(avail.unwrap_or(0));
             levels.generations.push(gen.unwrap_or(0));
             levels.buyers += buyers;

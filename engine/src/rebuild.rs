@@ -48,17 +48,7 @@ const ORDERS_PER_CALL: usize = 200;
 /// User counts written back per `users` step at most.
 const USERS_PER_CALL: usize = 500;
 
-/// One campaign shard as Redis holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardState {
-    Live,
-    /// No meta: the shard's data is gone (or the campaign's launch has not reached it).
-    Missing,
-    /// Being rebuilt (or left half-rebuilt by a rebuilder that stopped).
-    Restoring,
-    /// Its node did not answer: nothing is known (and nothing is rebuilt).
-    Unknown,
-}
+pub use crate::shards::ShardState;
 
 /// What [`StockStore::rebuild`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +83,10 @@ impl StockStore {
             .map(|m| {
                 rows.by_ref()
                     .take(m.len())
-                    .map(|row| match row {
-                        Err(_) => ShardState::Unknown,
-                        Ok((None, _)) => ShardState::Missing,
-                        Ok((Some(_), Some(_))) => ShardState::Restoring,
-                        Ok((Some(_), None)) => ShardState::Live,
+                    .map(|row| {
+                        row.map_or(ShardState::Unknown, |(starts, restoring)| {
+                            ShardState::of(starts, restoring)
+                        })
                     })
                     .collect()
             })

@@ -107,6 +107,30 @@ impl ShardMap {
     }
 }
 
+/// One campaign shard as Redis holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    Live,
+    /// No meta: the shard's data is gone (or the campaign's launch has not reached it).
+    Missing,
+    /// Being rebuilt (or left half-rebuilt by a rebuilder that stopped).
+    Restoring,
+    /// Its node did not answer: nothing is known (and nothing is rebuilt).
+    Unknown,
+}
+
+impl ShardState {
+    /// A shard's state from its meta's `starts` and `restoring` fields (`HMGET meta
+    /// starts restoring`), as the scripts' `shard_state` reads them.
+    pub fn of<T>(starts: Option<T>, restoring: Option<T>) -> Self {
+        match (starts, restoring) {
+            (None, _) => Self::Missing,
+            (Some(_), Some(_)) => Self::Restoring,
+            (Some(_), None) => Self::Live,
+        }
+    }
+}
+
 /// FNV-1a, 64 bits: a stable hash of a user id (the same in every process and release).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))

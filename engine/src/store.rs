@@ -424,7 +424,7 @@ impl StockStore {
                 redis::cmd("HMGET").arg(key).arg("starts").arg("restoring").query_async(&mut c).await
             })
             .await?;
-        Ok(starts.is_some() && restoring.is_none())
+        Ok(crate::shards::ShardState::of(starts, restoring) == crate::shards::ShardState::Live)
     }
 
     /// Each order's owner and skus (`None` where Redis has no such order): the keys a
