@@ -30,6 +30,9 @@ const REPLAY_EVERY: Duration = Duration::from_secs(1);
 
 /// Consumes the dead-letter queue until stopped.
 pub async fn keep(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Result<()> {
+    // Bounded like every consumer: at most `amqp.prefetch` unacknowledged messages here.
+    let qos = ch.basic_qos(ctx.settings.amqp.prefetch, lapin::options::BasicQosOptions::default());
+    bounded(ctx.broker_timeout(), "basic.qos", qos).await?;
     let mut consumer = consume(ctx, ch, &ctx.names.dead_queue, "dead-letters").await?;
     loop {
         let next = tokio::select! {
