@@ -105,7 +105,11 @@ impl StockStore {
         Ok(())
     }
 
-    async fn move_step(&self, inv: redis::ScriptInvocation<'_>, tag: &CampaignId) -> Result<Step> {
+    async fn move_step(
+        &self,
+        inv: crate::scripts::lua::ScriptInvocation<'_>,
+        tag: &CampaignId,
+    ) -> Result<Step> {
         moves::decode(self.run(inv, tag).await?)
     }
 

@@ -305,7 +305,11 @@ impl StockStore {
         self.rebuild_step(finish, tag).await
     }
 
-    async fn rebuild_step(&self, inv: redis::ScriptInvocation<'_>, tag: &CampaignId) -> Result<()> {
+    async fn rebuild_step(
+        &self,
+        inv: crate::scripts::lua::ScriptInvocation<'_>,
+        tag: &CampaignId,
+    ) -> Result<()> {
         match script::decode(self.run(inv, tag).await?)? {
             Step::Ok => Ok(()),
             Step::Lost => Err(EngineError::Unavailable("another rebuilder took the shard over".into())),

@@ -1,4 +1,4 @@
-//! The Redis stock store: runs the Lua scripts (EVALSHA, reloaded on NOSCRIPT; each
+//! The Redis stock store: runs the Lua scripts (EVALSHA, EVAL on NOSCRIPT; each
 //! script's keys and reply in [`crate::scripts`]) and the plain reads beside them.
 //! Every call goes through [`RedisLink`], so every call has a timeout. This layer knows
 //! nothing of the local cache; only the [`crate::Engine`] reaches it.
@@ -70,16 +70,20 @@ impl StockStore {
         self.link.call(|mut c| async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }).await
     }
 
-    /// Runs one script call that may change the shard `tag` (EVALSHA, reloaded on
-    /// NOSCRIPT) through the link; with `redis.replica_acks` it answers only once the
-    /// replicas hold the change ([`RedisLink::call_acked`]).
-    pub(crate) async fn run(&self, inv: redis::ScriptInvocation<'_>, tag: &CampaignId) -> Result<Value> {
+    /// Runs one script call that may change the shard `tag` (EVALSHA, EVAL on NOSCRIPT:
+    /// [`crate::scripts::lua`]) through the link; with `redis.replica_acks` it answers
+    /// only once the replicas hold the change ([`RedisLink::call_acked`]).
+    pub(crate) async fn run(
+        &self,
+        inv: crate::scripts::lua::ScriptInvocation<'_>,
+        tag: &CampaignId,
+    ) -> Result<Value> {
         let slot = crate::keys::hash_slot(&format!("{{c:{tag}}}"));
         self.link.call_acked(slot, |mut c| async move { inv.invoke_async(&mut c).await }).await
     }
 
     /// Runs one script call that only reads.
-    pub(crate) async fn run_read(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value> {
+    pub(crate) async fn run_read(&self, inv: crate::scripts::lua::ScriptInvocation<'_>) -> Result<Value> {
         self.link.call(|mut c| async move { inv.invoke_async(&mut c).await }).await
     }
 

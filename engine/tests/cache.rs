@@ -95,6 +95,38 @@ async fn a_script_flush_in_the_middle_of_traffic_fails_no_request() {
     assert_eq!(ok.load(Ordering::Relaxed), 8 * 150);
 }
 
+/// A flush can land between the reload of a script and the call that uses it (another
+/// test's flushes once failed a campaign launch that way): under a storm of flushes,
+/// launches, reservations, releases and views all still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_script_flushes_fails_no_launch_reservation_or_release() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm = {
+        let stop = Arc::clone(&stop);
+        let mut raw = ns.raw().await;
+        tokio::spawn(async move {
+            let mut flushes = 0u32;
+            while !stop.load(Ordering::Relaxed) && flushes < 2_000 {
+                let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut raw).await.unwrap();
+                flushes += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            flushes
+        })
+    };
+    for i in 0..120 {
+        let c = format!("storm{i}");
+        launch(&e, &open_campaign(&c, &[("a", 5, 100)], 1)).await;
+        let r = e.reserve(&cid(&c), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
+        let ReserveOutcome::Reserved(r) = r else { panic!("{r:?}") };
+        e.release(&r.order_id, ReleaseReason::Cancelled).await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(storm.await.unwrap() > 10, "the storm flushed too little to mean anything");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_launched_elsewhere_is_seen_and_tuning_reaches_others_within_a_second() {
     let ns = Ns::new();

@@ -1,6 +1,8 @@
 //! `lua/confirm.lua`: a payment provider's verdict on one order.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::Reply;
 use crate::domain::{ConfirmOutcome, EventId, OrderId, PaymentStatus, SkuId};

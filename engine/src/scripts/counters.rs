@@ -1,6 +1,8 @@
 //! `lua/counters.lua`: every sku's counters in one consistent snapshot.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::Reply;
 use crate::campaign::SkuCounters;

@@ -5,6 +5,7 @@
 
 pub mod confirm;
 pub mod counters;
+pub mod lua;
 pub mod moves;
 pub mod release;
 pub mod reserve;
@@ -14,7 +15,7 @@ pub mod warmup;
 
 mod reply;
 
-use redis::Script;
+use lua::Script;
 pub(crate) use reply::{parse_items, protocol, Reply};
 
 /// The scripts, hashed once.
@@ -48,7 +49,7 @@ impl Scripts {
 /// notice channel: the arguments `warmup.lua` and `restore.lua`'s last step share
 /// (the prelude's `write_meta` reads them).
 fn push_meta_args(
-    inv: &mut redis::ScriptInvocation<'_>,
+    inv: &mut lua::ScriptInvocation<'_>,
     k: &crate::keys::KeySpace,
     spec: &crate::campaign::CampaignLaunch,
 ) {

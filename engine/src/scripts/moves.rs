@@ -1,7 +1,9 @@
 //! `lua/move.lua`: units of one sku from one shard of a campaign to another (take on
 //! the donor, give on the receiver, settle on the donor), never created or lost.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::Reply;
 use crate::domain::{CampaignId, SkuId};

@@ -1,7 +1,9 @@
 //! `lua/release.lua`: pending orders of one campaign become cancelled or expired,
 //! many per call, each at most once.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::Reply;
 use crate::domain::{CampaignId, OrderId, ReleaseOutcome, ReleaseReason, SkuId, UserId};

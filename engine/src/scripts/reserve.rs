@@ -1,6 +1,8 @@
 //! `lua/reserve.lua`: every line of one order or none.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::{parse_items, protocol, Reply};
 use crate::domain::{

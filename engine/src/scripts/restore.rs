@@ -1,7 +1,9 @@
 //! `lua/restore.lua`: lost campaign shards rebuilt from MySQL and the surviving shards,
 //! under a lease; each lost shard goes live whole in its last step.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::Reply;
 use crate::campaign::CampaignLaunch;

@@ -1,6 +1,8 @@
 //! `lua/tune.lua`: a live campaign's end, per-user limit or thresholds.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::{threshold_arg, Reply};
 use crate::campaign::{CampaignTuning, TuneOutcome};

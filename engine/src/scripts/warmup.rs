@@ -1,6 +1,8 @@
 //! `lua/warmup.lua`: a new campaign's window and stock in one step.
 
-use redis::{Script, ScriptInvocation, Value};
+use redis::Value;
+
+use super::lua::{Script, ScriptInvocation};
 
 use super::Reply;
 use crate::campaign::{CampaignLaunch, LaunchOutcome};
