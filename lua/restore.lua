@@ -6,7 +6,14 @@
 -- rebuilder's token and `restoring_until` the lease's end (Redis clock, ms). Every other
 -- script answers 503 while `restoring` is set (prelude `shard_state`); a rebuilder that
 -- stopped is taken over once its lease has lapsed; no step ever writes into a live shard.
---   'begin'   KEYS 1 meta
+--   'hold'    KEYS 1 meta; ARGV 1 'hold', 2 token, 3 lease ms
+--             A live shard found behind MySQL: `restoring` set with a lease on its data
+--             as it is, so every script answers 503 while what it holds reaches MySQL;
+--             renewed by the same token, and then rebuilt ('begin' by the same token).
+--             -> {'ok'} | {'busy'} (another rebuilder's lease) | {'lost'} (no meta)
+--   'unhold'  KEYS 1 meta; ARGV 1 'unhold', 2 token -> {'ok'}: the hold dropped (if ours)
+--   'begin'   KEYS 1 meta, 2 moves out, 3 moved in (a shard that came back behind keeps
+--             records of moves its rebuilt stock no longer counts: they go)
 --             ARGV 1 'begin', 2 token, 3 lease ms, 4 campaign, 5 starts_ms, 6 ends_ms,
 --             7 per_user_limit, 8 payment_window_secs, 9 max_orders_per_sec,
 --             10 max_user_rps, 11 events channel, 12 shard count, 13 skus (comma-separated)
@@ -62,6 +69,24 @@ end
 
 local token, lease_ms = ARGV[2], tonumber(ARGV[3])
 
+if mode == 'hold' then
+  local m = redis.call('HMGET', KEYS[1], 'starts', 'restoring', 'restoring_until')
+  if not m[1] then
+    return { 'lost' }
+  end
+  if m[2] and m[2] ~= token and now_ms() < tonumber(m[3] or '0') then
+    return { 'busy' }
+  end
+  redis.call('HSET', KEYS[1], 'restoring', token, 'restoring_until', int(now_ms() + lease_ms))
+  return { 'ok' }
+end
+if mode == 'unhold' then
+  if redis.call('HGET', KEYS[1], 'restoring') == token then
+    redis.call('HDEL', KEYS[1], 'restoring', 'restoring_until')
+  end
+  return { 'ok' }
+end
+
 if mode == 'begin' then
   local m = redis.call('HMGET', KEYS[1], 'starts', 'restoring', 'restoring_until')
   if m[1] and not m[2] then
@@ -74,7 +99,7 @@ if mode == 'begin' then
   for sku in string.gmatch(ARGV[13], '[^,]+') do
     skus[#skus + 1] = sku
   end
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   write_meta(KEYS[1], 5, skus)
   redis.call('HSET', KEYS[1], 'shards', ARGV[12], 'restoring', token,
     'restoring_until', int(now_ms() + lease_ms))

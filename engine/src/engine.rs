@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use common::config::Settings;
 
+use common::message::OrderEvent;
+
+use crate::behind::StreamId;
 use crate::cache::LocalCache;
 use crate::campaign::CampaignSnapshot;
 use crate::campaign::{
@@ -461,6 +464,39 @@ impl Engine {
         generation: u64,
     ) -> Result<Rebuilt> {
         self.inner.store.rebuild(snapshot, lost, &self.inner.rebuild_token, generation).await
+    }
+
+    /// Each outbox stream's last generated id (`None`: no such stream), one result per
+    /// stream (see `behind.rs`).
+    pub async fn stream_last_ids(&self, streams: &[CampaignId]) -> Vec<Result<Option<StreamId>>> {
+        self.inner.store.stream_last_ids(streams).await
+    }
+
+    /// Holds a live shard (`tag`) found behind MySQL under this process's rebuild lease:
+    /// every path answers 503 there, its data kept. `false`: another rebuilder holds it,
+    /// or it has no meta. Call again within the lease to keep it.
+    pub async fn hold_shard(&self, tag: &CampaignId) -> Result<bool> {
+        self.inner.store.hold(tag, &self.inner.rebuild_token).await
+    }
+
+    /// Drops this process's hold of a shard: it answers again as it was.
+    pub async fn unhold_shard(&self, tag: &CampaignId) -> Result<()> {
+        self.inner.store.unhold(tag, &self.inner.rebuild_token).await
+    }
+
+    /// How many entries a shard's outbox holds, and the order events of its first `max`.
+    pub async fn outbox_backlog(&self, tag: &CampaignId, max: usize) -> Result<(u64, Vec<OrderEvent>)> {
+        self.inner.store.outbox_backlog(tag, max).await
+    }
+
+    /// Drops these orders from a held shard (see `behind.rs`).
+    pub async fn forget_orders(&self, tag: &CampaignId, events: &[OrderEvent]) -> Result<()> {
+        self.inner.store.forget_orders(tag, events).await
+    }
+
+    /// Makes a shard's outbox stream exist with its last id at least `id`.
+    pub async fn raise_stream_id(&self, tag: &CampaignId, id: StreamId) -> Result<()> {
+        self.inner.store.raise_stream_id(tag, id).await
     }
 
     /// Drops one page of a finished campaign's orders from Redis (see `outbox.rs`).

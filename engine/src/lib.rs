@@ -12,6 +12,9 @@
 //!   and retiring a finished campaign a page at a time.
 //! - [`rebuild`]: campaign shards whose data Redis lost, found (each shard's meta is
 //!   its marker) and rebuilt from MySQL and the surviving shards.
+//! - [`behind`]: shards that came back behind MySQL (a failover to a replica that
+//!   missed the last writes): the stream ids that show it, and the hold and clean-up
+//!   before such a shard is rebuilt.
 //! - [`cache`]: the local sharded cache answering sold-out, not-started and unknown
 //!   requests without Redis.
 //! - [`notices`]: the pub/sub listener that keeps every process's cache fresh.
@@ -22,6 +25,7 @@
 //! - [`error`]: [`EngineError`], the one error type of this layer.
 #![forbid(unsafe_code)]
 
+pub mod behind;
 pub mod cache;
 pub mod campaign;
 pub mod clock;

@@ -11,6 +11,7 @@
 //! - [`apply`]: the SQL that applies a fold in one transaction, stock moves guarded.
 //! - [`reconcile`]: a campaign's Redis counters against MySQL.
 //! - [`dead`]: dead-lettered orders, kept to be listed and sent back.
+//! - [`relayed`]: the newest outbox id relayed per stream (finds a shard behind MySQL).
 //!
 //! The ledger speaks the engine's domain types (it records what the engine decided);
 //! the engine never sees the ledger.
@@ -23,6 +24,7 @@ pub mod dead;
 pub mod fold;
 pub mod orders;
 pub mod reconcile;
+pub mod relayed;
 pub mod rows;
 
 pub use db::{Db, DbError, Result};

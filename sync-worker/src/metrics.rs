@@ -22,6 +22,8 @@ pub struct Metrics {
     pub inconsistent_campaigns: IntGauge,
     pub restored_campaigns: IntCounter,
     pub restored_shards: IntCounter,
+    pub behind_shards: IntCounter,
+    pub forgotten_orders: IntCounter,
     pub campaign_errors: IntCounterVec,
     pub retired_campaigns: IntCounter,
     pub sweep_repairs: IntCounterVec,
@@ -151,6 +153,16 @@ impl Metrics {
                 &r,
                 "flashsale_restored_shards_total",
                 "Campaign shards Redis had lost, rebuilt from MySQL and the surviving shards",
+            )?,
+            behind_shards: counter(
+                &r,
+                "flashsale_behind_shards_total",
+                "Campaign shards found behind MySQL (a failover to a replica that missed the last writes), held and rebuilt",
+            )?,
+            forgotten_orders: counter(
+                &r,
+                "flashsale_forgotten_orders_total",
+                "Orders a shard found behind MySQL had granted that MySQL never took, dropped before its rebuild",
             )?,
             campaign_errors: counter_vec(
                 &r,

@@ -7,7 +7,10 @@
 //! published with `mandatory`, and its entries are acknowledged in the stream
 //! (`XACK` and `XDEL`) only after the broker confirmed it; a nack, a return
 //! (unroutable) or a timeout leaves them pending, to be claimed and published again.
-//! Duplicates are possible downstream, loss is not.
+//! Duplicates are possible downstream, loss is not. Before a round publishes, the
+//! newest id it takes is recorded in MySQL (`outbox_relayed`), so a shard that a
+//! failover sets back behind what MySQL holds is found (`restore.rs`); while MySQL
+//! cannot record it, the stream's entries wait in Redis.
 //!
 //! There is one outbox stream per campaign shard (the campaign's own when unsharded),
 //! named by the shard's tag. The relay visits only streams with work: a script that
@@ -21,6 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use engine::behind::StreamId;
 use engine::clock::now_ms;
 use engine::domain::CampaignId;
 use engine::outbox::WorkSignal;
@@ -105,6 +109,12 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                     ctx.campaign_failed("relay", &stream, &e);
                     resting.insert(stream.clone(), Instant::now() + STREAM_REST);
                 }
+                // MySQL could not record how far the stream goes: its entries wait in
+                // Redis until it can (the persister could not apply them meanwhile).
+                Err(WorkerError::Db(e)) => {
+                    ctx.campaign_failed("relay", &stream, &e);
+                    resting.insert(stream.clone(), Instant::now() + STREAM_REST);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -181,6 +191,12 @@ async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(u
             tracing::error!(%stream, %id, "outbox entry without an order; set aside in the shard's outbox-dead stream");
         }
         store.outbox_set_aside(stream, &malformed).await?;
+    }
+    // MySQL learns how far this stream was passed on before the broker has any of it,
+    // so a shard that later comes back without these entries is found behind
+    // (`restore.rs`). No record, no publish: the entries wait in the stream.
+    if let Some(newest) = entries.iter().filter_map(|e| StreamId::parse(&e.id)).max() {
+        ctx.db.record_relayed(stream.as_str(), stream.campaign_of_tag().as_str(), newest).await?;
     }
     let messages = joined::join(&entries);
     let mut confirms = Vec::with_capacity(messages.len());

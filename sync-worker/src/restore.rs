@@ -20,6 +20,16 @@
 //! stock. Idempotency keys and payment event ids travel with the orders into MySQL and
 //! come back with them, so a retry or a repeated payment event is answered as before.
 //!
+//! A shard can also come back **behind** MySQL: a failover to a replica that missed the
+//! last writes. The relay records the newest stream id it passes on per stream in
+//! MySQL before publishing; a live shard whose stream's last id is older (read after
+//! the record) no longer knows work MySQL holds ([`engine::behind`]). It is held
+//! (503 on every path, its data kept) while the relay passes on what its outbox still
+//! has and the persister applies it; the orders of that outbox MySQL never took (the
+//! guard refused them: they sold units MySQL had already given to orders the shard
+//! forgot) are dropped, logged and counted (`flashsale_forgotten_orders_total`), and
+//! the shard is rebuilt as a lost one, its stream's last id raised to the recorded one.
+//!
 //! A campaign MySQL holds and Redis does not is not always lost: the operator API
 //! writes a launch to MySQL first, so a check can fall between the two writes. The
 //! mark's time is therefore taken before Redis is asked, so the launched campaign's
@@ -28,7 +38,12 @@
 //! never lost. (A shard rebuilt before its launch reached it gets exactly its launch
 //! slice: nothing else holds units yet.)
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::message::OrderEvent;
+use engine::behind::StreamId;
+use engine::shards::ShardMap;
 
 use engine::campaign::{CampaignLaunch, LaunchItem};
 use engine::campaign::{CampaignSnapshot, SnapshotOrder};
@@ -72,20 +87,35 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
     // first orders, created once Redis has it, must all come after the mark.
     let at = now_ms();
     let ids: Vec<CampaignId> = campaigns.iter().map(|(c, _)| c.clone()).collect();
+    // How far the relay got, read before the streams themselves: a stream read after its
+    // record is never older than it, unless Redis lost what it had.
+    let names: Vec<String> = ids.iter().map(|c| c.as_str().to_owned()).collect();
+    let relayed = ctx.db.relayed_ids(&names).await?;
     let relisted = ctx.engine.relist(&ids).await?;
     if relisted > 0 {
         tracing::warn!(relisted, "the campaign index had lost live campaigns; listed again");
     }
     let states = ctx.engine.shard_states(&campaigns).await?;
+    let maps: Vec<ShardMap> = campaigns.iter().map(|(c, n)| ShardMap::new(c, usize::from(*n))).collect();
+    let tags: Vec<CampaignId> = maps.iter().flat_map(|m| m.tags().iter().cloned()).collect();
+    let mut lasts = ctx.engine.stream_last_ids(&tags).await.into_iter();
     let mut rebuilt = 0;
-    for ((campaign, _), states) in campaigns.iter().zip(states) {
+    for (((campaign, _), states), map) in campaigns.iter().zip(states).zip(&maps) {
+        let lasts: Vec<_> = lasts.by_ref().take(map.len()).collect();
         let lost: Vec<usize> = states
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s, ShardState::Missing | ShardState::Restoring))
             .map(|(i, _)| i)
             .collect();
-        if lost.is_empty() {
+        let behind: Vec<usize> = (0..map.len())
+            .filter(|&i| states.get(i) == Some(&ShardState::Live))
+            .filter(|&i| {
+                let recorded = relayed.get(map.tag(i).as_str());
+                matches!((recorded, lasts.get(i)), (Some(r), Some(Ok(last))) if last.unwrap_or_default() < *r)
+            })
+            .collect();
+        if lost.is_empty() && behind.is_empty() {
             continue;
         }
         if states.contains(&ShardState::Unknown) {
@@ -93,7 +123,12 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
             ctx.campaign_failed("rebuild", campaign, &"a shard's node does not answer");
             continue;
         }
-        match rebuild_campaign(ctx, campaign, &lost, at).await {
+        let outcome = if lost.is_empty() {
+            repair_behind(ctx, campaign, map, &behind, &relayed).await
+        } else {
+            rebuild_campaign(ctx, campaign, map, &lost, &relayed, at).await
+        };
+        match outcome {
             Ok(n) => rebuilt += n,
             Err(e) => ctx.campaign_failed("rebuild", campaign, &e),
         }
@@ -101,10 +136,140 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
     Ok(rebuilt)
 }
 
+/// How long a shard found behind is held for its outbox to reach the broker.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// How long, then, the persister is given to apply what the relay passed on.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+/// Outbox entries of a held shard read at most per look.
+const BACKLOG_MAX: usize = 10_000;
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// Holds the `behind` shards of one campaign, lets what their outboxes still hold reach
+/// MySQL, drops the orders MySQL did not take, and rebuilds them as lost shards.
+async fn repair_behind(
+    ctx: &Ctx,
+    campaign: &CampaignId,
+    map: &ShardMap,
+    behind: &[usize],
+    relayed: &HashMap<String, StreamId>,
+) -> Result<usize> {
+    let tags: Vec<&CampaignId> = behind.iter().map(|&i| map.tag(i)).collect();
+    let mut held = Vec::new();
+    for tag in &tags {
+        match ctx.engine.hold_shard(tag).await {
+            Ok(true) => held.push(*tag),
+            Ok(false) => break,
+            Err(e) => {
+                unhold(ctx, &held).await;
+                return Err(e.into());
+            }
+        }
+    }
+    if held.len() < tags.len() {
+        // Another rebuilder has one of them (or it was lost meanwhile): next round.
+        unhold(ctx, &held).await;
+        return Ok(0);
+    }
+    ctx.metrics.behind_shards.inc_by(tags.len() as u64);
+    tracing::error!(%campaign, shards = ?behind,
+        "campaign shards behind MySQL (a failover lost their last writes): held, to be rebuilt");
+    let unknown = match drain(ctx, &tags).await {
+        Ok(unknown) => unknown,
+        Err(e) => {
+            unhold(ctx, &held).await;
+            return Err(e);
+        }
+    };
+    // From here the shards change: they stay held (503) until rebuilt, by this round or,
+    // once the hold lapses, as lost shards by the next.
+    for (tag, events) in tags.iter().zip(&unknown) {
+        for e in events {
+            tracing::error!(%campaign, order = %e.order_id, user = %e.user_id,
+                "order granted by a shard behind MySQL and never taken by MySQL: dropped with the shard's rebuild");
+        }
+        ctx.metrics.forgotten_orders.inc_by(events.len() as u64);
+        ctx.engine.forget_orders(tag, events).await?;
+    }
+    // The mark comes after every order of the held shards was made: one of the dropped
+    // orders reaching MySQL later is refused as lost, whenever it was created.
+    rebuild_campaign(ctx, campaign, map, behind, relayed, now_ms()).await
+}
+
+async fn unhold(ctx: &Ctx, tags: &[&CampaignId]) {
+    for tag in tags {
+        if let Err(e) = ctx.engine.unhold_shard(tag).await {
+            tracing::warn!(error = %e, %tag, "hold not dropped; it lapses by itself");
+        }
+    }
+}
+
+/// Waits, keeping the holds, until the held shards' outboxes are empty (the broker has
+/// every entry) and MySQL holds the orders they carried, or [`SETTLE_WAIT`] has passed;
+/// returns, per shard, the events of orders MySQL still does not hold.
+async fn drain(ctx: &Ctx, tags: &[&CampaignId]) -> Result<Vec<Vec<OrderEvent>>> {
+    let mut seen: Vec<HashMap<String, OrderEvent>> = vec![HashMap::new(); tags.len()];
+    let started = Instant::now();
+    loop {
+        let mut left = 0;
+        for (tag, seen) in tags.iter().zip(&mut seen) {
+            keep_hold(ctx, tag).await?;
+            let (len, events) = ctx.engine.outbox_backlog(tag, BACKLOG_MAX).await?;
+            left += len;
+            for e in events {
+                seen.insert(e.order_id.clone(), e);
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        if started.elapsed() > DRAIN_WAIT {
+            return Err(WorkerError::Redis(engine::EngineError::Unavailable(format!(
+                "{left} outbox entries of shards behind MySQL not relayed within {DRAIN_WAIT:?}"
+            ))));
+        }
+        tokio::time::sleep(LOOK_EVERY).await;
+    }
+    let ids: Vec<String> = seen.iter().flat_map(|s| s.keys().cloned()).collect();
+    let settled = Instant::now();
+    let mut present = ctx.db.orders_present(&ids).await?;
+    while present.len() < ids.len() && settled.elapsed() < SETTLE_WAIT {
+        tokio::time::sleep(LOOK_EVERY).await;
+        for tag in tags {
+            keep_hold(ctx, tag).await?;
+        }
+        present = ctx.db.orders_present(&ids).await?;
+    }
+    Ok(seen
+        .into_iter()
+        .map(|s| s.into_values().filter(|e| !present.contains(&e.order_id)).collect())
+        .collect())
+}
+
+async fn keep_hold(ctx: &Ctx, tag: &CampaignId) -> Result<()> {
+    if ctx.engine.hold_shard(tag).await? {
+        Ok(())
+    } else {
+        Err(WorkerError::Redis(engine::EngineError::Unavailable(format!("the hold of shard {tag} was lost"))))
+    }
+}
+
 /// Rebuilds the `lost` shards of one campaign Redis was asked about after `at`;
-/// returns how many it rebuilt.
-async fn rebuild_campaign(ctx: &Ctx, campaign: &CampaignId, lost: &[usize], at: i64) -> Result<usize> {
+/// returns how many it rebuilt. Each rebuilt shard's stream keeps its place: its last
+/// id is raised to what the relay recorded, so it is not found behind afterwards.
+async fn rebuild_campaign(
+    ctx: &Ctx,
+    campaign: &CampaignId,
+    map: &ShardMap,
+    lost: &[usize],
+    relayed: &HashMap<String, StreamId>,
+    at: i64,
+) -> Result<usize> {
     let Some(row) = ctx.db.campaign(campaign.as_str()).await? else { return Ok(0) };
+    for &shard in lost {
+        if let Some(id) = relayed.get(map.tag(shard).as_str()) {
+            ctx.engine.raise_stream_id(map.tag(shard), *id).await?;
+        }
+    }
     // First the mark (from now on MySQL refuses orders Redis lost), then the snapshot:
     // it holds every order MySQL will ever hold from before the loss. An order the
     // mark refuses that Redis holds after all is applied by the persister.

@@ -908,6 +908,91 @@ async fn one_lost_shard_is_found_and_rebuilt_while_the_others_sell() {
     env.cleanup().await;
 }
 
+/// A failover to a replica that missed the last writes: one shard of a campaign comes
+/// back as it was a moment ago (its orders, stock and outbox stream of then), while
+/// MySQL already holds the orders relayed since. The worker finds that the shard's
+/// outbox no longer knows ids MySQL recorded as relayed, holds the shard (503), lets
+/// what it still has reach MySQL and rebuilds it from MySQL and the other shard: every
+/// order answered before replays as itself, and the sale sells exactly the stock (the
+/// shard as it came back would have sold again the units of the orders it forgot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_comes_back_behind_mysql_is_found_and_rebuilt() {
+    let mut env = Env::new().await;
+    env.settings.worker.restore_check_ms = 200;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    let c = env.launch_sharded("bh", 60, 1, 2).await;
+    let map = engine::shards::ShardMap::new(&c, 2);
+    let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+    let mut answered = Vec::new();
+    let buy = async |i: usize, answered: &mut Vec<(UserId, IdempotencyKey, OrderId)>| {
+        let (user, key) =
+            (UserId::parse(&format!("u{i}")).unwrap(), IdempotencyKey::parse(&format!("k{i}")).unwrap());
+        let ReserveOutcome::Reserved(r) = env.engine.reserve(&c, &user, &key, &lines).await.unwrap() else {
+            panic!("reserved")
+        };
+        if i.is_multiple_of(2) {
+            let ev = EventId::parse(&format!("pay-{i}")).unwrap();
+            assert_eq!(
+                env.engine.confirm(&r.order_id, &ev, 100, PaymentStatus::Succeeded).await.unwrap(),
+                ConfirmOutcome::Paid
+            );
+        }
+        answered.push((user, key, r.order_id));
+    };
+    for i in 0..20 {
+        buy(i, &mut answered).await;
+    }
+    env.wait_for("the first 20 orders in MySQL", Duration::from_secs(10), async || {
+        env.count_orders("bh").await == 20 && env.db.stock("bh").await.unwrap()[0].sold == 10
+    })
+    .await;
+    let then =
+        testkit::snapshot_shard(&env.settings.redis, &env.settings.namespace, map.tag(1).as_str()).await;
+    for i in 20..40 {
+        buy(i, &mut answered).await;
+    }
+    let forgotten = answered[20..].iter().filter(|(_, _, o)| map.of_order(o) == 1).count();
+    assert!(forgotten > 2, "orders the shard will forget: {forgotten}");
+    env.wait_for("all 40 orders in MySQL", Duration::from_secs(10), async || {
+        env.count_orders("bh").await == 40 && env.db.stock("bh").await.unwrap()[0].sold == 20
+    })
+    .await;
+
+    testkit::roll_back_shard(&env.settings.redis, &env.settings.namespace, map.tag(1).as_str(), &then).await;
+    let behind_at = Instant::now();
+    env.wait_for("the shard found behind and rebuilt", Duration::from_secs(5), async || {
+        counter(&worker.ctx.metrics.render(), "flashsale_restored_shards_total") >= 1.0
+            && env.engine.shard_states(&[(c.clone(), 2)]).await.unwrap()[0]
+                .iter()
+                .all(|s| *s == engine::rebuild::ShardState::Live)
+    })
+    .await;
+    println!("shard found behind and rebuilt {:?} after it came back", behind_at.elapsed());
+    for (user, key, order) in &answered {
+        let again = env.engine.reserve(&c, user, key, &lines).await.unwrap();
+        assert!(matches!(&again, ReserveOutcome::Replayed(r) if &r.order_id == order), "{again:?}");
+    }
+    // Demand above what is left: exactly the stock sells, on both shards.
+    let mut sold = 40;
+    for i in 40..150 {
+        let user = UserId::parse(&format!("u{i}")).unwrap();
+        match env.engine.reserve(&c, &user, &IdempotencyKey::parse("k").unwrap(), &lines).await.unwrap() {
+            ReserveOutcome::Reserved(_) => sold += 1,
+            ReserveOutcome::SoldOut(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sold, 60, "every unit sold once, none left unsold");
+    env.wait_for("consistent", Duration::from_secs(15), async || {
+        env.count_orders("bh").await == 60 && env.consistent(&c).await
+    })
+    .await;
+    let (dead, _) = env.db.dead_letter_page(None, 10).await.unwrap();
+    assert!(dead.is_empty(), "nothing dead-lettered: {dead:?}");
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
 /// One campaign Redis cannot answer for (its data gone, not rebuilt yet) does not stop
 /// the MySQL sweep: the overdue orders of the campaigns behind it are settled, the
 /// error is counted, and the troubled campaign's rows come round again.

@@ -58,6 +58,48 @@ pub async fn lose_shard(redis: &RedisSettings, namespace: &str, tag: &str) {
     delete_keys_matching(redis, &format!("{namespace}:{{c:{tag}}}:*")).await;
 }
 
+/// Every key of one campaign shard as it is now (`DUMP` and time to live), to put back
+/// with [`roll_back_shard`]: what a replica that missed the writes after this moment
+/// holds when it takes over. One Redis only.
+pub async fn snapshot_shard(
+    redis: &RedisSettings,
+    namespace: &str,
+    tag: &str,
+) -> Vec<(String, Vec<u8>, i64)> {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = keys_matching(&mut conn, &format!("{namespace}:{{c:{tag}}}:*")).await;
+    let mut pipe = redis::pipe();
+    for k in &keys {
+        pipe.cmd("DUMP").arg(k).cmd("PTTL").arg(k);
+    }
+    let dumped: Vec<(Option<Vec<u8>>, i64)> = pipe.query_async(&mut conn).await.unwrap();
+    keys.into_iter().zip(dumped).filter_map(|(k, (dump, ttl))| Some((k, dump?, ttl))).collect()
+}
+
+/// Puts one campaign shard back as [`snapshot_shard`] saw it, in one transaction: keys
+/// written since are gone, the others hold their old values (a stream its old entries
+/// and its old last id). One Redis only.
+pub async fn roll_back_shard(
+    redis: &RedisSettings,
+    namespace: &str,
+    tag: &str,
+    snap: &[(String, Vec<u8>, i64)],
+) {
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let now = keys_matching(&mut conn, &format!("{namespace}:{{c:{tag}}}:*")).await;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for k in &now {
+        pipe.cmd("DEL").arg(k).ignore();
+    }
+    for (k, dump, ttl) in snap {
+        pipe.cmd("RESTORE").arg(k).arg((*ttl).max(0)).arg(dump.as_slice()).arg("REPLACE").ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+}
+
 /// [`delete_keys`] for any SCAN pattern.
 pub async fn delete_keys_matching(redis: &RedisSettings, pattern: &str) {
     for node in redis.nodes() {

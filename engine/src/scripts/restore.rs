@@ -46,7 +46,28 @@ pub enum Step {
     Lost,
 }
 
-/// Step `begin` on one shard (`tag`): the meta as MySQL has it, marked `restoring`.
+/// Step `hold` on a live shard found behind MySQL: `restoring` under this lease, its
+/// data kept; [`Step::Ok`], [`Step::Busy`] or [`Step::Lost`] (no meta).
+pub fn hold<'s>(
+    script: &'s Script,
+    k: &KeySpace,
+    tag: &CampaignId,
+    lease: Lease<'_>,
+) -> ScriptInvocation<'s> {
+    let mut inv = script.prepare_invoke();
+    inv.key(k.meta(tag)).arg("hold").arg(lease.token).arg(lease.ms);
+    inv
+}
+
+/// Step `unhold`: a hold of this token dropped, the shard live again as it was.
+pub fn unhold<'s>(script: &'s Script, k: &KeySpace, tag: &CampaignId, token: &str) -> ScriptInvocation<'s> {
+    let mut inv = script.prepare_invoke();
+    inv.key(k.meta(tag)).arg("unhold").arg(token);
+    inv
+}
+
+/// Step `begin` on one shard (`tag`): the meta as MySQL has it, marked `restoring`; the
+/// shard's records of moves in and out dropped.
 pub fn begin<'s>(
     script: &'s Script,
     k: &KeySpace,
@@ -54,7 +75,7 @@ pub fn begin<'s>(
     lease: Lease<'_>,
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(tag));
+    inv.key(k.meta(tag)).key(k.moves_out(tag)).key(k.moves_in(tag));
     inv.arg("begin").arg(lease.token).arg(lease.ms);
     super::push_meta_args(&mut inv, k, spec);
     let skus: Vec<&str> = spec.items.iter().map(|i| i.sku.as_str()).collect();

@@ -1,0 +1,217 @@
+//! Campaign shards that came back **behind** MySQL: a failover to a replica that had
+//! not received the last writes leaves a shard with its data of a moment ago, while the
+//! relay may already have passed the newer orders on to MySQL. Such a shard would sell
+//! again the units of the orders it forgot, and answer a retry of one of them with a
+//! second order.
+//!
+//! The relay records the newest stream id it passes on, per stream, in MySQL before
+//! publishing (`ledger::relayed`). A stream's last generated id only grows, and it
+//! survives the relay's deletes, so a live shard whose stream's last id is older than
+//! the recorded one no longer knows work MySQL holds: it is behind. The sync-worker
+//! then holds it (`restoring`: 503 on every path, its data kept), waits for the relay to
+//! pass on what its outbox still has, forgets the orders of that outbox MySQL never
+//! took (the guard refused them: they sold units MySQL had already given away), and
+//! rebuilds it as a lost shard (`rebuild.rs`), with its stream's last id raised to the
+//! recorded one so that it is not found behind again.
+
+use std::fmt;
+
+use common::message::{OrderEvent, OrderMessage};
+use deadpool_redis::redis::{self, Value};
+
+use crate::domain::{CampaignId, IdempotencyKey, OrderId, UserId};
+use crate::error::{EngineError, Result};
+use crate::rebuild::REBUILD_LEASE_MS;
+use crate::scripts::restore::{self as script, Lease, Step};
+use crate::store::StockStore;
+
+/// A stream entry id (`<ms>-<seq>`), ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// A stream entry as `XRANGE` returns it: its id and its field-value pairs.
+type RawEntry = (String, Vec<(String, String)>);
+
+/// The `last-generated-id` of an `XINFO STREAM` reply (RESP2 pairs or a RESP3 map).
+fn last_generated(v: Value) -> Option<StreamId> {
+    let pairs: Vec<(Value, Value)> = match v {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            let mut it = items.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        _ => return None,
+    };
+    pairs.into_iter().find_map(|(k, v)| {
+        let k: String = redis::from_redis_value(k).ok()?;
+        if k != "last-generated-id" {
+            return None;
+        }
+        StreamId::parse(&redis::from_redis_value::<String>(v).ok()?)
+    })
+}
+
+impl StockStore {
+    /// Each outbox stream's last generated id (`None`: no such stream), one result per
+    /// stream: a node that does not answer costs only its own.
+    pub(crate) async fn stream_last_ids(&self, tags: &[CampaignId]) -> Vec<Result<Option<StreamId>>> {
+        let (k, link) = (self.parts().keys, self.parts().link);
+        let exists = link
+            .each_settled::<bool>(
+                tags.iter().map(|t| redis::cmd("EXISTS").arg(k.outbox(t)).clone()).collect(),
+            )
+            .await;
+        let present: Vec<usize> =
+            (0..tags.len()).filter(|&i| matches!(exists.get(i), Some(Ok(true)))).collect();
+        let infos = link
+            .each_settled::<Value>(
+                present
+                    .iter()
+                    .map(|&i| redis::cmd("XINFO").arg("STREAM").arg(k.outbox(&tags[i])).clone())
+                    .collect(),
+            )
+            .await;
+        let mut out: Vec<Result<Option<StreamId>>> = exists.into_iter().map(|r| r.map(|_| None)).collect();
+        for (i, info) in present.into_iter().zip(infos) {
+            out[i] = info.and_then(|v| {
+                last_generated(v)
+                    .map(Some)
+                    .ok_or_else(|| EngineError::Protocol("XINFO STREAM: no last-generated-id".into()))
+            });
+        }
+        out
+    }
+
+    /// Holds a live shard (`hold` in `restore.lua`): `Ok(true)` once it is ours, `false`
+    /// when another rebuilder holds it or it has no meta (a lost shard, rebuilt as such).
+    pub(crate) async fn hold(&self, tag: &CampaignId, token: &str) -> Result<bool> {
+        let lease = Lease { token, ms: REBUILD_LEASE_MS };
+        let s = &self.parts().scripts.restore;
+        Ok(script::decode(self.run(script::hold(s, self.parts().keys, tag, lease), tag).await?)? == Step::Ok)
+    }
+
+    /// Drops this token's hold: the shard answers again as it was.
+    pub(crate) async fn unhold(&self, tag: &CampaignId, token: &str) -> Result<()> {
+        let s = &self.parts().scripts.restore;
+        self.run(script::unhold(s, self.parts().keys, tag, token), tag).await.map(|_| ())
+    }
+
+    /// How many entries the shard's outbox holds, and the order events of its first
+    /// `max` entries.
+    pub(crate) async fn outbox_backlog(
+        &self,
+        tag: &CampaignId,
+        max: usize,
+    ) -> Result<(u64, Vec<OrderEvent>)> {
+        let key = self.parts().keys.outbox(tag);
+        let (len, entries): (u64, Vec<RawEntry>) = self
+            .parts()
+            .link
+            .call(|mut c| async move {
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(&key)
+                    .cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let events = entries
+            .into_iter()
+            .flat_map(|(_, fields)| fields)
+            .filter(|(f, _)| f == "orders" || f == "order")
+            .filter_map(|(_, doc)| OrderMessage::parse(doc.as_bytes()).ok())
+            .flatten()
+            .collect();
+        Ok((len, events))
+    }
+
+    /// Drops the given orders of a held shard: their hashes, idempotency records, places
+    /// in the pending set and their users' counts (the rebuild writes back the counts of
+    /// users MySQL knows).
+    pub(crate) async fn forget_orders(&self, tag: &CampaignId, events: &[OrderEvent]) -> Result<()> {
+        let k = self.parts().keys;
+        let mut commands = Vec::new();
+        for e in events {
+            let (Ok(order), Ok(user)) = (OrderId::parse(&e.order_id), UserId::parse(&e.user_id)) else {
+                continue;
+            };
+            commands.push(redis::cmd("DEL").arg(k.order_at(tag, &order)).clone());
+            commands.push(redis::cmd("ZREM").arg(k.pending(tag)).arg(order.as_str()).clone());
+            commands.push(redis::cmd("DEL").arg(k.user(tag, &user)).clone());
+            if let Some(key) = e.idempotency_key.as_deref().and_then(|key| IdempotencyKey::parse(key).ok()) {
+                commands.push(redis::cmd("DEL").arg(k.idempotency(tag, &user, &key)).clone());
+            }
+        }
+        self.parts().link.each::<Value>(commands).await.map(|_| ())
+    }
+
+    /// Makes the shard's outbox stream (and the relay's group) exist, with its last id at
+    /// least `id`: a shard rebuilt after the relay recorded `id` is not behind.
+    pub(crate) async fn raise_stream_id(&self, tag: &CampaignId, id: StreamId) -> Result<()> {
+        self.outbox_ensure_group(tag).await?;
+        let last = self.stream_last_ids(std::slice::from_ref(tag)).await.pop().unwrap_or(Ok(None))?;
+        if last.is_some_and(|last| last >= id) {
+            return Ok(());
+        }
+        let key = self.parts().keys.outbox(tag);
+        self.parts()
+            .link
+            .call(|mut c| async move {
+                redis::cmd("XSETID").arg(key).arg(id.to_string()).query_async::<()>(&mut c).await
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_as_redis_orders_them() {
+        let a = StreamId::parse("1700000000000-5").unwrap_or_default();
+        let b = StreamId::parse("1700000000000-12").unwrap_or_default();
+        let c = StreamId::parse("1700000000001-0").unwrap_or_default();
+        assert!(a < b && b < c);
+        assert_eq!(c.to_string(), "1700000000001-0");
+        assert_eq!(StreamId::parse("12"), None);
+        assert_eq!(StreamId::parse("a-1"), None);
+    }
+
+    #[test]
+    fn the_last_generated_id_is_read_from_either_protocol() {
+        let field = |k: &str| Value::BulkString(k.as_bytes().to_vec());
+        let resp2 =
+            Value::Array(vec![field("length"), Value::Int(0), field("last-generated-id"), field("5-3")]);
+        assert_eq!(last_generated(resp2), Some(StreamId { ms: 5, seq: 3 }));
+        let resp3 = Value::Map(vec![(field("last-generated-id"), field("7-0"))]);
+        assert_eq!(last_generated(resp3), Some(StreamId { ms: 7, seq: 0 }));
+        assert_eq!(last_generated(Value::Nil), None);
+    }
+}
