@@ -10,7 +10,7 @@ use common::config::Settings;
 
 use common::message::OrderEvent;
 
-use crate::behind::StreamId;
+use crate::behind::{OutboxEvents, StreamId};
 use crate::cache::LocalCache;
 use crate::campaign::CampaignSnapshot;
 use crate::campaign::{
@@ -484,8 +484,14 @@ impl Engine {
         self.inner.store.unhold(tag, &self.inner.rebuild_token).await
     }
 
-    /// How many entries a shard's outbox holds, and the order events of its first `max`.
-    pub async fn outbox_backlog(&self, tag: &CampaignId, max: usize) -> Result<(u64, Vec<OrderEvent>)> {
+    /// Each outbox stream's relay group position (see `behind.rs`), one result per stream.
+    pub async fn relay_positions(&self, streams: &[CampaignId]) -> Vec<Result<Option<StreamId>>> {
+        self.inner.store.relay_positions(streams).await
+    }
+
+    /// How many entries a shard's outbox holds, and its first `max` entries with their
+    /// order events.
+    pub async fn outbox_backlog(&self, tag: &CampaignId, max: usize) -> Result<(u64, Vec<OutboxEvents>)> {
         self.inner.store.outbox_backlog(tag, max).await
     }
 

@@ -33,6 +33,18 @@ impl Db {
         .await
     }
 
+    /// The recorded id of one stream (`None`: nothing relayed from it yet).
+    pub async fn relayed_id(&self, stream: &str) -> Result<Option<StreamId>> {
+        self.bounded(async {
+            let row = sqlx::query("SELECT last_ms, last_seq FROM outbox_relayed WHERE stream = ?")
+                .bind(stream)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(|r| Ok(StreamId { ms: r.try_get(0)?, seq: r.try_get(1)? })).transpose()
+        })
+        .await
+    }
+
     /// The recorded id of every stream of these campaigns, by stream.
     pub async fn relayed_ids(&self, campaigns: &[String]) -> Result<HashMap<String, StreamId>> {
         if campaigns.is_empty() {

@@ -8,9 +8,10 @@
 //! (`XACK` and `XDEL`) only after the broker confirmed it; a nack, a return
 //! (unroutable) or a timeout leaves them pending, to be claimed and published again.
 //! Duplicates are possible downstream, loss is not. Before a round publishes, the
-//! newest id it takes is recorded in MySQL (`outbox_relayed`), so a shard that a
-//! failover sets back behind what MySQL holds is found (`restore.rs`); while MySQL
-//! cannot record it, the stream's entries wait in Redis.
+//! newest id it takes is recorded in MySQL (`outbox_relayed`), and before a round reads,
+//! the group's position is checked against that record: a shard that a failover set
+//! back behind what MySQL holds is not read but left to its repair (`restore.rs`,
+//! `engine::behind`). While MySQL cannot record, the stream's entries wait in Redis.
 //!
 //! There is one outbox stream per campaign shard (the campaign's own when unsharded),
 //! named by the shard's tag. The relay visits only streams with work: a script that
@@ -53,6 +54,8 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
     // Streams whose Redis call failed, left alone until then: one unreachable node
     // does not cost every round its call timeout.
     let mut resting: HashMap<CampaignId, Instant> = HashMap::new();
+    // The newest id recorded in MySQL per stream, as this relay last knew it.
+    let mut recorded: HashMap<CampaignId, StreamId> = HashMap::new();
     let mut work = rescan(ctx).await?;
     // Set by a resync or a lag, whether met here or while waiting: notices may have been
     // missed, so the next round rescans.
@@ -88,7 +91,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                 }
                 with_group.insert(stream.clone());
             }
-            match relay_stream(ctx, ch, &stream).await {
+            match relay_stream(ctx, ch, &stream, &mut recorded).await {
                 Ok((n, left)) => {
                     moved += n;
                     backlog += left;
@@ -174,10 +177,31 @@ async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
 
 /// Relays one batch of one outbox stream (a campaign or shard tag); returns how many
 /// entries the broker confirmed and how many are left in the stream.
-async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(usize, u64)> {
+async fn relay_stream(
+    ctx: &Ctx,
+    ch: &Channel,
+    stream: &CampaignId,
+    recorded: &mut HashMap<CampaignId, StreamId>,
+) -> Result<(usize, u64)> {
     let store = &ctx.engine;
     let max = ctx.settings.worker.relay_batch_max;
     let idle_ms = ctx.settings.worker.relay_claim_idle_ms;
+    // A shard that came back behind MySQL is left to its repair (`restore.rs`): a read
+    // would move its group's position past the evidence that it is behind.
+    if !recorded.contains_key(stream) {
+        if let Some(id) = ctx.db.relayed_id(stream.as_str()).await? {
+            recorded.insert(stream.clone(), id);
+        }
+    }
+    if let Some(id) = recorded.get(stream).copied() {
+        let position = store.relay_positions(std::slice::from_ref(stream)).await.pop().unwrap_or(Ok(None))?;
+        if position.unwrap_or_default() < id {
+            recorded.remove(stream);
+            return Err(WorkerError::Redis(engine::EngineError::Unavailable(format!(
+                "the relay's position in this stream is behind what MySQL recorded ({id}): left to its repair"
+            ))));
+        }
+    }
     let entries = store.outbox_take(stream, &ctx.consumer, idle_ms, max).await?;
     if entries.is_empty() {
         return Ok((0, store.outbox_ack(stream, &[]).await?));
@@ -197,6 +221,8 @@ async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(u
     // (`restore.rs`). No record, no publish: the entries wait in the stream.
     if let Some(newest) = entries.iter().filter_map(|e| StreamId::parse(&e.id)).max() {
         ctx.db.record_relayed(stream.as_str(), stream.campaign_of_tag().as_str(), newest).await?;
+        let known = recorded.entry(stream.clone()).or_default();
+        *known = newest.max(*known);
     }
     let messages = joined::join(&entries);
     let mut confirms = Vec::with_capacity(messages.len());

@@ -21,14 +21,15 @@
 //! come back with them, so a retry or a repeated payment event is answered as before.
 //!
 //! A shard can also come back **behind** MySQL: a failover to a replica that missed the
-//! last writes. The relay records the newest stream id it passes on per stream in
-//! MySQL before publishing; a live shard whose stream's last id is older (read after
-//! the record) no longer knows work MySQL holds ([`engine::behind`]). It is held
-//! (503 on every path, its data kept) while the relay passes on what its outbox still
-//! has and the persister applies it; the orders of that outbox MySQL never took (the
-//! guard refused them: they sold units MySQL had already given to orders the shard
-//! forgot) are dropped, logged and counted (`flashsale_forgotten_orders_total`), and
-//! the shard is rebuilt as a lost one, its stream's last id raised to the recorded one.
+//! last writes. The relay records the newest stream id it takes per stream in MySQL
+//! before publishing; a live shard whose relay group position is older than that record
+//! lost reads Redis had acknowledged ([`engine::behind`]). It is held (503 on every
+//! path, its data kept); the persister gets a moment for what is already on its way;
+//! the orders of its outbox that MySQL still lacks are applied to MySQL each alone, and
+//! those that no longer fit (they sold units MySQL had given to orders the shard
+//! forgot) are dropped from the shard, logged and counted
+//! (`flashsale_forgotten_orders_total`); its outbox is cleared and it is rebuilt as a
+//! lost shard, its stream and group raised to the recorded id.
 //!
 //! A campaign MySQL holds and Redis does not is not always lost: the operator API
 //! writes a launch to MySQL first, so a check can fall between the two writes. The
@@ -38,11 +39,11 @@
 //! never lost. (A shard rebuilt before its launch reached it gets exactly its launch
 //! slice: nothing else holds units yet.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::message::OrderEvent;
-use engine::behind::StreamId;
+use engine::behind::{OutboxEvents, StreamId};
 use engine::shards::ShardMap;
 
 use engine::campaign::{CampaignLaunch, LaunchItem};
@@ -98,10 +99,10 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
     let states = ctx.engine.shard_states(&campaigns).await?;
     let maps: Vec<ShardMap> = campaigns.iter().map(|(c, n)| ShardMap::new(c, usize::from(*n))).collect();
     let tags: Vec<CampaignId> = maps.iter().flat_map(|m| m.tags().iter().cloned()).collect();
-    let mut lasts = ctx.engine.stream_last_ids(&tags).await.into_iter();
+    let mut positions = ctx.engine.relay_positions(&tags).await.into_iter();
     let mut rebuilt = 0;
     for (((campaign, _), states), map) in campaigns.iter().zip(states).zip(&maps) {
-        let lasts: Vec<_> = lasts.by_ref().take(map.len()).collect();
+        let positions: Vec<_> = positions.by_ref().take(map.len()).collect();
         let lost: Vec<usize> = states
             .iter()
             .enumerate()
@@ -112,7 +113,7 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
             .filter(|&i| states.get(i) == Some(&ShardState::Live))
             .filter(|&i| {
                 let recorded = relayed.get(map.tag(i).as_str());
-                matches!((recorded, lasts.get(i)), (Some(r), Some(Ok(last))) if last.unwrap_or_default() < *r)
+                matches!((recorded, positions.get(i)), (Some(r), Some(Ok(p))) if p.unwrap_or_default() < *r)
             })
             .collect();
         if lost.is_empty() && behind.is_empty() {
@@ -136,16 +137,15 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
     Ok(rebuilt)
 }
 
-/// How long a shard found behind is held for its outbox to reach the broker.
-const DRAIN_WAIT: Duration = Duration::from_secs(10);
-/// How long, then, the persister is given to apply what the relay passed on.
+/// How long the persister is given to apply what the relay passed on from a held shard.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
-/// Outbox entries of a held shard read at most per look.
+/// Outbox entries of a held shard read at most (more: the repair waits for the next round).
 const BACKLOG_MAX: usize = 10_000;
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 
-/// Holds the `behind` shards of one campaign, lets what their outboxes still hold reach
-/// MySQL, drops the orders MySQL did not take, and rebuilds them as lost shards.
+/// Holds the `behind` shards of one campaign, applies the orders of their outboxes
+/// that MySQL lacks (dropping those that no longer fit), and rebuilds them as lost
+/// shards.
 async fn repair_behind(
     ctx: &Ctx,
     campaign: &CampaignId,
@@ -172,9 +172,9 @@ async fn repair_behind(
     }
     ctx.metrics.behind_shards.inc_by(tags.len() as u64);
     tracing::error!(%campaign, shards = ?behind,
-        "campaign shards behind MySQL (a failover lost their last writes): held, to be rebuilt");
-    let unknown = match drain(ctx, &tags).await {
-        Ok(unknown) => unknown,
+        "campaign shards behind MySQL (a failover lost writes the relay had passed on): held, to be rebuilt");
+    let backlogs = match settle(ctx, &tags).await {
+        Ok(b) => b,
         Err(e) => {
             unhold(ctx, &held).await;
             return Err(e);
@@ -182,17 +182,81 @@ async fn repair_behind(
     };
     // From here the shards change: they stay held (503) until rebuilt, by this round or,
     // once the hold lapses, as lost shards by the next.
-    for (tag, events) in tags.iter().zip(&unknown) {
-        for e in events {
-            tracing::error!(%campaign, order = %e.order_id, user = %e.user_id,
-                "order granted by a shard behind MySQL and never taken by MySQL: dropped with the shard's rebuild");
+    for (tag, (entries, missing)) in tags.iter().zip(&backlogs) {
+        let mut dropped = Vec::new();
+        for entry in entries {
+            let events: Vec<OrderEvent> =
+                entry.events.iter().filter(|e| missing.contains(&e.order_id)).cloned().collect();
+            if !events.is_empty() {
+                dropped.extend(apply_or_drop(ctx, campaign, events).await?);
+            }
         }
-        ctx.metrics.forgotten_orders.inc_by(events.len() as u64);
-        ctx.engine.forget_orders(tag, events).await?;
+        record_dropped(ctx, &dropped).await?;
+        ctx.engine.forget_orders(tag, &dropped).await?;
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        ctx.engine.outbox_ack(tag, &ids).await?;
     }
-    // The mark comes after every order of the held shards was made: one of the dropped
-    // orders reaching MySQL later is refused as lost, whenever it was created.
+    // The mark comes after every order of the held shards was made: an order dropped
+    // here that reaches MySQL later is refused as lost, whenever it was created.
     rebuild_campaign(ctx, campaign, map, behind, relayed, now_ms()).await
+}
+
+/// Applies the events of one outbox entry that MySQL lacks, each order alone (an order
+/// Redis holds, so no rebuild mark refuses it); returns the events of the orders that
+/// no longer fit (the stock guard refused them).
+async fn apply_or_drop(ctx: &Ctx, campaign: &CampaignId, events: Vec<OrderEvent>) -> Result<Vec<OrderEvent>> {
+    let mut by_order: Vec<(String, Vec<OrderEvent>)> = Vec::new();
+    for e in events {
+        match by_order.iter_mut().find(|(id, _)| *id == e.order_id) {
+            Some((_, list)) => list.push(e),
+            None => by_order.push((e.order_id.clone(), vec![e])),
+        }
+    }
+    let mut dropped = Vec::new();
+    for (order, events) in by_order {
+        match ctx.db.apply_events_held_by_redis(&events).await {
+            Ok(_) => {}
+            Err(ledger::DbError::StockGuard { .. }) => {
+                tracing::error!(%campaign, %order, user = %events[0].user_id,
+                    "order granted by a shard behind MySQL no longer fits the stock: dropped with the shard's rebuild");
+                dropped.extend(events);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(dropped)
+}
+
+/// Keeps the dropped orders in the dead-letter list (`lost_by_redis`: a buyer was
+/// answered, and a failover lost what made it fit), one letter per order with its
+/// furthest event, counted like every dead letter.
+async fn record_dropped(ctx: &Ctx, dropped: &[OrderEvent]) -> Result<()> {
+    let mut latest: HashMap<&str, &OrderEvent> = HashMap::new();
+    for e in dropped {
+        let keep = latest.get(e.order_id.as_str()).is_none_or(|k| k.status.can_reach(e.status));
+        if keep {
+            latest.insert(&e.order_id, e);
+        }
+    }
+    let at = now_ms();
+    let letters = latest
+        .values()
+        .map(|e| {
+            Ok(ledger::dead::NewDeadLetter {
+                letter: ledger::dead::DeadLetter {
+                    order_id: e.order_id.clone(),
+                    campaign_id: e.campaign_id.clone(),
+                    reason: "lost_by_redis".into(),
+                    at_ms: at,
+                },
+                event_json: serde_json::to_string(e).map_err(|e| WorkerError::Broker(e.to_string()))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ctx.db.record_dead_letters(&letters).await?;
+    ctx.metrics.forgotten_orders.inc_by(letters.len() as u64);
+    ctx.metrics.dead_lettered_orders.with_label_values(&["lost_by_redis"]).inc_by(letters.len() as u64);
+    Ok(())
 }
 
 async fn unhold(ctx: &Ctx, tags: &[&CampaignId]) {
@@ -203,45 +267,41 @@ async fn unhold(ctx: &Ctx, tags: &[&CampaignId]) {
     }
 }
 
-/// Waits, keeping the holds, until the held shards' outboxes are empty (the broker has
-/// every entry) and MySQL holds the orders they carried, or [`SETTLE_WAIT`] has passed;
-/// returns, per shard, the events of orders MySQL still does not hold.
-async fn drain(ctx: &Ctx, tags: &[&CampaignId]) -> Result<Vec<Vec<OrderEvent>>> {
-    let mut seen: Vec<HashMap<String, OrderEvent>> = vec![HashMap::new(); tags.len()];
-    let started = Instant::now();
-    loop {
-        let mut left = 0;
-        for (tag, seen) in tags.iter().zip(&mut seen) {
-            keep_hold(ctx, tag).await?;
-            let (len, events) = ctx.engine.outbox_backlog(tag, BACKLOG_MAX).await?;
-            left += len;
-            for e in events {
-                seen.insert(e.order_id.clone(), e);
-            }
-        }
-        if left == 0 {
-            break;
-        }
-        if started.elapsed() > DRAIN_WAIT {
+/// Reads each held shard's outbox and waits, keeping the holds, until MySQL holds the
+/// orders it carries or [`SETTLE_WAIT`] has passed (what the relay already published is
+/// on its way); returns per shard its entries and the orders MySQL still lacks.
+async fn settle(ctx: &Ctx, tags: &[&CampaignId]) -> Result<Vec<(Vec<OutboxEvents>, HashSet<String>)>> {
+    let mut out = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let (len, entries) = ctx.engine.outbox_backlog(tag, BACKLOG_MAX).await?;
+        if len as usize > entries.len() {
             return Err(WorkerError::Redis(engine::EngineError::Unavailable(format!(
-                "{left} outbox entries of shards behind MySQL not relayed within {DRAIN_WAIT:?}"
+                "shard {tag} behind MySQL holds {len} outbox entries, more than {BACKLOG_MAX}"
             ))));
         }
-        tokio::time::sleep(LOOK_EVERY).await;
+        out.push(entries);
     }
-    let ids: Vec<String> = seen.iter().flat_map(|s| s.keys().cloned()).collect();
-    let settled = Instant::now();
+    let ids: Vec<String> =
+        out.iter().flatten().flat_map(|e| e.events.iter().map(|ev| ev.order_id.clone())).collect();
+    let started = Instant::now();
     let mut present = ctx.db.orders_present(&ids).await?;
-    while present.len() < ids.len() && settled.elapsed() < SETTLE_WAIT {
+    while ids.iter().any(|id| !present.contains(id)) && started.elapsed() < SETTLE_WAIT {
         tokio::time::sleep(LOOK_EVERY).await;
         for tag in tags {
             keep_hold(ctx, tag).await?;
         }
         present = ctx.db.orders_present(&ids).await?;
     }
-    Ok(seen
+    Ok(out
         .into_iter()
-        .map(|s| s.into_values().filter(|e| !present.contains(&e.order_id)).collect())
+        .map(|entries| {
+            let missing = entries
+                .iter()
+                .flat_map(|e| e.events.iter().map(|ev| ev.order_id.clone()))
+                .filter(|id| !present.contains(id))
+                .collect();
+            (entries, missing)
+        })
         .collect())
 }
 

@@ -993,6 +993,93 @@ async fn a_shard_that_comes_back_behind_mysql_is_found_and_rebuilt() {
     env.cleanup().await;
 }
 
+/// The shard that came back behind sells, before it is found, units MySQL has already
+/// given to the orders it forgot: MySQL's guard refuses those orders. When the check
+/// runs, the held shard's outbox drains, the refused orders are dropped from it
+/// (logged, counted) and reach the dead-letter list as lost with Redis's data; the
+/// rebuilt shard holds exactly MySQL's orders, every earlier answer replays as itself,
+/// and nothing more sells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_a_shard_behind_mysql_sold_again_are_dropped_and_dead_lettered() {
+    let mut env = Env::new().await;
+    // The check runs once at start, then only when the test calls it.
+    env.settings.worker.restore_check_ms = 3_600_000;
+    env.settings.worker.persist_retry_ms = 100;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    // One shard: units a behind shard moved to another before it was found are the
+    // limit written in docs/reliability.md.
+    let c = env.launch("bs", 40, 900, 1).await;
+    let map = engine::shards::ShardMap::new(&c, 1);
+    let lines = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+    let buy_on = async |engine: &Engine, i: usize| -> Option<(UserId, IdempotencyKey, OrderId)> {
+        let (user, key) =
+            (UserId::parse(&format!("u{i}")).unwrap(), IdempotencyKey::parse(&format!("k{i}")).unwrap());
+        match engine.reserve(&c, &user, &key, &lines).await.unwrap() {
+            ReserveOutcome::Reserved(r) => Some((user, key, r.order_id)),
+            ReserveOutcome::SoldOut(_) => None,
+            other => panic!("{other:?}"),
+        }
+    };
+    let buy = async |i: usize| buy_on(&env.engine, i).await;
+    let mut answered = Vec::new();
+    for i in 0..10 {
+        answered.extend(buy(i).await);
+    }
+    env.wait_for("10 orders in MySQL", Duration::from_secs(10), async || env.count_orders("bs").await == 10)
+        .await;
+    let then =
+        testkit::snapshot_shard(&env.settings.redis, &env.settings.namespace, map.tag(0).as_str()).await;
+    let mut i = 10;
+    while answered.len() < 40 {
+        answered.extend(buy(i).await);
+        i += 1;
+    }
+    env.wait_for("the sale sold out in MySQL", Duration::from_secs(10), async || {
+        env.count_orders("bs").await == 40
+    })
+    .await;
+    testkit::roll_back_shard(&env.settings.redis, &env.settings.namespace, map.tag(0).as_str(), &then).await;
+    // Before anyone notices: the shard sells its old stock again (to a process whose
+    // cache never saw the sale sell out).
+    let elsewhere = Engine::start(&env.settings).unwrap();
+    let mut again = Vec::new();
+    for j in 0..60 {
+        again.extend(buy_on(&elsewhere, 1000 + j).await);
+    }
+    assert!(again.len() > 3, "units sold again by the shard behind: {}", again.len());
+    env.wait_for("the guard refusing them", Duration::from_secs(10), async || {
+        env.count_orders("bs").await == 40
+            && env.queue_len(&format!("{}.orders", env.settings.namespace)).await == 0
+    })
+    .await;
+
+    let rebuilt = sync_worker::restore::check_once(&worker.ctx).await.unwrap();
+    assert_eq!(rebuilt, 1, "the shard behind rebuilt");
+    let metrics = worker.ctx.metrics.render();
+    assert_eq!(counter(&metrics, "flashsale_behind_shards_total"), 1.0);
+    assert_eq!(counter(&metrics, "flashsale_forgotten_orders_total"), again.len() as f64);
+    for (_, _, order) in &again {
+        env.wait_for("the order sold again dead-lettered", Duration::from_secs(10), async || {
+            env.dead_lettered(order).await.as_deref() == Some("lost_by_redis")
+        })
+        .await;
+        assert!(env.db.order(order.as_str()).await.unwrap().is_none(), "never applied");
+    }
+    for (user, key, order) in &answered {
+        let r = env.engine.reserve(&c, user, key, &lines).await.unwrap();
+        assert!(matches!(&r, ReserveOutcome::Replayed(r) if &r.order_id == order), "{r:?}");
+    }
+    for j in 0..20 {
+        assert!(buy_on(&elsewhere, 2000 + j).await.is_none(), "nothing more sells");
+    }
+    env.wait_for("consistent", Duration::from_secs(15), async || {
+        env.count_orders("bs").await == 40 && env.consistent(&c).await
+    })
+    .await;
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
 /// One campaign Redis cannot answer for (its data gone, not rebuilt yet) does not stop
 /// the MySQL sweep: the overdue orders of the campaigns behind it are settled, the
 /// error is counted, and the troubled campaign's rows come round again.
