@@ -23,6 +23,9 @@ pub struct Ctx {
     pub delay_queues: DelayQueues,
     /// This process's name in the outbox consumer group.
     pub consumer: String,
+    /// Wakes the restore check at once (the relay found a shard behind MySQL): the
+    /// sooner it is held, the fewer orders it grants that no longer fit.
+    pub restore_now: tokio::sync::Notify,
 }
 
 /// When each campaign last had outbox work (by this process's clock).

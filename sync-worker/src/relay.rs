@@ -195,8 +195,9 @@ async fn relay_stream(
     }
     if let Some(id) = recorded.get(stream).copied() {
         let position = store.relay_positions(std::slice::from_ref(stream)).await.pop().unwrap_or(Ok(None))?;
-        if position.unwrap_or_default() < id {
+        if position.is_some_and(|p| p < id) {
             recorded.remove(stream);
+            ctx.restore_now.notify_one();
             return Err(WorkerError::Redis(engine::EngineError::Unavailable(format!(
                 "the relay's position in this stream is behind what MySQL recorded ({id}): left to its repair"
             ))));

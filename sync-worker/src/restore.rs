@@ -23,8 +23,9 @@
 //! A shard can also come back **behind** MySQL: a failover to a replica that missed the
 //! last writes. The relay records the newest stream id it takes per stream in MySQL
 //! before publishing; a live shard whose relay group position is older than that record
-//! lost reads Redis had acknowledged ([`engine::behind`]). It is held (503 on every
-//! path, its data kept); the persister gets a moment for what is already on its way;
+//! lost reads Redis had acknowledged ([`engine::behind`]); the relay, which checks
+//! this before every read, wakes this check at once (`Ctx::restore_now`). It is held
+//! (503 on every path, its data kept); the persister gets a moment for what is already on its way;
 //! the orders of its outbox that MySQL still lacks are applied to MySQL each alone, and
 //! those that no longer fit (they sold units MySQL had given to orders the shard
 //! forgot) are dropped from the shard, logged and counted
@@ -63,8 +64,9 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
         if let Err(e) = check_once(ctx).await {
             tracing::warn!(error = %e, "restore check failed");
         }
-        if pause(every, &mut stop).await {
-            return;
+        tokio::select! {
+            stopped = pause(every, &mut stop) => if stopped { return },
+            _ = ctx.restore_now.notified() => {}
         }
     }
 }
@@ -113,7 +115,9 @@ pub async fn check_once(ctx: &Ctx) -> Result<usize> {
             .filter(|&i| states.get(i) == Some(&ShardState::Live))
             .filter(|&i| {
                 let recorded = relayed.get(map.tag(i).as_str());
-                matches!((recorded, positions.get(i)), (Some(r), Some(Ok(p))) if p.unwrap_or_default() < *r)
+                // No stream or no group (a campaign being retired has none): not a
+                // sign of a failover, whose replica still has them.
+                matches!((recorded, positions.get(i)), (Some(r), Some(Ok(Some(p)))) if p < r)
             })
             .collect();
         if lost.is_empty() && behind.is_empty() {

@@ -44,6 +44,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         consumer: format!("worker-{}-{}", std::process::id(), engine::clock::now_ms()),
         metrics: Metrics::new()?,
         delay_queues: DelayQueues::default(),
+        restore_now: tokio::sync::Notify::new(),
         engine,
         db,
         settings,

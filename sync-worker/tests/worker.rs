@@ -994,15 +994,16 @@ async fn a_shard_that_comes_back_behind_mysql_is_found_and_rebuilt() {
 }
 
 /// The shard that came back behind sells, before it is found, units MySQL has already
-/// given to the orders it forgot: MySQL's guard refuses those orders. When the check
-/// runs, the held shard's outbox drains, the refused orders are dropped from it
-/// (logged, counted) and reach the dead-letter list as lost with Redis's data; the
-/// rebuilt shard holds exactly MySQL's orders, every earlier answer replays as itself,
-/// and nothing more sells.
+/// given to the orders it forgot. The relay, visiting the shard's outbox for them, finds
+/// it behind and wakes the check, which holds it within milliseconds; the orders it
+/// granted that MySQL cannot fit are dropped from it (logged, counted) and listed as
+/// dead letters lost with Redis's data; the rebuilt shard holds exactly MySQL's orders,
+/// every earlier answer replays as itself, and nothing more sells.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_a_shard_behind_mysql_sold_again_are_dropped_and_dead_lettered() {
     let mut env = Env::new().await;
-    // The check runs once at start, then only when the test calls it.
+    // The timed check runs once at start, then not for an hour: what finds the shard
+    // behind here is the relay, which wakes the check at once.
     env.settings.worker.restore_check_ms = 3_600_000;
     env.settings.worker.persist_retry_ms = 100;
     let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
@@ -1014,9 +1015,9 @@ async fn orders_a_shard_behind_mysql_sold_again_are_dropped_and_dead_lettered() 
     let buy_on = async |engine: &Engine, i: usize| -> Option<(UserId, IdempotencyKey, OrderId)> {
         let (user, key) =
             (UserId::parse(&format!("u{i}")).unwrap(), IdempotencyKey::parse(&format!("k{i}")).unwrap());
-        match engine.reserve(&c, &user, &key, &lines).await.unwrap() {
-            ReserveOutcome::Reserved(r) => Some((user, key, r.order_id)),
-            ReserveOutcome::SoldOut(_) => None,
+        match engine.reserve(&c, &user, &key, &lines).await {
+            Ok(ReserveOutcome::Reserved(r)) => Some((user, key, r.order_id)),
+            Ok(ReserveOutcome::SoldOut(_)) | Err(engine::EngineError::Unavailable(_)) => None,
             other => panic!("{other:?}"),
         }
     };
@@ -1046,15 +1047,12 @@ async fn orders_a_shard_behind_mysql_sold_again_are_dropped_and_dead_lettered() 
     for j in 0..60 {
         again.extend(buy_on(&elsewhere, 1000 + j).await);
     }
-    assert!(again.len() > 3, "units sold again by the shard behind: {}", again.len());
-    env.wait_for("the guard refusing them", Duration::from_secs(10), async || {
-        env.count_orders("bs").await == 40
-            && env.queue_len(&format!("{}.orders", env.settings.namespace)).await == 0
+    assert!(!again.is_empty(), "units sold again by the shard behind before it was held");
+    println!("{} units sold again before the shard was held", again.len());
+    env.wait_for("the shard behind found by the relay and rebuilt", Duration::from_secs(10), async || {
+        counter(&worker.ctx.metrics.render(), "flashsale_restored_shards_total") >= 1.0
     })
     .await;
-
-    let rebuilt = sync_worker::restore::check_once(&worker.ctx).await.unwrap();
-    assert_eq!(rebuilt, 1, "the shard behind rebuilt");
     let metrics = worker.ctx.metrics.render();
     assert_eq!(counter(&metrics, "flashsale_behind_shards_total"), 1.0);
     assert_eq!(counter(&metrics, "flashsale_forgotten_orders_total"), again.len() as f64);
