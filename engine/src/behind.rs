@@ -61,29 +61,6 @@ pub struct OutboxEvents {
 /// A stream entry as `XRANGE` returns it: its id and its field-value pairs.
 type RawEntry = (String, Vec<(String, String)>);
 
-/// The `last-generated-id` of an `XINFO STREAM` reply (RESP2 pairs or a RESP3 map).
-fn last_generated(v: Value) -> Option<StreamId> {
-    let pairs: Vec<(Value, Value)> = match v {
-        Value::Map(pairs) => pairs,
-        Value::Array(items) => {
-            let mut it = items.into_iter();
-            let mut pairs = Vec::new();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                pairs.push((k, v));
-            }
-            pairs
-        }
-        _ => return None,
-    };
-    pairs.into_iter().find_map(|(k, v)| {
-        let k: String = redis::from_redis_value(k).ok()?;
-        if k != "last-generated-id" {
-            return None;
-        }
-        StreamId::parse(&redis::from_redis_value::<String>(v).ok()?)
-    })
-}
-
 /// A flat RESP2 pair list or a RESP3 map, as pairs.
 fn pairs(v: Value) -> Vec<(String, Value)> {
     let raw: Vec<(Value, Value)> = match v {
@@ -99,6 +76,12 @@ fn pairs(v: Value) -> Vec<(String, Value)> {
         _ => Vec::new(),
     };
     raw.into_iter().filter_map(|(k, v)| Some((redis::from_redis_value::<String>(k).ok()?, v))).collect()
+}
+
+/// The `last-generated-id` of an `XINFO STREAM` reply.
+fn last_generated(v: Value) -> Option<StreamId> {
+    let (_, id) = pairs(v).into_iter().find(|(k, _)| k == "last-generated-id")?;
+    StreamId::parse(&redis::from_redis_value::<String>(id).ok()?)
 }
 
 /// The relay group's `last-delivered-id` in an `XINFO GROUPS` reply (`None`: no such
@@ -122,32 +105,24 @@ impl StockStore {
     /// position older than the id the relay recorded means Redis lost reads it made,
     /// whatever was written since.
     pub(crate) async fn relay_positions(&self, tags: &[CampaignId]) -> Vec<Result<Option<StreamId>>> {
-        let (k, link) = (self.parts().keys, self.parts().link);
-        let exists = link
-            .each_settled::<bool>(
-                tags.iter().map(|t| redis::cmd("EXISTS").arg(k.outbox(t)).clone()).collect(),
-            )
-            .await;
-        let present: Vec<usize> =
-            (0..tags.len()).filter(|&i| matches!(exists.get(i), Some(Ok(true)))).collect();
-        let infos = link
-            .each_settled::<Value>(
-                present
-                    .iter()
-                    .map(|&i| redis::cmd("XINFO").arg("GROUPS").arg(k.outbox(&tags[i])).clone())
-                    .collect(),
-            )
-            .await;
-        let mut out: Vec<Result<Option<StreamId>>> = exists.into_iter().map(|r| r.map(|_| None)).collect();
-        for (i, info) in present.into_iter().zip(infos) {
-            out[i] = info.map(relay_position);
-        }
-        out
+        self.xinfo_each(tags, "GROUPS")
+            .await
+            .into_iter()
+            .map(|r| r.map(|v| v.and_then(relay_position)))
+            .collect()
     }
 
     /// Each outbox stream's last generated id (`None`: no such stream), one result per
-    /// stream: a node that does not answer costs only its own.
+    /// stream.
     pub(crate) async fn stream_last_ids(&self, tags: &[CampaignId]) -> Vec<Result<Option<StreamId>>> {
+        let no_id = || EngineError::Protocol("XINFO STREAM: no last-generated-id".into());
+        let infos = self.xinfo_each(tags, "STREAM").await.into_iter();
+        infos.map(|r| r.and_then(|v| v.map(|v| last_generated(v).ok_or_else(no_id)).transpose())).collect()
+    }
+
+    /// `XINFO <what>` of each outbox stream that exists (`None` where none does), one
+    /// result per stream: a node that does not answer costs only its own.
+    async fn xinfo_each(&self, tags: &[CampaignId], what: &str) -> Vec<Result<Option<Value>>> {
         let (k, link) = (self.parts().keys, self.parts().link);
         let exists = link
             .each_settled::<bool>(
@@ -160,17 +135,13 @@ impl StockStore {
             .each_settled::<Value>(
                 present
                     .iter()
-                    .map(|&i| redis::cmd("XINFO").arg("STREAM").arg(k.outbox(&tags[i])).clone())
+                    .map(|&i| redis::cmd("XINFO").arg(what).arg(k.outbox(&tags[i])).clone())
                     .collect(),
             )
             .await;
-        let mut out: Vec<Result<Option<StreamId>>> = exists.into_iter().map(|r| r.map(|_| None)).collect();
+        let mut out: Vec<Result<Option<Value>>> = exists.into_iter().map(|r| r.map(|_| None)).collect();
         for (i, info) in present.into_iter().zip(infos) {
-            out[i] = info.and_then(|v| {
-                last_generated(v)
-                    .map(Some)
-                    .ok_or_else(|| EngineError::Protocol("XINFO STREAM: no last-generated-id".into()))
-            });
+            out[i] = info.map(Some);
         }
         out
     }

@@ -466,12 +466,6 @@ impl Engine {
         self.inner.store.rebuild(snapshot, lost, &self.inner.rebuild_token, generation).await
     }
 
-    /// Each outbox stream's last generated id (`None`: no such stream), one result per
-    /// stream (see `behind.rs`).
-    pub async fn stream_last_ids(&self, streams: &[CampaignId]) -> Vec<Result<Option<StreamId>>> {
-        self.inner.store.stream_last_ids(streams).await
-    }
-
     /// Holds a live shard (`tag`) found behind MySQL under this process's rebuild lease:
     /// every path answers 503 there, its data kept. `false`: another rebuilder holds it,
     /// or it has no meta. Call again within the lease to keep it.
