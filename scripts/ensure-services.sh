@@ -74,12 +74,23 @@ ensure_redis_cluster() {
   done
   for port in "${ports[@]}"; do
     for _ in $(seq 20); do port_open "$port" || break; sleep 0.25; done
-    rm -rf "${base:?}/$port" && mkdir -p "$base/$port"
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
-      --dir "$base/$port" --logfile "$base/$port/redis.log"
   done
-  for port in "${ports[@]}"; do wait_port "$port" "redis cluster node"; done
+  # A node's port lies in the kernel's ephemeral range: a client's outgoing connection
+  # can hold it for a moment, and the node then exits at once. Start it again, a few
+  # times, before giving up.
+  local attempt
+  for port in "${ports[@]}"; do
+    for attempt in 1 2 3 4 5; do
+      rm -rf "${base:?}/$port" && mkdir -p "$base/$port"
+      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+        --dir "$base/$port" --logfile "$base/$port/redis.log"
+      wait_port "$port" "redis cluster node (attempt $attempt)" 20 && break
+      [[ $attempt -eq 5 ]] && return 1
+      tail -n 3 "$base/$port/redis.log" >&2 || true
+      sleep 2
+    done
+  done
   local nodes=()
   for port in "${ports[@]}"; do nodes+=("127.0.0.1:$port"); done
   redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >/dev/null
