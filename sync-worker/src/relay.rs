@@ -54,8 +54,6 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
     // Streams whose Redis call failed, left alone until then: one unreachable node
     // does not cost every round its call timeout.
     let mut resting: HashMap<CampaignId, Instant> = HashMap::new();
-    // The newest id recorded in MySQL per stream, as this relay last knew it.
-    let mut recorded: HashMap<CampaignId, StreamId> = HashMap::new();
     let mut work = rescan(ctx).await?;
     // Set by a resync or a lag, whether met here or while waiting: notices may have been
     // missed, so the next round rescans.
@@ -91,7 +89,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                 }
                 with_group.insert(stream.clone());
             }
-            match relay_stream(ctx, ch, &stream, &mut recorded).await {
+            match relay_stream(ctx, ch, &stream).await {
                 Ok((n, left)) => {
                     moved += n;
                     backlog += left;
@@ -177,26 +175,16 @@ async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
 
 /// Relays one batch of one outbox stream (a campaign or shard tag); returns how many
 /// entries the broker confirmed and how many are left in the stream.
-async fn relay_stream(
-    ctx: &Ctx,
-    ch: &Channel,
-    stream: &CampaignId,
-    recorded: &mut HashMap<CampaignId, StreamId>,
-) -> Result<(usize, u64)> {
+async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(usize, u64)> {
     let store = &ctx.engine;
     let max = ctx.settings.worker.relay_batch_max;
     let idle_ms = ctx.settings.worker.relay_claim_idle_ms;
     // A shard that came back behind MySQL is left to its repair (`restore.rs`): a read
-    // would move its group's position past the evidence that it is behind.
-    if !recorded.contains_key(stream) {
-        if let Some(id) = ctx.db.relayed_id(stream.as_str()).await? {
-            recorded.insert(stream.clone(), id);
-        }
-    }
-    if let Some(id) = recorded.get(stream).copied() {
+    // would move its group's position past the evidence that it is behind. The record
+    // is read from MySQL every round: another worker may have raised it since.
+    if let Some(id) = ctx.db.relayed_id(stream.as_str()).await? {
         let position = store.relay_positions(std::slice::from_ref(stream)).await.pop().unwrap_or(Ok(None))?;
         if position.is_some_and(|p| p < id) {
-            recorded.remove(stream);
             ctx.restore_now.notify_one();
             return Err(WorkerError::Redis(engine::EngineError::Unavailable(format!(
                 "the relay's position in this stream is behind what MySQL recorded ({id}): left to its repair"
@@ -222,8 +210,6 @@ async fn relay_stream(
     // (`restore.rs`). No record, no publish: the entries wait in the stream.
     if let Some(newest) = entries.iter().filter_map(|e| StreamId::parse(&e.id)).max() {
         ctx.db.record_relayed(stream.as_str(), stream.campaign_of_tag().as_str(), newest).await?;
-        let known = recorded.entry(stream.clone()).or_default();
-        *known = newest.max(*known);
     }
     let messages = joined::join(&entries);
     let mut confirms = Vec::with_capacity(messages.len());

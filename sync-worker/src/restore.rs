@@ -187,14 +187,13 @@ async fn repair_behind(
     // From here the shards change: they stay held (503) until rebuilt, by this round or,
     // once the hold lapses, as lost shards by the next.
     for (tag, (entries, missing)) in tags.iter().zip(&backlogs) {
-        let mut dropped = Vec::new();
-        for entry in entries {
-            let events: Vec<OrderEvent> =
-                entry.events.iter().filter(|e| missing.contains(&e.order_id)).cloned().collect();
-            if !events.is_empty() {
-                dropped.extend(apply_or_drop(ctx, campaign, events).await?);
-            }
-        }
+        let events: Vec<OrderEvent> = entries
+            .iter()
+            .flat_map(|entry| entry.events.iter())
+            .filter(|e| missing.contains(&e.order_id))
+            .cloned()
+            .collect();
+        let dropped = apply_or_drop(ctx, campaign, events).await?;
         record_dropped(ctx, &dropped).await?;
         ctx.engine.forget_orders(tag, &dropped).await?;
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
@@ -205,15 +204,20 @@ async fn repair_behind(
     rebuild_campaign(ctx, campaign, map, behind, relayed, now_ms()).await
 }
 
-/// Applies the events of one outbox entry that MySQL lacks, each order alone (an order
-/// Redis holds, so no rebuild mark refuses it); returns the events of the orders that
+/// Applies the events (in stream order) of orders MySQL lacks, each order's together and
+/// alone, in the order they first appear (an order Redis holds, so no rebuild mark
+/// refuses it); returns the events of the orders that
 /// no longer fit (the stock guard refused them).
 async fn apply_or_drop(ctx: &Ctx, campaign: &CampaignId, events: Vec<OrderEvent>) -> Result<Vec<OrderEvent>> {
     let mut by_order: Vec<(String, Vec<OrderEvent>)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
     for e in events {
-        match by_order.iter_mut().find(|(id, _)| *id == e.order_id) {
-            Some((_, list)) => list.push(e),
-            None => by_order.push((e.order_id.clone(), vec![e])),
+        match at.get(&e.order_id) {
+            Some(&i) => by_order[i].1.push(e),
+            None => {
+                at.insert(e.order_id.clone(), by_order.len());
+                by_order.push((e.order_id.clone(), vec![e]));
+            }
         }
     }
     let mut dropped = Vec::new();
