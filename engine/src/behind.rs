@@ -26,7 +26,7 @@ use deadpool_redis::redis::{self, Value};
 
 use crate::domain::{CampaignId, IdempotencyKey, OrderId, UserId};
 use crate::error::{EngineError, Result};
-use crate::outbox::RELAY_GROUP;
+use crate::outbox::{DOC_FIELDS, RELAY_GROUP};
 use crate::rebuild::REBUILD_LEASE_MS;
 use crate::scripts::restore::{self as script, Lease, Step};
 use crate::store::StockStore;
@@ -191,7 +191,7 @@ impl StockStore {
                 id,
                 events: fields
                     .into_iter()
-                    .filter(|(f, _)| f == "orders" || f == "order")
+                    .filter(|(f, _)| DOC_FIELDS.contains(&f.as_str()))
                     .filter_map(|(_, doc)| OrderMessage::parse(doc.as_bytes()).ok())
                     .flatten()
                     .collect(),

@@ -16,6 +16,9 @@ use crate::store::StockStore;
 
 /// The consumer group every relay reads campaign outboxes through.
 pub const RELAY_GROUP: &str = "relay";
+/// The field of an outbox entry that carries its order message: `orders` (version 2,
+/// every order of one script call), or `order` (version 1), in that order of preference.
+pub(crate) const DOC_FIELDS: [&str; 2] = ["orders", "order"];
 /// Entries a shard's `outbox-dead` stream keeps at most (the oldest leave first).
 const OUTBOX_DEAD_MAX: usize = 10_000;
 /// Keys named by one delete at most.
@@ -117,13 +120,9 @@ impl StockStore {
                 .await?;
             entries.extend(fresh.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
         }
-        // `orders`: a version 2 entry (every order of one script call); `order`: version 1.
         Ok(entries
             .into_iter()
-            .map(|e| OutboxEntry {
-                doc: e.get::<String>("orders").or_else(|| e.get::<String>("order")),
-                id: e.id,
-            })
+            .map(|e| OutboxEntry { doc: DOC_FIELDS.iter().find_map(|f| e.get::<String>(f)), id: e.id })
             .collect())
     }
 
