@@ -72,7 +72,7 @@ if mode == 'give' then
   redis.call('HINCRBY', KEYS[2], 'in', n)
   if avail == n then
     local gen = redis.call('HINCRBY', KEYS[2], 'gen', 1)
-    redis.call('PUBLISH', ARGV[6], 'restock ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. int(gen))
+    notify(ARGV[6], 'restock ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' ' .. int(gen))
   end
   return { 'given' }
 end

@@ -57,9 +57,20 @@ end
 -- again (the tag is the outbox key's hash tag without `c:`: the campaign id, or a
 -- shard's tag): an idle relay polls nothing (a missed notice is caught by the relay's
 -- rescan after a notice gap).
+-- Sends a notice. A channel with a hash tag is a shard's own channel (on a cluster, in
+-- the slot of the shard's keys): SPUBLISH reaches only that slot's master and replicas,
+-- where a PUBLISH would be forwarded to every node of the cluster.
+local function notify(channel, text)
+  if string.find(channel, '{', 1, true) then
+    redis.call('SPUBLISH', channel, text)
+  else
+    redis.call('PUBLISH', channel, text)
+  end
+end
+
 local function announce_work(outbox, campaign, channel)
   if redis.call('XLEN', outbox) == 0 then
-    redis.call('PUBLISH', channel, 'outbox ' .. (string.match(outbox, '{c:(.-)}') or campaign))
+    notify(channel, 'outbox ' .. (string.match(outbox, '{c:(.-)}') or campaign))
   end
 end
 

@@ -81,6 +81,6 @@ local flat = {}
 for _, sku in ipairs(restocked_order) do
   flat[#flat + 1] = sku
   flat[#flat + 1] = int(restocked[sku])
-  redis.call('PUBLISH', channel, 'restock ' .. campaign .. ' ' .. sku .. ' ' .. int(restocked[sku]))
+  notify(channel, 'restock ' .. campaign .. ' ' .. sku .. ' ' .. int(restocked[sku]))
 end
 return { 'done', outcomes, flat }

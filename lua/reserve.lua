@@ -192,7 +192,7 @@ if #docs > 0 then
   emit_docs(KEYS[K_OUTBOX], campaign, docs, channel)
 end
 if #new_buyers > 0 then
-  redis.call('PUBLISH', channel, 'buyers ' .. campaign .. ' ' .. cjson.encode(new_buyers))
+  notify(channel, 'buyers ' .. campaign .. ' ' .. cjson.encode(new_buyers))
 end
 if next(needs_buyer_count) then
   local buyers = redis.call('SCARD', KEYS[K_BUYERS])

@@ -92,6 +92,10 @@ pub struct CampaignEntry {
     buyers_counted_ms: Arc<AtomicI64>,
     /// When (ms since the cache's epoch) a request last looked the campaign up.
     last_used: Arc<AtomicU64>,
+    /// Whether the campaign's shard notices flow (always, without shard channels):
+    /// set by `shard_notices.rs` once every shard channel is confirmed and the
+    /// campaign was reloaded after that.
+    notices_live: Arc<AtomicBool>,
 }
 
 impl CampaignEntry {
@@ -124,6 +128,9 @@ pub struct LocalCache {
     refresh: Duration,
     /// Whether restock and buyer notices are flowing (the pub/sub link is up).
     live: AtomicBool,
+    /// Whether shards' notices come on channels of their own (a cluster), so each
+    /// campaign is trusted only once its own channels are confirmed.
+    shard_notices: bool,
 }
 
 impl LocalCache {
@@ -135,7 +142,46 @@ impl LocalCache {
             sold_out_ttl_ms: u32::try_from(sold_out_ttl.as_millis()).unwrap_or(u32::MAX),
             refresh,
             live: AtomicBool::new(false),
+            shard_notices: false,
         }
+    }
+
+    /// The same cache, for shard notices on channels of their own (a cluster).
+    pub fn with_shard_notices(mut self, on: bool) -> Self {
+        self.shard_notices = on;
+        self
+    }
+
+    /// Whether this campaign's flags and buyers may be trusted: the notice link is up
+    /// and, with shard channels, the campaign's own are confirmed.
+    fn trusts(&self, entry: &CampaignEntry) -> bool {
+        self.is_live() && entry.notices_live.load(Ordering::Acquire)
+    }
+
+    /// Whether local answers that depend on notices may be given for this campaign.
+    pub fn trusts_notices_of(&self, entry: &CampaignEntry) -> bool {
+        self.trusts(entry)
+    }
+
+    /// `None` when the campaign is not cached.
+    pub fn notices_live(&self, campaign: &str) -> Option<bool> {
+        self.campaigns.get(campaign).map(|e| e.notices_live.load(Ordering::Acquire))
+    }
+
+    /// Trusts the campaign's shard notices again, or stops (forgetting its sold-out
+    /// flags: a restock may be missed while they do not flow).
+    pub fn set_notices_live(&self, campaign: &str, live: bool) {
+        if let Some(e) = self.campaigns.get(campaign) {
+            if !live {
+                e.flags.values().for_each(SoldOutFlag::forget);
+            }
+            e.notices_live.store(live, Ordering::Release);
+        }
+    }
+
+    /// The campaign's shard count, when cached.
+    pub fn shard_count(&self, campaign: &str) -> Option<u16> {
+        self.campaigns.get(campaign).map(|e| e.meta.shards)
     }
 
     /// Whether notices are flowing; while not, sold-out flags and buyer sets are not trusted.
@@ -186,6 +232,10 @@ impl LocalCache {
         let last_used = old
             .as_ref()
             .map_or_else(|| Arc::new(AtomicU64::new(self.elapsed_ms())), |o| Arc::clone(&o.last_used));
+        let notices_live = old.as_ref().map_or_else(
+            || Arc::new(AtomicBool::new(!self.shard_notices)),
+            |o| Arc::clone(&o.notices_live),
+        );
         let buyers = old.map_or_else(|| Arc::new(DashSet::new()), |o| Arc::clone(&o.buyers));
         for b in loaded_buyers.into_iter().flatten() {
             buyers.insert(b);
@@ -197,6 +247,7 @@ impl LocalCache {
             buyers_required,
             buyers_counted_ms,
             last_used,
+            notices_live,
         });
         self.campaigns.insert(campaign.clone(), entry);
     }
@@ -236,7 +287,7 @@ impl LocalCache {
     }
 
     pub fn is_sold_out(&self, entry: &CampaignEntry, sku: &SkuId) -> bool {
-        self.is_live()
+        self.trusts(entry)
             && entry.flags.get(sku).is_some_and(|f| f.is_set(self.now(), self.sold_out_ttl_ms))
             && entry.buyers.len() as u64 >= entry.buyers_required.load(Ordering::Relaxed)
     }
@@ -253,7 +304,7 @@ impl LocalCache {
     /// was read after the end (so it is final) and this process knows that many buyers
     /// (so everyone who could replay an order is in the buyer set).
     pub fn may_answer_ended(&self, entry: &CampaignEntry) -> bool {
-        self.is_live()
+        self.trusts(entry)
             && entry.buyers_counted_ms.load(Ordering::Relaxed) >= entry.meta.ends_ms + END_CLOCK_SKEW_MS
             && entry.buyers.len() as u64 >= entry.buyers_required.load(Ordering::Relaxed)
     }

@@ -25,6 +25,7 @@ use crate::error::Result;
 use crate::keys::KeySpace;
 use crate::link::RedisLink;
 use crate::notices;
+use crate::shard_notices;
 use crate::outbox::{OutboxEntry, WorkSignal};
 use crate::rebuild::{Rebuilt, ShardState};
 use crate::scripts::reserve::ReserveReply;
@@ -74,11 +75,12 @@ impl Engine {
             outbox_max_len: e.outbox_max_len,
             payment_event_ttl_secs: e.payment_event_ttl_secs,
         };
-        let keys = KeySpace::new(&settings.namespace);
+        let cluster = !r.cluster_seeds().is_empty();
+        let keys = KeySpace::new(&settings.namespace).with_shard_channels(cluster);
         let channel = keys.notice_channel();
         let store = StockStore::new(link, keys, store_settings);
         let refresh = Duration::from_millis(e.campaign_refresh_ms);
-        let cache = LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh);
+        let cache = LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh).with_shard_notices(cluster);
         let inner = Arc::new(Shared::new(store, cache, e.reserve_batch_max));
         let weak = Arc::downgrade(&inner);
         let listener = tokio::spawn(notices::listen(
@@ -87,10 +89,18 @@ impl Engine {
             channel,
             Duration::from_millis(r.connect_timeout_ms),
         ));
+        let shard_listener = cluster.then(|| {
+            tokio::spawn(shard_notices::listen(
+                weak.clone(),
+                r.cluster_seeds(),
+                Duration::from_millis(r.connect_timeout_ms),
+            ))
+        });
         let refresher = tokio::spawn(notices::refresh(weak, refresh));
         if let Ok(mut tasks) = inner.tasks.lock() {
             tasks.push(listener.abort_handle());
             tasks.push(refresher.abort_handle());
+            tasks.extend(shard_listener.map(|t| t.abort_handle()));
         }
         Ok(Self { inner })
     }
@@ -115,6 +125,15 @@ impl Engine {
     /// Outbox work notices from every process: which campaigns have entries to relay.
     pub fn work_signals(&self) -> tokio::sync::broadcast::Receiver<WorkSignal> {
         self.inner.work.subscribe()
+    }
+
+    /// Hears the outbox notices of these campaigns (and of every campaign launched from
+    /// now on) though they are not cached: on a cluster each shard's notices come on a
+    /// channel of its own, subscribed only for the campaigns a process names. Replaces
+    /// the campaigns named before (a retired campaign drops out).
+    pub fn watch_outbox_notices(&self, campaigns: &[CampaignId]) {
+        let mut watched = self.inner.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *watched = Some(campaigns.iter().cloned().collect());
     }
 
     /// Whether restock and buyer notices are flowing (local sold-out answers are on).

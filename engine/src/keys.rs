@@ -22,6 +22,12 @@
 //! Pub/sub channel `<ns>:events` carries `restock <c> <sku> <gen>`, `meta <c>` and
 //! `buyer <c> <user>` (one buyer), `buyers <c> <json array>` (every new buyer of one
 //! reservation call) and `outbox <c>` (the campaign's outbox has work again).
+//!
+//! On a Redis Cluster the notices a shard's own scripts send (`buyers`, `restock`,
+//! `outbox`) go instead to the shard's channel `<ns>:{c:<tag>}:events`, in the slot of
+//! the shard's keys, with `SPUBLISH`: a sharded notice reaches only the master and
+//! replicas of that slot, where a `PUBLISH` would be forwarded to every node. `meta`
+//! notices (launch, tune, rebuild) stay on `<ns>:events`, which every node hears.
 
 use crate::domain::{CampaignId, EventId, IdempotencyKey, OrderId, SkuId, UserId};
 
@@ -29,11 +35,19 @@ use crate::domain::{CampaignId, EventId, IdempotencyKey, OrderId, SkuId, UserId}
 #[derive(Debug, Clone)]
 pub struct KeySpace {
     ns: String,
+    /// Whether shards' notices go to their own channels (a cluster).
+    shard_channels: bool,
 }
 
 impl KeySpace {
     pub fn new(namespace: &str) -> Self {
-        Self { ns: namespace.to_owned() }
+        Self { ns: namespace.to_owned(), shard_channels: false }
+    }
+
+    /// The same key space, with shards' notices on their own channels (a cluster).
+    pub fn with_shard_channels(mut self, on: bool) -> Self {
+        self.shard_channels = on;
+        self
     }
 
     pub fn namespace(&self) -> &str {
@@ -121,6 +135,16 @@ impl KeySpace {
     pub fn notice_channel(&self) -> String {
         format!("{}:events", self.ns)
     }
+
+    /// Where a shard's scripts send their notices: the shard's own channel on a cluster
+    /// (`SPUBLISH`, the scripts tell it by its hash tag), else [`Self::notice_channel`].
+    pub fn shard_notice_channel(&self, tag: &CampaignId) -> String {
+        if self.shard_channels {
+            format!("{}events", self.prefix(tag))
+        } else {
+            self.notice_channel()
+        }
+    }
 }
 
 /// The Redis Cluster hash slot of a key (CRC16 of its hash tag, mod 16384).
@@ -177,6 +201,7 @@ mod tests {
             ks.buyers(&c),
             ks.order_rate(&c),
             ks.payment_event(&c, &event),
+            ks.clone().with_shard_channels(true).shard_notice_channel(&c),
         ];
         let slot = hash_slot(&keys[0]);
         for k in &keys {

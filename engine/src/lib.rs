@@ -18,6 +18,8 @@
 //! - [`cache`]: the local sharded cache answering sold-out, not-started and unknown
 //!   requests without Redis.
 //! - [`notices`]: the pub/sub listener that keeps every process's cache fresh.
+//! - `shard_notices`: on a cluster, the per-shard (`SSUBSCRIBE`) listener for the
+//!   notices each shard's scripts send, followed across failovers.
 //! - [`state`]: what the engine's clones and tasks share.
 //! - [`engine`]: [`Engine`], the cache in front of the store, and the only way to it.
 //! - [`clock`]: the process's clock in ms.
@@ -41,6 +43,7 @@ mod rebalance;
 pub mod rebuild;
 pub mod scripts;
 pub mod shards;
+mod shard_notices;
 mod state;
 pub mod store;
 

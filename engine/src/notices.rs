@@ -136,7 +136,7 @@ pub(crate) async fn refresh(engine: Weak<Shared>, every: Duration) {
 }
 
 /// Applies one notice to this process's cache (or passes it on to the relay).
-async fn apply(shared: &Shared, text: &str) {
+pub(crate) async fn apply(shared: &Shared, text: &str) {
     match Notice::parse(text) {
         Some(Notice::Restock { campaign, sku, gen }) => shared.cache.restock(&campaign, &sku, gen),
         Some(Notice::Buyer { campaign, user }) => shared.cache.add_buyer(&campaign, &user),
@@ -152,7 +152,10 @@ async fn apply(shared: &Shared, text: &str) {
                 tracing::warn!(error = %e, %campaign, "reload on notice failed");
             }
         }
-        Some(Notice::Meta { campaign }) => shared.cache.unmark_missing(campaign.as_str()),
+        Some(Notice::Meta { campaign }) => {
+            shared.cache.unmark_missing(campaign.as_str());
+            shared.watch_launched(&campaign);
+        }
         None => tracing::debug!(notice = text, "ignored unknown cache notice"),
     }
 }

@@ -3,6 +3,7 @@
 //! two things both the request path and the notice listener do: load a campaign
 //! into the cache, and decide what can be answered without Redis.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) maps: DashMap<CampaignId, Arc<ShardMap>>,
     /// Names this process as the holder of a rebuild lease (`rebuild.rs`).
     pub(crate) rebuild_token: String,
+    /// Campaigns whose shard notices this process hears though it does not cache them
+    /// (a relay's, for `outbox` notices); `None` until it asks for any.
+    pub(crate) watched: Mutex<Option<HashSet<CampaignId>>>,
 }
 
 /// Shard layouts kept for campaigns the cache no longer holds (the sync-worker's
@@ -62,6 +66,21 @@ impl Shared {
             tasks: Mutex::new(Vec::new()),
             maps: DashMap::new(),
             rebuild_token: uuid::Uuid::now_v7().simple().to_string(),
+            watched: Mutex::new(None),
+        }
+    }
+
+    /// See [`Self::watched`].
+    pub(crate) fn watched_campaigns(&self) -> Vec<CampaignId> {
+        let watched = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        watched.iter().flatten().cloned().collect()
+    }
+
+    /// A launched campaign joins the watched ones, once any are watched.
+    pub(crate) fn watch_launched(&self, campaign: &CampaignId) {
+        let mut watched = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(set) = watched.as_mut() {
+            set.insert(campaign.clone());
         }
     }
 
@@ -72,7 +91,8 @@ impl Shared {
         self.cache.prune();
         self.coalescer.prune();
         if self.maps.len() > SHARD_MAPS_KEPT {
-            self.maps.retain(|c, _| self.cache.contains(c.as_str()));
+            let watched: HashSet<CampaignId> = self.watched_campaigns().into_iter().collect();
+            self.maps.retain(|c, _| self.cache.contains(c.as_str()) || watched.contains(c));
         }
     }
 
@@ -146,7 +166,7 @@ impl Shared {
         if let Some(line) = lines.iter().find(|l| !entry.has_sku(&l.sku)) {
             return Some(ReserveOutcome::SkuNotFound(line.sku.clone()));
         }
-        if !self.cache.is_live() || entry.may_have_bought(user.as_str()) {
+        if !self.cache.trusts_notices_of(entry) || entry.may_have_bought(user.as_str()) {
             return None;
         }
         if phase == Phase::Ended {

@@ -186,3 +186,89 @@ async fn idle_campaigns_leave_no_coalescer_lane_behind() {
     let f = e.footprint();
     assert!(f.shard_maps <= f.cached_campaigns.max(1024), "{f:?}");
 }
+
+/// Notices on the broadcast channel of a namespace, as a classic subscriber hears them.
+async fn broadcast_notices(ns: &Ns) -> Arc<std::sync::Mutex<Vec<String>>> {
+    use futures_util::StreamExt;
+    let node = ns.settings.redis.nodes().into_iter().next().unwrap();
+    let mut pubsub = redis::Client::open(node).unwrap().get_async_pubsub().await.unwrap();
+    pubsub.subscribe(ns.keys().notice_channel()).await.unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&heard);
+    tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while let Some(m) = messages.next().await {
+            sink.lock().unwrap().push(m.get_payload::<String>().unwrap());
+        }
+    });
+    heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_notices_stay_in_their_slot_on_a_cluster_and_still_reach_every_process() {
+    let ns = Ns::new();
+    let cluster = !ns.settings.redis.cluster_seeds().is_empty();
+    let heard = broadcast_notices(&ns).await;
+    let a = ns.engine();
+    let b = ns.engine();
+    let mut spec = open_campaign("c", &[("x", 3, 100)], 1);
+    spec.shards = 3;
+    launch(&a, &spec).await;
+    until_live(&a).await;
+    until_live(&b).await;
+    // A relay that watches the campaign hears of work on every shard's outbox.
+    let watcher = ns.engine();
+    watcher.watch_outbox_notices(&[cid("c")]);
+    let mut work = watcher.work_signals();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while work.try_recv().is_ok() {}
+
+    let mut won = Vec::new();
+    for u in ["w1", "w2", "w3"] {
+        match b.reserve(&cid("c"), &user(u), &key("k"), &lines(&[("x", 1)])).await.unwrap() {
+            ReserveOutcome::Reserved(r) => won.push(r),
+            other => panic!("{other:?}"),
+        }
+    }
+    let signal = tokio::time::timeout(Duration::from_secs(1), work.recv()).await;
+    assert!(
+        matches!(signal, Ok(Ok(engine::outbox::WorkSignal::Outbox(_)))),
+        "no outbox notice reached the watching relay: {signal:?}"
+    );
+    // A hears every buyer (the buyer notices of each shard) and answers from its cache.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let local_before = a.stats().answered_locally;
+        let r = a.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+        assert_eq!(r, ReserveOutcome::SoldOut(sku("x")));
+        if a.stats().answered_locally == local_before + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sold out never answered from the local cache");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A restock on one shard reaches A within a second.
+    b.release(&won[0].order_id, ReleaseReason::Cancelled).await.unwrap();
+    let released_at = Instant::now();
+    loop {
+        match a.reserve(&cid("c"), &user("u2"), &key("k"), &lines(&[("x", 1)])).await.unwrap() {
+            ReserveOutcome::Reserved(_) => break,
+            ReserveOutcome::SoldOut(_) => {
+                assert!(released_at.elapsed() < Duration::from_secs(1), "flag not cleared within 1 s");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let heard = heard.lock().unwrap().clone();
+    let shard_kinds = |n: &&String| ["buyers ", "restock ", "outbox "].iter().any(|k| n.starts_with(k));
+    let broadcast: Vec<&String> = heard.iter().filter(shard_kinds).collect();
+    if cluster {
+        // Sharded: not one of them crossed the cluster to every node.
+        assert!(broadcast.is_empty(), "shard notices broadcast on a cluster: {broadcast:?}");
+        assert!(heard.iter().any(|n| n.starts_with("meta ")), "the launch's meta notice is still broadcast");
+    } else {
+        assert!(broadcast.len() >= 3, "one Redis: every notice on the one channel: {heard:?}");
+    }
+}

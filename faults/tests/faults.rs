@@ -1588,3 +1588,95 @@ async fn a_failover_without_replica_acks_is_repaired_from_what_the_relay_passed_
     cleanup(env, workers, db).await;
     drop(cluster);
 }
+
+/// A sold-out reservation answered from `engine`'s own cache within `patience`.
+async fn until_answered_locally(engine: &engine::Engine, campaign: &str, patience: Duration) -> bool {
+    use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReserveOutcome, UserId};
+    let deadline = Instant::now() + patience;
+    let lines = OrderLines::parse(vec![("a".to_owned(), 1)]).unwrap();
+    let (c, u, k) = (
+        CampaignId::parse(campaign).unwrap(),
+        UserId::parse("asker").unwrap(),
+        IdempotencyKey::parse("k").unwrap(),
+    );
+    while Instant::now() < deadline {
+        let before = engine.stats().answered_locally;
+        if let Ok(ReserveOutcome::SoldOut(_)) = engine.reserve(&c, &u, &k, &lines).await {
+            if engine.stats().answered_locally == before + 1 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Sharded notices follow their slot: after the master serving a campaign's slot dies
+/// and its replica takes over, each process subscribes again on the new master, answers
+/// from its cache again, and a restock sent from the new master reaches it (sold-out
+/// flags are trusted for a minute here, so only the notice can clear one in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_notices_are_subscribed_again_on_the_master_a_failover_promotes() {
+    use engine::campaign::{CampaignLaunch, LaunchItem};
+    use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReleaseReason, ReserveOutcome, SkuId, UserId};
+    let Some(mut cluster) = RedisCluster::start_with_replicas(3, 1).await else {
+        panic!("redis-server and redis-cli are needed for this test (scripts/ensure-services.sh installs them)");
+    };
+    let mut settings = testkit::isolate("sn");
+    settings.redis.cluster_nodes = cluster.seeds();
+    settings.engine.sold_out_ttl_ms = 60_000;
+    let (a, b) = (engine::Engine::start(&settings).unwrap(), engine::Engine::start(&settings).unwrap());
+    let c = CampaignId::parse("c").unwrap();
+    let now = engine::clock::now_ms();
+    let spec = CampaignLaunch {
+        campaign: c.clone(),
+        starts_ms: now - 1_000,
+        ends_ms: now + 3_600_000,
+        per_user_limit: 1,
+        payment_window_secs: 600,
+        max_orders_per_sec: None,
+        max_user_requests_per_sec: None,
+        items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock: 1, price_cents: 100 }],
+        shards: 1,
+    };
+    a.launch(&spec).await.unwrap();
+    let lines = OrderLines::parse(vec![("a".to_owned(), 1)]).unwrap();
+    let reserve = |e: &engine::Engine, u: &str| {
+        let (e, u, lines, c) = (e.clone(), UserId::parse(u).unwrap(), lines.clone(), c.clone());
+        async move { e.reserve(&c, &u, &IdempotencyKey::parse("k").unwrap(), &lines).await.unwrap() }
+    };
+    let ReserveOutcome::Reserved(first) = reserve(&b, "w1").await else { panic!("the unit is sold") };
+    assert!(until_answered_locally(&a, "c", Duration::from_secs(5)).await, "sold out answered locally");
+
+    let keys = engine::keys::KeySpace::new(&settings.namespace);
+    let victim = cluster.node_of_slot(engine::keys::hash_slot(&keys.meta(&c))).unwrap();
+    let replica = cluster.replica_of(victim).unwrap();
+    cluster.kill(victim);
+    assert!(cluster.promoted(replica, Duration::from_secs(30)).await, "the replica is promoted");
+    // The shard's channel is heard again, from the new master.
+    assert!(
+        until_answered_locally(&a, "c", Duration::from_secs(15)).await,
+        "local answers never came back after the failover"
+    );
+    let released_at = Instant::now();
+    loop {
+        match b.release(&first.order_id, ReleaseReason::Cancelled).await {
+            Ok(_) => break,
+            Err(e) => assert!(released_at.elapsed() < Duration::from_secs(10), "release: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let released_at = Instant::now();
+    loop {
+        match reserve(&a, "w2").await {
+            ReserveOutcome::Reserved(_) => break,
+            ReserveOutcome::SoldOut(_) => {
+                assert!(released_at.elapsed() < Duration::from_secs(2), "the restock notice never arrived");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    drop((a, b));
+    drop(cluster);
+}

@@ -15,7 +15,9 @@
 //!
 //! There is one outbox stream per campaign shard (the campaign's own when unsharded),
 //! named by the shard's tag. The relay visits only streams with work: a script that
-//! writes to an empty outbox publishes an `outbox <tag>` notice, and a stream stays in
+//! writes to an empty outbox publishes an `outbox <tag>` notice (on a cluster, on the
+//! shard's own channel, which the engine subscribes for every campaign the rescan
+//! names and every one launched later), and a stream stays in
 //! the work set until it is empty. Notices are lost only while a subscription is
 //! down, and every resubscription is followed by a resync; so a full rescan (the
 //! campaign index, each campaign's shard count once, pipelined `XLEN`s) runs only at
@@ -168,6 +170,8 @@ async fn wait_for_work(
 async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
     let store = &ctx.engine;
     let campaigns = store.campaign_ids().await?;
+    // On a cluster each shard's `outbox` notices come on its own channel: hear them all.
+    store.watch_outbox_notices(&campaigns);
     let streams = store.outbox_streams(&campaigns).await?;
     let lengths = store.outbox_lengths(&streams).await?;
     Ok(streams.into_iter().zip(lengths).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect())

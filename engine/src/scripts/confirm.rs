@@ -46,7 +46,7 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, r: &Request<'_>) -> Scri
         .arg(r.status.as_str())
         .arg(k.prefix(tag))
         .arg(r.event_ttl_secs)
-        .arg(k.notice_channel())
+        .arg(k.shard_notice_channel(tag))
         .arg(r.event.as_str());
     inv
 }

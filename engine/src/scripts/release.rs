@@ -41,7 +41,7 @@ pub fn invocation<'s>(
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(tag)).key(k.outbox(tag)).key(k.pending(tag));
-    inv.arg(campaign.as_str()).arg(reason.as_str()).arg(k.prefix(tag)).arg(k.notice_channel());
+    inv.arg(campaign.as_str()).arg(reason.as_str()).arg(k.prefix(tag)).arg(k.shard_notice_channel(tag));
     for (order, owner) in orders.iter().zip(owners) {
         inv.key(k.order_at(tag, order));
         match owner {

@@ -60,7 +60,7 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
     inv.arg(first.campaign.as_str())
         .arg(first.idempotency_ttl_secs)
         .arg(first.outbox_max_len)
-        .arg(k.notice_channel());
+        .arg(k.shard_notice_channel(c));
     for r in batch {
         inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order_at(c, r.order_id));
         inv.arg(r.order_id.as_str())
