@@ -82,6 +82,9 @@ pub struct RedisSettings {
     /// Replicas that must hold a change before it is answered (`WAIT`); 0: none.
     pub replica_acks: u32,
     pub replica_ack_timeout_ms: u64,
+    /// On a cluster, shards' own notices on per-shard channels (`SPUBLISH`); off:
+    /// every notice broadcast (`PUBLISH`), as processes of earlier builds expect.
+    pub shard_notices: bool,
 }
 
 impl RedisSettings {

@@ -232,10 +232,9 @@ impl LocalCache {
         let last_used = old
             .as_ref()
             .map_or_else(|| Arc::new(AtomicU64::new(self.elapsed_ms())), |o| Arc::clone(&o.last_used));
-        let notices_live = old.as_ref().map_or_else(
-            || Arc::new(AtomicBool::new(!self.shard_notices)),
-            |o| Arc::clone(&o.notices_live),
-        );
+        let notices_live = old
+            .as_ref()
+            .map_or_else(|| Arc::new(AtomicBool::new(!self.shard_notices)), |o| Arc::clone(&o.notices_live));
         let buyers = old.map_or_else(|| Arc::new(DashSet::new()), |o| Arc::clone(&o.buyers));
         for b in loaded_buyers.into_iter().flatten() {
             buyers.insert(b);

@@ -25,10 +25,10 @@ use crate::error::Result;
 use crate::keys::KeySpace;
 use crate::link::RedisLink;
 use crate::notices;
-use crate::shard_notices;
 use crate::outbox::{OutboxEntry, WorkSignal};
 use crate::rebuild::{Rebuilt, ShardState};
 use crate::scripts::reserve::ReserveReply;
+use crate::shard_notices;
 use crate::shards::ShardMap;
 use crate::state::Shared;
 use crate::store::{StockStore, StoreSettings};
@@ -76,11 +76,12 @@ impl Engine {
             payment_event_ttl_secs: e.payment_event_ttl_secs,
         };
         let cluster = !r.cluster_seeds().is_empty();
-        let keys = KeySpace::new(&settings.namespace).with_shard_channels(cluster);
+        let keys = KeySpace::new(&settings.namespace).with_shard_channels(cluster && r.shard_notices);
         let channel = keys.notice_channel();
         let store = StockStore::new(link, keys, store_settings);
         let refresh = Duration::from_millis(e.campaign_refresh_ms);
-        let cache = LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh).with_shard_notices(cluster);
+        let cache =
+            LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh).with_shard_notices(cluster);
         let inner = Arc::new(Shared::new(store, cache, e.reserve_batch_max));
         let weak = Arc::downgrade(&inner);
         let listener = tokio::spawn(notices::listen(

@@ -42,8 +42,8 @@ pub mod outbox;
 mod rebalance;
 pub mod rebuild;
 pub mod scripts;
-pub mod shards;
 mod shard_notices;
+pub mod shards;
 mod state;
 pub mod store;
 

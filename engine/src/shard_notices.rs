@@ -157,7 +157,9 @@ impl Listener {
         let channel = || push.data.first().and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
         match push.kind {
             PushKind::SMessage | PushKind::Message => {
-                if let Some(text) = push.data.get(1).and_then(|v| redis::from_redis_value_ref::<String>(v).ok()) {
+                if let Some(text) =
+                    push.data.get(1).and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                {
                     apply(shared, &text).await;
                 }
             }
@@ -200,7 +202,8 @@ impl Listener {
     }
 
     async fn ping(&mut self) -> bool {
-        let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
+        let all =
+            RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, Some(ResponsePolicy::AllSucceeded)));
         matches!(
             tokio::time::timeout(PING_TIMEOUT, self.conn.route_command(redis::cmd("PING"), all)).await,
             Ok(Ok(_))
@@ -252,7 +255,9 @@ impl Listener {
                 };
                 match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(channel = %ch, error = %e, "shard notice (un)subscription failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(channel = %ch, error = %e, "shard notice (un)subscription failed")
+                    }
                     Err(_) => tracing::debug!(channel = %ch, "shard notice (un)subscription timed out"),
                 }
             }

@@ -8,7 +8,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use engine::domain::{ReleaseReason, ReserveOutcome, UserId};
 use engine::shards::ShardMap;
@@ -750,4 +750,80 @@ async fn received_move_ids_are_kept_a_day() {
         moves::decode(moves::give(&script, &k, &old, 2).invoke_async(&mut raw).await.unwrap()).unwrap();
     assert_eq!(step, Step::Given, "already received: nothing given again");
     assert_eq!(shelves(&ns, &map).await, vec![8, 10, 12]);
+}
+
+/// What every node of the cluster has spent so far: (CPU µs, user and system, of all
+/// redis-server threads; messages sent on the cluster bus to forward a PUBLISH or an
+/// SPUBLISH).
+async fn node_costs(seeds: &[String]) -> (f64, u64) {
+    let (mut cpu_us, mut bus) = (0.0, 0);
+    for node in seeds {
+        let client = redis::Client::open(node.as_str()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c).await.unwrap();
+        let cluster: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
+        let field = |text: &str, name: &str| -> Option<String> {
+            text.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).map(|v| v.trim().to_owned())
+        };
+        for f in ["used_cpu_user", "used_cpu_sys"] {
+            cpu_us += field(&info, f).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) * 1e6;
+        }
+        for f in ["cluster_stats_messages_publish_sent", "cluster_stats_messages_publishshard_sent"] {
+            bus += field(&cluster, f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    (cpu_us, bus)
+}
+
+/// The cost of the notices on the 3-master cluster: the same sale (3 shards, two
+/// engines, 32 in flight) with shard notices (`SPUBLISH` to the shard's channel) and
+/// with every notice broadcast (`PUBLISH`, `redis.shard_notices = false`), in turns,
+/// per reservation: the CPU of every redis-server, the time inside scripts and the
+/// messages the cluster bus carried. Needs the cluster to itself (`scripts/test.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run alone against the Redis Cluster (scripts/test.sh)"]
+async fn shard_notices_cost_the_cluster_less_than_broadcast_ones() {
+    const ORDERS: usize = 4000;
+    let seeds = Ns::new().settings.redis.cluster_seeds();
+    assert_eq!(seeds.len(), 3, "needs FLASHSALE__REDIS__CLUSTER_NODES with the three masters");
+    let mut per_mode: [(f64, f64, f64); 2] = [(0.0, 0.0, 0.0); 2];
+    for turn in 0..4 {
+        let sharded_notices = turn % 2 == 0;
+        let ns = Ns::with(|s| s.redis.shard_notices = sharded_notices);
+        let engines = [ns.engine(), ns.engine()];
+        launch(&engines[0], &sharded("cost", ORDERS as u64, 1, 3)).await;
+        for e in &engines {
+            e.campaign(&cid("cost")).await.unwrap();
+        }
+        // Both engines' subscriptions confirmed before the sale.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (cpu0, bus0) = node_costs(&seeds).await;
+        let scripts0: u64 = script_stats(&seeds).await.iter().map(|s| s.1).sum();
+        let buyers: Vec<UserId> = (0..ORDERS).map(|i| user(&format!("n{i}"))).collect();
+        let answers = sale(&engines, "cost", buyers, 32).await;
+        assert!(answers.iter().all(|(_, _, _, r)| matches!(r, ReserveOutcome::Reserved(_))));
+        let (cpu1, bus1) = node_costs(&seeds).await;
+        let scripts1: u64 = script_stats(&seeds).await.iter().map(|s| s.1).sum();
+        let m = &mut per_mode[usize::from(!sharded_notices)];
+        m.0 += (cpu1 - cpu0) / ORDERS as f64 / 2.0;
+        m.1 += (scripts1 - scripts0) as f64 / ORDERS as f64 / 2.0;
+        m.2 += (bus1 - bus0) as f64 / ORDERS as f64 / 2.0;
+    }
+    let [(s_cpu, s_script, s_bus), (b_cpu, b_script, b_bus)] = per_mode;
+    println!("per reservation, 3 masters, 3 shards, 2 turns each:");
+    println!(
+        "  shard notices:     Redis CPU {s_cpu:.1} µs, in scripts {s_script:.1} µs, bus messages {s_bus:.3}"
+    );
+    println!(
+        "  broadcast notices: Redis CPU {b_cpu:.1} µs, in scripts {b_script:.1} µs, bus messages {b_bus:.3}"
+    );
+    println!(
+        "  ratio shard/broadcast: Redis CPU {:.3}, bus messages {:.3}",
+        s_cpu / b_cpu,
+        s_bus / b_bus.max(1e-9)
+    );
+    assert!(
+        s_bus < b_bus / 10.0,
+        "shard notices still crossed the bus: {s_bus:.3} vs {b_bus:.3} per reservation"
+    );
 }

@@ -1618,9 +1618,13 @@ async fn until_answered_locally(engine: &engine::Engine, campaign: &str, patienc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_notices_are_subscribed_again_on_the_master_a_failover_promotes() {
     use engine::campaign::{CampaignLaunch, LaunchItem};
-    use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReleaseReason, ReserveOutcome, SkuId, UserId};
+    use engine::domain::{
+        CampaignId, IdempotencyKey, OrderLines, ReleaseReason, ReserveOutcome, SkuId, UserId,
+    };
     let Some(mut cluster) = RedisCluster::start_with_replicas(3, 1).await else {
-        panic!("redis-server and redis-cli are needed for this test (scripts/ensure-services.sh installs them)");
+        panic!(
+            "redis-server and redis-cli are needed for this test (scripts/ensure-services.sh installs them)"
+        );
     };
     let mut settings = testkit::isolate("sn");
     settings.redis.cluster_nodes = cluster.seeds();

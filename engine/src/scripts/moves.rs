@@ -50,7 +50,12 @@ pub fn take<'s>(script: &'s Script, k: &KeySpace, m: &Move<'_>, want: u64, min: 
 pub fn give<'s>(script: &'s Script, k: &KeySpace, m: &Move<'_>, units: u64) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(m.to)).key(k.stock(m.to, m.sku)).key(k.moves_in(m.to));
-    inv.arg("give").arg(m.id).arg(units).arg(m.campaign.as_str()).arg(m.sku.as_str()).arg(k.shard_notice_channel(m.to));
+    inv.arg("give")
+        .arg(m.id)
+        .arg(units)
+        .arg(m.campaign.as_str())
+        .arg(m.sku.as_str())
+        .arg(k.shard_notice_channel(m.to));
     inv
 }
 
