@@ -380,14 +380,19 @@ def mysql_state(cid):
              for r in sql(DB, f"SELECT sku_id, stock_total, available, reserved, sold FROM campaign_items "
                               f"WHERE campaign_id = '{cid}'")}
     units = defaultdict(int)  # (sku, status) -> units
-    for sku, status, n in sql(DB, f"SELECT oi.sku_id, o.status, SUM(oi.quantity) FROM orders o JOIN order_items oi "
-                                  f"USING (order_id) WHERE o.campaign_id = '{cid}' GROUP BY 1, 2"):
-        units[(sku, status)] = int(n)
-    statuses = dict((r[0], r[1]) for r in sql(DB, f"SELECT order_id, status FROM orders WHERE campaign_id = '{cid}'"))
-    top = sql(DB, f"SELECT o.user_id, SUM(oi.quantity) s FROM orders o JOIN order_items oi USING (order_id) "
-                  f"WHERE o.campaign_id = '{cid}' AND o.status IN ('pending_payment', 'paid') "
-                  f"GROUP BY o.user_id ORDER BY s DESC LIMIT 1")
-    return items, units, statuses, (top[0][0], int(top[0][1])) if top else (None, 0)
+    held = defaultdict(int)  # user -> units of pending and paid orders
+    statuses = {}
+    # Each order's lines inline (`sku:quantity:price,...`); the persister writes no other.
+    for order_id, user, status, lines in sql(DB, f"SELECT order_id, user_id, status, COALESCE(items, '') "
+                                                 f"FROM orders WHERE campaign_id = '{cid}'"):
+        statuses[order_id] = status
+        for line in filter(None, lines.split(",")):
+            sku, quantity, _ = line.split(":")
+            units[(sku, status)] += int(quantity)
+            if status in ("pending_payment", "paid"):
+                held[user] += int(quantity)
+    top = sorted(held.items(), key=lambda kv: -kv[1])[:1]
+    return items, units, statuses, top[0] if top else (None, 0)
 
 
 def mysql_orders(cid):

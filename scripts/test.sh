@@ -82,12 +82,15 @@ echo "   (the fault tests of one master restarted empty, blackholed or script-fl
 echo "   cargo test pass above, each on a private 3-master cluster it starts and stops itself)"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
   cargo test --workspace --no-fail-fast --test worker -- one_lost_shard a_worker_killed_mid_rebuild
-step "each master's share of a hot sku's script calls (alone on the cluster: nothing else runs on it now)"
+step "each master's share of a hot sku's script calls, and what notices cost the cluster (alone on it)"
 FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
-  cargo test --workspace --test shards -- --ignored --nocapture each_master_serves_a_fair_share_of_a_hot_sku
+  cargo test --workspace --test shards -- --ignored --nocapture --test-threads=1 \
+  each_master_serves_a_fair_share_of_a_hot_sku shard_notices_cost_the_cluster_less_than_broadcast_ones
 
 join_side outside
 join_side load
+step "reconciliation of a campaign of 2,000,000 orders (alone: it loads MariaDB for a minute)"
+cargo test --workspace --test reconcile_big -- --ignored --nocapture
 if ((${#side_failed[@]})); then
   step "failed: ${side_failed[*]}"
   exit 1

@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 
-use common::message::{OrderEvent, OrderItem, OrderStatus};
+use common::message::{OrderEvent, OrderStatus};
 use sqlx::mysql::MySqlPool;
 use sqlx::{Connection, MySql, QueryBuilder, Row};
 
 use crate::db::{text, Db, DbError, Result};
 use crate::fold::fold;
+use crate::lines::{self, UnitSums};
 use crate::rows::Applied;
+use crate::units;
 
 impl Db {
     /// Applies a batch of order events in one transaction (see the module docs).
@@ -84,7 +86,7 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
         inserts.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
         let mut q = QueryBuilder::<MySql>::new(
             "INSERT INTO orders (order_id, campaign_id, user_id, status, total_cents, created_ms, \
-             expires_ms, paid_ms, updated_ms, idempotency_key, payment_event_id) ",
+             expires_ms, paid_ms, updated_ms, idempotency_key, payment_event_id, items) ",
         );
         q.push_values(&inserts, |mut b, e| {
             b.push_bind(&e.order_id)
@@ -97,15 +99,8 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
                 .push_bind((e.paid_ms > 0).then_some(e.paid_ms))
                 .push_bind(e.event_ms)
                 .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.idempotency_key))
-                .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.payment_event));
-        });
-        q.build().execute(&mut *tx).await?;
-        let lines: Vec<(&str, &OrderItem)> =
-            inserts.iter().flat_map(|e| e.items.iter().map(move |i| (e.order_id.as_str(), i))).collect();
-        let mut q =
-            QueryBuilder::<MySql>::new("INSERT INTO order_items (order_id, sku_id, quantity, price_cents) ");
-        q.push_values(&lines, |mut b, (order, i)| {
-            b.push_bind(*order).push_bind(&i.sku_id).push_bind(i.quantity as i64).push_bind(i.price_cents);
+                .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.payment_event))
+                .push_bind(lines::encode(&e.items));
         });
         q.build().execute(&mut *tx).await?;
     }
@@ -178,6 +173,18 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
             });
         }
     }
+    // The units of pending and paid orders per sku, counted from the orders' own
+    // states (not from the stock moves above), so reconciliation still compares two
+    // independent accounts.
+    let mut sums = UnitSums::new();
+    for e in &plan.inserts {
+        lines::count(&mut sums, &e.campaign_id, e.status, &e.items, 1);
+    }
+    for (db_status, e) in plan.updates.values() {
+        lines::count(&mut sums, &e.campaign_id, *db_status, &e.items, -1);
+        lines::count(&mut sums, &e.campaign_id, e.status, &e.items, 1);
+    }
+    units::add(&mut tx, &sums).await?;
     tx.commit().await?;
     Ok(plan.applied)
 }

@@ -25,8 +25,8 @@ impl Db {
                 let mut tx = self.pool.begin().await?;
                 let res = sqlx::query(
                     "INSERT INTO campaigns (campaign_id, name, starts_ms, ends_ms, per_user_limit, \
-                 payment_window_secs, max_orders_per_sec, max_user_requests_per_sec, created_ms, shards) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 payment_window_secs, max_orders_per_sec, max_user_requests_per_sec, created_ms, shards, \
+                 units_counted_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&c.campaign_id)
                 .bind(&c.name)
@@ -38,6 +38,8 @@ impl Db {
                 .bind(c.max_user_requests_per_sec)
                 .bind(now_ms)
                 .bind(c.shards)
+                // No orders yet: its order_units sums are complete from the start.
+                .bind(now_ms)
                 .execute(&mut *tx)
                 .await;
                 if let Err(e) = res {

@@ -9,6 +9,10 @@
 //! - [`fold`]: the pure fold of a batch of order events into row changes: unit-tested
 //!   without MySQL.
 //! - [`apply`]: the SQL that applies a fold in one transaction, stock moves guarded.
+//! - [`lines`]: an order's lines inline in its row, and the per-sku unit sums of
+//!   pending and paid orders.
+//! - [`units`]: `order_units`, those sums kept in MySQL (reconciliation reads them), and
+//!   the one-time count of a campaign launched before they were kept.
 //! - [`reconcile`]: a campaign's Redis counters against MySQL.
 //! - [`dead`]: dead-lettered orders, kept to be listed and sent back.
 //! - [`relayed`]: the newest outbox id relayed per stream (finds a shard behind MySQL).
@@ -22,10 +26,12 @@ pub mod campaigns;
 pub mod db;
 pub mod dead;
 pub mod fold;
+pub mod lines;
 pub mod orders;
 pub mod reconcile;
 pub mod relayed;
 pub mod rows;
+pub mod units;
 
 pub use db::{Db, DbError, Result};
 pub use rows::{Applied, CampaignItemRow, CampaignRow, InsertCampaign, OrderRow, StockRow};

@@ -1,19 +1,18 @@
 //! Order and stock reads: the order views, the MySQL sweep, rebuilds, reconciliation.
 
-use std::collections::HashMap;
-
 use common::message::{OrderItem, OrderStatus};
 use sqlx::Row;
 
 use crate::db::{opt_text, text, Db, DbError, Result};
-use crate::rows::{OrderRow, StockRow};
+use crate::lines;
+use crate::rows::OrderRow;
 
 impl Db {
     pub async fn order(&self, order_id: &str) -> Result<Option<OrderRow>> {
         self.bounded(async {
             let Some(r) = sqlx::query(
                 "SELECT order_id, campaign_id, user_id, status, total_cents, created_ms, expires_ms, paid_ms, \
-                 idempotency_key, payment_event_id FROM orders WHERE order_id = ?",
+                 idempotency_key, payment_event_id, items FROM orders WHERE order_id = ?",
             )
             .bind(order_id)
             .fetch_optional(&self.pool)
@@ -21,18 +20,22 @@ impl Db {
             else {
                 return Ok(None);
             };
-            let items = sqlx::query(
-                "SELECT sku_id, quantity, price_cents FROM order_items WHERE order_id = ? ORDER BY sku_id",
-            )
-            .bind(order_id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|i| -> Result<OrderItem> {
-                let quantity: i64 = i.try_get(1)?;
-                Ok(OrderItem { sku_id: text(&i, 0)?, quantity: quantity as u64, price_cents: i.try_get(2)? })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            let items = match opt_text(&r, 10)? {
+                Some(inline) => lines::decode(&inline)?,
+                // A row written before lines were inline.
+                None => sqlx::query(
+                    "SELECT sku_id, quantity, price_cents FROM order_items WHERE order_id = ? ORDER BY sku_id",
+                )
+                .bind(order_id)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|i| -> Result<OrderItem> {
+                    let quantity: i64 = i.try_get(1)?;
+                    Ok(OrderItem { sku_id: text(&i, 0)?, quantity: quantity as u64, price_cents: i.try_get(2)? })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            };
             let status = text(&r, 3)?;
             Ok(Some(OrderRow {
                 order_id: text(&r, 0)?,
@@ -84,8 +87,8 @@ impl Db {
         self.bounded_for(self.timeout * 10, async {
             let rows = sqlx::query(
                 "SELECT o.order_id, o.user_id, o.status, o.total_cents, o.created_ms, o.expires_ms, o.paid_ms, \
-                 i.sku_id, i.quantity, i.price_cents, o.idempotency_key, o.payment_event_id \
-                 FROM orders o JOIN order_items i ON i.order_id = o.order_id \
+                 i.sku_id, i.quantity, i.price_cents, o.idempotency_key, o.payment_event_id, o.items \
+                 FROM orders o LEFT JOIN order_items i ON o.items IS NULL AND i.order_id = o.order_id \
                  WHERE o.campaign_id = ? ORDER BY o.order_id, i.sku_id",
             )
             .bind(campaign)
@@ -94,10 +97,16 @@ impl Db {
             let mut out: Vec<OrderRow> = Vec::new();
             for r in rows {
                 let id = text(&r, 0)?;
-                let quantity: i64 = r.try_get(8)?;
-                let item = OrderItem { sku_id: text(&r, 7)?, quantity: quantity as u64, price_cents: r.try_get(9)? };
+                // Lines inline, or one row per line of `order_items` (rows from before).
+                let items = match opt_text(&r, 12)? {
+                    Some(inline) => lines::decode(&inline)?,
+                    None => {
+                        let quantity: i64 = r.try_get(8)?;
+                        vec![OrderItem { sku_id: text(&r, 7)?, quantity: quantity as u64, price_cents: r.try_get(9)? }]
+                    }
+                };
                 if let Some(last) = out.last_mut().filter(|o| o.order_id == id) {
-                    last.items.push(item);
+                    last.items.extend(items);
                     continue;
                 }
                 let status = text(&r, 2)?;
@@ -107,7 +116,7 @@ impl Db {
                     user_id: text(&r, 1)?,
                     status: OrderStatus::parse(&status)
                         .ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?,
-                    items: vec![item],
+                    items,
                     total_cents: r.try_get(3)?,
                     created_ms: r.try_get(4)?,
                     expires_ms: r.try_get(5)?,
@@ -149,42 +158,6 @@ impl Db {
             .fetch_one(&self.pool)
             .await?;
             Ok(n > 0)
-        })
-        .await
-    }
-
-    /// Stock per sku with the units of pending and paid orders (reconciliation).
-    pub async fn stock(&self, campaign: &str) -> Result<Vec<StockRow>> {
-        self.bounded(async {
-            let units = sqlx::query(
-                "SELECT i.sku_id, o.status, CAST(SUM(i.quantity) AS SIGNED) FROM orders o \
-                 JOIN order_items i ON i.order_id = o.order_id \
-                 WHERE o.campaign_id = ? AND o.status IN ('pending_payment', 'paid') \
-                 GROUP BY i.sku_id, o.status",
-            )
-            .bind(campaign)
-            .fetch_all(&self.pool)
-            .await?;
-            let mut by_sku: HashMap<(String, String), i64> = HashMap::new();
-            for r in units {
-                by_sku.insert((text(&r, 0)?, text(&r, 1)?), r.try_get(2)?);
-            }
-            let rows = self.buckets(campaign).await?;
-            Ok(rows
-                .into_iter()
-                .map(|(sku, stock_total, available, reserved, sold)| {
-                    let units = |s: &str| by_sku.get(&(sku.clone(), s.to_owned())).copied().unwrap_or(0);
-                    StockRow {
-                        pending_units: units("pending_payment"),
-                        paid_units: units("paid"),
-                        stock_total,
-                        available,
-                        reserved,
-                        sold,
-                        sku_id: sku,
-                    }
-                })
-                .collect())
         })
         .await
     }

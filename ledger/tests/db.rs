@@ -249,3 +249,139 @@ async fn eight_starts_at_once_on_a_fresh_database_all_succeed_twenty_times() {
         assert!(failed.is_empty(), "round {round}: {failed:?}");
     }
 }
+
+/// The kept sums as `stock` reads them, then the sums of the orders themselves (the
+/// campaign marked uncounted, so `stock` scans): (pending, paid) per sku a and b.
+async fn kept_and_scanned(t: &TestDb) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+    let units = |rows: Vec<ledger::StockRow>| rows.iter().map(|r| (r.pending_units, r.paid_units)).collect();
+    let kept = units(t.db.stock("c").await.unwrap());
+    let mark: Option<i64> =
+        sqlx::query_scalar("SELECT units_counted_ms FROM campaigns WHERE campaign_id = 'c'")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE campaigns SET units_counted_ms = NULL WHERE campaign_id = 'c'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let scanned = units(t.db.stock("c").await.unwrap());
+    sqlx::query("UPDATE campaigns SET units_counted_ms = ? WHERE campaign_id = 'c'")
+        .bind(mark)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    (kept, scanned)
+}
+
+#[tokio::test]
+async fn the_kept_unit_sums_follow_every_transition_and_match_the_orders() {
+    use OrderStatus::*;
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 100), 1).await.unwrap();
+    // Redeliveries, events out of order, every final state, in several batches.
+    t.db.apply_events(&[event("p", Paid, 1), event("q", PendingPayment, 4)]).await.unwrap();
+    t.db.apply_events(&[event("p", PendingPayment, 1), event("q", PendingPayment, 4)]).await.unwrap();
+    t.db.apply_events(&[
+        event("r", PendingPayment, 3),
+        event("x", PendingPayment, 2),
+        event("x", Expired, 2),
+    ])
+    .await
+    .unwrap();
+    t.db.apply_events(&[
+        event("r", Cancelled, 3),
+        event("s", RefundRequired, 2),
+        event("s", PendingPayment, 2),
+    ])
+    .await
+    .unwrap();
+    t.db.apply_events(&[event("q", Paid, 4), event("t", PendingPayment, 5)]).await.unwrap();
+    let (kept, scanned) = kept_and_scanned(&t).await;
+    // Pending: t (5 a, 1 b); paid: p (1 a, 1 b) and q (4 a, 1 b).
+    assert_eq!(kept, vec![(5, 5), (1, 2)]);
+    assert_eq!(kept, scanned);
+    let r = t.db.order("q").await.unwrap().unwrap();
+    assert_eq!(r.items, event("q", Paid, 4).items, "the lines read back from the row");
+    let all = t.db.campaign_orders("c").await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert!(all.iter().all(|o| o.items.len() == 2));
+    t.cleanup().await;
+}
+
+/// A campaign whose first orders were written before lines were inline and sums kept
+/// (rows in `order_items`, `units_counted_ms` NULL): read and reconciled by scanning,
+/// then counted once; its later orders keep the sums, old rows advance, all agree.
+#[tokio::test]
+async fn a_campaign_from_before_the_sums_is_read_and_counted_once() {
+    use OrderStatus::*;
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 100), 1).await.unwrap();
+    sqlx::query("UPDATE campaigns SET units_counted_ms = NULL WHERE campaign_id = 'c'")
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    // Two orders as the previous build wrote them: lines in order_items, buckets moved.
+    for (id, status, qty) in [("old1", "pending_payment", 2), ("old2", "paid", 3)] {
+        sqlx::query(
+            "INSERT INTO orders (order_id, campaign_id, user_id, status, total_cents, created_ms, expires_ms, \
+             updated_ms) VALUES (?, 'c', 'u', ?, 0, 1, 60001, 5)",
+        )
+        .bind(id)
+        .bind(status)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+        for (sku, q, price) in [("a", qty, 100), ("b", 1, 50)] {
+            sqlx::query(
+                "INSERT INTO order_items (order_id, sku_id, quantity, price_cents) VALUES (?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(sku)
+            .bind(q)
+            .bind(price)
+            .execute(&t.pool)
+            .await
+            .unwrap();
+        }
+    }
+    for (sku, avail, resv, sold) in [("a", -5, 2, 3), ("b", -2, 1, 1)] {
+        sqlx::query(
+            "UPDATE campaign_items SET available = available + ?, reserved = reserved + ?, sold = sold + ? \
+             WHERE campaign_id = 'c' AND sku_id = ?",
+        )
+        .bind(avail)
+        .bind(resv)
+        .bind(sold)
+        .bind(sku)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    }
+    // A new order arrives before the count.
+    t.db.apply_events(&[event("new1", PendingPayment, 1)]).await.unwrap();
+    let before = t.db.stock("c").await.unwrap();
+    assert_eq!(
+        (before[0].pending_units, before[0].paid_units),
+        (2 + 1, 3),
+        "scanned: old rows and inline ones"
+    );
+    let old = t.db.order("old1").await.unwrap().unwrap();
+    assert_eq!(old.items.len(), 2, "an old row's lines come from order_items");
+    assert_eq!(t.db.campaign_orders("c").await.unwrap().iter().map(|o| o.items.len()).sum::<usize>(), 6);
+
+    assert_eq!(t.db.count_uncounted().await.unwrap(), 1);
+    assert_eq!(t.db.count_uncounted().await.unwrap(), 0, "counted once");
+    let counted = t.db.stock("c").await.unwrap();
+    assert_eq!(
+        counted.iter().map(|r| (r.pending_units, r.paid_units)).collect::<Vec<_>>(),
+        before.iter().map(|r| (r.pending_units, r.paid_units)).collect::<Vec<_>>()
+    );
+    // An old row advances (paid), a new one is cancelled: the kept sums follow.
+    let mut paid_old = event("old1", Paid, 2);
+    paid_old.paid_ms = 9;
+    t.db.apply_events(&[paid_old, event("new1", Cancelled, 1)]).await.unwrap();
+    let (kept, scanned) = kept_and_scanned(&t).await;
+    assert_eq!(kept, vec![(0, 5), (0, 2)]);
+    assert_eq!(kept, scanned);
+    t.cleanup().await;
+}

@@ -1,4 +1,5 @@
-//! Periodic Redis/MySQL reconciliation: exports the drift and warns when it lasts.
+//! Periodic Redis/MySQL reconciliation: exports the drift and warns when it lasts,
+//! and counts once the order sums of campaigns launched before MySQL kept them.
 //!
 //! Only campaigns with outbox work in the last [`ACTIVE_WINDOW`] are checked, plus
 //! every campaign that was inconsistent at its last check until it is consistent
@@ -24,6 +25,13 @@ pub async fn run(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
     loop {
         if pause(every, &mut stop).await {
             return;
+        }
+        // Campaigns launched before MySQL kept their order sums are counted once, a
+        // few per round (each under its campaign row's lock: see `ledger::units`).
+        match ctx.db.count_uncounted().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(campaigns = n, "order unit sums counted"),
+            Err(e) => tracing::warn!(error = %e, "campaigns to count not listed"),
         }
         let mut campaigns = ctx.activity.within(ACTIVE_WINDOW);
         campaigns.extend(streak.keys().filter(|c| !campaigns.contains(c)).cloned().collect::<Vec<_>>());
