@@ -89,8 +89,9 @@ FLASHSALE__REDIS__CLUSTER_NODES="$REDIS_CLUSTER_NODES" \
 
 join_side outside
 join_side load
-step "reconciliation of a campaign of 2,000,000 orders (alone: it loads MariaDB for a minute)"
+step "reconciliation of a campaign of 2,000,000 orders, and Redis memory per pending order (alone)"
 cargo test --workspace --test reconcile_big -- --ignored --nocapture
+cargo test --workspace --test scripts -- --ignored --nocapture redis_memory_per_pending_order
 if ((${#side_failed[@]})); then
   step "failed: ${side_failed[*]}"
   exit 1

@@ -149,19 +149,71 @@ mod tests {
 /// script call decided (`{"version":2,"events":[...]}`), version 1 one event (the
 /// event object itself). Both are read, so messages published before an upgrade
 /// still apply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum OrderMessage {
     Batch { version: u32, events: Vec<OrderEvent> },
     Single(OrderEvent),
 }
 
+/// A version 2 body, decoded straight into its events.
+#[derive(Deserialize)]
+struct Batch {
+    #[allow(dead_code)]
+    version: u32,
+    events: Vec<OrderEvent>,
+}
+
 impl OrderMessage {
-    /// The events of a message body.
+    /// The events of a message body, each decoded once, straight into its struct: the
+    /// body's first key tells the version (`{"version":` is how the scripts and the
+    /// relay write version 2), and only a body that fails as that version is tried as
+    /// the other (an untagged enum would first buffer the whole body as a JSON tree).
     pub fn parse(body: &[u8]) -> Result<Vec<OrderEvent>, serde_json::Error> {
-        Ok(match serde_json::from_slice::<OrderMessage>(body)? {
-            OrderMessage::Batch { events, .. } => events,
-            OrderMessage::Single(e) => vec![e],
-        })
+        let batch = || serde_json::from_slice::<Batch>(body).map(|b| b.events);
+        let single = || serde_json::from_slice::<OrderEvent>(body).map(|e| vec![e]);
+        if body.trim_ascii_start().starts_with(br#"{"version""#) {
+            batch().or_else(|e| single().map_err(|_| e))
+        } else {
+            single().or_else(|e| batch().map_err(|_| e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    fn event(id: &str) -> OrderEvent {
+        OrderEvent {
+            order_id: id.into(),
+            campaign_id: "c".into(),
+            user_id: "u".into(),
+            status: OrderStatus::PendingPayment,
+            items: vec![OrderItem { sku_id: "a".into(), quantity: 1, price_cents: 100 }],
+            total_cents: 100,
+            created_ms: 1,
+            expires_ms: 2,
+            paid_ms: 0,
+            payment_window_secs: 60,
+            event_ms: 1,
+            idempotency_key: Some("k".into()),
+            payment_event: None,
+        }
+    }
+
+    #[test]
+    fn both_versions_parse_whatever_the_key_order() {
+        let v2 =
+            serde_json::to_vec(&OrderMessage::Batch { version: 2, events: vec![event("a"), event("b")] })
+                .unwrap();
+        assert_eq!(OrderMessage::parse(&v2).unwrap(), vec![event("a"), event("b")]);
+        let v1 = serde_json::to_vec(&OrderMessage::Single(event("a"))).unwrap();
+        assert_eq!(OrderMessage::parse(&v1).unwrap(), vec![event("a")]);
+        let reordered = format!(r#" {{"events":[{}],"version":2}}"#, String::from_utf8(v1.clone()).unwrap());
+        assert_eq!(OrderMessage::parse(reordered.as_bytes()).unwrap(), vec![event("a")]);
+        assert!(OrderMessage::parse(br#"{"version":2}"#).is_err());
+        assert!(OrderMessage::parse(b"not json").is_err());
+        assert!(OrderMessage::parse(br#"{"order_id":"x"}"#).is_err());
     }
 }

@@ -555,3 +555,69 @@ async fn an_idempotency_record_written_as_a_hash_before_an_upgrade_still_replays
     assert_eq!(r.outcome, ReserveOutcome::KeyReused);
     assert_eq!(available(&e, "c", "a").await, 5, "nothing reserved");
 }
+
+/// Redis memory per pending order: `used_memory` before and after 100,000 one-line
+/// reservations of distinct buyers (what a pending order leaves behind once the relay
+/// took its outbox entry: its keys, its pending and buyer set members), and the
+/// `MEMORY USAGE` of each of one order's own keys. Run alone (`scripts/test.sh`):
+/// another namespace writing meanwhile would count here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run alone (scripts/test.sh): reads the server's used_memory"]
+async fn redis_memory_per_pending_order() {
+    const ORDERS: usize = 100_000;
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("mem", &[("phone", ORDERS as u64, 19_900)], 1)).await;
+    let c = cid("mem");
+    let mut conn = ns.raw().await;
+    let used = |info: String| -> i64 {
+        info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+    };
+    let before = used(redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap());
+    let one_line = lines(&[("phone", 1)]);
+    let mut first = None;
+    for chunk in 0..ORDERS / 100 {
+        let ids: Vec<(engine::domain::OrderId, engine::domain::UserId, engine::domain::IdempotencyKey)> = (0
+            ..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                (
+                    engine::domain::OrderId::generate(&c),
+                    user(&format!("buyer-{n:06}")),
+                    key(&format!("0b8f5c1e-4a7d-4c1b-9d2e-{n:012}")),
+                )
+            })
+            .collect();
+        let batch: Vec<_> = ids.iter().map(|(o, u, k)| (o, u, k, &one_line)).collect();
+        for r in ns.reserve_batch_in_script(&c, &batch).await {
+            assert!(matches!(r.unwrap().outcome, ReserveOutcome::Reserved(_)));
+        }
+        first.get_or_insert_with(|| ids[0].clone());
+        // What the relay does to each entry once the broker has it.
+        let _: () = redis::cmd("XTRIM")
+            .arg(ns.keys().outbox(&c))
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let after = used(redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap());
+    let per_order = (after - before) as f64 / ORDERS as f64;
+    let (order, u, k) = first.unwrap();
+    let keys = ns.keys();
+    let mut usage = Vec::new();
+    for (what, key) in [
+        ("order hash", keys.order(&order)),
+        ("idempotency record", keys.idempotency(&c, &u, &k)),
+        ("user count", keys.user(&c, &u)),
+    ] {
+        let bytes: Option<i64> =
+            redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut conn).await.unwrap();
+        usage.push(format!("{what} {} B", bytes.unwrap_or(0)));
+    }
+    println!(
+        "Redis memory per pending order ({ORDERS} orders): {per_order:.0} bytes; one order's keys: {usage:?}"
+    );
+    assert!(per_order > 0.0);
+}
