@@ -93,6 +93,7 @@ impl Engine {
         let shard_listener = cluster.then(|| {
             tokio::spawn(shard_notices::listen(
                 weak.clone(),
+                Arc::clone(&inner.notices_wanted),
                 r.cluster_seeds(),
                 Duration::from_millis(r.connect_timeout_ms),
             ))
@@ -140,6 +141,13 @@ impl Engine {
     /// Whether restock and buyer notices are flowing (local sold-out answers are on).
     pub fn cache_is_live(&self) -> bool {
         self.inner.cache.is_live()
+    }
+
+    /// Whether this process may answer the campaign's sold-out and ended requests from
+    /// its cache: notices flow and, on a cluster, the campaign's shard channels are
+    /// confirmed (`false` while it is not cached).
+    pub fn campaign_notices_live(&self, campaign: &CampaignId) -> bool {
+        self.inner.cache.is_live() && self.inner.cache.notices_live(campaign.as_str()) == Some(true)
     }
 
     /// The campaign as this process knows it (loaded from Redis on a miss).

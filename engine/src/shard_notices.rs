@@ -30,7 +30,7 @@ use deadpool_redis::redis::cluster_async::ClusterConnection;
 use deadpool_redis::redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use deadpool_redis::redis::{self, PushInfo, PushKind};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::domain::CampaignId;
 use crate::notices::{apply, PING_EVERY, PING_TIMEOUT};
@@ -48,7 +48,7 @@ const PUSH_BUFFER: usize = 65_536;
 const ASK_IN_FLIGHT: usize = 64;
 
 /// Runs until the engine is dropped; builds the cluster client again when it fails.
-pub(crate) async fn listen(engine: Weak<Shared>, seeds: Vec<String>, timeout: Duration) {
+pub(crate) async fn listen(engine: Weak<Shared>, wanted: Arc<Notify>, seeds: Vec<String>, timeout: Duration) {
     let mut backoff = common::backoff::DEPENDENCY;
     loop {
         let (tx, rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
@@ -75,7 +75,14 @@ pub(crate) async fn listen(engine: Weak<Shared>, seeds: Vec<String>, timeout: Du
         match connected {
             Ok(conn) => {
                 backoff.reset();
-                let mut listener = Listener { conn, rx, overflow, timeout, subs: Subscriptions::default() };
+                let mut listener = Listener {
+                    conn,
+                    rx,
+                    overflow,
+                    timeout,
+                    wanted: Arc::clone(&wanted),
+                    subs: Subscriptions::default(),
+                };
                 if listener.run(&engine).await {
                     return;
                 }
@@ -118,6 +125,8 @@ struct Listener {
     rx: mpsc::Receiver<PushInfo>,
     overflow: Arc<AtomicBool>,
     timeout: Duration,
+    /// Woken when a campaign enters the cache or the watch list.
+    wanted: Arc<Notify>,
     subs: Subscriptions,
 }
 
@@ -136,21 +145,30 @@ impl Listener {
                 }
                 _ = tick.tick() => {
                     let Some(inner) = engine.upgrade() else { return true };
-                    if self.overflow.swap(false, Ordering::AcqRel) {
-                        tracing::warn!("shard notices arrived faster than they were applied; resubscribing");
-                        self.lost_all(&inner);
-                    }
-                    if last_ping.elapsed() >= PING_EVERY {
-                        last_ping = Instant::now();
-                        if !self.ping().await {
-                            tracing::warn!("a node of the shard notices did not answer a PING in time");
-                            self.lost_all(&inner);
-                        }
-                    }
+                    self.tick(&inner, &mut last_ping).await;
+                }
+                () = self.wanted.notified() => {
+                    let Some(inner) = engine.upgrade() else { return true };
                     self.reconcile(&inner).await;
                 }
             }
         }
+    }
+
+    /// The periodic round: a lost push, a PING, then [`Self::reconcile`].
+    async fn tick(&mut self, inner: &Shared, last_ping: &mut Instant) {
+        if self.overflow.swap(false, Ordering::AcqRel) {
+            tracing::warn!("shard notices arrived faster than they were applied; resubscribing");
+            self.lost_all(inner);
+        }
+        if last_ping.elapsed() >= PING_EVERY {
+            *last_ping = Instant::now();
+            if !self.ping().await {
+                tracing::warn!("a node of the shard notices did not answer a PING in time");
+                self.lost_all(inner);
+            }
+        }
+        self.reconcile(inner).await;
     }
 
     async fn on_push(&mut self, shared: &Shared, push: PushInfo) {

@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     /// Campaigns whose shard notices this process hears though it does not cache them
     /// (a relay's, for `outbox` notices); `None` until it asks for any.
     pub(crate) watched: Mutex<Option<HashSet<CampaignId>>>,
+    /// Wakes the shard notice listener: a campaign entered the cache or the watch list,
+    /// and its channels are wanted now rather than at the listener's next tick.
+    pub(crate) notices_wanted: Arc<tokio::sync::Notify>,
 }
 
 /// Shard layouts kept for campaigns the cache no longer holds (the sync-worker's
@@ -67,6 +70,7 @@ impl Shared {
             maps: DashMap::new(),
             rebuild_token: uuid::Uuid::now_v7().simple().to_string(),
             watched: Mutex::new(None),
+            notices_wanted: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -80,7 +84,9 @@ impl Shared {
     pub(crate) fn watch_launched(&self, campaign: &CampaignId) {
         let mut watched = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(set) = watched.as_mut() {
-            set.insert(campaign.clone());
+            if set.insert(campaign.clone()) {
+                self.notices_wanted.notify_one();
+            }
         }
     }
 
@@ -202,7 +208,11 @@ impl Shared {
             _ => None,
         };
         let count = found.as_ref().map(|(_, n)| *n);
+        let new_entry = found.is_some() && !self.cache.contains(campaign.as_str());
         self.cache.put(campaign, found.map(|(meta, _)| meta), buyers);
+        if new_entry {
+            self.notices_wanted.notify_one();
+        }
         if let Some(count) = count {
             self.cache.note_buyer_count(campaign.as_str(), count, read_at_ms);
         }

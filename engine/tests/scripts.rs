@@ -408,6 +408,8 @@ async fn a_winner_retrying_after_sell_out_gets_the_replay_not_sold_out() {
     launch(&e, &open_campaign("c", &[("a", 1, 100)], 1)).await;
     until_live(&e).await;
     until_live(&other).await;
+    until_trusted(&e, &cid("c")).await;
+    until_trusted(&other, &cid("c")).await;
     let won = reserved(e.reserve(&cid("c"), &user("winner"), &key("k"), &lines(&[("a", 1)])).await.unwrap());
     // Both processes learn the sku is sold out.
     for p in [&e, &other] {

@@ -138,6 +138,19 @@ pub async fn launch(engine: &Engine, spec: &CampaignLaunch) {
     assert_eq!(engine.launch(spec).await.unwrap(), LaunchOutcome::Created);
 }
 
+/// Caches the campaign in the engine and waits until its notices are trusted (on a
+/// cluster: its shard channels confirmed), so sold-out answers may be local.
+pub async fn until_trusted(engine: &Engine, campaign: &CampaignId) {
+    for _ in 0..300 {
+        engine.campaign(campaign).await.unwrap();
+        if engine.campaign_notices_live(campaign) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the campaign's notices were never trusted");
+}
+
 /// Waits until the engine's cache notices are flowing.
 pub async fn until_live(engine: &Engine) {
     for _ in 0..200 {
