@@ -1051,6 +1051,10 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
     let victim_campaign = solo[victim].clone();
     let other = (victim + 1) % 3;
     let done = std::sync::atomic::AtomicBool::new(false);
+    // The lost master's campaign is asked only once its master is dead: an order it
+    // answered just before a crash that the relay had not passed on yet is lost with
+    // the node (no replica here; docs/reliability.md), which is not what this tests.
+    let killed = std::sync::atomic::AtomicBool::new(false);
     let restarted: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
     let stopped = || done.load(std::sync::atomic::Ordering::Relaxed);
     let lister = async {
@@ -1067,6 +1071,9 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
     let vi = campaigns.iter().position(|c| *c == victim_campaign).unwrap();
     let asker = async {
         let (mut answers, mut u) = (Vec::new(), base(vi) + 50_000);
+        while !killed.load(std::sync::atomic::Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         while !stopped() {
             let (s, v) = env
                 .order_on(
@@ -1114,6 +1121,8 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
     };
     let killer = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.kill(victim);
+        killed.store(true, std::sync::atomic::Ordering::Release);
         assert!(cluster.restart_empty(victim).await, "the master restarts and the cluster is healthy");
         *restarted.lock().unwrap() = Some(Instant::now());
         tokio::time::sleep(Duration::from_secs(6)).await;
