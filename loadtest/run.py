@@ -392,9 +392,13 @@ def mysql_state(cid):
     units = defaultdict(int)  # (sku, status) -> units
     held = defaultdict(int)  # user -> units of pending and paid orders
     statuses = {}
-    # Each order's lines inline (`sku:quantity:price,...`); the persister writes no other.
-    for order_id, user, status, lines in sql(DB, f"SELECT order_id, user_id, status, COALESCE(items, '') "
-                                                 f"FROM orders WHERE campaign_id = '{cid}'"):
+    # Each order's lines inline (`sku:quantity:price,...`), or in order_items for rows an
+    # earlier build wrote (an `ab` baseline).
+    rows = sql(DB, f"SELECT order_id, user_id, status, COALESCE(items, '') FROM orders WHERE campaign_id = '{cid}'")
+    rows += sql(DB, f"SELECT o.order_id, o.user_id, o.status, CONCAT(i.sku_id, ':', i.quantity, ':0') "
+                    f"FROM orders o JOIN order_items i USING (order_id) "
+                    f"WHERE o.campaign_id = '{cid}' AND o.items IS NULL")
+    for order_id, user, status, lines in rows:
         statuses[order_id] = status
         for line in filter(None, lines.split(",")):
             sku, quantity, _ = line.split(":")
