@@ -152,15 +152,11 @@ impl LocalCache {
         self
     }
 
-    /// Whether this campaign's flags and buyers may be trusted: the notice link is up
-    /// and, with shard channels, the campaign's own are confirmed.
-    fn trusts(&self, entry: &CampaignEntry) -> bool {
+    /// Whether this campaign's flags and buyers may be trusted (local answers that
+    /// depend on notices): the notice link is up and, with shard channels, the
+    /// campaign's own are confirmed.
+    pub fn trusts(&self, entry: &CampaignEntry) -> bool {
         self.is_live() && entry.notices_live.load(Ordering::Acquire)
-    }
-
-    /// Whether local answers that depend on notices may be given for this campaign.
-    pub fn trusts_notices_of(&self, entry: &CampaignEntry) -> bool {
-        self.trusts(entry)
     }
 
     /// `None` when the campaign is not cached.

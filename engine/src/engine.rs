@@ -11,7 +11,7 @@ use common::config::Settings;
 use common::message::OrderEvent;
 
 use crate::behind::{OutboxEvents, StreamId};
-use crate::cache::LocalCache;
+use crate::cache::{LocalCache, Lookup};
 use crate::campaign::CampaignSnapshot;
 use crate::campaign::{
     CampaignLaunch, CampaignMeta, CampaignTuning, LaunchOutcome, OrderRecord, SkuCounters, TuneOutcome,
@@ -147,7 +147,8 @@ impl Engine {
     /// its cache: notices flow and, on a cluster, the campaign's shard channels are
     /// confirmed (`false` while it is not cached).
     pub fn campaign_notices_live(&self, campaign: &CampaignId) -> bool {
-        self.inner.cache.is_live() && self.inner.cache.notices_live(campaign.as_str()) == Some(true)
+        let cache = &self.inner.cache;
+        matches!(cache.lookup(campaign.as_str()), Lookup::Known(e) if cache.trusts(&e))
     }
 
     /// The campaign as this process knows it (loaded from Redis on a miss).

@@ -172,7 +172,7 @@ impl Shared {
         if let Some(line) = lines.iter().find(|l| !entry.has_sku(&l.sku)) {
             return Some(ReserveOutcome::SkuNotFound(line.sku.clone()));
         }
-        if !self.cache.trusts_notices_of(entry) || entry.may_have_bought(user.as_str()) {
+        if !self.cache.trusts(entry) || entry.may_have_bought(user.as_str()) {
             return None;
         }
         if phase == Phase::Ended {

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 
-use common::message::OrderStatus;
 use futures_util::TryStreamExt;
 use sqlx::{Connection, MySql, MySqlConnection, QueryBuilder, Row, Transaction};
 
@@ -179,16 +178,9 @@ async fn scan(conn: &mut MySqlConnection, campaign: &str) -> Result<HashMap<Stri
         if seen.is_multiple_of(4096) {
             tokio::task::yield_now().await;
         }
-        let status = text(&r, 0)?;
-        let status =
-            OrderStatus::parse(&status).ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?;
-        let items = lines::decode(&opt_text(&r, 1)?.unwrap_or_default())?;
-        let mut one = UnitSums::new();
-        lines::count(&mut one, campaign, status, &items, 1);
-        for ((_, sku), [pending, paid]) in one {
-            let s = sums.entry(sku.to_owned()).or_default();
-            s[0] += pending;
-            s[1] += paid;
+        let i = at(&text(&r, 0)?)?;
+        for item in lines::decode(&opt_text(&r, 1)?.unwrap_or_default())? {
+            sums.entry(item.sku_id).or_default()[i] += item.quantity as i64;
         }
     }
     Ok(sums)
