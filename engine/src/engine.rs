@@ -136,6 +136,14 @@ impl Engine {
     pub fn watch_outbox_notices(&self, campaigns: &[CampaignId]) {
         let mut watched = self.inner.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *watched = Some(campaigns.iter().cloned().collect());
+        self.inner.notices_wanted.notify_one();
+    }
+
+    /// Adds these campaigns to those [`Self::watch_outbox_notices`] named, dropping none.
+    pub fn watch_more_outbox_notices(&self, campaigns: &[CampaignId]) {
+        let mut watched = self.inner.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        watched.get_or_insert_with(Default::default).extend(campaigns.iter().cloned());
+        self.inner.notices_wanted.notify_one();
     }
 
     /// Whether restock and buyer notices are flowing (local sold-out answers are on).

@@ -178,11 +178,13 @@ impl Listener {
                 if let Some(text) =
                     push.data.get(1).and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
                 {
+                    tracing::trace!(%text, "shard notice");
                     apply(shared, &text).await;
                 }
             }
             PushKind::SSubscribe => {
                 if let Some(ch) = channel() {
+                    tracing::debug!(channel = %ch, "shard notices subscribed");
                     self.subs.asked.remove(&ch);
                     if let Some(tag) = tag_of(&ch) {
                         // Anything this shard's outbox was told meanwhile was missed.
@@ -194,6 +196,7 @@ impl Listener {
             PushKind::SUnsubscribe => {
                 // Sent by the server too, when the slot moved away from the node.
                 if let Some(ch) = channel() {
+                    tracing::debug!(channel = %ch, "shard notices unsubscribed");
                     self.subs.confirmed.remove(&ch);
                     self.subs.asked.remove(&ch);
                     if let Some(campaign) = self.subs.wanted.get(&ch) {
@@ -272,7 +275,9 @@ impl Listener {
                     }
                 };
                 match tokio::time::timeout(timeout, call).await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        tracing::trace!(channel = %ch, subscribe, "shard notice (un)subscription sent")
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(channel = %ch, error = %e, "shard notice (un)subscription failed")
                     }

@@ -388,6 +388,29 @@ impl RedisCluster {
         false
     }
 
+    /// Waits until master `i`'s replica holds every write the master had when asked
+    /// (its replication offset caught up): a failover from then on loses nothing.
+    pub async fn replica_caught_up(&self, i: usize, patience: Duration) -> bool {
+        let offset = |n: &ClusterNode, field: &str| -> Option<u64> {
+            let info = n.cli(&["info", "replication"])?;
+            info.lines().find_map(|l| l.strip_prefix(field)?.trim().parse().ok())
+        };
+        let (Some(master), Some(replica)) =
+            (self.nodes.get(i), self.replica_of(i).and_then(|r| self.nodes.get(r)))
+        else {
+            return false;
+        };
+        let Some(target) = offset(master, "master_repl_offset:") else { return false };
+        let started = std::time::Instant::now();
+        while started.elapsed() < patience {
+            if offset(replica, "slave_repl_offset:").is_some_and(|o| o >= target) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// The seed list, as `redis.cluster_nodes` takes it.
     pub fn seeds(&self) -> String {
         self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
@@ -479,6 +502,11 @@ impl RedisCluster {
         if let Some(n) = self.nodes.get(i) {
             n.signal("-CONT");
         }
+    }
+
+    /// Any `redis-cli` command on node `i`; its output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Option<String> {
+        self.nodes.get(i).and_then(|n| n.cli(args))
     }
 
     /// `SCRIPT FLUSH` on one node.

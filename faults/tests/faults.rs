@@ -1164,6 +1164,37 @@ async fn a_cluster_master_restarted_empty_mid_sale_is_rebuilt_shard_by_shard() {
     drop(cluster);
 }
 
+/// The campaign index lives in one slot and is lost with its master (the restore check
+/// lists its campaigns again). A relay that rescans meanwhile (here: its broadcast
+/// notice link dropped) must go on hearing the `outbox` notices of every live shard: on
+/// a cluster they come on each shard's own channel, subscribed for the campaigns the
+/// rescan names. Orders taken after the rescan reach MySQL within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_rescan_that_meets_a_lost_campaign_index_still_hears_every_shard() {
+    let (cluster, env, workers, db) = on_private_cluster().await;
+    let mut spread = sale("spread", 60, 1, 900);
+    spread["shards"] = json!(3);
+    let (s, v) = env.launch(spread).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let first = buy(&env, "spread", 0..12, 4).await;
+    assert_eq!(first.created.len(), 12, "{:?}", first.statuses);
+    drained(&env, &db, "spread", 12, false, Duration::from_secs(30)).await;
+    // The index is lost (as with its node), then every RESP2 subscriber's link drops:
+    // the worker's broadcast notice link comes back with a resync, and its relay rescans.
+    let index = format!("{}:campaigns", env.settings.namespace);
+    let node = cluster.node_of_slot(engine::keys::hash_slot(&index)).unwrap();
+    assert!(cluster.cli(node, &["del", &index]).is_some_and(|o| o.contains('1')), "the index deleted");
+    for i in 0..3 {
+        assert!(cluster.cli(i, &["client", "kill", "type", "pubsub"]).is_some());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let more = buy(&env, "spread", 100..112, 4).await;
+    assert_eq!(more.created.len(), 12, "{:?}", more.statuses);
+    drained(&env, &db, "spread", 24, false, Duration::from_secs(10)).await;
+    cleanup(env, workers, db).await;
+    drop(cluster);
+}
+
 /// One master of the cluster stops answering (SIGSTOP: its connections stay open,
 /// nothing comes back) for longer than the cluster's node timeout: requests for its
 /// campaign answer 503 within the call timeout, never hang; the other masters'
@@ -1392,14 +1423,28 @@ async fn buy_settled(
     out
 }
 
-/// A launch, asked again while it answers 503 (a replica slow to acknowledge).
+/// A launch, asked again while it answers 503 (a replica slow to acknowledge). A 503
+/// can come after the launch was written (the acknowledgement was late): the repeat
+/// then answers 409 `campaign_exists`, and the campaign is there.
 async fn launch_settled(env: &Env, body: Value) {
     let started = Instant::now();
+    let mut unavailable = false;
     loop {
         let (s, v) = env.launch(body.clone()).await;
         if s == StatusCode::CREATED {
             return;
         }
+        if s == StatusCode::CONFLICT && unavailable {
+            let id = body["campaign_id"].as_str().unwrap();
+            let (s, v) = env.admin(Method::GET, &format!("/admin/v1/campaigns/{id}"), None).await;
+            assert_eq!(
+                (s, &v["items"][0]["stock_total"]),
+                (StatusCode::OK, &body["items"][0]["stock"]),
+                "{v}"
+            );
+            return;
+        }
+        unavailable = s == StatusCode::SERVICE_UNAVAILABLE;
         assert!(
             s == StatusCode::SERVICE_UNAVAILABLE && started.elapsed() < Duration::from_secs(30),
             "{s} {v}"
@@ -1669,6 +1714,8 @@ async fn shard_notices_are_subscribed_again_on_the_master_a_failover_promotes() 
     let keys = engine::keys::KeySpace::new(&settings.namespace);
     let victim = cluster.node_of_slot(engine::keys::hash_slot(&keys.meta(&c))).unwrap();
     let replica = cluster.replica_of(victim).unwrap();
+    // The replica holds the launch and the sale (no worker here rebuilds what it missed).
+    assert!(cluster.replica_caught_up(victim, Duration::from_secs(10)).await, "the replica caught up");
     cluster.kill(victim);
     assert!(cluster.promoted(replica, Duration::from_secs(30)).await, "the replica is promoted");
     // The shard's channel is heard again, from the new master.

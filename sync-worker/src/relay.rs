@@ -20,7 +20,8 @@
 //! names and every one launched later), and a stream stays in
 //! the work set until it is empty. Notices are lost only while a subscription is
 //! down, and every resubscription is followed by a resync; so a full rescan (the
-//! campaign index, each campaign's shard count once, pipelined `XLEN`s) runs only at
+//! campaign index and MySQL's live campaigns, each campaign's shard count once,
+//! pipelined `XLEN`s) runs only at
 //! start and after the notice stream was interrupted. An idle relay makes no Redis
 //! call however many campaigns and shards were ever launched.
 
@@ -99,6 +100,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                         ctx.activity.touch(&stream.campaign_of_tag());
                     }
                     if left == 0 {
+                        tracing::debug!(%stream, moved = n, "outbox stream empty; left until its next notice");
                         work.remove(&stream);
                     }
                 }
@@ -139,6 +141,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
 fn note(signal: WorkSignal, work: &mut HashSet<CampaignId>, resync: &mut bool) {
     match signal {
         WorkSignal::Outbox(c) => {
+            tracing::trace!(stream = %c, "outbox work signal");
             work.insert(c);
         }
         WorkSignal::Resync => *resync = true,
@@ -166,12 +169,29 @@ async fn wait_for_work(
     }
 }
 
-/// Every outbox stream of every listed campaign that is not empty.
+/// Every outbox stream of every live campaign that is not empty.
 async fn rescan(ctx: &Ctx) -> Result<HashSet<CampaignId>> {
     let store = &ctx.engine;
-    let campaigns = store.campaign_ids().await?;
-    // On a cluster each shard's `outbox` notices come on its own channel: hear them all.
-    store.watch_outbox_notices(&campaigns);
+    let mut campaigns = store.campaign_ids().await?;
+    // The campaign index lives in one slot: lost with its master, it lacks campaigns
+    // until the restore check lists them again. MySQL's live campaigns are added, so a
+    // rescan meanwhile neither stops hearing a live shard's notices (on a cluster each
+    // shard's `outbox` notices come on its own channel, subscribed for the campaigns
+    // named here) nor skips its stream.
+    match ctx.db.live_campaign_shards().await {
+        Ok(live) => {
+            let listed: HashSet<CampaignId> = campaigns.iter().cloned().collect();
+            campaigns.extend(
+                live.iter().filter_map(|(id, _)| CampaignId::parse(id).ok()).filter(|c| !listed.contains(c)),
+            );
+            store.watch_outbox_notices(&campaigns);
+        }
+        // Without MySQL's list, nothing watched is dropped.
+        Err(e) => {
+            tracing::warn!(error = %e, "live campaigns not read from MySQL; the relay keeps watching every campaign it watched");
+            store.watch_more_outbox_notices(&campaigns);
+        }
+    }
     let streams = store.outbox_streams(&campaigns).await?;
     let lengths = store.outbox_lengths(&streams).await?;
     Ok(streams.into_iter().zip(lengths).filter(|(_, n)| *n > 0).map(|(c, _)| c).collect())

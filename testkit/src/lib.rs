@@ -15,6 +15,10 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 /// The default settings moved to a namespace and a MySQL database of their own;
 /// `tag` names the suite in both (`<tag><pid>-<n>`, `fs_<tag>_<pid>_<n>`).
 pub fn isolate(tag: &str) -> Settings {
+    // `FLASHSALE_TEST_LOG=1` prints the services' logs (`RUST_LOG` picks the levels).
+    if std::env::var_os("FLASHSALE_TEST_LOG").is_some() {
+        common::telemetry::init();
+    }
     let mut s = Settings::load(None).unwrap();
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
