@@ -15,7 +15,9 @@
 //! (sold out, ended) are trusted only once every shard channel of the campaign has been
 //! confirmed *and* the campaign was reloaded with its buyers after that. Anything that
 //! may have lost notices (a disconnection, an `sunsubscribe` the server sent when a slot
-//! moved, a PING unanswered for [`PING_TIMEOUT`], a full push buffer) takes that trust
+//! moved, a PING unanswered for [`PING_TIMEOUT`], a full push buffer, fewer shard
+//! channels held by the nodes than confirmed: `ssub` of `CLIENT INFO`, asked with
+//! every PING) takes that trust
 //! away and forgets the sold-out flags until the channels are confirmed again. Each
 //! confirmation also tells the relay to look at the shard's outbox (a
 //! [`WorkSignal::Outbox`]), so an `outbox` notice missed meanwhile costs nothing.
@@ -166,6 +168,17 @@ impl Listener {
             if !self.ping().await {
                 tracing::warn!("a node of the shard notices did not answer a PING in time");
                 self.lost_all(inner);
+            } else if let Some(held) = self.held().await {
+                let confirmed = self.subs.confirmed.len();
+                tracing::trace!(held, confirmed, "shard notice subscriptions held");
+                if held < confirmed {
+                    tracing::warn!(
+                        held,
+                        confirmed,
+                        "shard notice subscriptions gone without a word; subscribing again"
+                    );
+                    self.lost_all(inner);
+                }
             }
         }
         self.reconcile(inner).await;
@@ -229,6 +242,20 @@ impl Listener {
             tokio::time::timeout(PING_TIMEOUT, self.conn.route_command(redis::cmd("PING"), all)).await,
             Ok(Ok(_))
         )
+    }
+
+    /// How many shard channels the nodes hold for this client (`ssub` of `CLIENT INFO`
+    /// on every node), `None` if a node did not say. A subscription can vanish with no
+    /// push to tell: the client may replace a node's connection (a slot-map refresh
+    /// around a restart) and resubscribe on a node that does not own the slot yet,
+    /// which refuses it. Fewer held than confirmed is treated as a loss.
+    async fn held(&mut self) -> Option<usize> {
+        let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllNodes, None));
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("INFO");
+        let info = self.conn.route_command(cmd, all);
+        let value = tokio::time::timeout(PING_TIMEOUT, info).await.ok()?.ok()?;
+        shard_channels_held(&value)
     }
 
     /// Subscribes what is wanted and not asked for, unsubscribes what is no longer
@@ -312,6 +339,30 @@ impl Listener {
     }
 }
 
+/// The sum of `ssub=` over the `CLIENT INFO` replies of every node; `None` if none
+/// carries it.
+fn shard_channels_held(value: &redis::Value) -> Option<usize> {
+    let mut texts = Vec::new();
+    texts_of(value, &mut texts);
+    let counts: Vec<usize> = texts
+        .iter()
+        .filter_map(|t| t.split_whitespace().find_map(|f| f.strip_prefix("ssub=")?.parse().ok()))
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+/// Every text in a reply, however nested (a multi-node reply is a map by node).
+fn texts_of(value: &redis::Value, out: &mut Vec<String>) {
+    match value {
+        redis::Value::BulkString(b) => out.push(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => out.push(s.clone()),
+        redis::Value::VerbatimString { text, .. } => out.push(text.clone()),
+        redis::Value::Array(items) | redis::Value::Set(items) => items.iter().for_each(|v| texts_of(v, out)),
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(_, v)| texts_of(v, out)),
+        _ => {}
+    }
+}
+
 /// Every shard channel this process needs now: those of the campaigns its cache holds
 /// and of the campaigns it watches for outbox work.
 async fn wanted_channels(shared: &Shared) -> HashMap<String, CampaignId> {
@@ -344,6 +395,23 @@ async fn wanted_channels(shared: &Shared) -> HashMap<String, CampaignId> {
 mod tests {
     use super::*;
     use crate::keys::KeySpace;
+
+    #[test]
+    fn the_shard_channels_held_add_up_over_the_nodes() {
+        use redis::Value;
+        let info = |ssub: u32| Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: format!("id=7 addr=127.0.0.1:1 flags=N sub=0 psub=0 ssub={ssub} multi=-1 resp=3\n"),
+        };
+        let nodes = Value::Map(vec![
+            (Value::SimpleString("127.0.0.1:7001".into()), info(2)),
+            (Value::SimpleString("127.0.0.1:7002".into()), info(0)),
+            (Value::SimpleString("127.0.0.1:7003".into()), info(3)),
+        ]);
+        assert_eq!(shard_channels_held(&nodes), Some(5));
+        assert_eq!(shard_channels_held(&Value::BulkString(b"id=1 ssub=4".to_vec())), Some(4));
+        assert_eq!(shard_channels_held(&Value::Okay), None);
+    }
 
     #[test]
     fn a_shard_channel_names_its_tag() {

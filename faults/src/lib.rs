@@ -525,7 +525,9 @@ impl RedisCluster {
         false
     }
 
-    /// Every node says `cluster_state:ok`.
+    /// Every node says `cluster_state:ok` and every node names the same masters for
+    /// the same slots (a client that learns the slot map from any of them is not
+    /// sent elsewhere by `MOVED`).
     pub async fn healthy(&self, patience: Duration) -> bool {
         let started = std::time::Instant::now();
         while started.elapsed() < patience {
@@ -533,12 +535,40 @@ impl RedisCluster {
             if running.peek().is_some()
                 && running
                     .all(|n| n.cli(&["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok")))
+                && self.masters_agree()
             {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
+    }
+}
+
+impl RedisCluster {
+    /// Whether every running node's `CLUSTER NODES` names the same masters with the
+    /// same slots.
+    fn masters_agree(&self) -> bool {
+        let views: Vec<Option<Vec<String>>> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| {
+                let out = n.cli(&["cluster", "nodes"])?;
+                let mut masters: Vec<String> = out
+                    .lines()
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        let flags = f.get(2)?;
+                        (flags.contains("master") && !flags.contains("fail") && f.len() > 8)
+                            .then(|| format!("{} {}", f[1].split('@').next().unwrap_or(""), f[8..].join(" ")))
+                    })
+                    .collect();
+                masters.sort();
+                Some(masters)
+            })
+            .collect();
+        views.first().is_some_and(|first| first.is_some() && views.iter().all(|v| v == first))
     }
 }
 

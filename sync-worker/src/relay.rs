@@ -57,10 +57,13 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
     // Streams whose Redis call failed, left alone until then: one unreachable node
     // does not cost every round its call timeout.
     let mut resting: HashMap<CampaignId, Instant> = HashMap::new();
-    let mut work = rescan(ctx).await?;
+    let mut work: HashSet<CampaignId> = HashSet::new();
     // Set by a resync or a lag, whether met here or while waiting: notices may have been
-    // missed, so the next round rescans.
-    let mut resync = false;
+    // missed, so the next round rescans. Set at start: the first round scans.
+    let mut resync = true;
+    // A rescan that failed (a node down, MySQL slow) is tried again after STREAM_REST;
+    // the streams already known go on meanwhile, and the broker session is kept.
+    let mut rescan_at = Instant::now();
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -72,9 +75,20 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
-        if resync {
-            work.extend(rescan(ctx).await?);
-            resync = false;
+        if resync && Instant::now() >= rescan_at {
+            match rescan(ctx).await {
+                Ok(found) => {
+                    work.extend(found);
+                    resync = false;
+                }
+                Err(e) => {
+                    // Counted with the relay's per-stream errors: the work of every
+                    // campaign not yet known waits on it.
+                    ctx.metrics.campaign_errors.with_label_values(&["relay"]).inc();
+                    tracing::warn!(error = %e, "relay rescan failed; tried again shortly");
+                    rescan_at = Instant::now() + STREAM_REST;
+                }
+            }
         }
         let mut moved = 0;
         let mut backlog = 0;
@@ -127,7 +141,13 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         if moved > 0 {
             continue;
         }
-        let idle = if work.is_empty() { IDLE_WAIT } else { BUSY_PAUSE };
+        let idle = if !work.is_empty() {
+            BUSY_PAUSE
+        } else if resync {
+            rescan_at.saturating_duration_since(Instant::now())
+        } else {
+            IDLE_WAIT
+        };
         if wait_for_work(&mut signals, &mut work, &mut resync, idle, &mut stop).await {
             return Ok(());
         }
