@@ -245,7 +245,7 @@ impl Listener {
     }
 
     /// How many shard channels the nodes hold for this client (`ssub` of `CLIENT INFO`
-    /// on every node), `None` if a node did not say. A subscription can vanish with no
+    /// on every node), `None` if the call failed or no reply carried the count. A subscription can vanish with no
     /// push to tell: the client may replace a node's connection (a slot-map refresh
     /// around a restart) and resubscribe on a node that does not own the slot yet,
     /// which refuses it. Fewer held than confirmed is treated as a loss.

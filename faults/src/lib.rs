@@ -543,9 +543,7 @@ impl RedisCluster {
         }
         false
     }
-}
 
-impl RedisCluster {
     /// Whether every running node's `CLUSTER NODES` names the same masters with the
     /// same slots.
     fn masters_agree(&self) -> bool {
