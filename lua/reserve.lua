@@ -4,12 +4,19 @@
 -- sold-out naming the sku.
 -- What is the batch's is done once: campaign meta, the clock, the rate counter, the
 -- outbox length, one outbox entry carrying every order granted, one buyer notice.
+-- The order's own hash is its idempotency record: its id is derived from (campaign,
+-- user, idempotency key), so a retry names the same hash, and the fingerprint is its
+-- lines. A key whose order is older than the idempotency window names a new order:
+-- the next id of the key's chain (see `engine/src/order_ids.rs`). An idempotency
+-- record of its own (a string, or a hash written before the string form) is what
+-- builds before this one wrote; it is still read first, so their orders replay.
 -- KEYS: 1 meta, 2 outbox, 3 pending (zset), 4 buyers (set), 5 order rate
 --       (string "<second> <count>"), then per order, in ARGV order:
---       user count, idempotency, order, one stock hash per line
+--       user count, idempotency record (read only), order (the chain's first id), one
+--       stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
---       then per order: order_id, user_id, fingerprint, idempotency key, number of lines,
---       then (sku, qty) per line
+--       then per order: order_id (derived), user_id, fingerprint, idempotency key,
+--       number of lines, then (sku, qty) per line
 -- Reply: one element per order, in order, each one of
 --   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
 --   {'replay', order_id, items_json, total, created_ms, expires_ms, {}}
@@ -59,6 +66,54 @@ if max_rate then
   end
 end
 
+-- The orders' keys of this shard (the meta key less its `meta`).
+local order_prefix = string.sub(KEYS[K_META], 1, -5) .. 'order:'
+local window_ms = idem_ttl * 1000
+-- Ids of one key's chain looked at, at most (the chain grows by one per idempotency
+-- window in which the key was used again).
+local MAX_CHAIN = 64
+
+-- Whether an order's items (JSON) are exactly the requested lines (ARGV from `first`):
+-- the fingerprint, with no sort (skus are distinct within an order).
+local function same_lines(items_json, first, n)
+  local items = cjson.decode(items_json)
+  if #items ~= n then
+    return false
+  end
+  local want = {}
+  for i = 1, n do
+    want[ARGV[first + 2 * (i - 1)]] = tonumber(ARGV[first + 2 * i - 1])
+  end
+  for _, it in ipairs(items) do
+    if want[it.sku_id] ~= tonumber(it.quantity) then
+      return false
+    end
+  end
+  return true
+end
+
+-- What a request's key already made: walks the key's chain from the derived id to
+-- the first order still in its window (a replay, or `reused` when its lines differ)
+-- or to the first free id. Returns that reply, or nil and the free id and its key.
+local function earlier_order(id0, key0, user_id, first, n, now)
+  local id, key = id0, key0
+  for step = 1, MAX_CHAIN do
+    local o = redis.call('HMGET', key, 'user', 'items', 'total', 'created', 'expires')
+    if not o[1] then
+      return nil, id, key
+    end
+    if now < tonumber(o[4]) + window_ms then
+      if o[1] == user_id and same_lines(o[2], first, n) then
+        return { 'replay', id, o[2], o[3], o[4], o[5], {} }
+      end
+      return { 'reused' }
+    end
+    id = campaign .. '.' .. string.sub(redis.sha1hex(id0 .. '#' .. step), 1, 30) .. string.sub(id0, -2)
+    key = order_prefix .. id
+  end
+  return { 'reused' }
+end
+
 -- An idempotency record: a string "fp\norder\ntotal\ncreated\nexpires\nitems", or
 -- (written before the string form) a hash with those fields; nil when absent.
 local function idempotency_record(key)
@@ -101,6 +156,11 @@ while arg_at <= #ARGV do
     else
       reply = { 'replay', seen.order, seen.items, seen.total, seen.created, seen.expires, {} }
     end
+  else
+    reply, order_id, k_order = earlier_order(order_id, k_order, user_id, first_line, n, now)
+  end
+  if reply then
+    -- A replay or a reused key: nothing more to decide.
   elseif not meta[1] then
     reply = { 'campaign_not_found' }
   elseif not open then
@@ -166,9 +226,6 @@ while arg_at <= #ARGV do
       redis.call('INCRBY', k_user, units)
       redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,
         'units', units, 'total', int(total), 'created', int(now), 'expires', int(expires), 'window', meta[4])
-      -- One string, one command: fingerprint and first answer (items last: no newlines).
-      redis.call('SET', k_idem, fingerprint .. '\n' .. order_id .. '\n' .. int(total) .. '\n' .. int(now)
-        .. '\n' .. int(expires) .. '\n' .. items_json, 'EX', idem_ttl)
       redis.call('ZADD', KEYS[K_PENDING], expires, order_id)
       -- Gateways answer sold-out and ended locally, except to known buyers, whose
       -- retries must reach this script to be replayed.

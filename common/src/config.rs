@@ -20,7 +20,8 @@ pub const CONFIG_FILE_ENV: &str = "FLASHSALE_CONFIG";
 /// Exit code of a process that stops on bad settings (EX_USAGE).
 pub const EXIT_BAD_CONFIG: i32 = 64;
 /// Secrets that must not reach production; a warning is logged while one is in use.
-const DEV_SECRETS: [&str; 3] = ["dev-jwt-secret", "dev-admin-token", "dev-webhook-secret"];
+const DEV_SECRETS: [&str; 4] =
+    ["dev-jwt-secret", "dev-admin-token", "dev-webhook-secret", "dev-order-id-secret"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -186,6 +187,9 @@ pub struct PaymentSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSettings {
+    /// Keys the order ids derived from (campaign, user, idempotency key): every gateway
+    /// must share it, and it must not change while an idempotency window is open.
+    pub order_id_secret: SecretString,
     pub sold_out_ttl_ms: u64,
     pub campaign_refresh_ms: u64,
     pub idempotency_ttl_secs: u64,
@@ -283,6 +287,7 @@ impl Settings {
             ("auth.jwt_secret", self.auth.jwt_secret.expose_secret()),
             ("admin.token", self.admin.token.expose_secret()),
             ("payments.webhook_secret", self.payments.webhook_secret.expose_secret()),
+            ("engine.order_id_secret", self.engine.order_id_secret.expose_secret()),
         ] {
             if v.trim().is_empty() {
                 return bad(key, "must not be empty");
@@ -298,6 +303,7 @@ impl Settings {
             ("auth.jwt_secret", &self.auth.jwt_secret),
             ("admin.token", &self.admin.token),
             ("payments.webhook_secret", &self.payments.webhook_secret),
+            ("engine.order_id_secret", &self.engine.order_id_secret),
         ]
         .into_iter()
         .zip(DEV_SECRETS)
@@ -407,7 +413,7 @@ mod tests {
     fn secrets_never_print() {
         let s = load_with_env(&[("FLASHSALE__ADMIN__TOKEN", "prod-token")]).unwrap();
         let shown = format!("{s:?}");
-        for secret in ["prod-token", "dev-jwt-secret", "dev-webhook-secret"] {
+        for secret in ["prod-token", "dev-jwt-secret", "dev-webhook-secret", "dev-order-id-secret"] {
             assert!(!shown.contains(secret), "{secret} printed");
         }
     }

@@ -189,6 +189,11 @@ impl OrderId {
         Self(format!("{campaign}.{}{:02x}", &hex[..30], shard % 256))
     }
 
+    /// An id [`crate::order_ids::OrderIds`] derived (already of the form `parse` takes).
+    pub(crate) fn derived(id: String) -> Self {
+        Self(id)
+    }
+
     /// The shard number the id carries (meaningful only in a sharded campaign).
     pub fn shard_hint(&self) -> usize {
         let tail = self.0.get(self.0.len().saturating_sub(2)..).unwrap_or("0");

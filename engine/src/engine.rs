@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::config::Settings;
+use common::config::{ExposeSecret, Settings};
 
 use common::message::OrderEvent;
 
@@ -25,6 +25,7 @@ use crate::error::Result;
 use crate::keys::KeySpace;
 use crate::link::RedisLink;
 use crate::notices;
+use crate::order_ids::OrderIds;
 use crate::outbox::{OutboxEntry, WorkSignal};
 use crate::rebuild::{Rebuilt, ShardState};
 use crate::scripts::reserve::ReserveReply;
@@ -82,7 +83,8 @@ impl Engine {
         let refresh = Duration::from_millis(e.campaign_refresh_ms);
         let cache =
             LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh).with_shard_notices(cluster);
-        let inner = Arc::new(Shared::new(store, cache, e.reserve_batch_max));
+        let order_ids = OrderIds::new(e.order_id_secret.expose_secret().as_bytes())?;
+        let inner = Arc::new(Shared::new(store, cache, e.reserve_batch_max, order_ids));
         let weak = Arc::downgrade(&inner);
         let listener = tokio::spawn(notices::listen(
             weak.clone(),
@@ -205,7 +207,7 @@ impl Engine {
         Shared::count(&inner.sent_to_redis);
         let map = inner.map_of(campaign, entry.meta.shards);
         let home = map.home(user);
-        let order_id = map.new_order(user);
+        let order_id = map.order_for(&inner.order_ids, user, key);
         let mut reply = self.decide(map.tag(home), &order_id, user, key, lines).await?;
         if reply.outcome == ReserveOutcome::CampaignNotFound {
             // This process knows the campaign, yet its shard has no meta: the shard's

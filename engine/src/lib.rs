@@ -15,6 +15,8 @@
 //! - [`behind`]: shards that came back behind MySQL (a failover to a replica that
 //!   missed the last writes): the stream ids that show it, and the hold and clean-up
 //!   before such a shard is rebuilt.
+//! - [`order_ids`]: order ids derived from (campaign, user, idempotency key) with a
+//!   server secret, so a retry finds its order with one lookup.
 //! - [`cache`]: the local sharded cache answering sold-out, not-started and unknown
 //!   requests without Redis.
 //! - [`notices`]: the pub/sub listener that keeps every process's cache fresh.
@@ -38,6 +40,7 @@ pub mod error;
 pub mod keys;
 pub mod link;
 pub mod notices;
+pub mod order_ids;
 pub mod outbox;
 mod rebalance;
 pub mod rebuild;

@@ -17,8 +17,9 @@
 //! - Units move between shards only through `lua/move.lua` (see there), so that
 //!   `Σ available + reserved + sold + in transit = stock_total` at every instant.
 
-use crate::domain::{CampaignId, OrderId, UserId};
+use crate::domain::{CampaignId, IdempotencyKey, OrderId, UserId};
 use crate::keys::hash_slot;
+use crate::order_ids::OrderIds;
 
 /// Most shards a campaign may have (the contract's `1..=64`).
 pub const MAX_SHARDS: usize = 64;
@@ -89,14 +90,10 @@ impl ShardMap {
         }
     }
 
-    /// A new order id for `user`'s home shard.
-    pub fn new_order(&self, user: &UserId) -> OrderId {
-        let campaign = &self.tags[0];
-        if self.tags.len() == 1 {
-            OrderId::generate(campaign)
-        } else {
-            OrderId::generate_in(campaign, self.home(user))
-        }
+    /// The order id of `user`'s request with `key`, in the user's home shard (the
+    /// first of its chain: see [`OrderIds`]).
+    pub fn order_for(&self, ids: &OrderIds, user: &UserId, key: &IdempotencyKey) -> OrderId {
+        ids.derive(&self.tags[0], self.home(user), user, key)
     }
 
     /// Shard `s`'s part of `total` units: as even as can be, the first shards holding
@@ -182,12 +179,13 @@ mod tests {
     fn orders_name_their_shard_and_users_have_one_home() {
         let c = cid("c");
         let m = ShardMap::new(&c, 3);
+        let ids = OrderIds::new(b"secret").unwrap();
         let mut homes = [0; 3];
         for i in 0..300 {
             let user = UserId::parse(&format!("user-{i}")).unwrap();
             let home = m.home(&user);
             homes[home] += 1;
-            let order = m.new_order(&user);
+            let order = m.order_for(&ids, &user, &IdempotencyKey::parse("k").unwrap());
             assert!(OrderId::parse(order.as_str()).is_ok());
             assert_eq!(order.campaign(), c);
             assert_eq!(m.of_order(&order), home);

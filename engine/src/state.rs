@@ -15,6 +15,7 @@ use crate::clock::now_ms;
 use crate::coalesce::Coalescer;
 use crate::domain::{CampaignId, OrderLines, ReserveOutcome, UserId};
 use crate::error::Result;
+use crate::order_ids::OrderIds;
 use crate::outbox::WorkSignal;
 use crate::shards::ShardMap;
 use crate::store::StockStore;
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     /// Wakes the shard notice listener: a campaign entered the cache or the watch list,
     /// and its channels are wanted now rather than at the listener's next tick.
     pub(crate) notices_wanted: Arc<tokio::sync::Notify>,
+    /// Derives each reservation's order id from its campaign, user and key.
+    pub(crate) order_ids: OrderIds,
 }
 
 /// Shard layouts kept for campaigns the cache no longer holds (the sync-worker's
@@ -58,7 +61,7 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(store: StockStore, cache: LocalCache, batch_max: usize) -> Self {
+    pub(crate) fn new(store: StockStore, cache: LocalCache, batch_max: usize, order_ids: OrderIds) -> Self {
         Self {
             store: Arc::new(store),
             coalescer: Arc::new(Coalescer::new(batch_max)),
@@ -71,6 +74,7 @@ impl Shared {
             rebuild_token: uuid::Uuid::now_v7().simple().to_string(),
             watched: Mutex::new(None),
             notices_wanted: Arc::new(tokio::sync::Notify::new()),
+            order_ids,
         }
     }
 

@@ -14,6 +14,7 @@ use common::message::OrderStatus;
 use engine::domain::{
     ConfirmOutcome, EventId, OrderId, PaymentStatus, ReleaseOutcome, ReleaseReason, ReserveOutcome,
 };
+use engine::order_ids::OrderIds;
 use engine::scripts::moves::{Move, Step};
 use engine::shards::ShardMap;
 use engine::Engine;
@@ -437,9 +438,32 @@ proptest! {
             let (a, b) = (Ns::new(), Ns::new());
             launch(&a.engine(), &spec).await;
             launch(&b.engine(), &spec).await;
-            let ids: Vec<OrderId> = reqs.iter().map(|_| OrderId::generate(&cid("p"))).collect();
+            // Each request's id derived as the engine derives it: a retry names its order.
+            let derive = OrderIds::new(b"property").unwrap();
+            let ids: Vec<OrderId> = reqs
+                .iter()
+                .map(|(u, _, k)| derive.derive(&cid("p"), 0, &user(&format!("u{u}")), &key(&format!("k{u}-{k}"))))
+                .collect();
             (decide(&a, &reqs, &ids, &sizes).await, decide(&b, &reqs, &ids, &[1]).await)
         });
+        // The key's model: after a reservation, the same key with the same lines is its
+        // replay (in the same batch or a later one), with other lines `KeyReused`.
+        let mut first: HashMap<(usize, u8), (usize, String)> = HashMap::new();
+        for (i, (u, l, k)) in reqs.iter().enumerate() {
+            let out = &alone.0[i];
+            match first.get(&(*u, *k)) {
+                Some((j, id)) if &reqs[*j].1 == l => {
+                    prop_assert!(out.starts_with(&format!("replayed {id} ")), "{i}: {out} (first {j})")
+                }
+                Some((j, _)) => prop_assert!(out.starts_with("KeyReused"), "{i}: {out} (first {j})"),
+                None => {
+                    if let Some(id) = out.strip_prefix("reserved ") {
+                        let id = id.split(' ').next().unwrap_or_default().to_owned();
+                        first.insert((*u, *k), (i, id));
+                    }
+                }
+            }
+        }
         prop_assert_eq!(batched, alone);
     }
 }

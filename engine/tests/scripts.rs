@@ -569,8 +569,10 @@ async fn redis_memory_per_pending_order() {
     const ORDERS: usize = 100_000;
     let ns = Ns::new();
     let e = ns.engine();
-    launch(&e, &open_campaign("mem", &[("phone", ORDERS as u64, 19_900)], 1)).await;
-    let c = cid("mem");
+    let campaign = std::env::var("MEMORY_CAMPAIGN").unwrap_or_else(|_| "mem".into());
+    launch(&e, &open_campaign(&campaign, &[("phone", ORDERS as u64, 19_900)], 1)).await;
+    let c = cid(&campaign);
+    let derive = engine::order_ids::OrderIds::new(b"memory").unwrap();
     let mut conn = ns.raw().await;
     let used = |info: String| -> i64 {
         info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
@@ -583,11 +585,9 @@ async fn redis_memory_per_pending_order() {
             ..100)
             .map(|i| {
                 let n = chunk * 100 + i;
-                (
-                    engine::domain::OrderId::generate(&c),
-                    user(&format!("buyer-{n:06}")),
-                    key(&format!("0b8f5c1e-4a7d-4c1b-9d2e-{n:012}")),
-                )
+                let (u, k) =
+                    (user(&format!("buyer-{n:06}")), key(&format!("0b8f5c1e-4a7d-4c1b-9d2e-{n:012}")));
+                (derive.derive(&c, 0, &u, &k), u, k)
             })
             .collect();
         let batch: Vec<_> = ids.iter().map(|(o, u, k)| (o, u, k, &one_line)).collect();
@@ -610,8 +610,8 @@ async fn redis_memory_per_pending_order() {
     let keys = ns.keys();
     let mut usage = Vec::new();
     for (what, key) in [
-        ("order hash", keys.order(&order)),
-        ("idempotency record", keys.idempotency(&c, &u, &k)),
+        ("order hash (the idempotency record too)", keys.order(&order)),
+        ("idempotency record (builds before derived ids)", keys.idempotency(&c, &u, &k)),
         ("user count", keys.user(&c, &u)),
     ] {
         let bytes: Option<i64> =
@@ -619,7 +619,133 @@ async fn redis_memory_per_pending_order() {
         usage.push(format!("{what} {} B", bytes.unwrap_or(0)));
     }
     println!(
-        "Redis memory per pending order ({ORDERS} orders): {per_order:.0} bytes; one order's keys: {usage:?}"
+        "Redis memory per pending order ({ORDERS} orders, campaign {campaign:?}, namespace {:?}): \
+         {per_order:.0} bytes; one order's keys: {usage:?}",
+        ns.settings.namespace
     );
     assert!(per_order > 0.0);
+}
+
+/// Sets an order's `created` (and its idempotency window with it) `ms` into the past.
+async fn age_order(ns: &Ns, order: &OrderId, ms: i64) {
+    let mut raw = ns.raw().await;
+    let k = ns.keys().order(order);
+    let created: i64 = redis::cmd("HGET").arg(&k).arg("created").query_async(&mut raw).await.unwrap();
+    let _: () =
+        redis::cmd("HSET").arg(&k).arg("created").arg(created - ms).query_async(&mut raw).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_order_hash_is_the_idempotency_record_and_a_key_used_after_its_window_makes_a_new_order() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 10, 100), ("b", 10, 50)], 10)).await;
+    let l = lines(&[("a", 1), ("b", 2)]);
+    let first = reserved(e.reserve(&cid("c"), &user("u"), &key("k"), &l).await.unwrap());
+    // One key per order: no idempotency record of its own.
+    let mut raw = ns.raw().await;
+    let record: bool = redis::cmd("EXISTS")
+        .arg(ns.keys().idempotency(&cid("c"), &user("u"), &key("k")))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!record, "no idempotency record beside the order");
+    let again = e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("b", 2), ("a", 1)])).await.unwrap();
+    assert_eq!(again, ReserveOutcome::Replayed(first.clone()));
+    for other in [lines(&[("a", 1)]), lines(&[("a", 1), ("b", 1)]), lines(&[("b", 2)])] {
+        assert_eq!(
+            e.reserve(&cid("c"), &user("u"), &key("k"), &other).await.unwrap(),
+            ReserveOutcome::KeyReused
+        );
+    }
+    // Another user's identical key is another order.
+    let theirs = reserved(e.reserve(&cid("c"), &user("v"), &key("k"), &l).await.unwrap());
+    assert_ne!(theirs.order_id, first.order_id);
+
+    // The window (a day) passes: the key makes a new order, and never meets
+    // the old one, whatever the lines; the old order is untouched.
+    age_order(&ns, &first.order_id, 100_000_000).await;
+    let second = reserved(e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 3)])).await.unwrap());
+    assert_ne!(second.order_id, first.order_id);
+    assert_eq!(second.order_id.shard_hint(), first.order_id.shard_hint());
+    assert_eq!(
+        e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 3)])).await.unwrap(),
+        ReserveOutcome::Replayed(second.clone())
+    );
+    assert_eq!(e.reserve(&cid("c"), &user("u"), &key("k"), &l).await.unwrap(), ReserveOutcome::KeyReused);
+    age_order(&ns, &second.order_id, 100_000_000).await;
+    let third = reserved(e.reserve(&cid("c"), &user("u"), &key("k"), &l).await.unwrap());
+    assert!(third.order_id != first.order_id && third.order_id != second.order_id);
+    let old = e.order(&first.order_id).await.unwrap().unwrap();
+    assert_eq!((old.status, old.total_cents), (OrderStatus::PendingPayment, 200));
+    let c = counters(&e, "c", &["a", "b"]).await;
+    assert_eq!((c[0].available, c[1].available), (10 - 1 - 1 - 3 - 1, 10 - 2 - 2 - 2));
+    assert_eq!(outbox(&ns, "c").await.len(), 4);
+}
+
+/// `reserve.lua` as the build before derived order ids had it: random ids, and an
+/// idempotency record of its own beside each order.
+const RESERVE_RANDOM_IDS: &str =
+    concat!(include_str!("../../lua/prelude.lua"), "\n", include_str!("fixtures/reserve_random_ids.lua"));
+
+#[tokio::test]
+async fn orders_reserved_by_the_build_before_derived_ids_are_replayed_read_cancelled_paid_and_expired() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let mut spec = open_campaign("c", &[("a", 10, 100)], 10);
+    spec.payment_window_secs = 1;
+    launch(&e, &spec).await;
+    let c = cid("c");
+    let old_script = engine::scripts::lua::Script::new(RESERVE_RANDOM_IDS);
+    let one = lines(&[("a", 1)]);
+    let (ids, users, keys): (Vec<OrderId>, Vec<_>, Vec<_>) = (
+        (0..3).map(|_| OrderId::generate(&c)).collect(),
+        (0..3).map(|i| user(&format!("u{i}"))).collect(),
+        (0..3).map(|i| key(&format!("k{i}"))).collect(),
+    );
+    let requests: Vec<_> = (0..3)
+        .map(|i| engine::scripts::reserve::Request {
+            campaign: &c,
+            tag: &c,
+            order_id: &ids[i],
+            user: &users[i],
+            key: &keys[i],
+            lines: &one,
+            idempotency_ttl_secs: 60,
+            outbox_max_len: 1_000_000,
+        })
+        .collect();
+    let inv = engine::scripts::reserve::invocation(&old_script, &ns.keys(), &requests);
+    let v: redis::Value = inv.invoke_async(&mut ns.raw().await).await.unwrap();
+    let mut before = Vec::new();
+    for r in engine::scripts::reserve::decode(v, 3).unwrap() {
+        before.push(reserved(r.unwrap().outcome));
+    }
+    assert_eq!(before.iter().map(|r| r.order_id.clone()).collect::<Vec<_>>(), ids);
+
+    // The new build replays them (their ids are not the derived ones) and refuses
+    // their keys with other lines.
+    for i in 0..3 {
+        let r = e.reserve(&c, &users[i], &keys[i], &one).await.unwrap();
+        assert_eq!(r, ReserveOutcome::Replayed(before[i].clone()));
+        let r = e.reserve(&c, &users[i], &keys[i], &lines(&[("a", 2)])).await.unwrap();
+        assert_eq!(r, ReserveOutcome::KeyReused);
+    }
+    // Read, cancelled, paid, expired.
+    let rec = e.order(&ids[0]).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.total_cents, rec.user.as_str()), (OrderStatus::PendingPayment, 100, "u0"));
+    assert_eq!(e.release(&ids[0], ReleaseReason::Cancelled).await.unwrap(), ReleaseOutcome::Released);
+    let paid = e.confirm(&ids[1], &EventId::parse("ev-1").unwrap(), 100, PaymentStatus::Succeeded).await;
+    assert_eq!(paid.unwrap(), ConfirmOutcome::Paid);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(e.due_orders(&c, now_ms(), 10).await.unwrap(), vec![ids[2].clone()]);
+    assert_eq!(e.release(&ids[2], ReleaseReason::Expired).await.unwrap(), ReleaseOutcome::Released);
+    let states: Vec<_> = futures_util::future::join_all(ids.iter().map(|id| e.order(id))).await;
+    let states: Vec<_> = states.into_iter().map(|r| r.unwrap().unwrap().status).collect();
+    assert_eq!(states, [OrderStatus::Cancelled, OrderStatus::Paid, OrderStatus::Expired]);
+    let k = &counters(&e, "c", &["a"]).await[0];
+    assert_eq!((k.available, k.reserved, k.sold), (9, 0, 1));
+    // A replay after the release still answers the first answer, as before.
+    let r = e.reserve(&c, &users[0], &keys[0], &one).await.unwrap();
+    assert_eq!(r, ReserveOutcome::Replayed(before[0].clone()));
 }
