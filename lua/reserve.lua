@@ -9,14 +9,18 @@
 -- lines. A key whose order is older than the idempotency window names a new order:
 -- the next id of the key's chain (see `engine/src/order_ids.rs`). An idempotency
 -- record of its own (a string, or a hash written before the string form) is what
--- builds before this one wrote; it is still read first, so their orders replay.
+-- builds before this one wrote; it is still read first, so their orders replay, and
+-- it is written too while `write_records` is 1 (a rolling upgrade from such a build,
+-- or a window in which a rollback to one must stay safe: its gateways find a retry's
+-- order only through that record).
 -- KEYS: 1 meta, 2 outbox, 3 pending (zset), 4 buyers (set), 5 order rate
 --       (string "<second> <count>"), then per order, in ARGV order:
---       user count, idempotency record (read only), order (the chain's first id), one
---       stock hash per line
+--       user count, idempotency record (read; written only with write_records), order
+--       (the chain's first id), one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
---       then per order: order_id (derived), user_id, fingerprint, idempotency key,
---       number of lines, then (sku, qty) per line
+--       5 write_records (1: also write each order's idempotency record), then per
+--       order: order_id (derived), user_id, fingerprint, idempotency key, number of
+--       lines, then (sku, qty) per line
 -- Reply: one element per order, in order, each one of
 --   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
 --   {'replay', order_id, items_json, total, created_ms, expires_ms, {}}
@@ -31,13 +35,14 @@
 -- arrived. Every order's conditions are checked before its first write.
 
 local campaign, idem_ttl, outbox_max, channel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local write_records = ARGV[5] == '1'
 local K_META, K_OUTBOX, K_PENDING, K_BUYERS, K_RATE = 1, 2, 3, 4, 5
 
 local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec',
   'restoring', 'shards')
 if meta[6] then
   -- Being rebuilt: no decision at all (not even a replay: its record may not be back yet).
-  local replies, at = {}, 5
+  local replies, at = {}, 6
   while at <= #ARGV do
     replies[#replies + 1] = { 'restoring' }
     at = at + 5 + 2 * tonumber(ARGV[at + 4])
@@ -138,7 +143,7 @@ local replies = {}
 local docs = {}
 local new_buyers = {}
 local needs_buyer_count = {}
-local key_at, arg_at = 6, 5
+local key_at, arg_at = 6, 6
 
 while arg_at <= #ARGV do
   local order_id, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
@@ -226,6 +231,11 @@ while arg_at <= #ARGV do
       redis.call('INCRBY', k_user, units)
       redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,
         'units', units, 'total', int(total), 'created', int(now), 'expires', int(expires), 'window', meta[4])
+      if write_records then
+        -- One string, one command: fingerprint and first answer (items last: no newlines).
+        redis.call('SET', k_idem, fingerprint .. '\n' .. order_id .. '\n' .. int(total) .. '\n' .. int(now)
+          .. '\n' .. int(expires) .. '\n' .. items_json, 'EX', idem_ttl)
+      end
       redis.call('ZADD', KEYS[K_PENDING], expires, order_id)
       -- Gateways answer sold-out and ended locally, except to known buyers, whose
       -- retries must reach this script to be replayed.

@@ -223,6 +223,7 @@ fn benches(c: &mut Criterion) {
                                 lines: &one,
                                 idempotency_ttl_secs: 60,
                                 outbox_max_len: u64::MAX,
+                                idempotency_records: false,
                             })
                             .collect();
                         let inv = engine::scripts::reserve::invocation(&script, &keys, &batch);

@@ -190,6 +190,10 @@ pub struct EngineSettings {
     /// Keys the order ids derived from (campaign, user, idempotency key): every gateway
     /// must share it, and it must not change while an idempotency window is open.
     pub order_id_secret: SecretString,
+    /// Also write each order's own idempotency record, as builds before derived order
+    /// ids did: on during a rolling upgrade from such a build and while a rollback to
+    /// one must stay safe (their gateways find a retry's order only through it).
+    pub idempotency_records: bool,
     pub sold_out_ttl_ms: u64,
     pub campaign_refresh_ms: u64,
     pub idempotency_ttl_secs: u64,

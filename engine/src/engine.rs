@@ -74,6 +74,7 @@ impl Engine {
         let store_settings = StoreSettings {
             idempotency_ttl_secs: e.idempotency_ttl_secs,
             outbox_max_len: e.outbox_max_len,
+            idempotency_records: e.idempotency_records,
             payment_event_ttl_secs: e.payment_event_ttl_secs,
         };
         let cluster = !r.cluster_seeds().is_empty();

@@ -28,6 +28,8 @@ use crate::shards::ShardMap;
 pub struct StoreSettings {
     pub idempotency_ttl_secs: u64,
     pub outbox_max_len: u64,
+    /// Also write each order's idempotency record (`engine.idempotency_records`).
+    pub idempotency_records: bool,
     pub payment_event_ttl_secs: u64,
 }
 
@@ -120,6 +122,7 @@ impl StockStore {
                 lines,
                 idempotency_ttl_secs: self.settings.idempotency_ttl_secs,
                 outbox_max_len: self.settings.outbox_max_len,
+                idempotency_records: self.settings.idempotency_records,
             })
             .collect();
         let inv = scripts::reserve::invocation(&self.scripts.reserve, &self.keys, &requests);

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use common::message::{OrderEvent, OrderStatus};
 use engine::campaign::{CampaignTuning, LaunchOutcome, SkuCounters, TuneOutcome};
 use engine::clock::now_ms;
+use engine::domain::{CampaignId, IdempotencyKey, OrderLines, UserId};
 use engine::domain::{
     ConfirmOutcome, EventId, OrderId, PaymentStatus, ReleaseOutcome, ReleaseReason, Reservation,
     ReserveOutcome,
@@ -688,6 +689,68 @@ async fn the_order_hash_is_the_idempotency_record_and_a_key_used_after_its_windo
 const RESERVE_RANDOM_IDS: &str =
     concat!(include_str!("../../lua/prelude.lua"), "\n", include_str!("fixtures/reserve_random_ids.lua"));
 
+/// One call of the previous build's `reserve.lua` (its keys and arguments: no
+/// write_records argument), one order per user, each with the given id.
+async fn reserve_as_before(
+    ns: &Ns,
+    c: &CampaignId,
+    ids: &[OrderId],
+    users: &[UserId],
+    keys: &[IdempotencyKey],
+    l: &OrderLines,
+) -> Vec<ReserveOutcome> {
+    let old_script = engine::scripts::lua::Script::new(RESERVE_RANDOM_IDS);
+    let k = ns.keys();
+    let mut inv = old_script.prepare_invoke();
+    inv.key(k.meta(c)).key(k.outbox(c)).key(k.pending(c)).key(k.buyers(c)).key(k.order_rate(c));
+    inv.arg(c.as_str()).arg(60).arg(1_000_000).arg(k.shard_notice_channel(c));
+    for i in 0..ids.len() {
+        inv.key(k.user(c, &users[i])).key(k.idempotency(c, &users[i], &keys[i])).key(k.order(&ids[i]));
+        for line in l.iter() {
+            inv.key(k.stock(c, &line.sku));
+        }
+        inv.arg(ids[i].as_str())
+            .arg(users[i].as_str())
+            .arg(l.fingerprint())
+            .arg(keys[i].as_str())
+            .arg(l.len());
+        for line in l.iter() {
+            inv.arg(line.sku.as_str()).arg(line.quantity);
+        }
+    }
+    let v: redis::Value = inv.invoke_async(&mut ns.raw().await).await.unwrap();
+    engine::scripts::reserve::decode(v, ids.len()).unwrap().into_iter().map(|r| r.unwrap().outcome).collect()
+}
+
+#[tokio::test]
+async fn during_a_rolling_upgrade_the_build_before_replays_the_new_builds_orders_only_with_records_on() {
+    for records in [true, false] {
+        let ns = Ns::with(|s| s.engine.idempotency_records = records);
+        let e = ns.engine();
+        launch(&e, &open_campaign("c", &[("a", 10, 100)], 10)).await;
+        let c = cid("c");
+        let one = lines(&[("a", 1)]);
+        let new = reserved(e.reserve(&c, &user("u"), &key("k"), &one).await.unwrap());
+        // The buyer's retry reaches a gateway of the previous build, which names a
+        // fresh random id.
+        let retry =
+            reserve_as_before(&ns, &c, &[OrderId::generate(&c)], &[user("u")], &[key("k")], &one).await;
+        if records {
+            assert_eq!(retry, vec![ReserveOutcome::Replayed(new.clone())]);
+            assert_eq!(available(&e, "c", "a").await, 9);
+            let again = e.reserve(&c, &user("u"), &key("k"), &one).await.unwrap();
+            assert_eq!(again, ReserveOutcome::Replayed(new));
+        } else {
+            // What the switch is for: without the record that build makes a second order.
+            assert!(
+                matches!(&retry[0], ReserveOutcome::Reserved(r) if r.order_id != new.order_id),
+                "{retry:?}"
+            );
+            assert_eq!(available(&e, "c", "a").await, 8);
+        }
+    }
+}
+
 #[tokio::test]
 async fn orders_reserved_by_the_build_before_derived_ids_are_replayed_read_cancelled_paid_and_expired() {
     let ns = Ns::new();
@@ -696,31 +759,14 @@ async fn orders_reserved_by_the_build_before_derived_ids_are_replayed_read_cance
     spec.payment_window_secs = 1;
     launch(&e, &spec).await;
     let c = cid("c");
-    let old_script = engine::scripts::lua::Script::new(RESERVE_RANDOM_IDS);
     let one = lines(&[("a", 1)]);
     let (ids, users, keys): (Vec<OrderId>, Vec<_>, Vec<_>) = (
         (0..3).map(|_| OrderId::generate(&c)).collect(),
         (0..3).map(|i| user(&format!("u{i}"))).collect(),
         (0..3).map(|i| key(&format!("k{i}"))).collect(),
     );
-    let requests: Vec<_> = (0..3)
-        .map(|i| engine::scripts::reserve::Request {
-            campaign: &c,
-            tag: &c,
-            order_id: &ids[i],
-            user: &users[i],
-            key: &keys[i],
-            lines: &one,
-            idempotency_ttl_secs: 60,
-            outbox_max_len: 1_000_000,
-        })
-        .collect();
-    let inv = engine::scripts::reserve::invocation(&old_script, &ns.keys(), &requests);
-    let v: redis::Value = inv.invoke_async(&mut ns.raw().await).await.unwrap();
-    let mut before = Vec::new();
-    for r in engine::scripts::reserve::decode(v, 3).unwrap() {
-        before.push(reserved(r.unwrap().outcome));
-    }
+    let before: Vec<Reservation> =
+        reserve_as_before(&ns, &c, &ids, &users, &keys, &one).await.into_iter().map(reserved).collect();
     assert_eq!(before.iter().map(|r| r.order_id.clone()).collect::<Vec<_>>(), ids);
 
     // The new build replays them (their ids are not the derived ones) and refuses

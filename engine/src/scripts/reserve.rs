@@ -27,6 +27,8 @@ pub struct Request<'a> {
     pub lines: &'a OrderLines,
     pub idempotency_ttl_secs: u64,
     pub outbox_max_len: u64,
+    /// Also write each order's idempotency record (`engine.idempotency_records`).
+    pub idempotency_records: bool,
 }
 
 /// A reservation outcome plus what the local cache should learn from it: skus seen
@@ -47,7 +49,8 @@ impl ReserveReply {
 }
 
 /// KEYS: meta, outbox, pending, buyers, order rate, then per order its user count,
-/// idempotency record, order hash and one stock hash per line; ARGV as
+/// idempotency record (read; written only with `idempotency_records`), order hash
+/// (the first id of its key's chain) and one stock hash per line; ARGV as
 /// `reserve.lua`'s header says. All requests must be for one campaign and share the
 /// settings of the first; all are decided in the first's shard (`tag`).
 pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -> ScriptInvocation<'s> {
@@ -60,7 +63,8 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
     inv.arg(first.campaign.as_str())
         .arg(first.idempotency_ttl_secs)
         .arg(first.outbox_max_len)
-        .arg(k.shard_notice_channel(c));
+        .arg(k.shard_notice_channel(c))
+        .arg(u8::from(first.idempotency_records));
     for r in batch {
         inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order_at(c, r.order_id));
         inv.arg(r.order_id.as_str())

@@ -64,6 +64,7 @@ impl Ns {
                 lines,
                 idempotency_ttl_secs: 60,
                 outbox_max_len: 1_000_000,
+                idempotency_records: false,
             })
             .collect();
         let script = engine::scripts::reserve::script();
