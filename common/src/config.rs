@@ -397,7 +397,8 @@ mod tests {
         assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
         assert_eq!(s.mysql.url, "mysql://root@127.0.0.1:3306/flashsale");
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(s.dev_secrets_in_use().len(), 3);
+        assert_eq!(s.dev_secrets_in_use().len(), 4);
+        assert!(!s.engine.idempotency_records);
     }
 
     #[test]
@@ -434,7 +435,10 @@ mod tests {
         assert_eq!(s.namespace, "t1");
         assert_eq!(s.gateway.listen.port(), 9000);
         assert_eq!(s.engine.outbox_max_len, 42);
-        assert_eq!(s.dev_secrets_in_use(), vec!["auth.jwt_secret", "payments.webhook_secret"]);
+        assert_eq!(
+            s.dev_secrets_in_use(),
+            vec!["auth.jwt_secret", "payments.webhook_secret", "engine.order_id_secret"]
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! | `<ns>:{c:<c>}:meta` | hash | window, limit, payment window, thresholds, skus |
 //! | `<ns>:{c:<c>}:stock:<sku>` | hash | total, avail, resv, sold, price, gen |
 //! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought |
-//! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`) |
-//! | `<ns>:{c:<c>}:order:<order_id>` | hash | the reservation: user, items, state, times |
+//! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`): written by builds before derived order ids, and by this one only with `engine.idempotency_records`; read first |
+//! | `<ns>:{c:<c>}:order:<order_id>` | hash | the reservation: user, items, state, times; also its idempotency record, since the id is derived from (campaign, user, key) (`order_ids.rs`) |
 //! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline |
 //! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |
 //! | `<ns>:{c:<c>}:outbox-dead` | stream | ids of outbox entries that carried no order (set aside) |
