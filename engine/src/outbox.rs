@@ -255,12 +255,15 @@ impl StockStore {
             let rest = vec![k.pending(tag), k.outbox(tag), k.order_rate(tag), k.buyers(tag), k.moves_in(tag)];
             self.unlink(rest).await?;
         }
-        // Two keys in two slots (the campaign's and the index's): two commands.
+        // Two keys in two slots (the campaign's and the index's): two commands, the mark
+        // first. A relist that put the campaign back meanwhile sees the mark after its
+        // SADD and takes it off again (`relist`), so a retired campaign never stays listed.
         let mut retired = redis::cmd("HSET");
         retired.arg(k.meta(campaign)).arg("retired").arg(1);
+        let _: Vec<Value> = self.parts().link.each(vec![retired]).await?;
         let mut unlisted = redis::cmd("SREM");
         unlisted.arg(k.campaigns()).arg(campaign.as_str());
-        let _: Vec<Value> = self.parts().link.each(vec![retired, unlisted]).await?;
+        let _: Vec<Value> = self.parts().link.each(vec![unlisted]).await?;
         Ok(())
     }
 

@@ -101,10 +101,33 @@ impl StockStore {
         }
         let index = self.parts().keys.campaigns();
         let ids: Vec<String> = campaigns.iter().map(|c| c.as_str().to_owned()).collect();
-        self.parts()
+        let added: u64 = self
+            .parts()
             .link
-            .call(|mut c| async move { redis::cmd("SADD").arg(index).arg(ids).query_async(&mut c).await })
-            .await
+            .call(|mut c| {
+                let index = index.clone();
+                async move { redis::cmd("SADD").arg(index).arg(ids).query_async(&mut c).await }
+            })
+            .await?;
+        if added > 0 {
+            // The caller's list came from MySQL a moment ago: a campaign retired since
+            // (its meta marked, then taken off the index) must not stay listed. Its mark
+            // is read after the SADD, and a retirement marks before it takes the campaign
+            // off, so one of the two removals comes last.
+            let marks = campaigns
+                .iter()
+                .map(|c| redis::cmd("HEXISTS").arg(self.parts().keys.meta(c)).arg("retired").clone())
+                .collect();
+            let marks: Vec<bool> = self.parts().link.each(marks).await?;
+            let retired: Vec<&str> =
+                campaigns.iter().zip(marks).filter(|(_, r)| *r).map(|(c, _)| c.as_str()).collect();
+            if !retired.is_empty() {
+                let mut unlist = redis::cmd("SREM");
+                unlist.arg(&index).arg(retired);
+                let _: Vec<redis::Value> = self.parts().link.each(vec![unlist]).await?;
+            }
+        }
+        Ok(added)
     }
 
     /// Rebuilds the `lost` shards of the campaign in `snap` (MySQL's copy: the campaign

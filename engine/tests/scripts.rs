@@ -795,3 +795,22 @@ async fn orders_reserved_by_the_build_before_derived_ids_are_replayed_read_cance
     let r = e.reserve(&c, &users[0], &keys[0], &one).await.unwrap();
     assert_eq!(r, ReserveOutcome::Replayed(before[0].clone()));
 }
+
+/// The restore check relists the live campaigns MySQL named a moment earlier; one
+/// retired in between (its meta marked, then taken off the index) must not stay listed.
+#[tokio::test]
+async fn a_relist_from_a_stale_list_never_keeps_a_retired_campaign_listed() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("gone", &[("a", 1, 100)], 1)).await;
+    launch(&e, &open_campaign("live", &[("a", 1, 100)], 1)).await;
+    e.retire_finish(&cid("gone")).await.unwrap();
+    let mut raw = ns.raw().await;
+    let _: () =
+        redis::cmd("SREM").arg(ns.keys().campaigns()).arg("live").query_async(&mut raw).await.unwrap();
+    // The list read before the retirement names both.
+    e.relist(&[cid("gone"), cid("live")]).await.unwrap();
+    let mut listed = e.campaign_ids().await.unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![cid("live")]);
+}

@@ -968,9 +968,19 @@ async fn a_shard_that_comes_back_behind_mysql_is_found_and_rebuilt() {
     })
     .await;
     println!("shard found behind and rebuilt {:?} after it came back", behind_at.elapsed());
-    for (user, key, order) in &answered {
+    for (i, (user, key, order)) in answered.iter().enumerate() {
         let again = env.engine.reserve(&c, user, key, &lines).await.unwrap();
-        assert!(matches!(&again, ReserveOutcome::Replayed(r) if &r.order_id == order), "{again:?}");
+        if !matches!(&again, ReserveOutcome::Replayed(r) if &r.order_id == order) {
+            let row = env.db.order(order.as_str()).await.unwrap();
+            let m = worker.ctx.metrics.render();
+            panic!(
+                "answered order {i} ({order}, shard {}) not replayed: {again:?}; MySQL holds {row:?}; \
+                 shards restored {}, found behind {}",
+                map.of_order(order),
+                counter(&m, "flashsale_restored_shards_total"),
+                counter(&m, "flashsale_behind_shards_total")
+            );
+        }
     }
     // Demand above what is left: exactly the stock sells, on both shards.
     let mut sold = 40;
