@@ -13,7 +13,7 @@
 -- it is written too while `write_records` is 1 (a rolling upgrade from such a build,
 -- or a window in which a rollback to one must stay safe: its gateways find a retry's
 -- order only through that record).
--- KEYS: 1 meta, 2 outbox, 3 pending (zset), 4 buyers (set), 5 order rate
+-- KEYS: 1 meta, 2 outbox, 3 deadlines (list), 4 buyers (set), 5 order rate
 --       (string "<second> <count>"), then per order, in ARGV order:
 --       user count, idempotency record (read; written only with write_records), order
 --       (the chain's first id), one stock hash per line
@@ -36,7 +36,7 @@
 
 local campaign, idem_ttl, outbox_max, channel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local write_records = ARGV[5] == '1'
-local K_META, K_OUTBOX, K_PENDING, K_BUYERS, K_RATE = 1, 2, 3, 4, 5
+local K_META, K_OUTBOX, K_DEADLINES, K_BUYERS, K_RATE = 1, 2, 3, 4, 5
 
 local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec',
   'restoring', 'shards')
@@ -236,7 +236,8 @@ while arg_at <= #ARGV do
         redis.call('SET', k_idem, fingerprint .. '\n' .. order_id .. '\n' .. int(total) .. '\n' .. int(now)
           .. '\n' .. int(expires) .. '\n' .. items_json, 'EX', idem_ttl)
       end
-      redis.call('ZADD', KEYS[K_PENDING], expires, order_id)
+      -- Reservation order is deadline order (deadlines.lua reads it).
+      redis.call('RPUSH', KEYS[K_DEADLINES], order_id)
       -- Gateways answer sold-out and ended locally, except to known buyers, whose
       -- retries must reach this script to be replayed.
       if redis.call('SADD', KEYS[K_BUYERS], user_id) == 1 then

@@ -8,7 +8,8 @@
 //! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought |
 //! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`): written by builds before derived order ids, and by this one only with `engine.idempotency_records`; read first |
 //! | `<ns>:{c:<c>}:order:<order_id>` | hash | the reservation: user, items, state, times; also its idempotency record, since the id is derived from (campaign, user, key) (`order_ids.rs`) |
-//! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline |
+//! | `<ns>:{c:<c>}:deadlines` | list | new orders' ids in reservation order, which is deadline order; settled ones leave from the head as the expiry sweep meets them (`deadlines.lua`) |
+//! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline: written by builds before the list, and by rebuilds; read with it |
 //! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |
 //! | `<ns>:{c:<c>}:outbox-dead` | stream | ids of outbox entries that carried no order (set aside) |
 //! | `<ns>:{c:<c>}:buyers` | set | users who ever got a reservation |
@@ -97,8 +98,21 @@ impl KeySpace {
         format!("{}moved-in", self.prefix(tag))
     }
 
+    /// Pending order ids by deadline, as builds before the deadline list wrote them
+    /// (and rebuilds still do); read with the list by `deadlines.lua`.
     pub fn pending(&self, c: &CampaignId) -> String {
         format!("{}pending", self.prefix(c))
+    }
+
+    /// New orders' ids in reservation (and so deadline) order; settled ones leave from
+    /// the head as the expiry sweep meets them.
+    pub fn deadlines(&self, c: &CampaignId) -> String {
+        format!("{}deadlines", self.prefix(c))
+    }
+
+    /// What precedes an order id in its key, in the shard `tag` names.
+    pub fn order_prefix(&self, tag: &CampaignId) -> String {
+        format!("{}order:", self.prefix(tag))
     }
 
     pub fn outbox(&self, c: &CampaignId) -> String {

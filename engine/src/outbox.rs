@@ -185,12 +185,8 @@ impl StockStore {
 
     /// Each campaign's earliest pending payment deadline (`None`: nothing pending).
     pub async fn next_deadlines(&self, campaigns: &[CampaignId]) -> Result<Vec<Option<i64>>> {
-        let rows: Vec<Vec<(String, i64)>> = self
-            .per_campaign(campaigns, |k, c| {
-                redis::cmd("ZRANGE").arg(k.pending(c)).arg(0).arg(0).arg("WITHSCORES").clone()
-            })
-            .await?;
-        Ok(rows.into_iter().map(|r| r.first().map(|(_, score)| *score)).collect())
+        let rows = self.deadlines(campaigns, crate::clock::now_ms(), 0).await?;
+        Ok(rows.into_iter().map(|(next, _)| next).collect())
     }
 
     /// Whether Redis holds these campaigns (their meta).
@@ -252,7 +248,14 @@ impl StockStore {
                 }
                 cursor = next;
             }
-            let rest = vec![k.pending(tag), k.outbox(tag), k.order_rate(tag), k.buyers(tag), k.moves_in(tag)];
+            let rest = vec![
+                k.pending(tag),
+                k.deadlines(tag),
+                k.outbox(tag),
+                k.order_rate(tag),
+                k.buyers(tag),
+                k.moves_in(tag),
+            ];
             self.unlink(rest).await?;
         }
         // Two keys in two slots (the campaign's and the index's): two commands, the mark

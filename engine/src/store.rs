@@ -356,22 +356,27 @@ impl StockStore {
     /// oldest first, at most `limit`.
     /// Up to `limit` per shard.
     pub(crate) async fn due_orders(&self, map: &ShardMap, now_ms: i64, limit: usize) -> Result<Vec<OrderId>> {
-        let reads = map
-            .tags()
-            .iter()
-            .map(|tag| {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys.pending(tag))
-                    .arg("-inf")
-                    .arg(now_ms)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .clone()
-            })
-            .collect();
-        let ids: Vec<Vec<String>> = self.link.each(reads).await?;
-        Ok(ids.iter().flatten().filter_map(|s| OrderId::parse(s).ok()).collect())
+        let mut due = Vec::new();
+        for (_, ids) in self.deadlines(map.tags(), now_ms, limit).await? {
+            due.extend(ids);
+        }
+        Ok(due)
+    }
+
+    /// Each shard's earliest pending deadline and its orders due at `now_ms` (at most
+    /// `want`), one `deadlines.lua` call per shard, side by side on the multiplexed
+    /// connections; settled orders leave the head of each shard's list on the way.
+    pub(crate) async fn deadlines(
+        &self,
+        tags: &[CampaignId],
+        now_ms: i64,
+        want: usize,
+    ) -> Result<Vec<(Option<i64>, Vec<OrderId>)>> {
+        let calls = tags.iter().map(|tag| async move {
+            let inv = scripts::deadlines::invocation(&self.scripts.deadlines, &self.keys, tag, now_ms, want);
+            scripts::deadlines::decode(self.run_read(inv).await?)
+        });
+        futures_util::future::join_all(calls).await.into_iter().collect()
     }
 
     /// Every user who ever got a reservation in `campaign`.

@@ -399,10 +399,9 @@ async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderId], sizes: &[usize]) -> (Vec
         state.push(format!("u{u} {held:?}"));
     }
     // The deadlines, the buyer set and the outbox's orders (ids and state, in order).
-    let mut pending: Vec<String> =
-        redis::cmd("ZRANGE").arg(ns.keys().pending(&c)).arg(0).arg(-1).query_async(&mut raw).await.unwrap();
-    pending.sort();
-    state.push(format!("pending {pending:?}"));
+    let deadlines: Vec<String> =
+        redis::cmd("LRANGE").arg(ns.keys().deadlines(&c)).arg(0).arg(-1).query_async(&mut raw).await.unwrap();
+    state.push(format!("deadlines {deadlines:?}"));
     let mut buyers: Vec<String> =
         redis::cmd("SMEMBERS").arg(ns.keys().buyers(&c)).query_async(&mut raw).await.unwrap();
     buyers.sort();

@@ -814,3 +814,53 @@ async fn a_relist_from_a_stale_list_never_keeps_a_retired_campaign_listed() {
     listed.sort();
     assert_eq!(listed, vec![cid("live")]);
 }
+
+/// New orders' deadlines are a list in reservation order: the sweep gets the due ones
+/// oldest first, stops at the first pending order not yet due, skips settled ones
+/// (dropping them once they reach the head), and still reads the sorted set the build
+/// before wrote.
+#[tokio::test]
+async fn the_deadline_list_gives_due_orders_in_order_and_drops_settled_ones_from_its_head() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    let mut spec = open_campaign("c", &[("a", 20, 100)], 20);
+    spec.payment_window_secs = 1;
+    launch(&e, &spec).await;
+    let c = cid("c");
+    let one = lines(&[("a", 1)]);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(reserved(e.reserve(&c, &user(&format!("u{i}")), &key("k"), &one).await.unwrap()).order_id);
+    }
+    // One order of the build before, in its sorted set.
+    let old = OrderId::generate(&c);
+    let made =
+        reserve_as_before(&ns, &c, std::slice::from_ref(&old), &[user("old")], &[key("k")], &one).await;
+    assert!(matches!(&made[0], ReserveOutcome::Reserved(_)), "{made:?}");
+    let ev = EventId::parse("pay-0").unwrap();
+    assert_eq!(e.confirm(&ids[0], &ev, 100, PaymentStatus::Succeeded).await.unwrap(), ConfirmOutcome::Paid);
+    assert_eq!(e.release(&ids[2], ReleaseReason::Cancelled).await.unwrap(), ReleaseOutcome::Released);
+
+    let mut raw = ns.raw().await;
+    let list = ns.keys().deadlines(&c);
+    let len = async |raw: &mut engine::link::Conn| -> usize {
+        redis::cmd("LLEN").arg(&list).query_async(raw).await.unwrap()
+    };
+    let first = e.order(&ids[1]).await.unwrap().unwrap().expires_ms;
+    // Nothing due yet: the next deadline is the first pending order's; the paid one at
+    // the head is gone, the cancelled one behind a pending order stays for now.
+    assert_eq!(e.next_deadlines(std::slice::from_ref(&c)).await.unwrap(), vec![Some(first)]);
+    assert!(e.due_orders(&c, now_ms(), 100).await.unwrap().is_empty());
+    assert_eq!(len(&mut raw).await, 4);
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let due = e.due_orders(&c, now_ms(), 2).await.unwrap();
+    assert_eq!(due, vec![ids[1].clone(), ids[3].clone()], "oldest first, at most as many as asked");
+    let due = e.due_orders(&c, now_ms(), 100).await.unwrap();
+    assert_eq!(due, vec![ids[1].clone(), ids[3].clone(), ids[4].clone(), old.clone()]);
+    let out = e.release_many(&c, &due, ReleaseReason::Expired).await.unwrap();
+    assert!(out.iter().all(|(_, o)| *o == ReleaseOutcome::Released), "{out:?}");
+    assert_eq!(e.next_deadlines(std::slice::from_ref(&c)).await.unwrap(), vec![None]);
+    assert_eq!(len(&mut raw).await, 0, "every settled order left the list");
+    assert_eq!(available(&e, "c", "a").await, 20 - 1);
+}

@@ -336,23 +336,33 @@ impl RedisCluster {
         Self::start_with_replicas(n, 0).await
     }
 
-    /// `masters` masters with `replicas` replicas each.
+    /// `masters` masters with `replicas` replicas each. Tried up to three times: the
+    /// nodes' ports are picked free from the ephemeral range, and a client's outgoing
+    /// connection can take one before its node binds it (seen under load).
     pub async fn start_with_replicas(masters: usize, replicas: usize) -> Option<Self> {
+        for _ in 0..3 {
+            if let Some(cluster) = Self::try_start(masters, replicas).await {
+                return Some(cluster);
+            }
+        }
+        None
+    }
+
+    async fn try_start(masters: usize, replicas: usize) -> Option<Self> {
         let n = masters * (1 + replicas);
-        let mut nodes = Vec::new();
+        // Nodes join `me` as they start, so a failed attempt stops the ones it started.
+        let mut me = Self { nodes: Vec::new() };
         for _ in 0..n {
-            let taken: Vec<u16> = nodes.iter().map(|n: &ClusterNode| n.port).collect();
+            let taken: Vec<u16> = me.nodes.iter().map(|n: &ClusterNode| n.port).collect();
             let port = cluster_port(&taken)?;
             let dir = std::env::temp_dir().join(format!("flashsale-cluster-{}-{port}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).ok()?;
-            let mut node = ClusterNode { port, dir, child: None };
-            if !node.spawn() {
+            me.nodes.push(ClusterNode { port, dir, child: None });
+            if !me.nodes.last_mut().is_some_and(ClusterNode::spawn) {
                 return None;
             }
-            nodes.push(node);
         }
-        let me = Self { nodes };
         for i in 0..n {
             if !me.answers(i).await {
                 return None;

@@ -27,6 +27,8 @@ pub const TUNE: &str = script!("tune.lua");
 pub const COUNTERS: &str = script!("counters.lua");
 /// Moves units of one sku between two shards of a campaign (take, give, settle).
 pub const MOVE: &str = script!("move.lua");
+/// A shard's unpaid orders by deadline, settled ones dropped from the list's head.
+pub const DEADLINES: &str = script!("deadlines.lua");
 /// Rebuilds a campaign Redis lost from what MySQL holds, in steps; live only at the end.
 pub const RESTORE: &str = script!("restore.lua");
 
@@ -36,7 +38,7 @@ mod tests {
 
     #[test]
     fn every_script_starts_with_the_prelude_and_has_a_body() {
-        for s in [RESERVE, RELEASE, CONFIRM, WARMUP, TUNE, COUNTERS, RESTORE, MOVE] {
+        for s in [RESERVE, RELEASE, CONFIRM, WARMUP, TUNE, COUNTERS, RESTORE, MOVE, DEADLINES] {
             assert!(s.contains("local function now_ms()"));
             assert!(s.lines().count() > 60, "script body missing");
         }

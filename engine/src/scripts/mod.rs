@@ -5,6 +5,7 @@
 
 pub mod confirm;
 pub mod counters;
+pub mod deadlines;
 pub mod lua;
 pub mod moves;
 pub mod release;
@@ -28,6 +29,7 @@ pub(crate) struct Scripts {
     pub(crate) counters: Script,
     pub(crate) restore: Script,
     pub(crate) moves: Script,
+    pub(crate) deadlines: Script,
 }
 
 impl Scripts {
@@ -41,6 +43,7 @@ impl Scripts {
             counters: counters::script(),
             restore: restore::script(),
             moves: moves::script(),
+            deadlines: deadlines::script(),
         }
     }
 }
