@@ -9,7 +9,7 @@
 -- ARGV: 1 now (ms), 2 due ids wanted at most (0: only the next deadline), 3 the
 --       shard's order key prefix
 -- Reply: {next, id, ...}: `next` is the earliest deadline of an order still pending
---   (-1: none), then the ids of pending orders due at `now`, oldest first, at most
+--   (-1: none; `now` when the scan's bound came first: look again), then the ids of pending orders due at `now`, oldest first, at most
 --   ARGV[2] (the list's first, then the sorted set's).
 
 local now, want, order_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -48,6 +48,12 @@ while not done and at < SCAN_MAX do
 end
 if settled_head > 0 then
   redis.call('LTRIM', KEYS[1], settled_head, -1)
+end
+-- The scan stopped at its bound before it met a pending order or the list's end: what
+-- lies behind is not known yet, so the sweep must look again now (never "nothing
+-- pending": a long run of paid orders at the head would hide an unpaid one).
+if not done and not next_ms and at >= SCAN_MAX then
+  next_ms = now
 end
 
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')

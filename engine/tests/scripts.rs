@@ -864,3 +864,27 @@ async fn the_deadline_list_gives_due_orders_in_order_and_drops_settled_ones_from
     assert_eq!(len(&mut raw).await, 0, "every settled order left the list");
     assert_eq!(available(&e, "c", "a").await, 20 - 1);
 }
+
+/// More settled orders at the head of the deadline list than one call scans: the next
+/// deadline is "now" (look again), never "nothing pending", and the calls that follow
+/// drop the settled run and reach the unpaid order behind it.
+#[tokio::test]
+async fn a_long_run_of_paid_orders_never_hides_an_unpaid_one_behind_it() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 10, 100)], 10)).await;
+    let c = cid("c");
+    let unpaid = reserved(e.reserve(&c, &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap());
+    let expires = unpaid.expires_ms;
+    // 5,000 settled ids ahead of it (orders Redis no longer holds count as settled).
+    let mut raw = ns.raw().await;
+    let list = ns.keys().deadlines(&c);
+    let ghosts: Vec<String> = (0..5000).map(|_| OrderId::generate(&c).to_string()).collect();
+    let _: () = redis::cmd("LPUSH").arg(&list).arg(&ghosts).query_async(&mut raw).await.unwrap();
+    let before = now_ms();
+    let first = e.next_deadlines(std::slice::from_ref(&c)).await.unwrap()[0];
+    assert!(first.is_some_and(|ms| ms >= before && ms < expires), "look again now: {first:?}");
+    assert_eq!(e.next_deadlines(std::slice::from_ref(&c)).await.unwrap(), vec![Some(expires)]);
+    let left: usize = redis::cmd("LLEN").arg(&list).query_async(&mut raw).await.unwrap();
+    assert_eq!(left, 1, "only the unpaid order is left");
+}
