@@ -365,7 +365,9 @@ impl StockStore {
 
     /// Each shard's earliest pending deadline and its orders due at `now_ms` (at most
     /// `want`), one `deadlines.lua` call per shard, side by side on the multiplexed
-    /// connections; settled orders leave the head of each shard's list on the way.
+    /// connections; settled orders leave the head of each shard's list on the way. That
+    /// is the call's only write, and it needs no replica's acknowledgement (a failover
+    /// that loses it only makes the next call drop them again).
     pub(crate) async fn deadlines(
         &self,
         tags: &[CampaignId],
