@@ -17,6 +17,16 @@ local now, want, order_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 -- pending one is walked past a page at a time, and a call stays short.
 local PAGE, SCAN_MAX = 256, 4096
 
+-- An order's key from its id: named by its ref (the id's last 20 hex digits, led by an
+-- 8) when it was made from one, else by the whole id (builds before derived ids: a
+-- UUIDv7 has its version digit 7 there). `OrderId::key_part` is the same rule.
+local function order_key(id)
+  if string.sub(id, -20, -20) == '8' then
+    return order_prefix .. string.sub(id, -20)
+  end
+  return order_prefix .. id
+end
+
 local reply = { -1 }
 local next_ms
 local settled_head = 0
@@ -27,7 +37,7 @@ while not done and at < SCAN_MAX do
     break
   end
   for _, id in ipairs(ids) do
-    local o = redis.call('HMGET', order_prefix .. id, 'state', 'expires')
+    local o = redis.call('HMGET', order_key(id), 'state', 'expires')
     if o[1] ~= 'pending_payment' then
       -- Settled (or gone with a rebuild): nothing left to expire.
       if at_head then

@@ -4,10 +4,11 @@
 -- sold-out naming the sku.
 -- What is the batch's is done once: campaign meta, the clock, the rate counter, the
 -- outbox length, one outbox entry carrying every order granted, one buyer notice.
--- The order's own hash is its idempotency record: its id is derived from (campaign,
--- user, idempotency key), so a retry names the same hash, and the fingerprint is its
--- lines. A key whose order is older than the idempotency window names a new order:
--- the next id of the key's chain (see `engine/src/order_ids.rs`). An idempotency
+-- The order's own hash is its idempotency record: it is named by the order's ref,
+-- derived from (campaign, user, idempotency key), so a retry names the same hash, and
+-- the fingerprint is its lines. The id is `<campaign>.<12 hex of created ms><ref>`.
+-- A key whose order is older than the idempotency window names a new order: the next
+-- ref of the key's chain (see `engine/src/order_ids.rs`). An idempotency
 -- record of its own (a string, or a hash written before the string form) is what
 -- builds before this one wrote; it is still read first, so their orders replay, and
 -- it is written too while `write_records` is 1 (a rolling upgrade from such a build,
@@ -19,7 +20,7 @@
 --       (the chain's first id), one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
 --       5 write_records (1: also write each order's idempotency record), then per
---       order: order_id (derived), user_id, fingerprint, idempotency key, number of
+--       order: its ref (derived), user_id, fingerprint, idempotency key, number of
 --       lines, then (sku, qty) per line
 -- Reply: one element per order, in order, each one of
 --   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
@@ -97,24 +98,30 @@ local function same_lines(items_json, first, n)
   return true
 end
 
--- What a request's key already made: walks the key's chain from the derived id to
+-- An order's id: its creation time (Redis ms, 12 hex digits) in front of its ref, so
+-- ids grow with time.
+local function id_of(ref, created_ms)
+  return campaign .. '.' .. string.format('%012x', created_ms) .. ref
+end
+
+-- What a request's key already made: walks the key's chain from the derived ref to
 -- the first order still in its window (a replay, or `reused` when its lines differ)
--- or to the first free id. Returns that reply, or nil and the free id and its key.
-local function earlier_order(id0, key0, user_id, first, n, now)
-  local id, key = id0, key0
+-- or to the first free ref. Returns that reply, or nil and the free ref and its key.
+local function earlier_order(ref0, key0, user_id, first, n, now)
+  local ref, key = ref0, key0
   for step = 1, MAX_CHAIN do
     local o = redis.call('HMGET', key, 'user', 'items', 'total', 'created', 'expires')
     if not o[1] then
-      return nil, id, key
+      return nil, ref, key
     end
     if now < tonumber(o[4]) + window_ms then
       if o[1] == user_id and same_lines(o[2], first, n) then
-        return { 'replay', id, o[2], o[3], o[4], o[5], {} }
+        return { 'replay', id_of(ref, tonumber(o[4])), o[2], o[3], o[4], o[5], {} }
       end
       return { 'reused' }
     end
-    id = campaign .. '.' .. string.sub(redis.sha1hex(id0 .. '#' .. step), 1, 30) .. string.sub(id0, -2)
-    key = order_prefix .. id
+    ref = '8' .. string.sub(redis.sha1hex(ref0 .. '#' .. step), 1, 17) .. string.sub(ref0, -2)
+    key = order_prefix .. ref
   end
   return { 'reused' }
 end
@@ -146,7 +153,7 @@ local needs_buyer_count = {}
 local key_at, arg_at = 6, 6
 
 while arg_at <= #ARGV do
-  local order_id, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
+  local ref, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
   local n = tonumber(ARGV[arg_at + 4])
   local k_user, k_idem, k_order, first_stock = KEYS[key_at], KEYS[key_at + 1], KEYS[key_at + 2], key_at + 3
   local first_line = arg_at + 5
@@ -162,7 +169,7 @@ while arg_at <= #ARGV do
       reply = { 'replay', seen.order, seen.items, seen.total, seen.created, seen.expires, {} }
     end
   else
-    reply, order_id, k_order = earlier_order(order_id, k_order, user_id, first_line, n, now)
+    reply, ref, k_order = earlier_order(ref, k_order, user_id, first_line, n, now)
   end
   if reply then
     -- A replay or a reused key: nothing more to decide.
@@ -227,6 +234,7 @@ while arg_at <= #ARGV do
           .. ',"price_cents":' .. int(l.price) .. '}'
       end
       local items_json = '[' .. table.concat(items, ',') .. ']'
+      local order_id = id_of(ref, now)
       local expires = now + tonumber(meta[4]) * 1000
       redis.call('INCRBY', k_user, units)
       redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,

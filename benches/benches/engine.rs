@@ -24,9 +24,7 @@ use common::config::Settings;
 use criterion::{criterion_group, criterion_main, Criterion};
 use engine::campaign::{CampaignLaunch, LaunchItem};
 use engine::clock::now_ms;
-use engine::domain::{
-    CampaignId, IdempotencyKey, OrderId, OrderLines, ReleaseReason, ReserveOutcome, UserId,
-};
+use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReleaseReason, ReserveOutcome, UserId};
 use engine::Engine;
 use tokio::runtime::Runtime;
 
@@ -208,16 +206,18 @@ fn benches(c: &mut Criterion) {
                             UserId::parse(&format!("u{}", b.seq.fetch_add(1, Ordering::Relaxed))).unwrap()
                         })
                         .collect();
-                    let ids: Vec<OrderId> = (0..iters).map(|_| OrderId::generate(&open)).collect();
+                    let derive = engine::order_ids::OrderIds::new(b"bench").unwrap();
+                    let ids: Vec<engine::domain::OrderRef> =
+                        users.iter().map(|u| derive.derive(&open, 0, u, &k)).collect();
                     let start = Instant::now();
                     for (us, os) in users.chunks(n).zip(ids.chunks(n)) {
                         let batch: Vec<_> = us
                             .iter()
                             .zip(os)
-                            .map(|(user, order_id)| engine::scripts::reserve::Request {
+                            .map(|(user, order)| engine::scripts::reserve::Request {
                                 campaign: &open,
                                 tag: &open,
-                                order_id,
+                                order,
                                 user,
                                 key: &k,
                                 lines: &one,

@@ -19,14 +19,14 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
-use crate::domain::{CampaignId, IdempotencyKey, OrderId, OrderLines, UserId};
+use crate::domain::{CampaignId, IdempotencyKey, OrderLines, OrderRef, UserId};
 use crate::error::{EngineError, Result};
 use crate::scripts::reserve::ReserveReply;
 use crate::store::StockStore;
 
 /// One reservation waiting for its batch.
 pub(crate) struct Waiting {
-    pub(crate) order_id: OrderId,
+    pub(crate) order: OrderRef,
     pub(crate) user: UserId,
     pub(crate) key: IdempotencyKey,
     pub(crate) lines: OrderLines,
@@ -110,7 +110,7 @@ impl Coalescer {
 
 /// `tag`: the shard's key identity (`shards.rs`), from which the campaign follows.
 async fn decide(store: &StockStore, tag: &CampaignId, batch: Vec<Waiting>) {
-    let requests: Vec<_> = batch.iter().map(|w| (&w.order_id, &w.user, &w.key, &w.lines)).collect();
+    let requests: Vec<_> = batch.iter().map(|w| (&w.order, &w.user, &w.key, &w.lines)).collect();
     let outcome = store.reserve_batch(&tag.campaign_of_tag(), tag, &requests).await;
     match outcome {
         Ok(replies) => {

@@ -175,7 +175,43 @@ impl CampaignId {
     }
 }
 
+/// What names a new order before it exists: the part of its id derived from (campaign,
+/// user, idempotency key), `8` + 17 hex + 2 hex of the shard
+/// ([`crate::order_ids::OrderIds`]). `reserve.lua` puts the order's creation time in
+/// front of it to make the id (`<campaign>.<12 hex of ms><ref>`), so ids grow with
+/// time (MySQL inserts them in order), and the order's Redis key is named by the ref
+/// alone, which a retry derives again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OrderRef(String);
+
+impl OrderRef {
+    pub(crate) fn derived(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shard number the ref carries.
+    pub fn shard_hint(&self) -> usize {
+        let tail = self.0.get(self.0.len().saturating_sub(2)..).unwrap_or("0");
+        usize::from_str_radix(tail, 16).unwrap_or(0)
+    }
+}
+
 impl OrderId {
+    /// What names the order's Redis key: the ref of an id made from one (its last 20
+    /// hex digits, led by the `8` no UUIDv7 has there), else the whole id (orders of
+    /// builds before derived ids: random UUIDv7 ids, a `7` there).
+    pub fn key_part(&self) -> &str {
+        let suffix_at = self.0.len().saturating_sub(32);
+        match self.0.as_bytes().get(suffix_at + 12) {
+            Some(b'8') => self.0.get(suffix_at + 12..).unwrap_or(&self.0),
+            _ => &self.0,
+        }
+    }
+
     /// A new, unique order id for `campaign`.
     pub fn generate(campaign: &CampaignId) -> Self {
         Self(format!("{campaign}.{}", uuid::Uuid::now_v7().simple()))
@@ -187,11 +223,6 @@ impl OrderId {
     pub fn generate_in(campaign: &CampaignId, shard: usize) -> Self {
         let hex = uuid::Uuid::now_v7().simple().to_string();
         Self(format!("{campaign}.{}{:02x}", &hex[..30], shard % 256))
-    }
-
-    /// An id [`crate::order_ids::OrderIds`] derived (already of the form `parse` takes).
-    pub(crate) fn derived(id: String) -> Self {
-        Self(id)
     }
 
     /// The shard number the id carries (meaningful only in a sharded campaign).

@@ -18,8 +18,8 @@ use crate::campaign::{
 };
 use crate::coalesce::{self, Waiting};
 use crate::domain::{
-    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseOutcome,
-    ReleaseReason, ReserveOutcome, SkuId, UserId,
+    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, OrderRef, PaymentStatus,
+    ReleaseOutcome, ReleaseReason, ReserveOutcome, SkuId, UserId,
 };
 use crate::error::Result;
 use crate::keys::KeySpace;
@@ -208,8 +208,8 @@ impl Engine {
         Shared::count(&inner.sent_to_redis);
         let map = inner.map_of(campaign, entry.meta.shards);
         let home = map.home(user);
-        let order_id = map.order_for(&inner.order_ids, user, key);
-        let mut reply = self.decide(map.tag(home), &order_id, user, key, lines).await?;
+        let order = map.order_for(&inner.order_ids, user, key);
+        let mut reply = self.decide(map.tag(home), &order, user, key, lines).await?;
         if reply.outcome == ReserveOutcome::CampaignNotFound {
             // This process knows the campaign, yet its shard has no meta: the shard's
             // data is gone and the sync-worker is about to rebuild it. Never a 404.
@@ -218,7 +218,7 @@ impl Engine {
             ));
         }
         if map.len() > 1 {
-            reply = self.refill(campaign, &map, home, (&order_id, user, key, lines), reply).await?;
+            reply = self.refill(campaign, &map, home, (&order, user, key, lines), reply).await?;
         } else {
             for (sku, gen) in &reply.sold_out {
                 inner.cache.mark_sold_out(campaign.as_str(), sku, *gen, reply.buyers);
@@ -243,14 +243,14 @@ impl Engine {
     async fn decide(
         &self,
         tag: &CampaignId,
-        order_id: &OrderId,
+        order: &OrderRef,
         user: &UserId,
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> Result<ReserveReply> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let waiting = Waiting {
-            order_id: order_id.clone(),
+            order: order.clone(),
             user: user.clone(),
             key: key.clone(),
             lines: lines.clone(),
@@ -273,7 +273,7 @@ impl Engine {
         campaign: &CampaignId,
         map: &ShardMap,
         home: usize,
-        (order_id, user, key, lines): (&OrderId, &UserId, &IdempotencyKey, &OrderLines),
+        (order, user, key, lines): (&OrderRef, &UserId, &IdempotencyKey, &OrderLines),
         mut reply: ReserveReply,
     ) -> Result<ReserveReply> {
         let store = &self.inner.store;
@@ -323,7 +323,7 @@ impl Engine {
                     }
                 }
             }
-            reply = self.decide(map.tag(home), order_id, user, key, lines).await?;
+            reply = self.decide(map.tag(home), order, user, key, lines).await?;
         }
         match reply.outcome {
             ReserveOutcome::SoldOut(_) => {

@@ -7,7 +7,7 @@
 //! | `<ns>:{c:<c>}:stock:<sku>` | hash | total, avail, resv, sold, price, gen |
 //! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought |
 //! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`): written by builds before derived order ids, and by this one only with `engine.idempotency_records`; read first |
-//! | `<ns>:{c:<c>}:order:<order_id>` | hash | the reservation: user, items, state, times; also its idempotency record, since the id is derived from (campaign, user, key) (`order_ids.rs`) |
+//! | `<ns>:{c:<c>}:order:<ref>` | hash | the reservation: user, items, state, times; also its idempotency record, since its ref (the id's last 20 hex digits) is derived from (campaign, user, key) (`order_ids.rs`); `order:<order_id>` for orders of builds before |
 //! | `<ns>:{c:<c>}:deadlines` | list | new orders' ids in reservation order, which is deadline order; settled ones leave from the head as the expiry sweep meets them (`deadlines.lua`) |
 //! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline: written by builds before the list, and by rebuilds; read with it |
 //! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |
@@ -30,7 +30,7 @@
 //! replicas of that slot, where a `PUBLISH` would be forwarded to every node. `meta`
 //! notices (launch, tune, rebuild) stay on `<ns>:events`, which every node hears.
 
-use crate::domain::{CampaignId, EventId, IdempotencyKey, OrderId, SkuId, UserId};
+use crate::domain::{CampaignId, EventId, IdempotencyKey, OrderId, OrderRef, SkuId, UserId};
 
 /// Builds keys for one namespace.
 #[derive(Debug, Clone)]
@@ -80,12 +80,18 @@ impl KeySpace {
 
     /// An order of an unsharded campaign (its shard 0).
     pub fn order(&self, order: &OrderId) -> String {
-        format!("{}order:{}", self.prefix(&order.campaign()), order)
+        format!("{}order:{}", self.prefix(&order.campaign()), order.key_part())
     }
 
-    /// An order in the shard `tag` names.
+    /// An order in the shard `tag` names: by its ref (`OrderId::key_part`), or by its
+    /// whole id for orders of builds before derived ids.
     pub fn order_at(&self, tag: &CampaignId, order: &OrderId) -> String {
-        format!("{}order:{}", self.prefix(tag), order)
+        format!("{}order:{}", self.prefix(tag), order.key_part())
+    }
+
+    /// The order a ref names, in the shard `tag` names (before its id exists).
+    pub fn order_of_ref(&self, tag: &CampaignId, order: &OrderRef) -> String {
+        format!("{}order:{}", self.prefix(tag), order.as_str())
     }
 
     /// A shard's units on their way out: move id → `"<to shard> <sku> <units>"`.

@@ -12,12 +12,13 @@ use crate::campaign::{
     CampaignLaunch, CampaignMeta, CampaignTuning, LaunchOutcome, OrderRecord, SkuCounters, TuneOutcome,
 };
 use crate::domain::{
-    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, PaymentStatus, ReleaseReason,
-    ReserveOutcome, SkuId, UserId,
+    CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, OrderRef, PaymentStatus,
+    ReleaseReason, ReserveOutcome, SkuId, UserId,
 };
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
 use crate::link::RedisLink;
+use crate::order_ids::OrderIds;
 use crate::scripts::release::ReleaseReply;
 use crate::scripts::reserve::ReserveReply;
 use crate::scripts::{self, parse_items, protocol, Scripts};
@@ -90,16 +91,16 @@ impl StockStore {
     }
 
     /// Reserves every line or none (`reserve.lua`), one order alone.
-    #[tracing::instrument(level = "debug", skip_all, fields(campaign = %campaign, order = %order_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(campaign = %campaign, order = %order.as_str()))]
     pub(crate) async fn reserve(
         &self,
         campaign: &CampaignId,
-        order_id: &OrderId,
+        order: &OrderRef,
         user: &UserId,
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> Result<ReserveReply> {
-        let mut replies = self.reserve_batch(campaign, campaign, &[(order_id, user, key, lines)]).await?;
+        let mut replies = self.reserve_batch(campaign, campaign, &[(order, user, key, lines)]).await?;
         replies.pop().unwrap_or_else(|| Err(EngineError::Protocol("reserve: no reply".into())))
     }
 
@@ -109,14 +110,14 @@ impl StockStore {
         &self,
         campaign: &CampaignId,
         tag: &CampaignId,
-        batch: &[(&OrderId, &UserId, &IdempotencyKey, &OrderLines)],
+        batch: &[(&OrderRef, &UserId, &IdempotencyKey, &OrderLines)],
     ) -> Result<Vec<Result<ReserveReply>>> {
         let requests: Vec<scripts::reserve::Request<'_>> = batch
             .iter()
-            .map(|(order_id, user, key, lines)| scripts::reserve::Request {
+            .map(|(order, user, key, lines)| scripts::reserve::Request {
                 campaign,
                 tag,
-                order_id,
+                order,
                 user,
                 key,
                 lines,
@@ -397,7 +398,8 @@ impl StockStore {
         let user = UserId::parse("readiness").map_err(protocol)?;
         let key = IdempotencyKey::parse("readiness").map_err(protocol)?;
         let lines = OrderLines::parse(vec![("probe".to_owned(), 1)]).map_err(protocol)?;
-        let reply = self.reserve(&campaign, &OrderId::generate(&campaign), &user, &key, &lines).await?;
+        let order = OrderIds::new(b"readiness")?.derive(&campaign, 0, &user, &key);
+        let reply = self.reserve(&campaign, &order, &user, &key, &lines).await?;
         match reply.outcome {
             ReserveOutcome::CampaignNotFound => Ok(()),
             other => Err(EngineError::Protocol(format!("probe: {other:?}"))),

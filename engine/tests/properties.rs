@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use common::message::OrderStatus;
 use engine::domain::{
-    ConfirmOutcome, EventId, OrderId, PaymentStatus, ReleaseOutcome, ReleaseReason, ReserveOutcome,
+    ConfirmOutcome, EventId, OrderId, OrderRef, PaymentStatus, ReleaseOutcome, ReleaseReason, ReserveOutcome,
 };
 use engine::order_ids::OrderIds;
 use engine::scripts::moves::{Move, Step};
@@ -344,7 +344,7 @@ fn shape(r: &Result<engine::scripts::reserve::ReserveReply, engine::EngineError>
             ReserveOutcome::Reserved(res) | ReserveOutcome::Replayed(res) => format!(
                 "{} {} {} {:?} {:?}",
                 if matches!(reply.outcome, ReserveOutcome::Reserved(_)) { "reserved" } else { "replayed" },
-                res.order_id,
+                res.order_id.key_part(),
                 res.total_cents,
                 res.items,
                 reply.sold_out
@@ -357,7 +357,7 @@ fn shape(r: &Result<engine::scripts::reserve::ReserveReply, engine::EngineError>
 
 /// Decides `reqs` in batches of the given sizes (one `reserve.lua` call each); returns
 /// every outcome and the final counters and user counts.
-async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderId], sizes: &[usize]) -> (Vec<String>, Vec<String>) {
+async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderRef], sizes: &[usize]) -> (Vec<String>, Vec<String>) {
     let c = cid("p");
     let parsed: Vec<_> = reqs
         .iter()
@@ -401,6 +401,8 @@ async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderId], sizes: &[usize]) -> (Vec
     // The deadlines, the buyer set and the outbox's orders (ids and state, in order).
     let deadlines: Vec<String> =
         redis::cmd("LRANGE").arg(ns.keys().deadlines(&c)).arg(0).arg(-1).query_async(&mut raw).await.unwrap();
+    // Ids carry their creation time (the two runs differ there): their refs, in order.
+    let deadlines: Vec<&str> = deadlines.iter().map(|id| &id[id.len() - 20..]).collect();
     state.push(format!("deadlines {deadlines:?}"));
     let mut buyers: Vec<String> =
         redis::cmd("SMEMBERS").arg(ns.keys().buyers(&c)).query_async(&mut raw).await.unwrap();
@@ -439,7 +441,7 @@ proptest! {
             launch(&b.engine(), &spec).await;
             // Each request's id derived as the engine derives it: a retry names its order.
             let derive = OrderIds::new(b"property").unwrap();
-            let ids: Vec<OrderId> = reqs
+            let ids: Vec<OrderRef> = reqs
                 .iter()
                 .map(|(u, _, k)| derive.derive(&cid("p"), 0, &user(&format!("u{u}")), &key(&format!("k{u}-{k}"))))
                 .collect();

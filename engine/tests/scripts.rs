@@ -98,10 +98,10 @@ async fn unknown_campaign_and_sku_are_named() {
     let r = e.reserve(&cid("c"), &user("u"), &key("k"), &lines(&[("a", 1), ("zzz", 1)])).await.unwrap();
     assert_eq!(r, ReserveOutcome::SkuNotFound(sku("zzz")));
     // The script says the same without the cache.
-    let order = OrderId::generate(&cid("c"));
+    let order = order_ref(&cid("c"), &user("u"), &key("k"));
     let r = ns.reserve_in_script(&cid("c"), &order, &user("u"), &key("k"), &lines(&[("zzz", 1)])).await;
     assert_eq!(r.outcome, ReserveOutcome::SkuNotFound(sku("zzz")));
-    let elsewhere = OrderId::generate(&cid("nope"));
+    let elsewhere = order_ref(&cid("nope"), &user("u"), &key("k"));
     let r = ns.reserve_in_script(&cid("nope"), &elsewhere, &user("u"), &key("k"), &lines(&[("a", 1)])).await;
     assert_eq!(r.outcome, ReserveOutcome::CampaignNotFound);
     assert_eq!(available(&e, "c", "a").await, 10);
@@ -117,7 +117,7 @@ async fn outside_the_window_is_not_active_in_the_cache_and_in_the_script() {
     for c in ["later", "over"] {
         let r = e.reserve(&cid(c), &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap();
         assert_eq!(r, ReserveOutcome::NotActive, "{c}");
-        let order = OrderId::generate(&cid(c));
+        let order = order_ref(&cid(c), &user("u"), &key("k"));
         let r = ns.reserve_in_script(&cid(c), &order, &user("u"), &key("k"), &lines(&[("a", 1)])).await;
         assert_eq!(r.outcome, ReserveOutcome::NotActive, "{c} (script)");
         assert_eq!(available(&e, c, "a").await, 5);
@@ -548,7 +548,7 @@ async fn an_idempotency_record_written_as_a_hash_before_an_upgrade_still_replays
         .query_async(&mut raw)
         .await
         .unwrap();
-    let fresh = OrderId::generate(&cid("c"));
+    let fresh = order_ref(&cid("c"), &user("u"), &key("k"));
     let r = ns.reserve_in_script(&cid("c"), &fresh, &user("u"), &key("k"), &l).await;
     match r.outcome {
         ReserveOutcome::Replayed(res) => assert_eq!((res.order_id, res.total_cents), (old, 100)),
@@ -582,7 +582,7 @@ async fn redis_memory_per_pending_order() {
     let one_line = lines(&[("phone", 1)]);
     let mut first = None;
     for chunk in 0..ORDERS / 100 {
-        let ids: Vec<(engine::domain::OrderId, engine::domain::UserId, engine::domain::IdempotencyKey)> = (0
+        let ids: Vec<(engine::domain::OrderRef, engine::domain::UserId, engine::domain::IdempotencyKey)> = (0
             ..100)
             .map(|i| {
                 let n = chunk * 100 + i;
@@ -592,10 +592,12 @@ async fn redis_memory_per_pending_order() {
             })
             .collect();
         let batch: Vec<_> = ids.iter().map(|(o, u, k)| (o, u, k, &one_line)).collect();
-        for r in ns.reserve_batch_in_script(&c, &batch).await {
-            assert!(matches!(r.unwrap().outcome, ReserveOutcome::Reserved(_)));
+        for (i, r) in ns.reserve_batch_in_script(&c, &batch).await.into_iter().enumerate() {
+            let ReserveOutcome::Reserved(res) = r.unwrap().outcome else { panic!("not reserved") };
+            if first.is_none() {
+                first = Some((res.order_id, ids[i].1.clone(), ids[i].2.clone()));
+            }
         }
-        first.get_or_insert_with(|| ids[0].clone());
         // What the relay does to each entry once the broker has it.
         let _: () = redis::cmd("XTRIM")
             .arg(ns.keys().outbox(&c))
@@ -887,4 +889,26 @@ async fn a_long_run_of_paid_orders_never_hides_an_unpaid_one_behind_it() {
     assert_eq!(e.next_deadlines(std::slice::from_ref(&c)).await.unwrap(), vec![Some(expires)]);
     let left: usize = redis::cmd("LLEN").arg(&list).query_async(&mut raw).await.unwrap();
     assert_eq!(left, 1, "only the unpaid order is left");
+}
+
+/// Order ids carry their creation time in front of the derived ref: later orders sort
+/// after earlier ones (MySQL inserts them at the end of its primary key), and the ref
+/// still names the order's key.
+#[tokio::test]
+async fn order_ids_grow_with_time_and_end_with_the_ref_a_retry_derives() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 100, 100)], 100)).await;
+    let mut last = String::new();
+    for i in 0..20 {
+        let r = reserved(
+            e.reserve(&cid("c"), &user(&format!("u{i}")), &key("k"), &lines(&[("a", 1)])).await.unwrap(),
+        );
+        let suffix = r.order_id.as_str().rsplit_once('.').unwrap().1.to_owned();
+        assert_eq!(i64::from_str_radix(&suffix[..12], 16).unwrap(), r.created_ms, "{suffix}");
+        assert!(suffix > last, "{suffix} after {last}");
+        assert_eq!(r.order_id.key_part(), &suffix[12..]);
+        last = suffix;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
 }

@@ -6,7 +6,7 @@ use super::lua::{Script, ScriptInvocation};
 
 use super::{parse_items, protocol, Reply};
 use crate::domain::{
-    CampaignId, IdempotencyKey, OrderId, OrderLines, Reservation, ReserveOutcome, SkuId, UserId,
+    CampaignId, IdempotencyKey, OrderId, OrderLines, OrderRef, Reservation, ReserveOutcome, SkuId, UserId,
 };
 use crate::error::{EngineError, Result};
 use crate::keys::KeySpace;
@@ -21,7 +21,8 @@ pub struct Request<'a> {
     pub campaign: &'a CampaignId,
     /// The shard whose keys decide it (the campaign id itself when unsharded).
     pub tag: &'a CampaignId,
-    pub order_id: &'a OrderId,
+    /// The ref its id will end with (derived from campaign, user and key).
+    pub order: &'a OrderRef,
     pub user: &'a UserId,
     pub key: &'a IdempotencyKey,
     pub lines: &'a OrderLines,
@@ -66,8 +67,8 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
         .arg(k.shard_notice_channel(c))
         .arg(u8::from(first.idempotency_records));
     for r in batch {
-        inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order_at(c, r.order_id));
-        inv.arg(r.order_id.as_str())
+        inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order_of_ref(c, r.order));
+        inv.arg(r.order.as_str())
             .arg(r.user.as_str())
             .arg(r.lines.fingerprint())
             .arg(r.key.as_str())

@@ -38,12 +38,12 @@ impl Ns {
     pub async fn reserve_in_script(
         &self,
         campaign: &CampaignId,
-        order_id: &engine::domain::OrderId,
+        order: &engine::domain::OrderRef,
         user: &UserId,
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> engine::scripts::reserve::ReserveReply {
-        let mut replies = self.reserve_batch_in_script(campaign, &[(order_id, user, key, lines)]).await;
+        let mut replies = self.reserve_batch_in_script(campaign, &[(order, user, key, lines)]).await;
         replies.pop().unwrap().unwrap()
     }
 
@@ -51,14 +51,14 @@ impl Ns {
     pub async fn reserve_batch_in_script(
         &self,
         campaign: &CampaignId,
-        batch: &[(&engine::domain::OrderId, &UserId, &IdempotencyKey, &OrderLines)],
+        batch: &[(&engine::domain::OrderRef, &UserId, &IdempotencyKey, &OrderLines)],
     ) -> Vec<Result<engine::scripts::reserve::ReserveReply, engine::EngineError>> {
         let requests: Vec<_> = batch
             .iter()
-            .map(|(order_id, user, key, lines)| engine::scripts::reserve::Request {
+            .map(|(order, user, key, lines)| engine::scripts::reserve::Request {
                 campaign,
                 tag: campaign,
-                order_id,
+                order,
                 user,
                 key,
                 lines,
@@ -100,6 +100,11 @@ pub fn user(s: &str) -> UserId {
 
 pub fn key(s: &str) -> IdempotencyKey {
     IdempotencyKey::parse(s).unwrap()
+}
+
+/// The ref a gateway derives for `user`'s request with `key` in an unsharded campaign.
+pub fn order_ref(campaign: &CampaignId, user: &UserId, key: &IdempotencyKey) -> engine::domain::OrderRef {
+    engine::order_ids::OrderIds::new(b"tests").unwrap().derive(campaign, 0, user, key)
 }
 
 pub fn lines(l: &[(&str, u64)]) -> OrderLines {
