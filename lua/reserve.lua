@@ -17,7 +17,7 @@
 -- KEYS: 1 meta, 2 outbox, 3 deadlines (list), 4 buyers (set), 5 order rate
 --       (string "<second> <count>"), then per order, in ARGV order:
 --       user count, idempotency record (read; written only with write_records), order
---       (the chain's first id), one stock hash per line
+--       (named by the chain's first ref), one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
 --       5 write_records (1: also write each order's idempotency record), then per
 --       order: its ref (derived), user_id, fingerprint, idempotency key, number of
