@@ -19,8 +19,8 @@ local event_field = ',"payment_event":' .. cjson.encode(event_id)
 if shard_state(KEYS[5]) ~= 'live' then
   return { 'restoring' }
 end
-local o = redis.call('HMGET', KEYS[1], 'state', 'items', 'total')
-if not o[1] then
+local o = redis.call('HMGET', KEYS[1], 'state', 'items', 'total', 'created')
+if not o[1] or not is_order_of(order_id, o[4]) then
   return { 'not_found' }
 end
 local seen_for = redis.call('GET', KEYS[4])

@@ -37,8 +37,8 @@ while not done and at < SCAN_MAX do
     break
   end
   for _, id in ipairs(ids) do
-    local o = redis.call('HMGET', order_key(id), 'state', 'expires')
-    if o[1] ~= 'pending_payment' then
+    local o = redis.call('HMGET', order_key(id), 'state', 'expires', 'created')
+    if o[1] ~= 'pending_payment' or not is_order_of(id, o[3]) then
       -- Settled (or gone with a rebuild): nothing left to expire.
       if at_head then
         settled_head = settled_head + 1

@@ -90,6 +90,18 @@ local function emit(outbox, campaign, order_id, order_key, event_ms, channel, ex
     order_doc(campaign, order_id, o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], event_ms, extra))
 end
 
+-- Whether the order hash read under an id's key is that id's order. An id made from a
+-- ref (its last 20 hex digits, led by an 8) shares its key with every order its key's
+-- chain ever named there, so it must also carry the hash's creation time (the 12 hex
+-- digits before the ref): an order a lost shard forgot and the retry that took its ref
+-- again are two orders. Ids of builds before (UUIDv7) have a key of their own.
+local function is_order_of(order_id, created)
+  if string.sub(order_id, -20, -20) ~= '8' then
+    return true
+  end
+  return tonumber(string.sub(order_id, -32, -21), 16) == tonumber(created)
+end
+
 -- Reads an order's line list back into {sku, qty} pairs.
 local function order_lines(items_json)
   local lines = {}

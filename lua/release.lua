@@ -35,7 +35,7 @@ for arg = 5, #ARGV, 2 do
   key_at = first_stock + nstock
   local o = redis.call('HMGET', order_key, 'state', 'items', 'units', 'expires', 'user', 'total', 'created', 'paid', 'window')
   local outcome
-  if not o[1] then
+  if not o[1] or not is_order_of(order_id, o[7]) then
     redis.call('ZREM', KEYS[3], order_id)
     outcome = 'not_found'
   elseif o[1] ~= 'pending_payment' then

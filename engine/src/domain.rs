@@ -201,6 +201,16 @@ impl OrderRef {
 }
 
 impl OrderId {
+    /// The creation time (ms) an id made from a ref carries; `None` for ids of builds
+    /// before (UUIDv7).
+    pub fn created_ms(&self) -> Option<i64> {
+        let suffix_at = self.0.len().checked_sub(32)?;
+        if self.0.as_bytes().get(suffix_at + 12) != Some(&b'8') {
+            return None;
+        }
+        i64::from_str_radix(self.0.get(suffix_at..suffix_at + 12)?, 16).ok()
+    }
+
     /// What names the order's Redis key: the ref of an id made from one (its last 20
     /// hex digits, led by the `8` no UUIDv7 has there), else the whole id (orders of
     /// builds before derived ids: random UUIDv7 ids, a `7` there).

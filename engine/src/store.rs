@@ -339,6 +339,11 @@ impl StockStore {
             map.get(name).ok_or_else(|| EngineError::Protocol(format!("order hash lacks {name}")))
         };
         let num = |name: &str| -> Result<i64> { field(name)?.parse().map_err(protocol) };
+        // The hash under a ref's key may be another order of the key's chain (one a
+        // lost shard forgot, retried): it is this id's order only if its time matches.
+        if order_id.created_ms().is_some_and(|ms| num("created").ok() != Some(ms)) {
+            return Ok(None);
+        }
         let status = OrderStatus::parse(field("state")?)
             .ok_or_else(|| EngineError::Protocol("unknown order state".into()))?;
         Ok(Some(OrderRecord {

@@ -912,3 +912,29 @@ async fn order_ids_grow_with_time_and_end_with_the_ref_a_retry_derives() {
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
+
+/// A lost shard forgot an order; the buyer's retry took its ref (and so its key)
+/// again, as a new order with a new id. The forgotten id reaches none of it: not the
+/// owner's view, not a cancel, not a payment, not the persister's "does Redis hold it".
+#[tokio::test]
+async fn an_id_whose_ref_a_later_order_took_again_is_not_that_order() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 10, 100)], 10)).await;
+    let c = cid("c");
+    let now = reserved(e.reserve(&c, &user("u"), &key("k"), &lines(&[("a", 1)])).await.unwrap());
+    let suffix = now.order_id.as_str().rsplit_once('.').unwrap().1;
+    let forgotten = OrderId::parse(&format!("c.{:012x}{}", now.created_ms - 5_000, &suffix[12..])).unwrap();
+    assert_eq!(forgotten.key_part(), now.order_id.key_part());
+    assert_eq!(e.order(&forgotten).await.unwrap(), None);
+    assert_eq!(e.release(&forgotten, ReleaseReason::Cancelled).await.unwrap(), ReleaseOutcome::NotFound);
+    let ev = EventId::parse("pay-forgotten").unwrap();
+    assert_eq!(
+        e.confirm(&forgotten, &ev, 100, PaymentStatus::Succeeded).await.unwrap(),
+        ConfirmOutcome::NotFound
+    );
+    // The order that holds the key is untouched.
+    let held = e.order(&now.order_id).await.unwrap().unwrap();
+    assert_eq!(held.status, OrderStatus::PendingPayment);
+    assert_eq!(available(&e, "c", "a").await, 9);
+}
