@@ -192,34 +192,32 @@ impl OrderRef {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The shard number the ref carries.
-    pub fn shard_hint(&self) -> usize {
-        let tail = self.0.get(self.0.len().saturating_sub(2)..).unwrap_or("0");
-        usize::from_str_radix(tail, 16).unwrap_or(0)
-    }
 }
 
 impl OrderId {
     /// The creation time (ms) an id made from a ref carries; `None` for ids of builds
     /// before (UUIDv7).
     pub fn created_ms(&self) -> Option<i64> {
-        let suffix_at = self.0.len().checked_sub(32)?;
-        if self.0.as_bytes().get(suffix_at + 12) != Some(&b'8') {
-            return None;
-        }
-        i64::from_str_radix(self.0.get(suffix_at..suffix_at + 12)?, 16).ok()
+        let (time, _) = self.made_from_ref()?;
+        i64::from_str_radix(time, 16).ok()
     }
 
     /// What names the order's Redis key: the ref of an id made from one (its last 20
     /// hex digits, led by the `8` no UUIDv7 has there), else the whole id (orders of
     /// builds before derived ids: random UUIDv7 ids, a `7` there).
     pub fn key_part(&self) -> &str {
-        let suffix_at = self.0.len().saturating_sub(32);
-        match self.0.as_bytes().get(suffix_at + 12) {
-            Some(b'8') => self.0.get(suffix_at + 12..).unwrap_or(&self.0),
-            _ => &self.0,
+        self.made_from_ref().map_or(&self.0, |(_, r)| r)
+    }
+
+    /// An id made from a ref, split into its time (12 hex digits) and its ref; `None`
+    /// for ids of builds before. The one place that reads the id's layout (the Lua side
+    /// reads it in `deadlines.lua` `order_key` and the prelude's `is_order_of`).
+    fn made_from_ref(&self) -> Option<(&str, &str)> {
+        let suffix_at = self.0.len().checked_sub(32)?;
+        if self.0.as_bytes().get(suffix_at + 12) != Some(&b'8') {
+            return None;
         }
+        Some((self.0.get(suffix_at..suffix_at + 12)?, self.0.get(suffix_at + 12..)?))
     }
 
     /// A new, unique order id for `campaign`.
