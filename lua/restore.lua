@@ -13,10 +13,13 @@
 --             -> {'ok'} | {'busy'} (another rebuilder's lease) | {'lost'} (no meta)
 --   'unhold'  KEYS 1 meta; ARGV 1 'unhold', 2 token -> {'ok'}: the hold dropped (if ours)
 --   'begin'   KEYS 1 meta, 2 moves out, 3 moved in (a shard that came back behind keeps
---             records of moves its rebuilt stock no longer counts: they go)
+--             records of moves its rebuilt stock no longer counts: they go), 4 users
 --             ARGV 1 'begin', 2 token, 3 lease ms, 4 campaign, 5 starts_ms, 6 ends_ms,
 --             7 per_user_limit, 8 payment_window_secs, 9 max_orders_per_sec,
---             10 max_user_rps, 11 events channel, 12 shard count, 13 skus (comma-separated)
+--             10 max_user_rps, 11 events channel, 12 shard count, 13 skus (comma-separated),
+--             14 '1' when a lost shard comes back with the users hash (meta `layout` 2); a
+--             shard whose meta is still there keeps its layout, and with the hash its
+--             users are written anew (the `users` step)
 --             -> {'begun'}: the meta is written, with `restoring`
 --                {'live'}: the shard holds its data; nothing to do
 --                {'busy'}: another rebuilder's lease has not lapsed
@@ -26,8 +29,10 @@
 --             user, state, items_json, units, total, created_ms, expires_ms, paid_ms or '',
 --             payment_window_secs, idempotency record or '', its ttl secs, payment event
 --             marker ttl secs or ''
---   'users'   KEYS 1 meta, then one user count per user
---             ARGV 1 'users', 2 token, 3 lease ms, then the units each user holds or bought
+--   'users'   KEYS 1 meta, 2 users (hash), then one user count (string) per user
+--             ARGV 1 'users', 2 token, 3 lease ms, then (user, units held or bought) per user
+--             (the hash with meta `layout` 2, else the strings; every user with an order
+--             in the shard is listed, 0 when none counts, so the hash's fields are the buyers)
 --   'finish'  KEYS 1 meta, 2.. one stock hash per sku
 --             ARGV 1 'finish', 2 token, 3 lease ms, 4 campaign, 5 events channel,
 --             6 stock generation, then per sku (sku, total, avail, resv, sold, price, in, out)
@@ -88,7 +93,7 @@ if mode == 'unhold' then
 end
 
 if mode == 'begin' then
-  local m = redis.call('HMGET', KEYS[1], 'starts', 'restoring', 'restoring_until')
+  local m = redis.call('HMGET', KEYS[1], 'starts', 'restoring', 'restoring_until', 'layout')
   if m[1] and not m[2] then
     return { 'live' }
   end
@@ -99,10 +104,17 @@ if mode == 'begin' then
   for sku in string.gmatch(ARGV[13], '[^,]+') do
     skus[#skus + 1] = sku
   end
+  local users_hash = m[4] == '2' or (not m[1] and ARGV[14] == '1')
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  if users_hash then
+    redis.call('DEL', KEYS[4])
+  end
   write_meta(KEYS[1], 5, skus)
   redis.call('HSET', KEYS[1], 'shards', ARGV[12], 'restoring', token,
     'restoring_until', int(now_ms() + lease_ms))
+  if users_hash then
+    redis.call('HSET', KEYS[1], 'layout', 2)
+  end
   return { 'begun' }
 end
 
@@ -111,6 +123,7 @@ if redis.call('HGET', KEYS[1], 'restoring') ~= token then
   return { 'lost' }
 end
 redis.call('HSET', KEYS[1], 'restoring_until', int(now_ms() + lease_ms))
+local users_hash = redis.call('HGET', KEYS[1], 'layout') == '2'
 
 if mode == 'orders' then
   local FIELDS = 13
@@ -131,7 +144,9 @@ if mode == 'orders' then
     else
       redis.call('ZREM', KEYS[2], order_id)
     end
-    redis.call('SADD', KEYS[3], user)
+    if not users_hash then
+      redis.call('SADD', KEYS[3], user)
+    end
     if ARGV[a + 10] ~= '' then
       redis.call('SET', KEYS[key_at], ARGV[a + 10], 'EX', ARGV[a + 11])
       key_at = key_at + 1
@@ -144,9 +159,12 @@ if mode == 'orders' then
   return { 'ok' }
 end
 if mode == 'users' then
-  for i = 2, #KEYS do
-    if tonumber(ARGV[i + 2]) > 0 then
-      redis.call('SET', KEYS[i], ARGV[i + 2])
+  for i = 3, #KEYS do
+    local user, units = ARGV[2 * i - 2], ARGV[2 * i - 1]
+    if users_hash then
+      redis.call('HSET', KEYS[2], user, units)
+    elseif tonumber(units) > 0 then
+      redis.call('SET', KEYS[i], units)
     else
       redis.call('DEL', KEYS[i])
     end

@@ -6,7 +6,8 @@
 -- KEYS: 1 meta, 2.. one stock hash per sku, in ARGV order
 -- ARGV: 1 campaign, 2 starts_ms, 3 ends_ms, 4 per_user_limit, 5 payment_window_secs,
 --       6 max_orders_per_sec ('' = none), 7 max_user_requests_per_sec ('' = none),
---       8 events channel, 9 the campaign's shard count, then (sku, stock, price_cents)
+--       8 events channel, 9 the campaign's shard count, 10 '1': the users' units in one
+--       hash (meta `layout` 2, `engine.users_hash`), then (sku, stock, price_cents)
 --       triples (a sharded campaign: this shard's slice of each sku's stock)
 -- Replies: {'created'} {'exists'}
 
@@ -18,7 +19,7 @@ for i = 1, #KEYS do
 end
 local skus = {}
 for i = FIRST_STOCK_KEY, #KEYS do
-  local base = 10 + (i - FIRST_STOCK_KEY) * 3
+  local base = 11 + (i - FIRST_STOCK_KEY) * 3
   local sku, stock, price = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   skus[#skus + 1] = sku
   redis.call('HSET', KEYS[i], 'total', stock, 'avail', stock, 'resv', 0, 'sold', 0,
@@ -26,5 +27,8 @@ for i = FIRST_STOCK_KEY, #KEYS do
 end
 write_meta(KEYS[1], 2, skus)
 redis.call('HSET', KEYS[1], 'shards', ARGV[9])
+if ARGV[10] == '1' then
+  redis.call('HSET', KEYS[1], 'layout', 2)
+end
 redis.call('PUBLISH', ARGV[8], 'meta ' .. ARGV[1])
 return { 'created' }

@@ -194,6 +194,11 @@ pub struct EngineSettings {
     /// ids did: on during a rolling upgrade from such a build and while a rollback to
     /// one must stay safe (their gateways find a retry's order only through it).
     pub idempotency_records: bool,
+    /// Campaigns launched (and shards rebuilt) from now on keep their users' units in one
+    /// hash per shard (meta `layout` 2) instead of a string per user and a buyer set:
+    /// off during a rolling upgrade from a build before it, whose scripts know only the
+    /// strings.
+    pub users_hash: bool,
     pub sold_out_ttl_ms: u64,
     pub campaign_refresh_ms: u64,
     pub idempotency_ttl_secs: u64,
@@ -399,6 +404,7 @@ mod tests {
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.dev_secrets_in_use().len(), 4);
         assert!(!s.engine.idempotency_records);
+        assert!(s.engine.users_hash);
     }
 
     #[test]

@@ -5,14 +5,15 @@
 //! |---|---|---|
 //! | `<ns>:{c:<c>}:meta` | hash | window, limit, payment window, thresholds, skus |
 //! | `<ns>:{c:<c>}:stock:<sku>` | hash | total, avail, resv, sold, price, gen |
-//! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought |
+//! | `<ns>:{c:<c>}:users` | hash | user → units held or bought, a field for every user who ever got a reservation (the buyers): shards launched or rebuilt with `engine.users_hash` (meta `layout` 2) |
+//! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought: shards of builds before the users hash, or launched without it |
 //! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`): written by builds before derived order ids, and by this one only with `engine.idempotency_records`; read first |
 //! | `<ns>:{c:<c>}:order:<ref>` | hash | the reservation: user, items, state, times; also its idempotency record, since its ref (the id's last 20 hex digits) is derived from (campaign, user, key) (`order_ids.rs`); `order:<order_id>` for orders of builds before |
 //! | `<ns>:{c:<c>}:deadlines` | list | new orders' ids in reservation order, which is deadline order; settled ones leave from the head as the expiry sweep meets them (`deadlines.lua`) |
 //! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline: written by builds before the list, and by rebuilds; read with it |
 //! | `<ns>:{c:<c>}:outbox` | stream | one entry per order state change |
 //! | `<ns>:{c:<c>}:outbox-dead` | stream | ids of outbox entries that carried no order (set aside) |
-//! | `<ns>:{c:<c>}:buyers` | set | users who ever got a reservation |
+//! | `<ns>:{c:<c>}:buyers` | set | users who ever got a reservation: shards without the users hash |
 //! | `<ns>:{c:<c>}:rate` | string | reservations granted in the current second |
 //! | `<ns>:{c:<c>}:payevt:<event_id>` | string | a payment event already applied |
 //! | `<ns>:{c:<c>}:moves` | hash | units taken from this shard, not yet settled (`move.lua`) |
@@ -138,6 +139,10 @@ impl KeySpace {
         format!("{}buyers", self.prefix(c))
     }
 
+    pub fn users(&self, c: &CampaignId) -> String {
+        format!("{}users", self.prefix(c))
+    }
+
     pub fn payment_event(&self, c: &CampaignId, event: &EventId) -> String {
         format!("{}payevt:{}", self.prefix(c), event)
     }
@@ -219,6 +224,7 @@ mod tests {
             ks.pending(&c),
             ks.outbox(&c),
             ks.buyers(&c),
+            ks.users(&c),
             ks.order_rate(&c),
             ks.payment_event(&c, &event),
             ks.clone().with_shard_channels(true).shard_notice_channel(&c),

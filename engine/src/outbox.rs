@@ -254,6 +254,7 @@ impl StockStore {
                 k.outbox(tag),
                 k.order_rate(tag),
                 k.buyers(tag),
+                k.users(tag),
                 k.moves_in(tag),
             ];
             self.unlink(rest).await?;

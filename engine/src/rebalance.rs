@@ -37,6 +37,7 @@ impl StockStore {
             let mut pipe = redis::pipe();
             pipe.cmd("HMGET").arg(parts.keys.stock(tag, sku)).arg("avail").arg("gen");
             pipe.cmd("SCARD").arg(parts.keys.buyers(tag));
+            pipe.cmd("HLEN").arg(parts.keys.users(tag));
             pipe.cmd("HVALS").arg(parts.keys.moves_out(tag));
             pipe.cmd("HMGET").arg(parts.keys.meta(tag)).arg("starts").arg("restoring");
             // The shard's own clock: the one its move records were taken by.
@@ -44,6 +45,7 @@ impl StockStore {
             parts.link.call(|mut c| async move {
                 pipe.query_async::<(
                     (Option<u64>, Option<u64>),
+                    u64,
                     u64,
                     Vec<String>,
                     (Option<String>, Option<String>),
@@ -54,12 +56,12 @@ impl StockStore {
         });
         let rows = futures_util::future::try_join_all(reads).await?;
         let mut levels = Levels::default();
-        for ((avail, gen), buyers, records, (starts, restoring), time) in rows {
+        for ((avail, gen), in_set, in_hash, records, (starts, restoring), time) in rows {
             let stale_before = redis_ms(time) - MOVE_STALE_MS;
             levels.incomplete |= ShardState::of(starts, restoring) != ShardState::Live;
             levels.available.push(avail.unwrap_or(0));
             levels.generations.push(gen.unwrap_or(0));
-            levels.buyers += buyers;
+            levels.buyers += in_set + in_hash;
             let mine = records.iter().filter_map(|r| moves::parse_record(r)).filter(|(_, s, _, _)| s == sku);
             for (_, _, units, at) in mine {
                 levels.moving += units;

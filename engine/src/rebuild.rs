@@ -148,7 +148,11 @@ impl StockStore {
         let mut begun = Vec::new();
         for &shard in lost.iter().filter(|s| **s < map.len()) {
             match script::decode(
-                self.run(script::begin(s, k, (spec, map.tag(shard)), lease), map.tag(shard)).await?,
+                self.run(
+                    script::begin(s, k, (spec, map.tag(shard)), lease, self.settings().users_hash),
+                    map.tag(shard),
+                )
+                .await?,
             )? {
                 Step::Begun => begun.push(shard),
                 Step::Live => {}

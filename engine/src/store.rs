@@ -31,6 +31,9 @@ pub struct StoreSettings {
     pub outbox_max_len: u64,
     /// Also write each order's idempotency record (`engine.idempotency_records`).
     pub idempotency_records: bool,
+    /// New campaigns and lost shards keep their users' units in one hash
+    /// (`engine.users_hash`).
+    pub users_hash: bool,
     pub payment_event_ttl_secs: u64,
 }
 
@@ -215,8 +218,8 @@ impl StockStore {
             let inv = scripts::warmup::shard_invocation(
                 &self.scripts.warmup,
                 &self.keys,
-                spec,
-                map.tag(shard),
+                (spec, map.tag(shard)),
+                self.settings.users_hash,
                 slice,
             );
             let outcome = scripts::warmup::decode(self.run(inv, map.tag(shard)).await?)?;
@@ -304,18 +307,28 @@ impl StockStore {
         campaign: &CampaignId,
     ) -> Result<Option<(CampaignMeta, u64)>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("HGETALL").arg(self.keys.meta(campaign)).cmd("SCARD").arg(self.keys.buyers(campaign));
-        let (map, buyers): (HashMap<String, String>, u64) =
+        pipe.cmd("HGETALL").arg(self.keys.meta(campaign));
+        pipe.cmd("SCARD").arg(self.keys.buyers(campaign)).cmd("HLEN").arg(self.keys.users(campaign));
+        let (map, in_set, in_hash): (HashMap<String, String>, u64, u64) =
             self.link.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
         if map.is_empty() {
             return Ok(None);
         }
-        Ok(Some((parse_meta(campaign, &map)?, buyers)))
+        Ok(Some((parse_meta(campaign, &map)?, in_set + in_hash)))
     }
 
-    /// How many buyers these shards have together.
+    /// How many buyers these shards have together (a shard keeps them in its buyer set
+    /// or, with the users hash, as the hash's fields: the other key is absent).
     pub(crate) async fn buyer_count(&self, tags: &[CampaignId]) -> Result<u64> {
-        let reads = tags.iter().map(|t| redis::cmd("SCARD").arg(self.keys.buyers(t)).clone()).collect();
+        let reads = tags
+            .iter()
+            .flat_map(|t| {
+                [
+                    redis::cmd("SCARD").arg(self.keys.buyers(t)).clone(),
+                    redis::cmd("HLEN").arg(self.keys.users(t)).clone(),
+                ]
+            })
+            .collect();
         let counts: Vec<u64> = self.link.each(reads).await?;
         Ok(counts.iter().sum())
     }
@@ -388,10 +401,18 @@ impl StockStore {
     }
 
     /// Every user who ever got a reservation in `campaign`.
-    /// Every shard's, together.
+    /// Every shard's, together (its buyer set or its users hash's fields).
     pub(crate) async fn buyers(&self, map: &ShardMap) -> Result<Vec<String>> {
-        let reads =
-            map.tags().iter().map(|t| redis::cmd("SMEMBERS").arg(self.keys.buyers(t)).clone()).collect();
+        let reads = map
+            .tags()
+            .iter()
+            .flat_map(|t| {
+                [
+                    redis::cmd("SMEMBERS").arg(self.keys.buyers(t)).clone(),
+                    redis::cmd("HKEYS").arg(self.keys.users(t)).clone(),
+                ]
+            })
+            .collect();
         let sets: Vec<Vec<String>> = self.link.each(reads).await?;
         Ok(sets.into_iter().flatten().collect())
     }

@@ -390,12 +390,23 @@ async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderRef], sizes: &[usize]) -> (Ve
             .unwrap();
         state.push(format!("{s} {v:?}"));
     }
+    // A user's units: one field of the users hash, or (a shard without it) a string.
+    let users_hash = ns.settings.engine.users_hash;
     for u in 0..USERS {
-        let held: Option<String> = redis::cmd("GET")
+        let in_string: Option<String> = redis::cmd("GET")
             .arg(ns.keys().user(&c, &user(&format!("u{u}"))))
             .query_async(&mut raw)
             .await
             .unwrap();
+        let in_hash: Option<String> = redis::cmd("HGET")
+            .arg(ns.keys().users(&c))
+            .arg(format!("u{u}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(if users_hash { in_string.is_none() } else { in_hash.is_none() }, "u{u}: the other layout");
+        // A field at 0 is a buyer whose orders were all released; a string goes at 0.
+        let held = in_string.or(in_hash.filter(|n| n != "0"));
         state.push(format!("u{u} {held:?}"));
     }
     // The deadlines, the buyer set and the outbox's orders (ids and state, in order).
@@ -406,6 +417,10 @@ async fn decide(ns: &Ns, reqs: &[Req], ids: &[OrderRef], sizes: &[usize]) -> (Ve
     state.push(format!("deadlines {deadlines:?}"));
     let mut buyers: Vec<String> =
         redis::cmd("SMEMBERS").arg(ns.keys().buyers(&c)).query_async(&mut raw).await.unwrap();
+    let in_hash: Vec<String> =
+        redis::cmd("HKEYS").arg(ns.keys().users(&c)).query_async(&mut raw).await.unwrap();
+    assert!(users_hash || in_hash.is_empty(), "a buyer in the users hash of a shard without it");
+    buyers.extend(in_hash);
     buyers.sort();
     state.push(format!("buyers {buyers:?}"));
     let entries: Vec<(String, Vec<String>)> =
@@ -432,11 +447,14 @@ proptest! {
     fn batches_decide_exactly_as_one_by_one(
         reqs in prop::collection::vec(request(), 1..40),
         sizes in prop::collection::vec(1..12usize, 1..40),
+        users_hash in any::<bool>(),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (batched, alone) = rt.block_on(async {
             let spec = open_campaign("p", &SKUS.map(|s| (s, STOCK, 125)), LIMIT);
-            let (a, b) = (Ns::new(), Ns::new());
+            // Either layout of the users' units (a campaign launched before the users hash).
+            let layout = |s: &mut common::config::Settings| s.engine.users_hash = users_hash;
+            let (a, b) = (Ns::with(layout), Ns::with(layout));
             launch(&a.engine(), &spec).await;
             launch(&b.engine(), &spec).await;
             // Each request's id derived as the engine derives it: a retry names its order.

@@ -155,6 +155,55 @@ async fn per_user_limit_counts_across_orders_and_frees_on_release() {
     reserved(e.reserve(&cid("c"), &user("u"), &key("k4"), &lines(&[("a", 2)])).await.unwrap());
 }
 
+/// What Redis holds of a user in campaign `c`: (their count string, their field of the
+/// users hash, whether the buyer set names them).
+async fn user_state(ns: &Ns, c: &str, u: &str) -> (Option<String>, Option<String>, bool) {
+    let mut raw = ns.raw().await;
+    let k = ns.keys();
+    let string: Option<String> =
+        redis::cmd("GET").arg(k.user(&cid(c), &user(u))).query_async(&mut raw).await.unwrap();
+    let field: Option<String> =
+        redis::cmd("HGET").arg(k.users(&cid(c))).arg(u).query_async(&mut raw).await.unwrap();
+    let in_set: bool =
+        redis::cmd("SISMEMBER").arg(k.buyers(&cid(c))).arg(u).query_async(&mut raw).await.unwrap();
+    (string, field, in_set)
+}
+
+#[tokio::test]
+async fn a_campaign_keeps_the_users_layout_it_was_launched_with() {
+    for launched_with_hash in [true, false] {
+        let ns = Ns::with(|s| s.engine.users_hash = launched_with_hash);
+        launch(&ns.engine(), &open_campaign("c", &[("a", 100, 100)], 3)).await;
+        // Served by a process of the other setting: the campaign's layout decides.
+        let mut other = ns.settings.clone();
+        other.engine.users_hash = !launched_with_hash;
+        let e = Engine::start(&other).unwrap();
+        let first =
+            reserved(e.reserve(&cid("c"), &user("u"), &key("k1"), &lines(&[("a", 2)])).await.unwrap());
+        reserved(e.reserve(&cid("c"), &user("v"), &key("k1"), &lines(&[("a", 1)])).await.unwrap());
+        let r = e.reserve(&cid("c"), &user("u"), &key("k2"), &lines(&[("a", 2)])).await.unwrap();
+        assert_eq!(r, ReserveOutcome::LimitExceeded { held: 2, limit: 3 });
+        let held = |n: &str| {
+            if launched_with_hash {
+                (None, Some(n.to_owned()), false)
+            } else {
+                (Some(n.to_owned()), None, true)
+            }
+        };
+        assert_eq!(user_state(&ns, "c", "u").await, held("2"), "hash: {launched_with_hash}");
+        assert_eq!(user_state(&ns, "c", "v").await, held("1"), "hash: {launched_with_hash}");
+        assert_eq!(
+            e.release(&first.order_id, ReleaseReason::Cancelled).await.unwrap(),
+            ReleaseOutcome::Released
+        );
+        // Released: the string goes; the hash keeps the user's field (still a buyer) at 0.
+        let gone = if launched_with_hash { (None, Some("0".to_owned()), false) } else { (None, None, true) };
+        assert_eq!(user_state(&ns, "c", "u").await, gone, "hash: {launched_with_hash}");
+        reserved(e.reserve(&cid("c"), &user("u"), &key("k3"), &lines(&[("a", 3)])).await.unwrap());
+        assert_eq!(user_state(&ns, "c", "u").await, held("3"), "hash: {launched_with_hash}");
+    }
+}
+
 #[tokio::test]
 async fn release_twice_restores_units_once() {
     let ns = Ns::new();
@@ -621,6 +670,15 @@ async fn redis_memory_per_pending_order() {
             redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut conn).await.unwrap();
         usage.push(format!("{what} {} B", bytes.unwrap_or(0)));
     }
+    let users: Option<i64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(keys.users(&c))
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    usage.push(format!("users hash per buyer {} B", users.unwrap_or(0) / ORDERS as i64));
     println!(
         "Redis memory per pending order ({ORDERS} orders, campaign {campaign:?}, namespace {:?}): \
          {per_order:.0} bytes; one order's keys: {usage:?}",
@@ -719,7 +777,11 @@ async fn reserve_as_before(
 #[tokio::test]
 async fn during_a_rolling_upgrade_the_build_before_replays_the_new_builds_orders_only_with_records_on() {
     for records in [true, false] {
-        let ns = Ns::with(|s| s.engine.idempotency_records = records);
+        // The campaign is the previous build's (no users hash): a rolling upgrade.
+        let ns = Ns::with(|s| {
+            s.engine.idempotency_records = records;
+            s.engine.users_hash = false;
+        });
         let e = ns.engine();
         launch(&e, &open_campaign("c", &[("a", 10, 100)], 10)).await;
         let c = cid("c");
@@ -747,7 +809,8 @@ async fn during_a_rolling_upgrade_the_build_before_replays_the_new_builds_orders
 
 #[tokio::test]
 async fn orders_reserved_by_the_build_before_derived_ids_are_replayed_read_cancelled_paid_and_expired() {
-    let ns = Ns::new();
+    // A campaign of that build: its users' units in strings, its buyers in a set.
+    let ns = Ns::with(|s| s.engine.users_hash = false);
     let e = ns.engine();
     let mut spec = open_campaign("c", &[("a", 10, 100)], 10);
     spec.payment_window_secs = 1;

@@ -28,7 +28,7 @@ pub struct ReleaseReply {
 }
 
 /// All orders in the shard `tag` of `campaign` (the campaign itself when unsharded).
-/// KEYS: meta, outbox, pending, then per order its hash, its owner's count and one
+/// KEYS: meta, outbox, pending, users, then per order its hash, its owner's count and one
 /// stock hash per line; `owners[i]` is order i's owner and skus (`None`: Redis has
 /// no such order, the script only takes it off the pending set).
 pub fn invocation<'s>(
@@ -40,7 +40,7 @@ pub fn invocation<'s>(
     owners: &[Option<(UserId, Vec<SkuId>)>],
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(tag)).key(k.outbox(tag)).key(k.pending(tag));
+    inv.key(k.meta(tag)).key(k.outbox(tag)).key(k.pending(tag)).key(k.users(tag));
     inv.arg(campaign.as_str()).arg(reason.as_str()).arg(k.prefix(tag)).arg(k.shard_notice_channel(tag));
     for (order, owner) in orders.iter().zip(owners) {
         inv.key(k.order_at(tag, order));

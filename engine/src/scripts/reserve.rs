@@ -49,7 +49,7 @@ impl ReserveReply {
     }
 }
 
-/// KEYS: meta, outbox, deadlines, buyers, order rate, then per order its user count,
+/// KEYS: meta, outbox, deadlines, buyers, order rate, users, then per order its user count,
 /// idempotency record (read; written only with `idempotency_records`), order hash
 /// (the first id of its key's chain) and one stock hash per line; ARGV as
 /// `reserve.lua`'s header says. All requests must be for one campaign and share the
@@ -60,7 +60,12 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
         return inv;
     };
     let c = first.tag;
-    inv.key(k.meta(c)).key(k.outbox(c)).key(k.deadlines(c)).key(k.buyers(c)).key(k.order_rate(c));
+    inv.key(k.meta(c))
+        .key(k.outbox(c))
+        .key(k.deadlines(c))
+        .key(k.buyers(c))
+        .key(k.order_rate(c))
+        .key(k.users(c));
     inv.arg(first.campaign.as_str())
         .arg(first.idempotency_ttl_secs)
         .arg(first.outbox_max_len)

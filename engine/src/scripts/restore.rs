@@ -67,19 +67,21 @@ pub fn unhold<'s>(script: &'s Script, k: &KeySpace, tag: &CampaignId, token: &st
 }
 
 /// Step `begin` on one shard (`tag`): the meta as MySQL has it, marked `restoring`; the
-/// shard's records of moves in and out dropped.
+/// shard's records of moves in and out dropped. A lost shard comes back with the users
+/// hash when `users_hash` (`engine.users_hash`); one whose meta is there keeps its layout.
 pub fn begin<'s>(
     script: &'s Script,
     k: &KeySpace,
     (spec, tag): (&CampaignLaunch, &CampaignId),
     lease: Lease<'_>,
+    users_hash: bool,
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(tag)).key(k.moves_out(tag)).key(k.moves_in(tag));
+    inv.key(k.meta(tag)).key(k.moves_out(tag)).key(k.moves_in(tag)).key(k.users(tag));
     inv.arg("begin").arg(lease.token).arg(lease.ms);
     super::push_meta_args(&mut inv, k, spec);
     let skus: Vec<&str> = spec.items.iter().map(|i| i.sku.as_str()).collect();
-    inv.arg(spec.shards).arg(skus.join(","));
+    inv.arg(spec.shards).arg(skus.join(",")).arg(u8::from(users_hash));
     inv
 }
 
@@ -130,7 +132,8 @@ pub fn orders<'s>(
     Ok(inv)
 }
 
-/// Step `users`: KEYS meta, then one user count per user; ARGV the units each holds.
+/// Step `users`: KEYS meta, users, then one user count per user; ARGV (user, units) per
+/// user (the script writes the hash or the strings, as the shard's layout is).
 pub fn users<'s>(
     script: &'s Script,
     k: &KeySpace,
@@ -139,9 +142,9 @@ pub fn users<'s>(
     users: &[(&UserId, u64)],
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
-    inv.key(k.meta(tag)).arg("users").arg(lease.token).arg(lease.ms);
+    inv.key(k.meta(tag)).key(k.users(tag)).arg("users").arg(lease.token).arg(lease.ms);
     for (user, units) in users {
-        inv.key(k.user(tag, user)).arg(*units);
+        inv.key(k.user(tag, user)).arg(user.as_str()).arg(*units);
     }
     inv
 }

@@ -13,24 +13,25 @@ pub fn script() -> Script {
     Script::new(flashsale_lua::WARMUP)
 }
 
-/// An unsharded campaign (its one shard holds all the stock).
+/// An unsharded campaign (its one shard holds all the stock), with the users hash.
 pub fn invocation<'s>(script: &'s Script, k: &KeySpace, spec: &CampaignLaunch) -> ScriptInvocation<'s> {
-    shard_invocation(script, k, spec, &spec.campaign, |item| item.stock)
+    shard_invocation(script, k, (spec, &spec.campaign), true, |item| item.stock)
 }
 
 /// One shard of a campaign: its meta (with the campaign's shard count) and its slice
-/// of each sku's stock (`slice`). KEYS: meta, then one stock hash per sku.
+/// of each sku's stock (`slice`); its users' units in one hash when `users_hash`
+/// (`engine.users_hash`). KEYS: meta, then one stock hash per sku.
 pub fn shard_invocation<'s>(
     script: &'s Script,
     k: &KeySpace,
-    spec: &CampaignLaunch,
-    tag: &crate::domain::CampaignId,
+    (spec, tag): (&CampaignLaunch, &crate::domain::CampaignId),
+    users_hash: bool,
     slice: impl Fn(&crate::campaign::LaunchItem) -> u64,
 ) -> ScriptInvocation<'s> {
     let mut inv = script.prepare_invoke();
     inv.key(k.meta(tag));
     super::push_meta_args(&mut inv, k, spec);
-    inv.arg(spec.shards);
+    inv.arg(spec.shards).arg(u8::from(users_hash));
     for item in &spec.items {
         inv.key(k.stock(tag, &item.sku));
         inv.arg(item.sku.as_str()).arg(slice(item)).arg(item.price_cents);
