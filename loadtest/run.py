@@ -336,6 +336,38 @@ class GatewayProfile:
         log(f"profile of the gateway: {text}")
 
 
+class OtlpSink:
+    """A stand-in trace collector (`--otlp-sink`): answers every OTLP/HTTP export on
+    127.0.0.1:4318 with 200 and counts what arrived, so the binaries pay for exporting
+    (`--current-env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`) without a real
+    collector on the machine."""
+
+    def __init__(self):
+        import http.server
+        sink = self
+        self.requests = self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                sink.requests, sink.bytes = sink.requests + 1, sink.bytes + n
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 4318), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        log(f"otlp sink: {self.requests} exports, {self.bytes} bytes")
+
+
 def measured(stack, run, pause_worker=False, profile_as=None):
     """`run()` (one load run, returning its numbers), with the sync-worker stopped
     meanwhile if asked, and each process's CPU per request added, and the server's sum;
@@ -795,6 +827,9 @@ def main():
     ap.add_argument("--perf", action="store_true",
                     help="ratios: profile the gateway with `perf` during its wrk runs (perf-<run>.txt in --out); "
                          "its rates are then not the ones to quote")
+    ap.add_argument("--otlp-sink", action="store_true",
+                    help="answer OTLP/HTTP trace exports on 127.0.0.1:4318 (for runs with "
+                         "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 in --current-env or --baseline-env)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a preset value, e.g. --set rate=5000 --set duration=10")
     args = ap.parse_args()
@@ -810,6 +845,7 @@ def main():
     if args.perf and not shutil.which("perf"):
         raise SystemExit("perf not found (Debian: linux-perf)")
     results = []
+    sink = OtlpSink() if args.otlp_sink else None
     try:
         stack.up()
         for name in names:
@@ -827,6 +863,8 @@ def main():
                 results.append(run_scenario(name, p, args.out, stack))
     finally:
         stack.down()
+        if sink:
+            sink.close()
         if not args.keep_data:
             reset_state()
     failed = report(results, args.strict)

@@ -23,7 +23,8 @@
 --       write_records), order (named by the chain's first ref), one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
 --       5 write_records (1: also write each order's idempotency record), then per
---       order: its ref (derived), user_id, fingerprint, idempotency key, number of
+--       order: its ref (derived), user_id, fingerprint, idempotency key, its sampled
+--       trace's W3C traceparent or '' (carried on in its outbox event), number of
 --       lines, then (sku, qty) per line
 -- Reply: one element per order, in order, each one of
 --   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
@@ -50,7 +51,7 @@ if meta[6] then
   local replies, at = {}, 6
   while at <= #ARGV do
     replies[#replies + 1] = { 'restoring' }
-    at = at + 5 + 2 * tonumber(ARGV[at + 4])
+    at = at + 6 + 2 * tonumber(ARGV[at + 5])
   end
   return replies
 end
@@ -158,9 +159,10 @@ local key_at, arg_at = 7, 6
 
 while arg_at <= #ARGV do
   local ref, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
-  local n = tonumber(ARGV[arg_at + 4])
+  local trace = ARGV[arg_at + 4]
+  local n = tonumber(ARGV[arg_at + 5])
   local k_user, k_idem, k_order, first_stock = KEYS[key_at], KEYS[key_at + 1], KEYS[key_at + 2], key_at + 3
-  local first_line = arg_at + 5
+  local first_line = arg_at + 6
   key_at = first_stock + n
   arg_at = first_line + 2 * n
 
@@ -270,7 +272,8 @@ while arg_at <= #ARGV do
       end
       -- The key travels to MySQL, so a rebuilt shard still replays this order.
       docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, int(total),
-        int(now), int(expires), '0', meta[4], now, ',"idempotency_key":' .. cjson.encode(idem_key))
+        int(now), int(expires), '0', meta[4], now, ',"idempotency_key":' .. cjson.encode(idem_key)
+        .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
       reply = { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied, 0 }
       needs_buyer_count[#replies + 1] = 8
     end

@@ -221,6 +221,7 @@ fn benches(c: &mut Criterion) {
                                 user,
                                 key: &k,
                                 lines: &one,
+                                trace: None,
                                 idempotency_ttl_secs: 60,
                                 outbox_max_len: u64::MAX,
                                 idempotency_records: false,

@@ -38,6 +38,7 @@ fn event(n: u64) -> OrderEvent {
         event_ms: 1_764_000_000_000,
         idempotency_key: Some(format!("key-{n}")),
         payment_event: None,
+        trace: None,
     }
 }
 

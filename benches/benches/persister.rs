@@ -36,6 +36,7 @@ fn event(n: u64, status: OrderStatus) -> OrderEvent {
         event_ms: if status == OrderStatus::Paid { 5 } else { 1 },
         idempotency_key: None,
         payment_event: None,
+        trace: None,
     }
 }
 

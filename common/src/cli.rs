@@ -49,7 +49,7 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// A binary's whole life: telemetry, settings from the command line, `start`, then on
+/// A binary's whole life: telemetry (logs; traces when an OTLP endpoint is set), settings from the command line, `start`, then on
 /// SIGTERM or Ctrl-C `stop` (drain), bounded by `grace`. `stopping` is logged first.
 pub async fn run<R, E, Start, StartFut, Stop, StopFut>(
     bin: &'static str,
@@ -65,7 +65,8 @@ where
     Stop: FnOnce(R) -> StopFut,
     StopFut: Future<Output = ()>,
 {
-    crate::telemetry::init();
+    // Kept to the end: dropping it flushes the spans still buffered.
+    let _telemetry = crate::telemetry::init(bin);
     let settings = match settings_from_args(bin) {
         Ok(s) => s,
         Err(code) => return ExitCode::from(code),

@@ -109,6 +109,11 @@ pub struct OrderEvent {
     /// same reason: the same event after a rebuild is still a no-op.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_event: Option<String>,
+    /// The W3C `traceparent` of the request that reserved the order, when its trace is
+    /// sampled: the relay and the persister add their spans to that trace (API.md,
+    /// "Tracing"). Absent otherwise; builds before ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 #[cfg(test)]
@@ -199,6 +204,7 @@ mod message_tests {
             event_ms: 1,
             idempotency_key: Some("k".into()),
             payment_event: None,
+            trace: None,
         }
     }
 

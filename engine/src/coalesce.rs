@@ -30,6 +30,8 @@ pub(crate) struct Waiting {
     pub(crate) user: UserId,
     pub(crate) key: IdempotencyKey,
     pub(crate) lines: OrderLines,
+    /// The W3C `traceparent` of a sampled request (carried into its outbox event).
+    pub(crate) trace: Option<Box<str>>,
     pub(crate) reply: oneshot::Sender<Result<ReserveReply>>,
 }
 
@@ -110,7 +112,8 @@ impl Coalescer {
 
 /// `tag`: the shard's key identity (`shards.rs`), from which the campaign follows.
 async fn decide(store: &StockStore, tag: &CampaignId, batch: Vec<Waiting>) {
-    let requests: Vec<_> = batch.iter().map(|w| (&w.order, &w.user, &w.key, &w.lines)).collect();
+    let requests: Vec<_> =
+        batch.iter().map(|w| (&w.order, &w.user, &w.key, &w.lines, w.trace.as_deref())).collect();
     let outcome = store.reserve_batch(&tag.campaign_of_tag(), tag, &requests).await;
     match outcome {
         Ok(replies) => {

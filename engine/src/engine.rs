@@ -178,19 +178,20 @@ impl Engine {
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> Result<ReserveOutcome> {
-        self.reserve_admitted(campaign, user, key, lines, |_| None).await
+        self.reserve_admitted(campaign, user, key, (lines, None), |_| None).await
     }
 
     /// [`reserve`](Self::reserve) behind a gate: once the campaign is known to exist,
     /// `admit` sees its meta and may answer instead (the gateway's per-user request
     /// rate), before anything else is looked at; `None` lets the request through. One
-    /// lookup of the campaign serves both.
+    /// lookup of the campaign serves both. `trace`: the W3C `traceparent` of a sampled
+    /// request, carried into the order's outbox event (API.md, "Tracing").
     pub async fn reserve_admitted(
         &self,
         campaign: &CampaignId,
         user: &UserId,
         key: &IdempotencyKey,
-        lines: &OrderLines,
+        (lines, trace): (&OrderLines, Option<&str>),
         admit: impl FnOnce(&CampaignMeta) -> Option<ReserveOutcome>,
     ) -> Result<ReserveOutcome> {
         let inner = &self.inner;
@@ -210,7 +211,7 @@ impl Engine {
         let map = inner.map_of(campaign, entry.meta.shards);
         let home = map.home(user);
         let order = map.order_for(&inner.order_ids, user, key);
-        let mut reply = self.decide(map.tag(home), &order, user, key, lines).await?;
+        let mut reply = self.decide(map.tag(home), (&order, user, key, lines), trace).await?;
         if reply.outcome == ReserveOutcome::CampaignNotFound {
             // This process knows the campaign, yet its shard has no meta: the shard's
             // data is gone and the sync-worker is about to rebuild it. Never a 404.
@@ -219,7 +220,7 @@ impl Engine {
             ));
         }
         if map.len() > 1 {
-            reply = self.refill(campaign, &map, home, (&order, user, key, lines), reply).await?;
+            reply = self.refill(campaign, &map, home, (&order, user, key, lines), trace, reply).await?;
         } else {
             for (sku, gen) in &reply.sold_out {
                 inner.cache.mark_sold_out(campaign.as_str(), sku, *gen, reply.buyers);
@@ -244,10 +245,8 @@ impl Engine {
     async fn decide(
         &self,
         tag: &CampaignId,
-        order: &OrderRef,
-        user: &UserId,
-        key: &IdempotencyKey,
-        lines: &OrderLines,
+        (order, user, key, lines): (&OrderRef, &UserId, &IdempotencyKey, &OrderLines),
+        trace: Option<&str>,
     ) -> Result<ReserveReply> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let waiting = Waiting {
@@ -255,6 +254,7 @@ impl Engine {
             user: user.clone(),
             key: key.clone(),
             lines: lines.clone(),
+            trace: trace.map(Box::from),
             reply: tx,
         };
         self.inner.coalescer.submit(&self.inner.store, tag, waiting);
@@ -274,7 +274,8 @@ impl Engine {
         campaign: &CampaignId,
         map: &ShardMap,
         home: usize,
-        (order, user, key, lines): (&OrderRef, &UserId, &IdempotencyKey, &OrderLines),
+        request: (&OrderRef, &UserId, &IdempotencyKey, &OrderLines),
+        trace: Option<&str>,
         mut reply: ReserveReply,
     ) -> Result<ReserveReply> {
         let store = &self.inner.store;
@@ -282,7 +283,7 @@ impl Engine {
             let ReserveOutcome::SoldOut(sku) = &reply.outcome else {
                 return Ok(reply);
             };
-            let asked = lines.iter().find(|l| &l.sku == sku).map_or(1, |l| l.quantity);
+            let asked = request.3.iter().find(|l| &l.sku == sku).map_or(1, |l| l.quantity);
             let levels = store.sku_levels(map, sku).await?;
             let everywhere: u64 = levels.available.iter().sum();
             if levels.incomplete && everywhere < asked {
@@ -324,7 +325,7 @@ impl Engine {
                     }
                 }
             }
-            reply = self.decide(map.tag(home), order, user, key, lines).await?;
+            reply = self.decide(map.tag(home), request, trace).await?;
         }
         match reply.outcome {
             ReserveOutcome::SoldOut(_) => {

@@ -103,7 +103,7 @@ impl StockStore {
         key: &IdempotencyKey,
         lines: &OrderLines,
     ) -> Result<ReserveReply> {
-        let mut replies = self.reserve_batch(campaign, campaign, &[(order, user, key, lines)]).await?;
+        let mut replies = self.reserve_batch(campaign, campaign, &[(order, user, key, lines, None)]).await?;
         replies.pop().unwrap_or_else(|| Err(EngineError::Protocol("reserve: no reply".into())))
     }
 
@@ -113,17 +113,18 @@ impl StockStore {
         &self,
         campaign: &CampaignId,
         tag: &CampaignId,
-        batch: &[(&OrderRef, &UserId, &IdempotencyKey, &OrderLines)],
+        batch: &[(&OrderRef, &UserId, &IdempotencyKey, &OrderLines, Option<&str>)],
     ) -> Result<Vec<Result<ReserveReply>>> {
         let requests: Vec<scripts::reserve::Request<'_>> = batch
             .iter()
-            .map(|(order, user, key, lines)| scripts::reserve::Request {
+            .map(|&(order, user, key, lines, trace)| scripts::reserve::Request {
                 campaign,
                 tag,
                 order,
                 user,
                 key,
                 lines,
+                trace,
                 idempotency_ttl_secs: self.settings.idempotency_ttl_secs,
                 outbox_max_len: self.settings.outbox_max_len,
                 idempotency_records: self.settings.idempotency_records,

@@ -146,6 +146,7 @@ mod tests {
             event_ms: 5,
             idempotency_key: None,
             payment_event: None,
+            trace: None,
         }
     }
 

@@ -66,6 +66,7 @@ fn event(order: &str, status: OrderStatus, qty: u64) -> OrderEvent {
         event_ms: 5,
         idempotency_key: None,
         payment_event: None,
+        trace: None,
     }
 }
 

@@ -291,6 +291,7 @@ async fn settle(ctx: &Ctx, order: &OrderId, outcome: ReleaseOutcome) -> Result<b
                 event_ms: now_ms(),
                 idempotency_key: None,
                 payment_event: None,
+                trace: None,
             };
             ctx.db.apply_events(&[event]).await?;
             tracing::warn!(order = %id, "mysql sweep: expired in MySQL only, Redis no longer knew the order");
@@ -317,5 +318,6 @@ fn event_from_redis(order: &OrderId, r: &OrderRecord) -> OrderEvent {
         event_ms: now_ms(),
         idempotency_key: None,
         payment_event: None,
+        trace: None,
     }
 }

@@ -13,6 +13,7 @@
 //!   back those an operator asks to replay.
 //! - [`retire`]: drops a finished, settled campaign's per-order data from Redis.
 //! - [`topology`]: exchange and queue names and declarations.
+//! - `traced`: the spans of sampled orders (relay, persister) when traces are exported.
 //! - [`context`], [`metrics`], [`error`]: what the tasks share.
 #![forbid(unsafe_code)]
 
@@ -29,3 +30,4 @@ pub mod restore;
 pub mod retire;
 pub mod supervisor;
 pub mod topology;
+mod traced;

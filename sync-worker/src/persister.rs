@@ -254,6 +254,14 @@ async fn apply(
         return Ok(());
     }
     let events: Vec<OrderEvent> = group.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
+    // Spans of the sampled orders in the transaction (traces exported only), ended when
+    // this batch is done.
+    let _traced = if common::telemetry::on() {
+        let traces: Vec<&str> = events.iter().filter_map(|e| e.trace.as_deref()).collect();
+        crate::traced::persisting(&traces)
+    } else {
+        None
+    };
     let mut backoff = common::backoff::DEPENDENCY;
     let mut refused = 0;
     loop {

@@ -42,6 +42,7 @@ use crate::context::{pause, Ctx};
 use crate::error::{bounded, Result, WorkerError};
 use crate::joined;
 use crate::topology::ORDER_ROUTING_KEY;
+use crate::traced;
 
 /// Pause of a relay with work that moved nothing this round (entries pending for a
 /// worker that has not been idle long enough to be claimed from).
@@ -257,12 +258,22 @@ async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(u
     }
     let messages = joined::join(&entries);
     let mut confirms = Vec::with_capacity(messages.len());
+    // Spans of the sampled orders published (traces exported only), ended once confirmed.
+    let mut spans = Vec::new();
     for message in messages {
         let first = message.ids.first().cloned().unwrap_or_default();
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(format!("{first}+{}", message.ids.len()).as_str().into());
+        if let Some(traced) = traced::relaying(&traced::traces_in(&message.body)) {
+            if let Some(tp) = common::telemetry::traceparent(&traced.batch) {
+                let mut headers = lapin::types::FieldTable::default();
+                headers.insert("traceparent".into(), lapin::types::AMQPValue::LongString(tp.into()));
+                props = props.with_headers(headers);
+            }
+            spans.push(traced);
+        }
         let confirm = bounded(
             limit,
             "basic.publish",
@@ -292,6 +303,7 @@ async fn relay_stream(ctx: &Ctx, ch: &Channel, stream: &CampaignId) -> Result<(u
             }
         }
     }
+    drop(spans);
     ctx.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
     if let Some(oldest) =
         confirmed.first().and_then(|id| id.split('-').next()).and_then(|ms| ms.parse::<i64>().ok())

@@ -290,6 +290,7 @@ async fn the_same_message_three_times_and_a_poison_message() {
         event_ms: now_ms(),
         idempotency_key: None,
         payment_event: None,
+        trace: None,
     };
     env.wait_for_topology().await;
     env.publish_raw(b"{ not an order").await;
@@ -384,6 +385,7 @@ fn order_event(id: &OrderId, user: &str, status: OrderStatus, expires_ms: i64) -
         event_ms: now_ms(),
         idempotency_key: None,
         payment_event: None,
+        trace: None,
     }
 }
 

@@ -17,7 +17,8 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 pub fn isolate(tag: &str) -> Settings {
     // `FLASHSALE_TEST_LOG=1` prints the services' logs (`RUST_LOG` picks the levels).
     if std::env::var_os("FLASHSALE_TEST_LOG").is_some() {
-        common::telemetry::init();
+        // Logs only: tests export no traces (the trace test runs the binaries).
+        std::mem::forget(common::telemetry::init("tests"));
     }
     let mut s = Settings::load(None).unwrap();
     let n = SEQ.fetch_add(1, Ordering::Relaxed);

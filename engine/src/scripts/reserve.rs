@@ -26,6 +26,8 @@ pub struct Request<'a> {
     pub user: &'a UserId,
     pub key: &'a IdempotencyKey,
     pub lines: &'a OrderLines,
+    /// The W3C `traceparent` of a sampled request: its outbox event carries it.
+    pub trace: Option<&'a str>,
     pub idempotency_ttl_secs: u64,
     pub outbox_max_len: u64,
     /// Also write each order's idempotency record (`engine.idempotency_records`).
@@ -77,6 +79,7 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
             .arg(r.user.as_str())
             .arg(r.lines.fingerprint())
             .arg(r.key.as_str())
+            .arg(r.trace.unwrap_or(""))
             .arg(r.lines.len());
         for line in r.lines.iter() {
             inv.key(k.stock(c, &line.sku));

@@ -62,6 +62,7 @@ impl Ns {
                 user,
                 key,
                 lines,
+                trace: None,
                 idempotency_ttl_secs: 60,
                 outbox_max_len: 1_000_000,
                 idempotency_records: false,

@@ -13,6 +13,7 @@ use engine::domain::{
     ReserveOutcome, UserId,
 };
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::auth::Buyer;
 use crate::body::RawBody;
@@ -47,16 +48,50 @@ pub async fn create(
     Path(campaign): Path<String>,
     Buyer(user): Buyer,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    TraceParentHeader(parent): TraceParentHeader,
     RawBody(body): RawBody,
+) -> Response {
+    if !common::telemetry::on() {
+        return reserve(&state, campaign, &user, key.as_ref(), &body, None).await.into_response();
+    }
+    // Traced (an OTLP endpoint is set): the request's span, a child of the storefront's
+    // `traceparent`; a sampled one's context travels on with the order.
+    let span = tracing::info_span!(
+        target: common::telemetry::TARGET,
+        "POST /api/v1/campaigns/{campaign_id}/orders",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/api/v1/campaigns/{campaign_id}/orders",
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = parent.as_ref().and_then(|p| p.to_str().ok()) {
+        common::telemetry::set_parent(&span, parent);
+    }
+    let trace = common::telemetry::traceparent(&span);
+    let answer = reserve(&state, campaign, &user, key.as_ref(), &body, trace.as_deref())
+        .instrument(span.clone())
+        .await
+        .into_response();
+    span.record("http.response.status_code", answer.status().as_u16());
+    answer
+}
+
+async fn reserve(
+    state: &AppState,
+    campaign: String,
+    user: &UserId,
+    key: Option<&HeaderValue>,
+    body: &[u8],
+    trace: Option<&str>,
 ) -> Result<Response, AppError> {
-    let ParsedOrder { campaign, key, lines } = parse_order(campaign, key.as_ref(), &body)?;
+    let ParsedOrder { campaign, key, lines } = parse_order(campaign, key, body)?;
 
     let started = Instant::now();
     let outcome = state
         .engine
-        .reserve_admitted(&campaign, &user, &key, &lines, |meta| {
+        .reserve_admitted(&campaign, user, &key, (&lines, trace), |meta| {
             let retry_after_secs =
-                state.user_rates.check(&campaign, meta.max_user_requests_per_sec, &user).err()?;
+                state.user_rates.check(&campaign, meta.max_user_requests_per_sec, user).err()?;
             Some(ReserveOutcome::RateLimited { retry_after_ms: retry_after_secs.saturating_mul(1000) })
         })
         .await;
@@ -86,6 +121,17 @@ pub async fn create(
         ReserveOutcome::RateLimited { retry_after_ms } => {
             Err(AppError::RateLimited { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) })
         }
+    }
+}
+
+/// A storefront's W3C `traceparent` header, taken only while traces are exported.
+pub struct TraceParentHeader(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for TraceParentHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(common::telemetry::on().then(|| parts.headers.get("traceparent").cloned()).flatten()))
     }
 }
 
