@@ -10,17 +10,21 @@
 -- A key whose order is older than the idempotency window names a new order: the next
 -- ref of the key's chain (see `engine/src/order_ids.rs`). An idempotency
 -- record of its own (a string, or a hash written before the string form) is what
--- builds before this one wrote; it is still read first, so their orders replay, and
--- it is written too while `write_records` is 1 (a rolling upgrade from such a build,
--- or a window in which a rollback to one must stay safe: its gateways find a retry's
--- order only through that record).
+-- builds before this one wrote; in a shard launched before the users hash it is still
+-- read first, so their orders replay, and it is written too while `write_records` is 1
+-- (a rolling upgrade from such a build, or a window in which a rollback to one must
+-- stay safe: its gateways find a retry's order only through that record). A shard with
+-- the users hash was launched by this build: no such record can be there, and none is
+-- read.
 -- The users' units: a shard with meta `layout` 2 keeps them in one hash (user → units
 -- held or bought; a field per user who ever got a reservation, so its fields are the
 -- buyers); a shard launched before it keeps a count string per user and a buyer set.
+-- The keys of that earlier layout (a user's count string, an order's idempotency
+-- record) are named here, in the shard's slot, only for the shards that have them
+-- (`legacy_keys`): the caller sends none.
 -- KEYS: 1 meta, 2 outbox, 3 deadlines (list), 4 buyers (set), 5 order rate
 --       (string "<second> <count>"), 6 users (hash), then per order, in ARGV order:
---       user count (string), idempotency record (read; written only with
---       write_records), order (named by the chain's first ref), one stock hash per line
+--       order (named by the chain's first ref), one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
 --       5 write_records (1: also write each order's idempotency record), then per
 --       order: its ref (derived), user_id, fingerprint, idempotency key, its sampled
@@ -77,8 +81,15 @@ if max_rate then
   end
 end
 
--- The orders' keys of this shard (the meta key less its `meta`).
-local order_prefix = string.sub(KEYS[K_META], 1, -5) .. 'order:'
+-- The keys of this shard start as its meta key does (less its `meta`).
+local prefix = string.sub(KEYS[K_META], 1, -5)
+local order_prefix = prefix .. 'order:'
+
+-- A user's count string and an order's idempotency record, as `engine/src/keys.rs`
+-- names them (`user`, `idempotency`): only shards without the users hash have them.
+local function legacy_keys(user_id, idem_key)
+  return prefix .. 'user:' .. user_id, prefix .. 'idem:' .. #user_id .. ':' .. user_id .. ':' .. idem_key
+end
 local window_ms = idem_ttl * 1000
 -- Ids of one key's chain looked at, at most (the chain grows by one per idempotency
 -- window in which the key was used again).
@@ -161,13 +172,17 @@ while arg_at <= #ARGV do
   local ref, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
   local trace = ARGV[arg_at + 4]
   local n = tonumber(ARGV[arg_at + 5])
-  local k_user, k_idem, k_order, first_stock = KEYS[key_at], KEYS[key_at + 1], KEYS[key_at + 2], key_at + 3
+  local k_order, first_stock = KEYS[key_at], key_at + 1
   local first_line = arg_at + 6
   key_at = first_stock + n
   arg_at = first_line + 2 * n
+  local k_user, k_idem
+  if not users_hash or write_records then
+    k_user, k_idem = legacy_keys(user_id, idem_key)
+  end
 
   local reply
-  local seen = idempotency_record(k_idem)
+  local seen = not users_hash and idempotency_record(k_idem)
   if seen then
     if seen.fp ~= fingerprint then
       reply = { 'reused' }

@@ -8,14 +8,21 @@
 //! [`TARGET`] are exported, so the `debug` spans of the code cost nothing more; with no
 //! endpoint there is no exporter and no tracing layer at all, and [`on`] is false, so
 //! the callers skip even reading a `traceparent`.
+//!
+//! The sampler decides before a span is made ([`sampled`]), where an order enters (the
+//! gateway) and, for the worker's spans, on the order's own `traceparent`: an order
+//! that is not sampled costs no span at all (a span made only to be dropped costs the
+//! gateway a few µs per request). The provider then keeps every span it is given.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use std::sync::OnceLock;
+
+use opentelemetry::trace::{SamplingDecision, SpanKind, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider, ShouldSample};
 use opentelemetry_sdk::Resource;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -31,6 +38,9 @@ pub const TARGET: &str = "flashsale::trace";
 const DEFAULT_RATIO: f64 = 0.01;
 
 static ON: AtomicBool = AtomicBool::new(false);
+
+/// The sampler `OTEL_TRACES_SAMPLER` names, set once traces are exported.
+static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 
 /// Whether traces are exported (an OTLP endpoint was given at start-up).
 pub fn on() -> bool {
@@ -62,8 +72,15 @@ pub fn init(service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
     let provider = if endpoint_given() {
-        match provider(service) {
-            Ok(p) => Some(p),
+        let configured = sampler(
+            std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
+            std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
+        );
+        match configured.and_then(|s| provider(service).map(|p| (s, p))) {
+            Ok((s, p)) => {
+                let _ = SAMPLER.set(s);
+                Some(p)
+            }
             Err(e) => {
                 eprintln!("tracing stays off: {e}");
                 None
@@ -101,14 +118,29 @@ fn provider(service: &'static str) -> Result<SdkTracerProvider, String> {
         .map_err(|e| e.to_string())?;
     let name = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.trim().is_empty());
     let resource = Resource::builder().with_service_name(name.unwrap_or_else(|| service.to_owned())).build();
+    // Every span reaching the provider was sampled already (`sampled`).
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(sampler(
-            std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
-            std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
-        )?)
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build())
+}
+
+/// Whether an order entering with this `traceparent` (`None`: none, or unreadable) is
+/// traced: the configured sampler's decision (a sampled parent samples it under the
+/// default `parentbased_*`; a root, a fresh trace id's ratio). False while traces are
+/// not exported.
+pub fn sampled(traceparent: Option<&str>) -> bool {
+    let Some(sampler) = SAMPLER.get() else {
+        return false;
+    };
+    let parent = traceparent.and_then(context_of);
+    let trace_id = match &parent {
+        Some(cx) => cx.span().span_context().trace_id(),
+        None => RandomIdGenerator::default().new_trace_id(),
+    };
+    let result = sampler.should_sample(parent.as_ref(), trace_id, "order", &SpanKind::Server, &[], &[]);
+    result.decision == SamplingDecision::RecordAndSample
 }
 
 /// The sampler `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name (the

@@ -2,9 +2,10 @@
 //! an OTLP/HTTP receiver run here (it decodes each `ExportTraceServiceRequest` with the
 //! `opentelemetry-proto` definitions), and one order sent with a storefront's sampled
 //! `traceparent` must come back as one trace: the gateway's HTTP span (child of the
-//! storefront's span), the relay's and the persister's spans (children of it). The
-//! sampler is `parentbased_traceidratio` at 0, so an order sent without a sampled parent
-//! yields no span at all.
+//! storefront's span), the relay's and the persister's spans (children of it), and the
+//! spans of the batches they were in, linking it. The sampler is
+//! `parentbased_traceidratio` at 0, so an order sent without a sampled parent yields no
+//! span at all.
 //!
 //! Runs the binaries: `cargo test --workspace` builds the sync-worker's next to the
 //! gateway's.
@@ -34,6 +35,8 @@ struct Got {
     span: String,
     parent: String,
     start_ns: u64,
+    /// (trace id, span id) of each span it links to.
+    links: Vec<(String, String)>,
 }
 
 type Received = Arc<Mutex<Vec<Got>>>;
@@ -69,6 +72,7 @@ async fn receiver() -> (String, Received) {
                             span: hex(&s.span_id),
                             parent: hex(&s.parent_span_id),
                             start_ns: s.start_time_unix_nano,
+                            links: s.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
                         });
                     }
                 }
@@ -182,7 +186,7 @@ async fn one_sampled_order_is_one_trace_from_the_storefront_to_the_mysql_commit(
         let started = Instant::now();
         loop {
             let spans = got.lock().unwrap().clone();
-            if spans.iter().any(|s| s.name == "persist order") {
+            if ["persist order", "persist orders"].iter().all(|n| spans.iter().any(|s| &s.name == n)) {
                 break spans;
             }
             assert!(started.elapsed() < Duration::from_secs(20), "no persister span after 20 s: {spans:#?}");
@@ -206,6 +210,12 @@ async fn one_sampled_order_is_one_trace_from_the_storefront_to_the_mysql_commit(
             "{name}"
         );
         assert!(s.start_ns >= http_span.start_ns, "{name} starts after the HTTP span");
+    }
+    // Each batch (the published message, the persister's transaction) links the order.
+    for name in ["publish orders", "persist orders"] {
+        let s = one(name);
+        assert_eq!(s.trace, trace, "{name}");
+        assert!(s.links.contains(&(trace.clone(), http_span.span.clone())), "{name} links the order: {s:?}");
     }
     // Every span is of that one trace: the unsampled order made none.
     assert!(spans.iter().all(|s| s.trace == trace), "{spans:#?}");

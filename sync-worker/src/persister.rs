@@ -257,7 +257,11 @@ async fn apply(
     // Spans of the sampled orders in the transaction (traces exported only), ended when
     // this batch is done.
     let _traced = if common::telemetry::on() {
-        let traces: Vec<&str> = events.iter().filter_map(|e| e.trace.as_deref()).collect();
+        let traces: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.trace.as_deref())
+            .filter(|t| common::telemetry::sampled(Some(t)))
+            .collect();
         crate::traced::persisting(&traces)
     } else {
         None

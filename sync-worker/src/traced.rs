@@ -5,7 +5,7 @@
 //! order it holds. Nothing is made while traces are not exported, or for a batch with no
 //! sampled order (the common case: one order in a hundred by default).
 
-use common::telemetry::{add_link, on, set_parent, TARGET};
+use common::telemetry::{add_link, on, sampled, set_parent, TARGET};
 use tracing::Span;
 
 /// A batch's span and one span per sampled order in it: they end when this is dropped.
@@ -61,10 +61,11 @@ pub(crate) fn persisting(traces: &[&str]) -> Option<Spans> {
 }
 
 /// The `traceparent`s of a message body's events, as the scripts write them
-/// (`"trace":"00-…"`); empty while traces are not exported.
+/// (`"trace":"00-…"`), that this process's sampler takes; empty while traces are not
+/// exported.
 pub(crate) fn traces_in(body: &str) -> Vec<&str> {
     if on() {
-        traces_of(body)
+        traces_of(body).into_iter().filter(|t| sampled(Some(t))).collect()
     } else {
         Vec::new()
     }

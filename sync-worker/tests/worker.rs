@@ -28,7 +28,12 @@ struct Env {
 
 impl Env {
     async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let mut s = testkit::isolate("wk");
+        tweak(&mut s);
         s.mysql.max_connections = 4;
         s.worker.metrics_listen = "127.0.0.1:0".parse().unwrap();
         s.worker.reconcile_interval_ms = 200;
@@ -908,6 +913,76 @@ async fn one_lost_shard_is_found_and_rebuilt_while_the_others_sell() {
     assert!(counter(&worker.ctx.metrics.render(), "flashsale_restored_shards_total") >= 1.0);
     worker.shutdown().await;
     env.cleanup().await;
+}
+
+/// A lost shard's meta is gone with it, so it comes back in the layout the rebuilding
+/// worker's `engine.users_hash` names, whichever it was launched with; its users' units
+/// and its buyers come back with it, so the per-user limit holds across the rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_shard_comes_back_with_its_users_units_in_the_layout_the_worker_names() {
+    for launched_with_hash in [false, true] {
+        let mut env = Env::with(|s| s.engine.users_hash = launched_with_hash).await;
+        env.settings.worker.restore_check_ms = 200;
+        env.settings.engine.users_hash = !launched_with_hash;
+        let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+        let c = env.launch("ul", 20, 900, 2).await;
+        let one = OrderLines::parse(vec![("a".into(), 1)]).unwrap();
+        let buy = async |u: &str, k: &str| {
+            env.engine
+                .reserve(&c, &UserId::parse(u).unwrap(), &IdempotencyKey::parse(k).unwrap(), &one)
+                .await
+                .unwrap()
+        };
+        let mut cancelled = None;
+        for u in ["u0", "u1", "u2", "u3"] {
+            let ReserveOutcome::Reserved(r) = buy(u, "k1").await else { panic!("reserved") };
+            if u == "u1" {
+                cancelled = Some(r.order_id);
+            }
+        }
+        assert!(matches!(buy("u0", "k2").await, ReserveOutcome::Reserved(_)));
+        let cancelled = cancelled.unwrap();
+        assert_eq!(
+            env.engine.release(&cancelled, ReleaseReason::Cancelled).await.unwrap(),
+            engine::domain::ReleaseOutcome::Released
+        );
+        env.wait_for("every order and the cancel in MySQL", Duration::from_secs(10), async || {
+            env.count_orders("ul").await == 5 && env.consistent(&c).await
+        })
+        .await;
+
+        testkit::lose_shard(&env.settings.redis, &env.settings.namespace, c.as_str()).await;
+        env.wait_for("the lost shard rebuilt", Duration::from_secs(5), async || {
+            let states = env.engine.shard_states(&[(c.clone(), 1)]).await.unwrap();
+            states[0].iter().all(|s| *s == engine::rebuild::ShardState::Live)
+        })
+        .await;
+        let mut raw = redis::Client::open(env.settings.redis.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys = engine::keys::KeySpace::new(&env.settings.namespace);
+        let layout: Option<String> =
+            redis::cmd("HGET").arg(keys.meta(&c)).arg("layout").query_async(&mut raw).await.unwrap();
+        let mut buyers: Vec<String> = if launched_with_hash {
+            assert_eq!(layout, None, "rebuilt with strings");
+            redis::cmd("SMEMBERS").arg(keys.buyers(&c)).query_async(&mut raw).await.unwrap()
+        } else {
+            assert_eq!(layout.as_deref(), Some("2"), "rebuilt with the users hash");
+            redis::cmd("HKEYS").arg(keys.users(&c)).query_async(&mut raw).await.unwrap()
+        };
+        buyers.sort();
+        assert_eq!(buyers, ["u0", "u1", "u2", "u3"], "launched with the hash: {launched_with_hash}");
+        // The limit (2) counts what MySQL says each user holds: u0 two units, u1 none.
+        assert_eq!(buy("u0", "k3").await, ReserveOutcome::LimitExceeded { held: 2, limit: 2 });
+        assert!(matches!(buy("u1", "k3").await, ReserveOutcome::Reserved(_)));
+        assert!(matches!(buy("u1", "k4").await, ReserveOutcome::Reserved(_)));
+        assert_eq!(buy("u1", "k5").await, ReserveOutcome::LimitExceeded { held: 2, limit: 2 });
+        assert!(matches!(buy("u2", "k3").await, ReserveOutcome::Reserved(_)));
+        worker.shutdown().await;
+        env.cleanup().await;
+    }
 }
 
 /// A failover to a replica that missed the last writes: one shard of a campaign comes

@@ -51,9 +51,10 @@ impl ReserveReply {
     }
 }
 
-/// KEYS: meta, outbox, deadlines, buyers, order rate, users, then per order its user count,
-/// idempotency record (read; written only with `idempotency_records`), order hash
-/// (the first id of its key's chain) and one stock hash per line; ARGV as
+/// KEYS: meta, outbox, deadlines, buyers, order rate, users, then per order its hash
+/// (the first id of its key's chain) and one stock hash per line (the keys of the
+/// earlier layout, a count string per user and an idempotency record per order, the
+/// script names itself for the shards that have them); ARGV as
 /// `reserve.lua`'s header says. All requests must be for one campaign and share the
 /// settings of the first; all are decided in the first's shard (`tag`).
 pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -> ScriptInvocation<'s> {
@@ -74,7 +75,7 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
         .arg(k.shard_notice_channel(c))
         .arg(u8::from(first.idempotency_records));
     for r in batch {
-        inv.key(k.user(c, r.user)).key(k.idempotency(c, r.user, r.key)).key(k.order_of_ref(c, r.order));
+        inv.key(k.order_of_ref(c, r.order));
         inv.arg(r.order.as_str())
             .arg(r.user.as_str())
             .arg(r.lines.fingerprint())

@@ -51,11 +51,13 @@ pub async fn create(
     TraceParentHeader(parent): TraceParentHeader,
     RawBody(body): RawBody,
 ) -> Response {
-    if !common::telemetry::on() {
+    // Traced (an OTLP endpoint is set, and the sampler takes this order, a storefront's
+    // `traceparent` its parent): the request's span, whose context travels on with the
+    // order. Otherwise no span at all.
+    let parent = parent.as_ref().and_then(|p| p.to_str().ok());
+    if !common::telemetry::sampled(parent) {
         return reserve(&state, campaign, &user, key.as_ref(), &body, None).await.into_response();
     }
-    // Traced (an OTLP endpoint is set): the request's span, a child of the storefront's
-    // `traceparent`; a sampled one's context travels on with the order.
     let span = tracing::info_span!(
         target: common::telemetry::TARGET,
         "POST /api/v1/campaigns/{campaign_id}/orders",
@@ -64,7 +66,7 @@ pub async fn create(
         http.route = "/api/v1/campaigns/{campaign_id}/orders",
         http.response.status_code = tracing::field::Empty,
     );
-    if let Some(parent) = parent.as_ref().and_then(|p| p.to_str().ok()) {
+    if let Some(parent) = parent {
         common::telemetry::set_parent(&span, parent);
     }
     let trace = common::telemetry::traceparent(&span);
