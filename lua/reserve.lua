@@ -60,6 +60,7 @@ if meta[6] then
   return replies
 end
 local now = now_ms()
+local now_s = int(now)
 local open = meta[1] and now >= tonumber(meta[1]) and now < tonumber(meta[2])
 local backlog = redis.call('XLEN', KEYS[K_OUTBOX])
 local second = math.floor(now / 1000)
@@ -207,7 +208,10 @@ while arg_at <= #ARGV do
         reply = { 'sku_not_found', sku }
         break
       end
-      lines[i] = { sku = sku, qty = qty, avail = tonumber(s[1]), price = tonumber(s[2]), gen = s[3] or '0' }
+      -- The quantity and price also as written (decimal integers): what is written and
+      -- answered below is built from these strings, with no number formatted again.
+      lines[i] = { sku = sku, qty = qty, qty_s = ARGV[first_line + 2 * i - 1], avail = tonumber(s[1]),
+        price = tonumber(s[2]), price_s = s[2], gen = s[3] or '0' }
       units = units + qty
     end
     -- The limit before stock: an order over it is refused whatever stock is left, and
@@ -249,30 +253,31 @@ while arg_at <= #ARGV do
       for i = 1, n do
         local l = lines[i]
         local key = KEYS[first_stock + i - 1]
-        local left = redis.call('HINCRBY', key, 'avail', -l.qty)
-        redis.call('HINCRBY', key, 'resv', l.qty)
+        local left = redis.call('HINCRBY', key, 'avail', '-' .. l.qty_s)
+        redis.call('HINCRBY', key, 'resv', l.qty_s)
         if left == 0 then
           emptied[#emptied + 1] = l.sku
           emptied[#emptied + 1] = l.gen
         end
         total = total + l.qty * l.price
-        items[i] = '{"sku_id":' .. cjson.encode(l.sku) .. ',"quantity":' .. int(l.qty)
-          .. ',"price_cents":' .. int(l.price) .. '}'
+        -- Sku ids are [A-Za-z0-9_-] (checked at the edge): no escaping needed.
+        items[i] = '{"sku_id":"' .. l.sku .. '","quantity":' .. l.qty_s .. ',"price_cents":' .. l.price_s .. '}'
       end
       local items_json = '[' .. table.concat(items, ',') .. ']'
       local order_id = id_of(ref, now)
       local expires = now + tonumber(meta[4]) * 1000
+      local units_s, total_s, expires_s = int(units), int(total), int(expires)
       if users_hash then
-        redis.call('HINCRBY', KEYS[K_USERS], user_id, units)
+        redis.call('HINCRBY', KEYS[K_USERS], user_id, units_s)
       else
-        redis.call('INCRBY', k_user, units)
+        redis.call('INCRBY', k_user, units_s)
       end
       redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,
-        'units', units, 'total', int(total), 'created', int(now), 'expires', int(expires), 'window', meta[4])
+        'units', units_s, 'total', total_s, 'created', now_s, 'expires', expires_s, 'window', meta[4])
       if write_records then
         -- One string, one command: fingerprint and first answer (items last: no newlines).
-        redis.call('SET', k_idem, fingerprint .. '\n' .. order_id .. '\n' .. int(total) .. '\n' .. int(now)
-          .. '\n' .. int(expires) .. '\n' .. items_json, 'EX', idem_ttl)
+        redis.call('SET', k_idem, fingerprint .. '\n' .. order_id .. '\n' .. total_s .. '\n' .. now_s
+          .. '\n' .. expires_s .. '\n' .. items_json, 'EX', idem_ttl)
       end
       -- Reservation order is deadline order (deadlines.lua reads it).
       redis.call('RPUSH', KEYS[K_DEADLINES], order_id)
@@ -286,10 +291,10 @@ while arg_at <= #ARGV do
         new_buyers[#new_buyers + 1] = user_id
       end
       -- The key travels to MySQL, so a rebuilt shard still replays this order.
-      docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, int(total),
-        int(now), int(expires), '0', meta[4], now, ',"idempotency_key":' .. cjson.encode(idem_key)
+      docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, total_s,
+        now_s, expires_s, '0', meta[4], now_s, ',"idempotency_key":' .. cjson.encode(idem_key)
         .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
-      reply = { 'reserved', order_id, items_json, int(total), int(now), int(expires), emptied, 0 }
+      reply = { 'reserved', order_id, items_json, total_s, now_s, expires_s, emptied, 0 }
       needs_buyer_count[#replies + 1] = 8
     end
   end
