@@ -7,7 +7,7 @@
 //! | `<ns>:{c:<c>}:stock:<sku>` | hash | total, avail, resv, sold, price, gen |
 //! | `<ns>:{c:<c>}:users` | hash | user → units held or bought, a field for every user who ever got a reservation (the buyers): shards launched or rebuilt with `engine.users_hash` (meta `layout` 2) |
 //! | `<ns>:{c:<c>}:user:<user>` | string | units the user holds or bought: shards of builds before the users hash, or launched without it |
-//! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`): written by builds before derived order ids, and by this one only with `engine.idempotency_records`; read first |
+//! | `<ns>:{c:<c>}:idem:<len>:<user>:<key>` | string | fingerprint and first answer (`fp\norder\ntotal\ncreated\nexpires\nitems`): written by builds before derived order ids, and by this one only with `engine.idempotency_records`; read first in shards without the users hash (`reserve.lua` names it, and the count string, itself) |
 //! | `<ns>:{c:<c>}:order:<ref>` | hash | the reservation: user, items, state, times; also its idempotency record, since its ref (the id's last 20 hex digits) is derived from (campaign, user, key) (`order_ids.rs`); `order:<order_id>` for orders of builds before |
 //! | `<ns>:{c:<c>}:deadlines` | list | new orders' ids in reservation order, which is deadline order; settled ones leave from the head as the expiry sweep meets them (`deadlines.lua`) |
 //! | `<ns>:{c:<c>}:pending` | zset | pending order ids by payment deadline: written by builds before the list, and by rebuilds; read with it |
