@@ -118,6 +118,15 @@ impl Env {
         }
     }
 
+    /// A connection of the test's own, for looking under the engine.
+    async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.settings.redis.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     async fn consistent(&self, c: &CampaignId) -> bool {
         ledger::reconcile::check(&self.engine, &self.db, c).await.unwrap().unwrap().consistent
     }
@@ -488,11 +497,7 @@ async fn the_mysql_sweep_settles_rows_redis_moved_on_from_and_reaches_the_rows_b
             _ => pending.push(o),
         }
     }
-    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = env.raw().await;
     let keys = engine::keys::KeySpace::new(&env.settings.namespace);
     for o in &lost {
         let _: () = redis::cmd("DEL").arg(keys.order(o)).query_async(&mut raw).await.unwrap();
@@ -595,11 +600,7 @@ async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention()
         row.is_some()
     })
     .await;
-    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = env.raw().await;
     let mut left = testkit::keys_matching(&mut raw, &format!("{}:{{c:c}}:*", env.settings.namespace)).await;
     left.retain(|k| !k.contains(":payevt:") && !k.contains(":idem:")); // expire by their own TTLs
     left.sort();
@@ -709,11 +710,7 @@ async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() 
     // everything (here: the message is published only after the rebuild).
     let lost = OrderId::generate(&c);
     let lost_event = order_event(&lost, "u2", OrderStatus::PendingPayment, now_ms() + 900_000);
-    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = env.raw().await;
     let keys = testkit::keys_matching(&mut raw, &format!("{}:*", env.settings.namespace)).await;
     let _: () = redis::cmd("DEL").arg(keys).query_async(&mut raw).await.unwrap();
     env.wait_for("rebuilt", Duration::from_secs(5), async || {
@@ -795,11 +792,7 @@ async fn a_held_order_whose_move_does_not_fit_yet_waits_for_the_event_it_needs()
     env.engine.release(&a, ReleaseReason::Cancelled).await.unwrap();
     let b = env.reserve(&c, "ub").await;
     // The relay must not send these: the test sends them itself, in the order it needs.
-    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = env.raw().await;
     let outboxes = testkit::keys_matching(&mut raw, &format!("{}:*outbox", env.settings.namespace)).await;
     assert!(!outboxes.is_empty());
     let _: () = redis::cmd("DEL").arg(outboxes).query_async(&mut raw).await.unwrap();
@@ -957,11 +950,7 @@ async fn a_lost_shard_comes_back_with_its_users_units_in_the_layout_the_worker_n
             states[0].iter().all(|s| *s == engine::rebuild::ShardState::Live)
         })
         .await;
-        let mut raw = redis::Client::open(env.settings.redis.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut raw = env.raw().await;
         let keys = engine::keys::KeySpace::new(&env.settings.namespace);
         let layout: Option<String> =
             redis::cmd("HGET").arg(keys.meta(&c)).arg("layout").query_async(&mut raw).await.unwrap();
@@ -1185,11 +1174,7 @@ async fn the_mysql_sweep_goes_past_a_campaign_redis_cannot_answer_for() {
         env.db.apply_events(&[ev]).await.unwrap();
         ids.push(o);
     }
-    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = env.raw().await;
     let meta = engine::keys::KeySpace::new(&env.settings.namespace).meta(&troubled);
     let _: () = redis::cmd("DEL").arg(meta).query_async(&mut raw).await.unwrap();
 
@@ -1374,11 +1359,7 @@ async fn a_malformed_outbox_entry_is_set_aside() {
     let env = Env::new().await;
     let c = env.launch("mal", 10, 900, 1).await;
     let keys = engine::keys::KeySpace::new(&env.settings.namespace);
-    let mut raw = redis::Client::open(env.settings.redis.url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = env.raw().await;
     let _: String = redis::cmd("XADD")
         .arg(keys.outbox(&c))
         .arg("*")
