@@ -170,8 +170,11 @@ def redis_nodes():
 def reset_state():
     """A clean namespace and database for this run; also what a run leaves behind unless
     `--keep-data` (a full run writes millions of keys, which would slow every later user
-    of this Redis)."""
+    of this Redis). The namespace's RabbitMQ queues go too: a run's payment timers
+    outlive it, and a later run's worker would otherwise spend itself on timers of
+    campaigns that no longer exist."""
     subprocess.run(["mariadb", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE IF EXISTS {DB}"], check=True)
+    delete_queues()
     nodes = redis_nodes()
     # On a cluster node keys of several slots cannot share one UNLINK: one key each
     # there (slow for a large run: a process per key); a thousand at a time on one Redis.
@@ -184,6 +187,22 @@ def reset_state():
         scan.stdout.close()
         if scan.wait() != 0:
             raise RuntimeError("redis-cli --scan failed")
+
+
+def delete_queues():
+    """Deletes the namespace's queues on the local RabbitMQ (`rabbitmqctl`; skipped, with a
+    word, where it cannot be run: a broker elsewhere). The worker declares them again."""
+    ctl = shutil.which("rabbitmqctl")
+    if not ctl:
+        log("rabbitmqctl not found: the namespace's queues are left as they are")
+        return
+    try:
+        listed = subprocess.run([ctl, "list_queues", "-q", "name"], capture_output=True, text=True, timeout=60,
+                                check=True).stdout.split()
+        for q in (q for q in listed if q.startswith(f"{NAMESPACE}.")):
+            subprocess.run([ctl, "delete_queue", q], capture_output=True, timeout=60, check=True)
+    except (subprocess.SubprocessError, OSError) as e:
+        log(f"the namespace's queues could not be deleted ({e}); a leftover timer only costs time")
 
 
 _token_files = {}
