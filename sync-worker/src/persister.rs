@@ -256,16 +256,7 @@ async fn apply(
     let events: Vec<OrderEvent> = group.iter().flat_map(|(e, _)| e.iter().cloned()).collect();
     // Spans of the sampled orders in the transaction (traces exported only), ended when
     // this batch is done.
-    let _traced = if common::telemetry::on() {
-        let traces: Vec<&str> = events
-            .iter()
-            .filter_map(|e| e.trace.as_deref())
-            .filter(|t| common::telemetry::sampled(Some(t)))
-            .collect();
-        crate::traced::persisting(&traces)
-    } else {
-        None
-    };
+    let _traced = crate::traced::persisting(&crate::traced::traces_of_events(&events));
     let mut backoff = common::backoff::DEPENDENCY;
     let mut refused = 0;
     loop {

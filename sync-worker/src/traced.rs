@@ -65,10 +65,24 @@ pub(crate) fn persisting(traces: &[&str]) -> Option<Spans> {
 /// exported.
 pub(crate) fn traces_in(body: &str) -> Vec<&str> {
     if on() {
-        traces_of(body).into_iter().filter(|t| sampled(Some(t))).collect()
+        taken(traces_of(body))
     } else {
         Vec::new()
     }
+}
+
+/// The `traceparent`s the events carry that this process's sampler takes; empty while
+/// traces are not exported.
+pub(crate) fn traces_of_events(events: &[common::message::OrderEvent]) -> Vec<&str> {
+    if on() {
+        taken(events.iter().filter_map(|e| e.trace.as_deref()))
+    } else {
+        Vec::new()
+    }
+}
+
+fn taken<'a>(traces: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    traces.into_iter().filter(|t| sampled(Some(t))).collect()
 }
 
 fn traces_of(body: &str) -> Vec<&str> {
