@@ -13,6 +13,7 @@ use crate::db::{text, Db, DbError, Result};
 use crate::fold::fold;
 use crate::lines::{self, UnitSums};
 use crate::rows::Applied;
+use crate::shapes;
 use crate::units;
 
 impl Db {
@@ -84,25 +85,27 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
         // cannot deadlock each other.
         let mut inserts = plan.inserts.clone();
         inserts.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO orders (order_id, campaign_id, user_id, status, total_cents, created_ms, \
-             expires_ms, paid_ms, updated_ms, idempotency_key, payment_event_id, items) ",
-        );
-        q.push_values(&inserts, |mut b, e| {
-            b.push_bind(&e.order_id)
-                .push_bind(&e.campaign_id)
-                .push_bind(&e.user_id)
-                .push_bind(e.status.as_str())
-                .push_bind(e.total_cents)
-                .push_bind(e.created_ms)
-                .push_bind(e.expires_ms)
-                .push_bind((e.paid_ms > 0).then_some(e.paid_ms))
-                .push_bind(e.event_ms)
-                .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.idempotency_key))
-                .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.payment_event))
-                .push_bind(lines::encode(&e.items));
-        });
-        q.build().execute(&mut *tx).await?;
+        for rows in shapes::chunks(&inserts) {
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT INTO orders (order_id, campaign_id, user_id, status, total_cents, created_ms, \
+                 expires_ms, paid_ms, updated_ms, idempotency_key, payment_event_id, items) ",
+            );
+            q.push_values(rows, |mut b, e| {
+                b.push_bind(&e.order_id)
+                    .push_bind(&e.campaign_id)
+                    .push_bind(&e.user_id)
+                    .push_bind(e.status.as_str())
+                    .push_bind(e.total_cents)
+                    .push_bind(e.created_ms)
+                    .push_bind(e.expires_ms)
+                    .push_bind((e.paid_ms > 0).then_some(e.paid_ms))
+                    .push_bind(e.event_ms)
+                    .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.idempotency_key))
+                    .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.payment_event))
+                    .push_bind(lines::encode(&e.items));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
     }
 
     for (id, (db_status, e)) in &plan.updates {
@@ -189,16 +192,20 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
     Ok(plan.applied)
 }
 
-/// `head` followed by one bound value per event, comma-separated (close it yourself).
+/// `head` followed by the events' distinct values, bound, comma-separated (close it
+/// yourself), in a list of one of few lengths ([`shapes::padded`]).
 fn in_list<'a>(
     head: &'static str,
     events: &'a [OrderEvent],
     value: impl Fn(&'a OrderEvent) -> &'a String,
 ) -> QueryBuilder<'a, MySql> {
+    let mut values: Vec<&str> = events.iter().map(|e| value(e).as_str()).collect();
+    values.sort_unstable();
+    values.dedup();
     let mut q = QueryBuilder::<MySql>::new(head);
     let mut list = q.separated(", ");
-    for e in events {
-        list.push_bind(value(e));
+    for v in shapes::padded(&values) {
+        list.push_bind(v);
     }
     q
 }

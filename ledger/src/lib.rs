@@ -31,6 +31,7 @@ pub mod orders;
 pub mod reconcile;
 pub mod relayed;
 pub mod rows;
+mod shapes;
 pub mod units;
 
 pub use db::{Db, DbError, Result};

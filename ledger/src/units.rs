@@ -18,6 +18,7 @@ use sqlx::{Connection, MySql, MySqlConnection, QueryBuilder, Row, Transaction};
 use crate::db::{opt_text, text, Db, DbError, Result};
 use crate::lines::{self, UnitSums};
 use crate::rows::StockRow;
+use crate::shapes;
 
 /// Campaigns counted per call of [`Db::count_uncounted`] at most.
 const COUNT_PER_ROUND: u32 = 4;
@@ -28,17 +29,19 @@ pub(crate) async fn add(tx: &mut Transaction<'_, MySql>, sums: &UnitSums<'_>) ->
     if rows.is_empty() {
         return Ok(());
     }
-    let mut q = QueryBuilder::<MySql>::new(
-        "INSERT INTO order_units (campaign_id, sku_id, pending_units, paid_units) ",
-    );
-    q.push_values(&rows, |mut b, ((campaign, sku), [pending, paid])| {
-        b.push_bind(*campaign).push_bind(*sku).push_bind(*pending).push_bind(*paid);
-    });
-    q.push(
-        " ON DUPLICATE KEY UPDATE pending_units = pending_units + VALUES(pending_units), \
-         paid_units = paid_units + VALUES(paid_units)",
-    );
-    q.build().execute(&mut **tx).await?;
+    for rows in shapes::chunks(&rows) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO order_units (campaign_id, sku_id, pending_units, paid_units) ",
+        );
+        q.push_values(rows, |mut b, ((campaign, sku), [pending, paid])| {
+            b.push_bind(*campaign).push_bind(*sku).push_bind(*pending).push_bind(*paid);
+        });
+        q.push(
+            " ON DUPLICATE KEY UPDATE pending_units = pending_units + VALUES(pending_units), \
+             paid_units = paid_units + VALUES(paid_units)",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
