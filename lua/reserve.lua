@@ -3,7 +3,8 @@
 -- none, per-user limit (checked before stock), idempotency, window, thresholds,
 -- sold-out naming the sku.
 -- What is the batch's is done once: campaign meta, the clock, the rate counter, the
--- outbox length, one outbox entry carrying every order granted, one buyer notice.
+-- outbox length, each stock hash's read and write, one push of the deadlines, one
+-- outbox entry carrying every order granted, one buyer notice.
 -- The order's own hash is its idempotency record: it is named by the order's ref,
 -- derived from (campaign, user, idempotency key), so a retry names the same hash, and
 -- the fingerprint is its lines. The id is `<campaign>.<12 hex of created ms><ref>`.
@@ -163,8 +164,26 @@ local function idempotency_record(key)
   return { fp = f[1], order = f[2], total = f[3], created = f[4], expires = f[5], items = string.sub(v, at) }
 end
 
+-- A batch's stock: each stock hash is read at its first line and written once at the
+-- end (what its lines took), not per line: orders of one hot sku share one key. Each
+-- order is still decided against the stock its predecessors left.
+local stocks, touched = {}, {}
+local function stock_of(key)
+  local st = stocks[key]
+  if st == nil then
+    local s = redis.call('HMGET', key, 'avail', 'price', 'gen')
+    -- The price also as written (a decimal integer): what is written and answered
+    -- below is built from the strings, with no number formatted again.
+    st = s[1] and { avail = tonumber(s[1]), price = tonumber(s[2]), price_s = s[2], gen = s[3] or '0', taken = 0 }
+      or false
+    stocks[key] = st
+  end
+  return st
+end
+
 local replies = {}
 local docs = {}
+local deadlines = {}
 local new_buyers = {}
 local needs_buyer_count = {}
 local key_at, arg_at = 7, 6
@@ -203,15 +222,13 @@ while arg_at <= #ARGV do
     local lines, units = {}, 0
     for i = 1, n do
       local sku, qty = ARGV[first_line + 2 * (i - 1)], tonumber(ARGV[first_line + 2 * i - 1])
-      local s = redis.call('HMGET', KEYS[first_stock + i - 1], 'avail', 'price', 'gen')
-      if not s[1] then
+      local key = KEYS[first_stock + i - 1]
+      local st = stock_of(key)
+      if not st then
         reply = { 'sku_not_found', sku }
         break
       end
-      -- The quantity and price also as written (decimal integers): what is written and
-      -- answered below is built from these strings, with no number formatted again.
-      lines[i] = { sku = sku, qty = qty, qty_s = ARGV[first_line + 2 * i - 1], avail = tonumber(s[1]),
-        price = tonumber(s[2]), price_s = s[2], gen = s[3] or '0' }
+      lines[i] = { sku = sku, qty = qty, qty_s = ARGV[first_line + 2 * i - 1], key = key, st = st }
       units = units + qty
     end
     -- The limit before stock: an order over it is refused whatever stock is left, and
@@ -230,8 +247,9 @@ while arg_at <= #ARGV do
     end
     if not reply then
       for i = 1, n do
-        if lines[i].avail < lines[i].qty then
-          reply = { 'sold_out', lines[i].sku, lines[i].gen, int(lines[i].avail), 0 }
+        local st = lines[i].st
+        if st.avail < lines[i].qty then
+          reply = { 'sold_out', lines[i].sku, st.gen, int(st.avail), 0 }
           needs_buyer_count[#replies + 1] = 5
           break
         end
@@ -252,16 +270,18 @@ while arg_at <= #ARGV do
       local total, items, emptied = 0, {}, {}
       for i = 1, n do
         local l = lines[i]
-        local key = KEYS[first_stock + i - 1]
-        local left = redis.call('HINCRBY', key, 'avail', '-' .. l.qty_s)
-        redis.call('HINCRBY', key, 'resv', l.qty_s)
-        if left == 0 then
-          emptied[#emptied + 1] = l.sku
-          emptied[#emptied + 1] = l.gen
+        local st = l.st
+        if st.taken == 0 then
+          touched[#touched + 1] = l.key
         end
-        total = total + l.qty * l.price
+        st.avail, st.taken = st.avail - l.qty, st.taken + l.qty
+        if st.avail == 0 then
+          emptied[#emptied + 1] = l.sku
+          emptied[#emptied + 1] = st.gen
+        end
+        total = total + l.qty * st.price
         -- Sku ids are [A-Za-z0-9_-] (checked at the edge): no escaping needed.
-        items[i] = '{"sku_id":"' .. l.sku .. '","quantity":' .. l.qty_s .. ',"price_cents":' .. l.price_s .. '}'
+        items[i] = '{"sku_id":"' .. l.sku .. '","quantity":' .. l.qty_s .. ',"price_cents":' .. st.price_s .. '}'
       end
       local items_json = '[' .. table.concat(items, ',') .. ']'
       local order_id = id_of(ref, now)
@@ -279,8 +299,7 @@ while arg_at <= #ARGV do
         redis.call('SET', k_idem, fingerprint .. '\n' .. order_id .. '\n' .. total_s .. '\n' .. now_s
           .. '\n' .. expires_s .. '\n' .. items_json, 'EX', idem_ttl)
       end
-      -- Reservation order is deadline order (deadlines.lua reads it).
-      redis.call('RPUSH', KEYS[K_DEADLINES], order_id)
+      deadlines[#deadlines + 1] = order_id
       -- Gateways answer sold-out and ended locally, except to known buyers, whose
       -- retries must reach this script to be replayed.
       if users_hash then
@@ -301,6 +320,16 @@ while arg_at <= #ARGV do
   replies[#replies + 1] = reply
 end
 
+for _, key in ipairs(touched) do
+  local taken = int(stocks[key].taken)
+  redis.call('HINCRBY', key, 'avail', '-' .. taken)
+  redis.call('HINCRBY', key, 'resv', taken)
+end
+-- Reservation order is deadline order (deadlines.lua reads it); pushed in slices, as
+-- `unpack` has a stack limit.
+for at = 1, #deadlines, 512 do
+  redis.call('RPUSH', KEYS[K_DEADLINES], unpack(deadlines, at, math.min(at + 511, #deadlines)))
+end
 if #docs > 0 then
   if max_rate then
     redis.call('SET', KEYS[K_RATE], int(second) .. ' ' .. int(granted_this_second), 'PX', 2000)
