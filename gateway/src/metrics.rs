@@ -2,7 +2,10 @@
 //! Names follow `flashsale_<name>_<unit>_total`; labels are bounded (route
 //! templates, methods, status codes, outcome names), never user or order ids.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+use axum::http::{Method, StatusCode};
 
 use engine::EngineStats;
 use prometheus::core::Collector;
@@ -113,7 +116,7 @@ impl Metrics {
 
     /// One reservation request that ended with `outcome` after `secs` in the engine.
     pub fn reservation(&self, outcome: &'static str, secs: f64) {
-        match self.by_outcome.iter().find(|(o, _, _)| *o == outcome) {
+        match outcome_index(outcome).and_then(|i| self.by_outcome.get(i)) {
             Some((_, count, latency)) => {
                 count.inc();
                 latency.observe(secs);
@@ -125,11 +128,110 @@ impl Metrics {
         }
     }
 
+    /// The HTTP series of `routes` (the router's path templates), each resolved on its
+    /// first request (see [`HttpSeries`]).
+    pub fn http_series(&self, routes: impl IntoIterator<Item = &'static str>) -> HttpSeries {
+        HttpSeries {
+            routes: routes.into_iter().map(|r| (r, RouteSeries::new(r))).collect(),
+            unmatched: RouteSeries::new(UNMATCHED),
+            requests: self.http_requests.clone(),
+            latency: self.http_latency.clone(),
+        }
+    }
+
     /// The text exposition, after catching the engine's counters up.
     pub fn render(&self, stats: EngineStats) -> String {
         catch_up(&self.answered_locally, stats.answered_locally);
         catch_up(&self.sent_to_redis, stats.sent_to_redis);
         serve::metrics_text(&self.registry)
+    }
+}
+
+/// The position of `outcome` in [`OUTCOMES`] (a `match`: no scan of the list).
+fn outcome_index(outcome: &str) -> Option<usize> {
+    Some(match outcome {
+        "reserved" => 0,
+        "replayed" => 1,
+        "key_reused" => 2,
+        "campaign_not_found" => 3,
+        "sku_not_found" => 4,
+        "not_active" => 5,
+        "sold_out" => 6,
+        "limit_exceeded" => 7,
+        "rate_limited" => 8,
+        "unavailable" => 9,
+        _ => return None,
+    })
+}
+
+/// The route label of requests no route matched.
+const UNMATCHED: &str = "unmatched";
+/// Methods whose HTTP series a route resolves once (any other: a label lookup).
+const METHODS: [Method; 3] = [Method::GET, Method::POST, Method::PATCH];
+/// Statuses whose HTTP series a route resolves once (any other: a label lookup).
+const STATUSES: [StatusCode; 17] = [
+    StatusCode::OK,
+    StatusCode::CREATED,
+    StatusCode::ACCEPTED,
+    StatusCode::NO_CONTENT,
+    StatusCode::BAD_REQUEST,
+    StatusCode::UNAUTHORIZED,
+    StatusCode::FORBIDDEN,
+    StatusCode::NOT_FOUND,
+    StatusCode::METHOD_NOT_ALLOWED,
+    StatusCode::CONFLICT,
+    StatusCode::PAYLOAD_TOO_LARGE,
+    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    StatusCode::UNPROCESSABLE_ENTITY,
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::INTERNAL_SERVER_ERROR,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
+/// The HTTP series (`flashsale_http_requests_total`, `..._request_duration_seconds`)
+/// of every route, for the guard around each request. A series is resolved on the
+/// route's first request with it and kept: `with_label_values` hashes every label and
+/// takes a lock shared by all requests, and no series appears before its first request.
+pub struct HttpSeries {
+    routes: HashMap<&'static str, RouteSeries>,
+    unmatched: RouteSeries,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+struct RouteSeries {
+    route: &'static str,
+    latency: OnceLock<Histogram>,
+    /// By [`METHODS`] × [`STATUSES`].
+    requests: Vec<OnceLock<IntCounter>>,
+}
+
+impl RouteSeries {
+    fn new(route: &'static str) -> Self {
+        let requests = (0..METHODS.len() * STATUSES.len()).map(|_| OnceLock::new()).collect();
+        Self { route, latency: OnceLock::new(), requests }
+    }
+}
+
+impl HttpSeries {
+    /// One request to `route` (its template; `None`: no route matched) answered with
+    /// `status` after `secs`.
+    pub fn record(&self, route: Option<&str>, method: &Method, status: StatusCode, secs: f64) {
+        let Some(series) = route.map_or(Some(&self.unmatched), |r| self.routes.get(r)) else {
+            // A template this gateway was not built with (a test's own router).
+            let route = route.unwrap_or(UNMATCHED);
+            self.requests.with_label_values(&[route, method.as_str(), status.as_str()]).inc();
+            self.latency.with_label_values(&[route]).observe(secs);
+            return;
+        };
+        let label = || [series.route, method.as_str(), status.as_str()];
+        let at = METHODS.iter().position(|m| m == method).zip(STATUSES.iter().position(|s| *s == status));
+        match at.and_then(|(m, s)| series.requests.get(m * STATUSES.len() + s)) {
+            Some(slot) => slot.get_or_init(|| self.requests.with_label_values(&label())).inc(),
+            None => self.requests.with_label_values(&label()).inc(),
+        }
+        series.latency.get_or_init(|| self.latency.with_label_values(&[series.route])).observe(secs);
     }
 }
 
@@ -206,5 +308,53 @@ mod tests {
         // 0.0001 s falls in the first bucket (0.2 ms): three of the four; 4 ms by 5 ms.
         assert_eq!(live.reserve_latency_counts[0], 3);
         assert_eq!(live.reserve_latency_counts[5], 4);
+    }
+
+    /// The series of one route, method and status in the text exposition, or 0.
+    fn requests(m: &Metrics, route: &str, method: &str, status: &str) -> u64 {
+        let want = [("route", route), ("method", method), ("status", status)];
+        m.http_requests
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|s| {
+                want.iter().all(|(k, v)| s.get_label().iter().any(|l| l.name() == *k && l.value() == *v))
+            })
+            .map(|s| s.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[test]
+    fn http_series_count_each_route_method_and_status_apart_and_resolve_nothing_before_use() {
+        let m = Metrics::new().unwrap();
+        let series = m.http_series(["/a/{id}", "/b"]);
+        assert!(m.http_requests.collect().iter().all(|f| f.get_metric().is_empty()), "no series before use");
+        let post = Method::POST;
+        series.record(Some("/a/{id}"), &post, StatusCode::CREATED, 0.001);
+        series.record(Some("/a/{id}"), &post, StatusCode::CREATED, 0.001);
+        series.record(Some("/a/{id}"), &post, StatusCode::CONFLICT, 0.001);
+        series.record(Some("/a/{id}"), &Method::GET, StatusCode::CREATED, 0.001);
+        // Not in the resolved tables: a method, a status, a template and no route.
+        series.record(Some("/a/{id}"), &Method::DELETE, StatusCode::METHOD_NOT_ALLOWED, 0.001);
+        series.record(Some("/b"), &post, StatusCode::IM_A_TEAPOT, 0.001);
+        series.record(Some("/c"), &post, StatusCode::OK, 0.001);
+        series.record(None, &post, StatusCode::NOT_FOUND, 0.001);
+        series.record(None, &post, StatusCode::NOT_FOUND, 0.001);
+        assert_eq!(requests(&m, "/a/{id}", "POST", "201"), 2);
+        assert_eq!(requests(&m, "/a/{id}", "POST", "409"), 1);
+        assert_eq!(requests(&m, "/a/{id}", "GET", "201"), 1);
+        assert_eq!(requests(&m, "/a/{id}", "DELETE", "405"), 1);
+        assert_eq!(requests(&m, "/b", "POST", "418"), 1);
+        assert_eq!(requests(&m, "/c", "POST", "200"), 1);
+        assert_eq!(requests(&m, "unmatched", "POST", "404"), 2);
+        assert_eq!(m.live().http_status.get("201"), Some(&3));
+        let latency: u64 = m
+            .http_latency
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|s| s.get_histogram().get_sample_count())
+            .sum();
+        assert_eq!(latency, 9, "every request's latency is observed");
     }
 }
