@@ -327,38 +327,44 @@ class CpuMeter:
 
 
 class Profile:
-    """`perf record` of one process of the stack over one run (`--perf-of`, the gateway
-    by default; call graphs from DWARF: release builds carry line tables), and `perf
-    report`'s text beside it: `<out>/perf-<process>-<label>.txt`."""
+    """`perf record` of processes of the stack over one run (`--perf-of`, the gateway by
+    default, or several names comma-separated: one recording, a report per process; call
+    graphs from DWARF: release builds carry line tables), and `perf report`'s text beside
+    it: `<out>/perf-<process>-<label>.txt`."""
 
     def __init__(self, stack, label):
-        self.stack, self.label = stack, f"{stack.perf}-{label}"
-        self.data = os.path.join(stack.out, f"perf-{self.label}.data")
+        self.stack, self.label = stack, label
+        self.data = os.path.join(stack.out, f"perf-{label}.data")
+
+    def pids_of(self, name):
+        pids = [p.pid for p in self.stack.procs if os.path.basename(p.args[0]) == name]
+        return pids or [int(p) for p in subprocess.run(["pgrep", "-x", name], capture_output=True,
+                                                       text=True).stdout.split()]
 
     def __enter__(self):
-        pids = [p.pid for p in self.stack.procs if os.path.basename(p.args[0]) == self.stack.perf]
-        if not pids:
-            pids = [int(p) for p in subprocess.run(["pgrep", "-x", self.stack.perf], capture_output=True,
-                                                   text=True).stdout.split()]
-        if not pids:
-            raise SystemExit(f"--perf-of {self.stack.perf}: no such process")
+        self.pids = {name: self.pids_of(name) for name in self.stack.perf.split(",")}
+        for name, pids in self.pids.items():
+            if not pids:
+                raise SystemExit(f"--perf-of {name}: no such process")
+        every = [str(p) for pids in self.pids.values() for p in pids]
         self.perf = subprocess.Popen(["perf", "record", "-q", "-F", "299", "--call-graph", "dwarf,16384",
-                                      "-p", ",".join(map(str, pids)), "-o", self.data],
+                                      "-p", ",".join(every), "-o", self.data],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *_):
         self.perf.send_signal(signal.SIGINT)
         self.perf.wait(timeout=120)
-        text = os.path.join(self.stack.out, f"perf-{self.label}.txt")
-        with open(text, "w") as f:
-            for sort, children in (("symbol", "--no-children"), ("symbol", "--children")):
-                f.write(f"==== perf report {children} --sort {sort}\n")
-                f.flush()
-                subprocess.run(["perf", "report", "-i", self.data, "--stdio", children, "--sort", sort,
-                                "-g", "none", "--percent-limit", "0.5"],
-                               stdout=f, stderr=subprocess.DEVNULL, timeout=600)
-        log(f"profile of {self.stack.perf}: {text}")
+        for name, pids in self.pids.items():
+            text = os.path.join(self.stack.out, f"perf-{name}-{self.label}.txt")
+            with open(text, "w") as f:
+                for sort, children in (("symbol", "--no-children"), ("symbol", "--children")):
+                    f.write(f"==== perf report {children} --sort {sort}\n")
+                    f.flush()
+                    subprocess.run(["perf", "report", "-i", self.data, "--stdio", children, "--sort", sort,
+                                    "--pid", ",".join(map(str, pids)), "-g", "none", "--percent-limit", "0.5"],
+                                   stdout=f, stderr=subprocess.DEVNULL, timeout=600)
+            log(f"profile of {name}: {text}")
 
 
 class OtlpSink:
@@ -853,7 +859,8 @@ def main():
                     help="ratios: profile a process with `perf` during the gateway's wrk runs "
                          "(perf-<process>-<run>.txt in --out); its rates are then not the ones to quote")
     ap.add_argument("--perf-of", default="gateway", metavar="NAME",
-                    help="with --perf: the process to profile (gateway, sync-worker, redis-server, mariadbd)")
+                    help="with --perf: the process to profile (gateway, sync-worker, redis-server, mariadbd, "
+                         "beam.smp), or several comma-separated (one recording, a report each)")
     ap.add_argument("--otlp-sink", action="store_true",
                     help="answer OTLP/HTTP trace exports on 127.0.0.1:4318 (for runs with "
                          "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 in --current-env or --baseline-env)")
