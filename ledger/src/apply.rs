@@ -1,13 +1,16 @@
 //! The SQL that applies a batch of order events in one transaction: the orders MySQL
 //! does not hold are inserted, the ones it holds advanced (conditionally on the state
 //! read under their row lock), and the net stock moves of the batch applied with a
-//! guard per sku, so only the batch's final state must fit the stock.
+//! guard per sku, so only the batch's final state must fit the stock. Orders whose
+//! only events in the batch are their reservations are not looked up first (nearly
+//! all of a sale's are new); one MySQL holds after all fails its insert on the primary
+//! key, and the batch is rolled back and applied again with every order looked up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use common::message::{OrderEvent, OrderStatus};
 use sqlx::mysql::MySqlPool;
-use sqlx::{Connection, MySql, QueryBuilder, Row};
+use sqlx::{Connection, MySql, QueryBuilder, Row, Transaction};
 
 use crate::db::{text, Db, DbError, Result};
 use crate::fold::fold;
@@ -44,29 +47,63 @@ enum Rebuilds {
     Ignore,
 }
 
+/// Which orders of a batch are looked up (and locked) before the fold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Only orders with an event past their reservation. An order whose every event
+    /// in the batch is its reservation is nearly always new to MySQL: it is not looked
+    /// up but inserted, and one MySQL already holds (a redelivery, a racing worker)
+    /// fails its insert on the primary key; the batch is then rolled back and applied
+    /// again with [`Lookup::Every`].
+    Settled,
+    Every,
+}
+
+/// The outcome of one try at a batch.
+enum Tried {
+    Applied(Applied),
+    /// [`Lookup::Settled`] met an order MySQL holds: rolled back, apply it again.
+    Again,
+}
+
 async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds) -> Result<Applied> {
+    match apply_once(pool, events, rebuilds, Lookup::Settled).await? {
+        Tried::Applied(applied) => Ok(applied),
+        Tried::Again => match apply_once(pool, events, rebuilds, Lookup::Every).await? {
+            Tried::Applied(applied) => Ok(applied),
+            Tried::Again => Err(DbError::Corrupt("a batch looked up whole still met a duplicate".into())),
+        },
+    }
+}
+
+async fn apply_once(
+    pool: &MySqlPool,
+    events: &[OrderEvent],
+    rebuilds: Rebuilds,
+    lookup: Lookup,
+) -> Result<Tried> {
     let mut conn = pool.acquire().await?;
     // READ COMMITTED: no gap locks on the ids looked up, so two workers' batches do
     // not deadlock on orders that do not exist yet (a racing insert fails on the
-    // primary key instead, and that batch is retried).
+    // primary key instead, and that batch is applied again).
     sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(&mut *conn).await?;
     let mut tx = conn.begin().await?;
 
-    let mut q = in_list("SELECT order_id, status FROM orders WHERE order_id IN (", events, |e| &e.order_id);
-    q.push(") FOR UPDATE");
-    let mut in_db = HashMap::new();
-    for r in q.build().fetch_all(&mut *tx).await? {
-        let status = text(&r, 1)?;
-        let status =
-            OrderStatus::parse(&status).ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?;
-        in_db.insert(text(&r, 0)?, status);
-    }
+    let settled: HashSet<&str> = match lookup {
+        Lookup::Every => events.iter().map(|e| e.order_id.as_str()).collect(),
+        Lookup::Settled => events
+            .iter()
+            .filter(|e| e.status != OrderStatus::PendingPayment)
+            .map(|e| e.order_id.as_str())
+            .collect(),
+    };
+    let mut in_db = look_up(&mut tx, events, |e| settled.contains(e.order_id.as_str())).await?;
 
     // Shared locks on the campaign rows: a rebuild marks `restored_ms` with an update
     // that waits for this transaction, and every transaction after it sees the mark.
     let mut q =
         in_list("SELECT campaign_id, restored_ms FROM campaigns WHERE campaign_id IN (", events, |e| {
-            &e.campaign_id
+            Some(&e.campaign_id)
         });
     q.push(") LOCK IN SHARE MODE");
     let mut restored = HashMap::new();
@@ -77,7 +114,14 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
             }
         }
     }
-    let plan = fold(events, &in_db, &restored);
+    let mut plan = fold(events, &in_db, &restored);
+    if !plan.applied.lost.is_empty() && lookup == Lookup::Settled {
+        // Refused as lost because MySQL was not asked: ask it about those (nothing is
+        // written yet), and fold again.
+        let lost: HashSet<&str> = plan.applied.lost.iter().map(String::as_str).collect();
+        in_db.extend(look_up(&mut tx, events, |e| lost.contains(e.order_id.as_str())).await?);
+        plan = fold(events, &in_db, &restored);
+    }
 
     if !plan.inserts.is_empty() {
         // Rows in one fixed order (by order id), whatever order the events came in: two
@@ -104,7 +148,13 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
                     .push_bind(plan.ids.get(e.order_id.as_str()).and_then(|i| i.payment_event))
                     .push_bind(lines::encode(&e.items));
             });
-            q.build().execute(&mut *tx).await?;
+            match q.build().execute(&mut *tx).await {
+                // Dropped unfinished, the transaction rolls back.
+                Err(sqlx::Error::Database(e)) if lookup == Lookup::Settled && e.is_unique_violation() => {
+                    return Ok(Tried::Again);
+                }
+                done => done?,
+            };
         }
     }
 
@@ -189,17 +239,41 @@ async fn apply_batch(pool: &MySqlPool, events: &[OrderEvent], rebuilds: Rebuilds
     }
     units::add(&mut tx, &sums).await?;
     tx.commit().await?;
-    Ok(plan.applied)
+    Ok(Tried::Applied(plan.applied))
 }
 
-/// `head` followed by the events' distinct values, bound, comma-separated (close it
-/// yourself), in a list of one of few lengths ([`shapes::padded`]).
+/// The state in MySQL of the orders of the `wanted` events, their rows locked.
+async fn look_up(
+    tx: &mut Transaction<'_, MySql>,
+    events: &[OrderEvent],
+    wanted: impl Fn(&OrderEvent) -> bool,
+) -> Result<HashMap<String, OrderStatus>> {
+    let mut in_db = HashMap::new();
+    if !events.iter().any(&wanted) {
+        return Ok(in_db);
+    }
+    let mut q = in_list("SELECT order_id, status FROM orders WHERE order_id IN (", events, |e| {
+        wanted(e).then_some(&e.order_id)
+    });
+    q.push(") FOR UPDATE");
+    for r in q.build().fetch_all(&mut **tx).await? {
+        let status = text(&r, 1)?;
+        let status =
+            OrderStatus::parse(&status).ok_or_else(|| DbError::Corrupt(format!("order status {status}")))?;
+        in_db.insert(text(&r, 0)?, status);
+    }
+    Ok(in_db)
+}
+
+/// `head` followed by the events' distinct values (`None`: the event has none),
+/// bound, comma-separated (close it yourself), in a list of one of few lengths
+/// ([`shapes::padded`]).
 fn in_list<'a>(
     head: &'static str,
     events: &'a [OrderEvent],
-    value: impl Fn(&'a OrderEvent) -> &'a String,
+    value: impl Fn(&'a OrderEvent) -> Option<&'a String>,
 ) -> QueryBuilder<'a, MySql> {
-    let mut values: Vec<&str> = events.iter().map(|e| value(e).as_str()).collect();
+    let mut values: Vec<&str> = events.iter().filter_map(|e| value(e).map(String::as_str)).collect();
     values.sort_unstable();
     values.dedup();
     let mut q = QueryBuilder::<MySql>::new(head);

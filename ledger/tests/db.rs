@@ -223,6 +223,49 @@ async fn after_a_rebuild_mysql_refuses_orders_redis_lost_before_it_heard_of_them
     t.cleanup().await;
 }
 
+#[tokio::test]
+async fn new_orders_batched_with_one_mysql_holds_are_inserted_once_and_move_stock_once() {
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap();
+    // Reservations are inserted without a look-up; "o3" is already held, so the
+    // insert of the batch's second chunk (rows in id order: [o1, o2], [o3]) fails after
+    // the first went in, and the batch must be applied again from scratch.
+    t.db.apply_events(&[event("o3", OrderStatus::PendingPayment, 1)]).await.unwrap();
+    let batch = [
+        event("o1", OrderStatus::PendingPayment, 1),
+        event("o3", OrderStatus::PendingPayment, 1),
+        event("o2", OrderStatus::PendingPayment, 1),
+    ];
+    let applied = t.db.apply_events(&batch).await.unwrap();
+    assert_eq!((applied.inserted, applied.unchanged), (2, 1));
+    assert_eq!(testkit::count_orders(&t.pool, "c").await, 3);
+    assert_eq!(buckets(&t.db, "a").await, (7, 3, 0));
+    let rows = t.db.stock("c").await.unwrap();
+    assert_eq!((rows[0].pending_units, rows[0].paid_units), (3, 0));
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn after_a_rebuild_a_redelivered_reservation_of_an_order_mysql_holds_is_not_taken_for_lost() {
+    let t = TestDb::new().await;
+    t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap();
+    let mut held = event("held", OrderStatus::PendingPayment, 1);
+    held.created_ms = 1_000;
+    t.db.apply_events(std::slice::from_ref(&held)).await.unwrap();
+    t.db.mark_restored("c", 5_000).await.unwrap();
+    // Its reservation again, alone (not looked up on the first try) and then with a
+    // later event of its own.
+    let applied = t.db.apply_events(std::slice::from_ref(&held)).await.unwrap();
+    assert_eq!((applied.lost.len(), applied.unchanged), (0, 1), "{applied:?}");
+    let mut paid = held.clone();
+    paid.status = OrderStatus::Paid;
+    let applied = t.db.apply_events(&[held, paid]).await.unwrap();
+    assert_eq!((applied.lost.len(), applied.advanced), (0, 1), "{applied:?}");
+    assert_eq!(t.db.order("held").await.unwrap().unwrap().status, OrderStatus::Paid);
+    assert_eq!(buckets(&t.db, "a").await, (9, 0, 1));
+    t.cleanup().await;
+}
+
 /// Eight processes' worth of start-ups on a fresh database at once, twenty times: every
 /// one connects and finds the schema whole (migrations are serialised, never seen half
 /// applied by another starter).
