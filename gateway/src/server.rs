@@ -116,8 +116,8 @@ where
                 // this future is dropped. The in-flight gauge is read off the permits.
                 Ok(_permit) => {
                     let limit = Duration::from_millis(guarded.state.settings.gateway.request_timeout_ms);
-                    // Debug level: a span per request costs the sold-out path a few
-                    // percent at `info` (RUST_LOG=info,gateway=debug shows it).
+                    // Debug level: at `info` the log layer would make and format a
+                    // span for every request (RUST_LOG=info,gateway=debug shows it).
                     let span = tracing::debug_span!("request", method = %method, route = route.unwrap_or(""));
                     match tokio::time::timeout(limit, handled.instrument(span)).await {
                         Ok(Ok(res)) => res,

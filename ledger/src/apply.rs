@@ -149,8 +149,10 @@ async fn apply_once(
                     .push_bind(lines::encode(&e.items));
             });
             match q.build().execute(&mut *tx).await {
-                // Dropped unfinished, the transaction rolls back.
+                // Rolled back here, not when the connection is next used: the next try
+                // looks up (and locks) the rows this one inserted.
                 Err(sqlx::Error::Database(e)) if lookup == Lookup::Settled && e.is_unique_violation() => {
+                    tx.rollback().await?;
                     return Ok(Tried::Again);
                 }
                 done => done?,
