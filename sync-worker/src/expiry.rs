@@ -81,13 +81,20 @@ pub async fn consume_timers(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<b
 
 /// Expires a timer's orders, campaign by campaign; a campaign that fails does not stop
 /// the others. Returns an error (the timer is requeued; releasing is idempotent) if any
-/// campaign failed.
+/// campaign failed. A campaign Redis cannot answer for and MySQL has no row of (its
+/// data deleted: a launch writes MySQL's row first) has nothing to release: its orders
+/// are dropped from the timer, counted and logged, not retried for ever.
 async fn expire_all(ctx: &Ctx, ids: &[String]) -> Result<()> {
     let mut failed = None;
     for (campaign, orders) in by_campaign(ids.iter().map(String::as_str)) {
         match ctx.engine.release_many(&campaign, &orders, ReleaseReason::Expired).await {
             Ok(outcomes) => {
                 ctx.metrics.expired.with_label_values(&["timer"]).inc_by(count_released(&outcomes) as u64);
+            }
+            Err(e) if matches!(ctx.db.campaign(campaign.as_str()).await, Ok(None)) => {
+                ctx.metrics.timer_orders_dropped.inc_by(orders.len() as u64);
+                tracing::warn!(%campaign, orders = orders.len(), error = %e,
+                    "payment timer of a campaign neither Redis nor MySQL knows: its orders dropped");
             }
             Err(e) => {
                 ctx.campaign_failed("expiry_timer", &campaign, &e);

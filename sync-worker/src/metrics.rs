@@ -18,6 +18,8 @@ pub struct Metrics {
     pub dead_lettered_orders: IntCounterVec,
     pub persist_retries: IntCounter,
     pub expired: IntCounterVec,
+    /// Orders of payment timers dropped: neither Redis nor MySQL knows their campaign.
+    pub timer_orders_dropped: IntCounter,
     pub drift_units: IntGauge,
     pub inconsistent_campaigns: IntGauge,
     pub restored_campaigns: IntCounter,
@@ -121,6 +123,11 @@ impl Metrics {
                 "flashsale_persist_duration_seconds",
                 "MySQL time per batch",
                 seconds,
+            )?,
+            timer_orders_dropped: counter(
+                &r,
+                "flashsale_expiry_timer_orders_dropped_total",
+                "Orders of payment timers dropped because neither Redis nor MySQL knows their campaign",
             )?,
             poisoned: counter(
                 &r,

@@ -175,6 +175,26 @@ impl Env {
         conn.close(200, "done".into()).await.unwrap();
     }
 
+    /// Publishes `body` to the timeouts exchange, as an expired payment timer arrives.
+    async fn publish_due_timer(&self, body: &[u8]) {
+        let conn =
+            Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let confirm = ch
+            .basic_publish(
+                format!("{}.timeouts", self.settings.namespace).as_str().into(),
+                sync_worker::topology::TIMEOUT_ROUTING_KEY.into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)), "published and routed");
+        conn.close(200, "done".into()).await.unwrap();
+    }
+
     async fn queue_len(&self, queue: &str) -> u32 {
         self.try_queue_len(queue).await.unwrap()
     }
@@ -322,6 +342,29 @@ async fn the_same_message_three_times_and_a_poison_message() {
         listed.len() == 1 && listed[0].reason == "unreadable"
     })
     .await;
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
+/// A payment timer whose campaign neither Redis nor MySQL knows (its data deleted, or
+/// a database dropped under a worker) has nothing to release: it is dropped and
+/// counted, not requeued every half second forever. A timer whose campaign MySQL knows
+/// is still kept while Redis cannot answer for it.
+#[tokio::test]
+async fn a_payment_timer_of_a_campaign_nobody_knows_is_dropped_not_requeued_forever() {
+    let env = Env::new().await;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    env.wait_for_topology().await;
+    let gone = OrderId::generate(&CampaignId::parse("gone").unwrap()).to_string();
+    let body = serde_json::to_vec(&sync_worker::persister::Timer { order_ids: vec![gone] }).unwrap();
+    env.publish_due_timer(&body).await;
+    let dropped = || counter(&worker.ctx.metrics.render(), "flashsale_expiry_timer_orders_dropped_total");
+    env.wait_for("the timer dropped and counted", Duration::from_secs(10), async || dropped() >= 1.0).await;
+    // Acknowledged: not seen again (a requeued timer comes back within a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(dropped(), 1.0);
+    let queue = format!("{}.timeouts", env.settings.namespace);
+    assert_eq!(env.queue_len(&queue).await, 0);
     worker.shutdown().await;
     env.cleanup().await;
 }
