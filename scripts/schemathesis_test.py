@@ -19,6 +19,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-dir", default=os.path.join(teststack.ROOT, "target", "debug"))
     ap.add_argument("--max-examples", type=int, default=None, help="override the config's generation.max-examples")
+    ap.add_argument("--seed", default=None, help="the seed of an earlier run (its report's last lines), to replay it")
     args = ap.parse_args()
     with teststack.running(args.bin_dir, "schemathesis", 18380, 19990) as (base, run):
         teststack.launch(base, "spring-sale", [{"sku_id": "phone-128g", "stock": 10_000_000, "price_cents": 99900}],
@@ -29,6 +30,8 @@ def main():
                f"{base}/openapi.json", "--report", "junit", "--report-dir", report]
         if args.max_examples:
             cmd += ["--max-examples", str(args.max_examples)]
+        if args.seed:
+            cmd += ["--seed", args.seed]
         rc, interpreter_fault = run_once(cmd, env)
         if rc != 0 and interpreter_fault:
             # CPython 3.11's AST construction can raise a spurious SystemError under
