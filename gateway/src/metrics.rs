@@ -116,7 +116,7 @@ impl Metrics {
 
     /// One reservation request that ended with `outcome` after `secs` in the engine.
     pub fn reservation(&self, outcome: &'static str, secs: f64) {
-        match outcome_index(outcome).and_then(|i| self.by_outcome.get(i)) {
+        match self.by_outcome.iter().find(|(o, _, _)| *o == outcome) {
             Some((_, count, latency)) => {
                 count.inc();
                 latency.observe(secs);
@@ -145,23 +145,6 @@ impl Metrics {
         catch_up(&self.sent_to_redis, stats.sent_to_redis);
         serve::metrics_text(&self.registry)
     }
-}
-
-/// The position of `outcome` in [`OUTCOMES`] (a `match`: no scan of the list).
-fn outcome_index(outcome: &str) -> Option<usize> {
-    Some(match outcome {
-        "reserved" => 0,
-        "replayed" => 1,
-        "key_reused" => 2,
-        "campaign_not_found" => 3,
-        "sku_not_found" => 4,
-        "not_active" => 5,
-        "sold_out" => 6,
-        "limit_exceeded" => 7,
-        "rate_limited" => 8,
-        "unavailable" => 9,
-        _ => return None,
-    })
 }
 
 /// The route label of requests no route matched.

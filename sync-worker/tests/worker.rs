@@ -155,6 +155,17 @@ impl Env {
     }
 
     async fn publish_raw(&self, body: &[u8]) {
+        let exchange = format!("{}.orders", self.settings.namespace);
+        self.publish_to(&exchange, sync_worker::topology::ORDER_ROUTING_KEY, body).await;
+    }
+
+    /// Publishes `body` to the timeouts exchange, as an expired payment timer arrives.
+    async fn publish_due_timer(&self, body: &[u8]) {
+        let exchange = format!("{}.timeouts", self.settings.namespace);
+        self.publish_to(&exchange, sync_worker::topology::TIMEOUT_ROUTING_KEY, body).await;
+    }
+
+    async fn publish_to(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         let conn =
             Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -163,28 +174,8 @@ impl Env {
         // (the worker's queues not declared yet) and fails the test here.
         let confirm = ch
             .basic_publish(
-                format!("{}.orders", self.settings.namespace).as_str().into(),
-                "order".into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)), "published and routed");
-        conn.close(200, "done".into()).await.unwrap();
-    }
-
-    /// Publishes `body` to the timeouts exchange, as an expired payment timer arrives.
-    async fn publish_due_timer(&self, body: &[u8]) {
-        let conn =
-            Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let confirm = ch
-            .basic_publish(
-                format!("{}.timeouts", self.settings.namespace).as_str().into(),
-                sync_worker::topology::TIMEOUT_ROUTING_KEY.into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
                 body,
                 BasicProperties::default(),
