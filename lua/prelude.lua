@@ -58,7 +58,8 @@ end
 -- When an outbox is empty, an `outbox <tag>` notice tells the relays that it has work
 -- again (the tag is the outbox key's hash tag without `c:`: the campaign id, or a
 -- shard's tag): an idle relay polls nothing (a missed notice is caught by the relay's
--- rescan after a notice gap).
+-- rescan after a notice gap). `len` (optional) is the outbox's length if the caller
+-- knows it.
 -- Sends a notice. A channel with a hash tag is a shard's own channel (on a cluster, in
 -- the slot of the shard's keys): SPUBLISH reaches only that slot's master and replicas,
 -- where a PUBLISH would be forwarded to every node of the cluster.
@@ -70,18 +71,28 @@ local function notify(channel, text)
   end
 end
 
-local function announce_work(outbox, campaign, channel)
-  if redis.call('XLEN', outbox) == 0 then
+local function announce_work(outbox, campaign, channel, len)
+  if (len or redis.call('XLEN', outbox)) == 0 then
     notify(channel, 'outbox ' .. (string.match(outbox, '{c:(.-)}') or campaign))
   end
 end
 
 -- Appends one outbox entry carrying many orders' events (field `orders`, a version 2
 -- message: {"version":2,"events":[...]}): one entry, one AMQP message, one
--- persister transaction for everything one script call decided.
-local function emit_docs(outbox, campaign, docs, channel)
-  announce_work(outbox, campaign, channel)
+-- persister transaction for everything one script call decided. `len` as for
+-- `announce_work`.
+local function emit_docs(outbox, campaign, docs, channel, len)
+  announce_work(outbox, campaign, channel, len)
   redis.call('XADD', outbox, '*', 'orders', '{"version":2,"events":[' .. table.concat(docs, ',') .. ']}')
+end
+
+-- Appends one outbox entry carrying a script call's reservations as compact rows (a
+-- version 3 message, {"version":3,"reserved":[...]}; `common/src/message.rs`,
+-- `ReservedRow`, says what a row holds and what it implies). `backlog` as `len` for
+-- `announce_work`: the caller read it already.
+local function emit_reserved(outbox, campaign, rows, channel, backlog)
+  announce_work(outbox, campaign, channel, backlog)
+  redis.call('XADD', outbox, '*', 'orders', '{"version":3,"reserved":[' .. table.concat(rows, ',') .. ']}')
 end
 
 -- Appends one order's event, read from its hash, as a version 1 entry (field `order`).

@@ -4,7 +4,8 @@
 -- sold-out naming the sku.
 -- What is the batch's is done once: campaign meta, the clock, the rate counter, the
 -- outbox length, each stock hash's read and write, one push of the deadlines, one
--- outbox entry carrying every order granted, one buyer notice.
+-- outbox entry carrying every order granted (a version 3 entry: a compact row per
+-- order), one buyer notice.
 -- The order's own hash is its idempotency record: it is named by the order's ref,
 -- derived from (campaign, user, idempotency key), so a retry names the same hash, and
 -- the fingerprint is its lines. The id is `<campaign>.<12 hex of created ms><ref>`.
@@ -27,7 +28,9 @@
 --       (string "<second> <count>"), 6 users (hash), then per order, in ARGV order:
 --       order (named by the chain's first ref), one stock hash per line
 -- ARGV: 1 campaign, 2 idempotency ttl secs, 3 outbox max length, 4 notice channel,
---       5 write_records (1: also write each order's idempotency record), then per
+--       5 write_records (1: also write each order's idempotency record), 6 the outbox
+--       entry's message version (3: compact rows; 2: whole events, which builds
+--       before it read), then per
 --       order: its ref (derived), user_id, fingerprint, idempotency key, its sampled
 --       trace's W3C traceparent or '' (carried on in its outbox event), number of
 --       lines, then (sku, qty) per line
@@ -46,6 +49,7 @@
 
 local campaign, idem_ttl, outbox_max, channel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local write_records = ARGV[5] == '1'
+local compact = ARGV[6] == '3'
 local K_META, K_OUTBOX, K_DEADLINES, K_BUYERS, K_RATE, K_USERS = 1, 2, 3, 4, 5, 6
 
 local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'window', 'max_orders_per_sec',
@@ -53,7 +57,7 @@ local meta = redis.call('HMGET', KEYS[K_META], 'starts', 'ends', 'limit', 'windo
 local users_hash = meta[8] == '2'
 if meta[6] then
   -- Being rebuilt: no decision at all (not even a replay: its record may not be back yet).
-  local replies, at = {}, 6
+  local replies, at = {}, 7
   while at <= #ARGV do
     replies[#replies + 1] = { 'restoring' }
     at = at + 6 + 2 * tonumber(ARGV[at + 5])
@@ -93,6 +97,10 @@ local function legacy_keys(user_id, idem_key)
   return prefix .. 'user:' .. user_id, prefix .. 'idem:' .. #user_id .. ':' .. user_id .. ':' .. idem_key
 end
 local window_ms = idem_ttl * 1000
+-- An empty list in a reply (no sku emptied), shared by every reply that has one.
+local NONE = {}
+-- What every order this call grants shares: its ids' time digits and its deadline.
+local id_now, expires_s = string.format('%012x', now), nil
 -- Ids of one key's chain looked at, at most (the chain grows by one per idempotency
 -- window in which the key was used again).
 local MAX_CHAIN = 64
@@ -122,19 +130,30 @@ local function id_of(ref, created_ms)
   return campaign .. '.' .. string.format('%012x', created_ms) .. ref
 end
 
+-- A string as JSON: quoted as it is unless it has a character JSON escapes (most user
+-- ids and every idempotency key have none; cjson is the slow way).
+local function json_text(v)
+  if string.find(v, '[%c"\\]') then
+    return cjson.encode(v)
+  end
+  return '"' .. v .. '"'
+end
+
 -- What a request's key already made: walks the key's chain from the derived ref to
 -- the first order still in its window (a replay, or `reused` when its lines differ)
 -- or to the first free ref. Returns that reply, or nil and the free ref and its key.
 local function earlier_order(ref0, key0, user_id, first, n, now)
   local ref, key = ref0, key0
   for step = 1, MAX_CHAIN do
-    local o = redis.call('HMGET', key, 'user', 'items', 'total', 'created', 'expires')
-    if not o[1] then
+    -- Every writer of an order hash writes `user`: a new order's probe reads one field.
+    local user = redis.call('HGET', key, 'user')
+    if not user then
       return nil, ref, key
     end
-    if now < tonumber(o[4]) + window_ms then
-      if o[1] == user_id and same_lines(o[2], first, n) then
-        return { 'replay', id_of(ref, tonumber(o[4])), o[2], o[3], o[4], o[5], {} }
+    local o = redis.call('HMGET', key, 'items', 'total', 'created', 'expires')
+    if now < tonumber(o[3]) + window_ms then
+      if user == user_id and same_lines(o[1], first, n) then
+        return { 'replay', id_of(ref, tonumber(o[3])), o[1], o[2], o[3], o[4], NONE }
       end
       return { 'reused' }
     end
@@ -186,7 +205,7 @@ local docs = {}
 local deadlines = {}
 local new_buyers = {}
 local needs_buyer_count = {}
-local key_at, arg_at = 7, 6
+local key_at, arg_at = 7, 7
 
 while arg_at <= #ARGV do
   local ref, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
@@ -207,7 +226,7 @@ while arg_at <= #ARGV do
     if seen.fp ~= fingerprint then
       reply = { 'reused' }
     else
-      reply = { 'replay', seen.order, seen.items, seen.total, seen.created, seen.expires, {} }
+      reply = { 'replay', seen.order, seen.items, seen.total, seen.created, seen.expires, NONE }
     end
   else
     reply, ref, k_order = earlier_order(ref, k_order, user_id, first_line, n, now)
@@ -267,7 +286,7 @@ while arg_at <= #ARGV do
     if not reply then
       -- All checks passed: from here on every call writes.
       granted_this_second = granted_this_second + 1
-      local total, items, emptied = 0, {}, {}
+      local total, items, lines_text, emptied = 0, {}, {}, NONE
       for i = 1, n do
         local l = lines[i]
         local st = l.st
@@ -276,17 +295,26 @@ while arg_at <= #ARGV do
         end
         st.avail, st.taken = st.avail - l.qty, st.taken + l.qty
         if st.avail == 0 then
+          if emptied == NONE then
+            emptied = {}
+          end
           emptied[#emptied + 1] = l.sku
           emptied[#emptied + 1] = st.gen
         end
         total = total + l.qty * st.price
         -- Sku ids are [A-Za-z0-9_-] (checked at the edge): no escaping needed.
         items[i] = '{"sku_id":"' .. l.sku .. '","quantity":' .. l.qty_s .. ',"price_cents":' .. st.price_s .. '}'
+        if compact then
+          lines_text[i] = l.sku .. ':' .. l.qty_s .. ':' .. st.price_s
+        end
       end
       local items_json = '[' .. table.concat(items, ',') .. ']'
-      local order_id = id_of(ref, now)
-      local expires = now + tonumber(meta[4]) * 1000
-      local units_s, total_s, expires_s = int(units), int(total), int(expires)
+      local order_id = campaign .. '.' .. id_now .. ref
+      expires_s = expires_s or int(now + tonumber(meta[4]) * 1000)
+      -- One line of one unit (most orders): its units and total are as they came.
+      local one = n == 1 and lines[1].qty == 1
+      local units_s = one and '1' or int(units)
+      local total_s = one and lines[1].st.price_s or int(total)
       if users_hash then
         redis.call('HINCRBY', KEYS[K_USERS], user_id, units_s)
       else
@@ -309,10 +337,17 @@ while arg_at <= #ARGV do
       elseif redis.call('SADD', KEYS[K_BUYERS], user_id) == 1 then
         new_buyers[#new_buyers + 1] = user_id
       end
-      -- The key travels to MySQL, so a rebuilt shard still replays this order.
-      docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, total_s,
-        now_s, expires_s, '0', meta[4], now_s, ',"idempotency_key":' .. cjson.encode(idem_key)
-        .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
+      -- The order's event, as a compact row (what a reservation implies is left out)
+      -- or whole; the key travels to MySQL, so a rebuilt shard still replays this order.
+      if compact then
+        docs[#docs + 1] = '["' .. order_id .. '",' .. json_text(user_id) .. ',' .. json_text(idem_key)
+          .. ',"' .. table.concat(lines_text, ',') .. '",' .. total_s .. ',' .. now_s .. ',' .. expires_s .. ','
+          .. meta[4] .. (trace ~= '' and ',{"trace":' .. cjson.encode(trace) .. '}]' or ']')
+      else
+        docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, total_s,
+          now_s, expires_s, '0', meta[4], now_s, ',"idempotency_key":' .. cjson.encode(idem_key)
+          .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
+      end
       reply = { 'reserved', order_id, items_json, total_s, now_s, expires_s, emptied, 0 }
       needs_buyer_count[#replies + 1] = 8
     end
@@ -334,7 +369,12 @@ if #docs > 0 then
   if max_rate then
     redis.call('SET', KEYS[K_RATE], int(second) .. ' ' .. int(granted_this_second), 'PX', 2000)
   end
-  emit_docs(KEYS[K_OUTBOX], campaign, docs, channel)
+  -- Nothing but this call has written to the outbox since `backlog` was read.
+  if compact then
+    emit_reserved(KEYS[K_OUTBOX], campaign, docs, channel, backlog)
+  else
+    emit_docs(KEYS[K_OUTBOX], campaign, docs, channel, backlog)
+  end
 end
 if #new_buyers > 0 then
   notify(channel, 'buyers ' .. campaign .. ' ' .. cjson.encode(new_buyers))

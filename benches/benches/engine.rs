@@ -225,6 +225,7 @@ fn benches(c: &mut Criterion) {
                                 idempotency_ttl_secs: 60,
                                 outbox_max_len: u64::MAX,
                                 idempotency_records: false,
+                                compact_events: true,
                             })
                             .collect();
                         let inv = engine::scripts::reserve::invocation(&script, &keys, &batch);

@@ -194,6 +194,10 @@ pub struct EngineSettings {
     /// ids did: on during a rolling upgrade from such a build and while a rollback to
     /// one must stay safe (their gateways find a retry's order only through it).
     pub idempotency_records: bool,
+    /// Reservations travel to MySQL as compact rows (version 3 order messages) instead
+    /// of whole events (version 2): off during a rolling upgrade from a build before it,
+    /// whose workers read only version 2.
+    pub compact_events: bool,
     /// Campaigns launched (and shards rebuilt) from now on keep their users' units in one
     /// hash per shard (meta `layout` 2) instead of a string per user and a buyer set:
     /// off during a rolling upgrade from a build before it, whose scripts know only the

@@ -75,6 +75,7 @@ impl Engine {
             idempotency_ttl_secs: e.idempotency_ttl_secs,
             outbox_max_len: e.outbox_max_len,
             idempotency_records: e.idempotency_records,
+            compact_events: e.compact_events,
             users_hash: e.users_hash,
             payment_event_ttl_secs: e.payment_event_ttl_secs,
         };

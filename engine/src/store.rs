@@ -31,6 +31,8 @@ pub struct StoreSettings {
     pub outbox_max_len: u64,
     /// Also write each order's idempotency record (`engine.idempotency_records`).
     pub idempotency_records: bool,
+    /// Reservations' outbox entries as compact rows (`engine.compact_events`).
+    pub compact_events: bool,
     /// New campaigns and lost shards keep their users' units in one hash
     /// (`engine.users_hash`).
     pub users_hash: bool,
@@ -128,6 +130,7 @@ impl StockStore {
                 idempotency_ttl_secs: self.settings.idempotency_ttl_secs,
                 outbox_max_len: self.settings.outbox_max_len,
                 idempotency_records: self.settings.idempotency_records,
+                compact_events: self.settings.compact_events,
             })
             .collect();
         let inv = scripts::reserve::invocation(&self.scripts.reserve, &self.keys, &requests);

@@ -73,19 +73,84 @@ async fn reserve_then_replay_then_reuse() {
     assert_eq!(available(&e, "c", "phone").await, 9);
 
     // The key is the user's own: another user's identical key is a new order.
+    // (A user id is any text: it is escaped in the outbox entry.)
+    let odd_user = "u\"2\\/é";
     let other =
-        reserved(e.reserve(&cid("c"), &user("u2"), &key("k1"), &lines(&[("phone", 1)])).await.unwrap());
+        reserved(e.reserve(&cid("c"), &user(odd_user), &key("k1"), &lines(&[("phone", 1)])).await.unwrap());
     assert_ne!(other.order_id, first.order_id);
 
     // One outbox entry per reservation, carrying the whole order.
     let events = outbox(&ns, "c").await;
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0].order_id, first.order_id.as_str());
-    assert_eq!(events[0].status, OrderStatus::PendingPayment);
-    assert_eq!(events[0].user_id, "u1");
-    assert_eq!(events[0].total_cents, first.total_cents);
-    assert_eq!(events[0].expires_ms, first.expires_ms);
-    assert_eq!(events[0].payment_window_secs, 900);
+    let item = |sku: &str, quantity: u64, price_cents: i64| common::message::OrderItem {
+        sku_id: sku.into(),
+        quantity,
+        price_cents,
+    };
+    assert_eq!(
+        events[0],
+        OrderEvent {
+            order_id: first.order_id.as_str().into(),
+            campaign_id: "c".into(),
+            user_id: "u1".into(),
+            status: OrderStatus::PendingPayment,
+            items: vec![item("phone", 1, 99_900), item("case", 2, 1_500)],
+            total_cents: first.total_cents,
+            created_ms: first.created_ms,
+            expires_ms: first.expires_ms,
+            paid_ms: 0,
+            payment_window_secs: 900,
+            event_ms: first.created_ms,
+            idempotency_key: Some("k1".into()),
+            payment_event: None,
+            trace: None,
+        }
+    );
+    assert_eq!(
+        (events[1].order_id.as_str(), events[1].user_id.as_str()),
+        (other.order_id.as_str(), odd_user)
+    );
+}
+
+/// With `engine.compact_events` off (a rolling upgrade from a build whose workers read
+/// only version 2), a reservation's outbox entry is a version 2 body of whole events;
+/// on, a version 3 body of rows. Both read as the same event.
+#[tokio::test]
+async fn reservations_are_written_as_rows_or_whole_events_as_the_setting_says() {
+    let mut seen = Vec::new();
+    for compact in [true, false] {
+        let ns = Ns::with(|s| s.engine.compact_events = compact);
+        let e = ns.engine();
+        launch(&e, &open_campaign("c", &[("a", 10, 250), ("b", 10, 5)], 5)).await;
+        let r = reserved(
+            e.reserve(&cid("c"), &user("u\"1"), &key("k.1:x"), &lines(&[("a", 2), ("b", 1)])).await.unwrap(),
+        );
+        let mut raw = ns.raw().await;
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(ns.keys().outbox(&cid("c")))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let docs: Vec<String> = entries.ids.iter().filter_map(|e| e.get("orders")).collect();
+        assert_eq!(docs.len(), 1);
+        let head = if compact { r#"{"version":3,"reserved":[["# } else { r#"{"version":2,"events":[{"# };
+        assert!(docs[0].starts_with(head), "{}", docs[0]);
+        let mut events = common::message::OrderMessage::parse(docs[0].as_bytes()).unwrap();
+        assert_eq!(events.len(), 1);
+        let mut event = events.remove(0);
+        assert_eq!((event.order_id.as_str(), event.created_ms), (r.order_id.as_str(), r.created_ms));
+        // What differs between the two runs: the order's id and times.
+        event.order_id.clear();
+        (event.created_ms, event.expires_ms, event.event_ms) =
+            (0, event.expires_ms - event.created_ms, event.event_ms - r.created_ms);
+        seen.push(event);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0].idempotency_key.as_deref(), Some("k.1:x"));
+    assert_eq!(seen[0].user_id, "u\"1");
+    assert_eq!(seen[0].total_cents, 505);
 }
 
 #[tokio::test]

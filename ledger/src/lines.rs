@@ -9,36 +9,14 @@ use common::message::{OrderItem, OrderStatus};
 
 use crate::db::{DbError, Result};
 
-/// The column's text for these lines.
+/// The column's text for these lines (the same text a version 3 message carries).
 pub fn encode(items: &[OrderItem]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(items.len() * 24);
-    for (i, item) in items.iter().enumerate() {
-        let sep = if i > 0 { "," } else { "" };
-        let _ = write!(out, "{sep}{}:{}:{}", item.sku_id, item.quantity, item.price_cents);
-    }
-    out
+    common::message::encode_lines(items)
 }
 
 /// The lines of a column's text.
 pub fn decode(text: &str) -> Result<Vec<OrderItem>> {
-    let bad = || DbError::Corrupt(format!("order lines {text:?}"));
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
-    text.split(',')
-        .map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (Some(sku), Some(qty), Some(price)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(bad());
-            };
-            Ok(OrderItem {
-                sku_id: sku.to_owned(),
-                quantity: qty.parse().map_err(|_| bad())?,
-                price_cents: price.parse().map_err(|_| bad())?,
-            })
-        })
-        .collect()
+    common::message::decode_lines(text).ok_or_else(|| DbError::Corrupt(format!("order lines {text:?}")))
 }
 
 /// Units of pending and paid orders per (campaign, sku): what `order_units` holds.

@@ -1,12 +1,15 @@
 //! Outbox entries joined into AMQP messages: every event of several entries of one
-//! stream in one version 2 body, so the broker, the confirms and the persister pay per
-//! message for many script calls' orders. A campaign of N shards has N outboxes and
-//! smaller entries; joining wins that back.
+//! stream in one body, so the broker, the confirms and the persister pay per message
+//! for many script calls' orders. A campaign of N shards has N outboxes and smaller
+//! entries; joining wins that back.
 //!
-//! The bodies are joined as text: the scripts write a version 2 entry as
-//! `{"version":2,"events":[...]}` and a version 1 entry as one event object. Every
-//! entry is checked to be well-formed JSON first; one that is not is sent alone, as
-//! before, so a bad entry can only ever dead-letter itself.
+//! The bodies are joined as text: the scripts write a reservation entry as
+//! `{"version":3,"reserved":[...]}` (compact rows), any other version 2 entry as
+//! `{"version":2,"events":[...]}` and a version 1 entry as one event object. A message
+//! is version 3 (`{"version":3,"events":[...],"reserved":[...]}`) when it carries rows,
+//! version 2 otherwise. Every entry is checked to be well-formed JSON first; one that
+//! is not, or has another shape, is sent alone, as before, so a bad entry can only ever
+//! dead-letter itself.
 
 use engine::outbox::OutboxEntry;
 
@@ -15,7 +18,8 @@ use engine::outbox::OutboxEntry;
 pub const MESSAGE_BYTES_MAX: usize = 256 * 1024;
 
 const V2_HEAD: &str = "{\"version\":2,\"events\":[";
-const V2_TAIL: &str = "]}";
+const V3_HEAD: &str = "{\"version\":3,\"reserved\":[";
+const TAIL: &str = "]}";
 
 /// One message to publish: its body and the outbox entry ids it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,60 +28,89 @@ pub struct Joined {
     pub ids: Vec<String>,
 }
 
+/// What is gathered for the next message.
+#[derive(Default)]
+struct Gathered<'a> {
+    events: Vec<&'a str>,
+    rows: Vec<&'a str>,
+    ids: Vec<String>,
+    bytes: usize,
+}
+
+impl Gathered<'_> {
+    fn flush(&mut self, out: &mut Vec<Joined>) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let events = self.events.join(",");
+        let body = if self.rows.is_empty() {
+            format!("{V2_HEAD}{events}{TAIL}")
+        } else {
+            format!("{{\"version\":3,\"events\":[{events}],\"reserved\":[{}]}}", self.rows.join(","))
+        };
+        out.push(Joined { body, ids: std::mem::take(&mut self.ids) });
+        self.events.clear();
+        self.rows.clear();
+        self.bytes = 0;
+    }
+}
+
 /// The entries as messages, in stream order. Entries without a document are left out
 /// (they stay pending; the caller logs them).
 pub fn join(entries: &[OutboxEntry]) -> Vec<Joined> {
     let mut out: Vec<Joined> = Vec::new();
-    let mut events: Vec<&str> = Vec::new();
-    let mut ids: Vec<String> = Vec::new();
-    let mut bytes = 0;
-    let flush = |events: &mut Vec<&str>, ids: &mut Vec<String>, bytes: &mut usize, out: &mut Vec<Joined>| {
-        if !ids.is_empty() {
-            let body = format!("{V2_HEAD}{}{V2_TAIL}", events.join(","));
-            out.push(Joined { body, ids: std::mem::take(ids) });
-            events.clear();
-            *bytes = 0;
-        }
-    };
+    let mut next = Gathered::default();
     for entry in entries {
         let Some(doc) = &entry.doc else { continue };
-        let Some(inner) = events_of(doc) else {
-            flush(&mut events, &mut ids, &mut bytes, &mut out);
+        let Some(inner) = inner_of(doc) else {
+            next.flush(&mut out);
             out.push(Joined { body: doc.clone(), ids: vec![entry.id.clone()] });
             continue;
         };
-        if bytes + inner.len() > MESSAGE_BYTES_MAX {
-            flush(&mut events, &mut ids, &mut bytes, &mut out);
+        let (Inner::Events(list) | Inner::Rows(list)) = inner;
+        if next.bytes + list.len() > MESSAGE_BYTES_MAX {
+            next.flush(&mut out);
         }
-        if !inner.is_empty() {
-            events.push(inner);
-            bytes += inner.len() + 1;
+        if !list.is_empty() {
+            match inner {
+                Inner::Events(_) => next.events.push(list),
+                Inner::Rows(_) => next.rows.push(list),
+            }
+            next.bytes += list.len() + 1;
         }
-        ids.push(entry.id.clone());
+        next.ids.push(entry.id.clone());
     }
-    flush(&mut events, &mut ids, &mut bytes, &mut out);
+    next.flush(&mut out);
     out
 }
 
 /// An entry's top level, read only as far as joining needs: well-formed JSON, an
-/// object, and whether it has a `version` (a version 2 body) or not (one event).
+/// object, and its `version` (none: one event).
 #[derive(serde::Deserialize)]
 struct Shape {
-    version: Option<serde::de::IgnoredAny>,
+    version: Option<u32>,
 }
 
-/// The comma-separated events of a well-formed entry (a version 2 body's list in the
-/// scripts' exact form, or a version 1 body, which is one event); `None` for anything
+/// A well-formed entry's comma-separated list: events (a version 2 body's, or a
+/// version 1 body, which is one event) or rows (a version 3 reservation entry).
+enum Inner<'a> {
+    Events(&'a str),
+    Rows(&'a str),
+}
+
+/// The list of a well-formed entry in the scripts' exact form; `None` for anything
 /// else.
-fn events_of(doc: &str) -> Option<&str> {
+fn inner_of(doc: &str) -> Option<Inner<'_>> {
     // serde would also read a struct from a JSON list: only an object is an entry.
     if !doc.starts_with('{') {
         return None;
     }
     let shape: Shape = serde_json::from_str(doc).ok()?;
     match shape.version {
-        Some(_) => doc.strip_prefix(V2_HEAD).and_then(|d| d.strip_suffix(V2_TAIL)),
-        None => Some(doc),
+        Some(2) => doc.strip_prefix(V2_HEAD).and_then(|d| d.strip_suffix(TAIL)).map(Inner::Events),
+        Some(3) => doc.strip_prefix(V3_HEAD).and_then(|d| d.strip_suffix(TAIL)).map(Inner::Rows),
+        Some(_) => None,
+        None => Some(Inner::Events(doc)),
     }
 }
 
@@ -98,7 +131,7 @@ mod tests {
 
     fn v2(orders: &[&str]) -> String {
         let events: Vec<String> = orders.iter().map(|o| event(o)).collect();
-        format!("{V2_HEAD}{}{V2_TAIL}", events.join(","))
+        format!("{V2_HEAD}{}{TAIL}", events.join(","))
     }
 
     #[test]
@@ -139,10 +172,44 @@ mod tests {
         assert!(joined.len() > 1);
         assert_eq!(joined.iter().map(|j| j.ids.len()).sum::<usize>(), 20);
         for j in &joined {
-            assert!(j.body.len() <= MESSAGE_BYTES_MAX + V2_HEAD.len() + V2_TAIL.len(), "{}", j.body.len());
+            assert!(j.body.len() <= MESSAGE_BYTES_MAX + V2_HEAD.len() + TAIL.len(), "{}", j.body.len());
             assert_eq!(OrderMessage::parse(j.body.as_bytes()).unwrap().len(), 300 * j.ids.len());
         }
-        let empty = join(&[entry("1-0", Some(&format!("{V2_HEAD}{V2_TAIL}")))]);
+        let empty = join(&[entry("1-0", Some(&format!("{V2_HEAD}{TAIL}")))]);
         assert_eq!((empty.len(), OrderMessage::parse(empty[0].body.as_bytes()).unwrap().len()), (1, 0));
+    }
+
+    fn v3(orders: &[&str]) -> String {
+        let rows: Vec<String> = orders
+            .iter()
+            .map(|o| format!(r#"["c.0193a0b1c2d38{o:0>19}","u","k","a:1:5",5,1,2,1]"#))
+            .collect();
+        format!("{V3_HEAD}{}{TAIL}", rows.join(","))
+    }
+
+    #[test]
+    fn reservation_rows_and_whole_events_become_one_version_3_message() {
+        let entries = vec![
+            entry("1-0", Some(&v3(&["1", "2"]))),
+            entry("2-0", Some(&v2(&["a"]))),
+            entry("3-0", Some(&event("b"))),
+            entry("4-0", Some(&v3(&[]))),
+            entry("5-0", Some(&v3(&["3"]))),
+        ];
+        let joined = join(&entries);
+        assert_eq!(joined.len(), 1);
+        assert_eq!(joined[0].ids, vec!["1-0", "2-0", "3-0", "4-0", "5-0"]);
+        assert!(joined[0].body.starts_with(r#"{"version":3,"events":[{"#), "{}", joined[0].body);
+        let ids: Vec<String> =
+            OrderMessage::parse(joined[0].body.as_bytes()).unwrap().into_iter().map(|e| e.order_id).collect();
+        let row = |o: &str| format!("c.0193a0b1c2d38{o:0>19}");
+        assert_eq!(ids, vec!["c.a".into(), "c.b".into(), row("1"), row("2"), row("3")]);
+        // Without rows, a message stays version 2.
+        assert!(join(&entries[1..3])[0].body.starts_with(V2_HEAD));
+        // A version 3 entry of another shape, or of an unknown version, travels alone.
+        let odd = [r#"{"version":3,"events":[]}"#, r#"{"version":4,"reserved":[]}"#];
+        let joined =
+            join(&[entry("1-0", Some(&v3(&["1"]))), entry("2-0", Some(odd[0])), entry("3-0", Some(odd[1]))]);
+        assert_eq!(joined.iter().map(|j| j.body.as_str()).skip(1).collect::<Vec<_>>(), odd);
     }
 }

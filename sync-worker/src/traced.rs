@@ -112,6 +112,12 @@ mod tests {
         );
         assert_eq!(traces_of(&body), vec![tp(1), tp(3)]);
         assert!(traces_of(r#"{"version":2,"events":[{"order_id":"c.1"}]}"#).is_empty());
+        // A version 3 row carries its trace in a trailing object.
+        let rows = format!(
+            r#"{{"version":3,"reserved":[["c.1","u","k","a:1:1",1,1,2,1,{{"trace":"{}"}}],["c.2","u","k","a:1:1",1,1,2,1]]}}"#,
+            tp(2)
+        );
+        assert_eq!(traces_of(&rows), vec![tp(2)]);
         assert!(traces_of(r#"{"trace":"unterminated"#).is_empty());
         // Traces are not exported in unit tests: nothing is looked for.
         assert!(traces_in(&body).is_empty());

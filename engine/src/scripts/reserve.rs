@@ -32,6 +32,8 @@ pub struct Request<'a> {
     pub outbox_max_len: u64,
     /// Also write each order's idempotency record (`engine.idempotency_records`).
     pub idempotency_records: bool,
+    /// Write the outbox entry as compact rows (`engine.compact_events`).
+    pub compact_events: bool,
 }
 
 /// A reservation outcome plus what the local cache should learn from it: skus seen
@@ -73,7 +75,8 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
         .arg(first.idempotency_ttl_secs)
         .arg(first.outbox_max_len)
         .arg(k.shard_notice_channel(c))
-        .arg(u8::from(first.idempotency_records));
+        .arg(u8::from(first.idempotency_records))
+        .arg(if first.compact_events { 3 } else { 2 });
     for r in batch {
         inv.key(k.order_of_ref(c, r.order));
         inv.arg(r.order.as_str())

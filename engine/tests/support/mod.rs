@@ -66,6 +66,7 @@ impl Ns {
                 idempotency_ttl_secs: 60,
                 outbox_max_len: 1_000_000,
                 idempotency_records: false,
+                compact_events: self.settings.engine.compact_events,
             })
             .collect();
         let script = engine::scripts::reserve::script();
