@@ -16,8 +16,9 @@ use crate::store::StockStore;
 
 /// The consumer group every relay reads campaign outboxes through.
 pub const RELAY_GROUP: &str = "relay";
-/// The field of an outbox entry that carries its order message: `orders` (version 2,
-/// every order of one script call), or `order` (version 1), in that order of preference.
+/// The field of an outbox entry that carries its order message: `orders` (version 3 or
+/// 2, every order of one script call), or `order` (version 1), in that order of
+/// preference.
 pub(crate) const DOC_FIELDS: [&str; 2] = ["orders", "order"];
 /// Entries a shard's `outbox-dead` stream keeps at most (the oldest leave first).
 const OUTBOX_DEAD_MAX: usize = 10_000;

@@ -61,8 +61,8 @@ pub async fn run(ctx: &Ctx, ch: &Channel, timer_ch: &Channel, mut stop: watch::R
         let Some(first) = first else {
             return Err(WorkerError::Broker("order consumer ended".into()));
         };
-        // A batch is bounded by events, not messages: a version 2 message carries
-        // every order of one script call.
+        // A batch is bounded by events, not messages: a version 2 or 3 message
+        // carries every order of several script calls.
         let mut batch = Vec::new();
         let mut events = read(ctx, first?, &mut batch).await?;
         let deadline = tokio::time::Instant::now() + wait;
