@@ -35,7 +35,12 @@
 --       trace's W3C traceparent or '' (carried on in its outbox event), number of
 --       lines, then (sku, qty) per line
 -- Reply: one element per order, in order, each one of
---   {'reserved', order_id, items_json, total, created_ms, expires_ms, {sku, gen, ...}, buyers}
+--   {'granted', created_ms, expires_ms, prices, ref, {sku, gen, ...}, buyers}: a new
+--     order, told only what its request does not say (the caller has its lines and
+--     campaign): the price of each line in order, comma-separated, and its ref when the
+--     key's chain moved past the requested one ('' when not); its id is
+--     `<campaign>.<12 hex of created_ms><ref>`, its total the lines' quantities times
+--     their prices
 --   {'replay', order_id, items_json, total, created_ms, expires_ms, {}}
 --   {'reused'}  {'campaign_not_found'}  {'not_active'}  {'sku_not_found', sku}
 --   {'sold_out', sku, gen, available, buyers}
@@ -100,7 +105,7 @@ local window_ms = idem_ttl * 1000
 -- An empty list in a reply (no sku emptied), shared by every reply that has one.
 local NONE = {}
 -- What every order this call grants shares: its ids' time digits and its deadline.
-local id_now, expires_s = string.format('%012x', now), nil
+local id_now, expires_ms, expires_s = string.format('%012x', now), nil, nil
 -- Ids of one key's chain looked at, at most (the chain grows by one per idempotency
 -- window in which the key was used again).
 local MAX_CHAIN = 64
@@ -208,7 +213,8 @@ local needs_buyer_count = {}
 local key_at, arg_at = 7, 7
 
 while arg_at <= #ARGV do
-  local ref, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
+  local asked_ref, user_id, fingerprint, idem_key = ARGV[arg_at], ARGV[arg_at + 1], ARGV[arg_at + 2], ARGV[arg_at + 3]
+  local ref = asked_ref
   local trace = ARGV[arg_at + 4]
   local n = tonumber(ARGV[arg_at + 5])
   local k_order, first_stock = KEYS[key_at], key_at + 1
@@ -286,7 +292,7 @@ while arg_at <= #ARGV do
     if not reply then
       -- All checks passed: from here on every call writes.
       granted_this_second = granted_this_second + 1
-      local total, items, lines_text, emptied = 0, {}, {}, NONE
+      local total, items, lines_text, prices, emptied = 0, {}, {}, {}, NONE
       for i = 1, n do
         local l = lines[i]
         local st = l.st
@@ -307,10 +313,14 @@ while arg_at <= #ARGV do
         if compact then
           lines_text[i] = l.sku .. ':' .. l.qty_s .. ':' .. st.price_s
         end
+        prices[i] = st.price_s
       end
       local items_json = '[' .. table.concat(items, ',') .. ']'
       local order_id = campaign .. '.' .. id_now .. ref
-      expires_s = expires_s or int(now + tonumber(meta[4]) * 1000)
+      if not expires_ms then
+        expires_ms = now + tonumber(meta[4]) * 1000
+        expires_s = int(expires_ms)
+      end
       -- One line of one unit (most orders): its units and total are as they came.
       local one = n == 1 and lines[1].qty == 1
       local units_s = one and '1' or int(units)
@@ -348,8 +358,9 @@ while arg_at <= #ARGV do
           now_s, expires_s, '0', meta[4], now_s, ',"idempotency_key":' .. cjson.encode(idem_key)
           .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
       end
-      reply = { 'reserved', order_id, items_json, total_s, now_s, expires_s, emptied, 0 }
-      needs_buyer_count[#replies + 1] = 8
+      reply = { 'granted', now, expires_ms, n == 1 and prices[1] or table.concat(prices, ','),
+        ref == asked_ref and '' or ref, emptied, 0 }
+      needs_buyer_count[#replies + 1] = 7
     end
   end
   replies[#replies + 1] = reply

@@ -230,7 +230,7 @@ fn benches(c: &mut Criterion) {
                             .collect();
                         let inv = engine::scripts::reserve::invocation(&script, &keys, &batch);
                         let v: redis::Value = inv.invoke_async(&mut b.raw.clone()).await.unwrap();
-                        let replies = engine::scripts::reserve::decode(v, batch.len()).unwrap();
+                        let replies = engine::scripts::reserve::decode(v, &batch).unwrap();
                         assert!(replies
                             .iter()
                             .all(|r| matches!(r, Ok(x) if matches!(x.outcome, ReserveOutcome::Reserved(_)))));

@@ -220,6 +220,12 @@ impl OrderId {
         Some((self.0.get(suffix_at..suffix_at + 12)?, self.0.get(suffix_at + 12..)?))
     }
 
+    /// The id `reserve.lua` gives an order it made from `order_ref` at `created_ms`
+    /// (`<campaign>.<12 hex of ms><ref>`).
+    pub(crate) fn of_ref(campaign: &CampaignId, created_ms: i64, order_ref: &str) -> Self {
+        Self(format!("{campaign}.{created_ms:012x}{order_ref}"))
+    }
+
     /// A new, unique order id for `campaign`.
     pub fn generate(campaign: &CampaignId) -> Self {
         Self(format!("{campaign}.{}", uuid::Uuid::now_v7().simple()))

@@ -134,7 +134,7 @@ impl StockStore {
             })
             .collect();
         let inv = scripts::reserve::invocation(&self.scripts.reserve, &self.keys, &requests);
-        scripts::reserve::decode(self.run(inv, tag).await?, requests.len())
+        scripts::reserve::decode(self.run(inv, tag).await?, &requests)
     }
 
     /// Cancels or expires pending reservations of one campaign, giving their units back

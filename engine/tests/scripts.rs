@@ -837,7 +837,11 @@ async fn reserve_as_before(
         }
     }
     let v: redis::Value = inv.invoke_async(&mut ns.raw().await).await.unwrap();
-    engine::scripts::reserve::decode(v, ids.len()).unwrap().into_iter().map(|r| r.unwrap().outcome).collect()
+    engine::scripts::reserve::decode_whole(v, ids.len())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().outcome)
+        .collect()
 }
 
 #[tokio::test]

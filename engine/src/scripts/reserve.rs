@@ -95,20 +95,89 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
 
 /// One result per request of the batch, in order: an order refused because the
 /// outbox is full is `Backpressure` (503), one met by a shard being rebuilt is
-/// `Unavailable` (503), the others' outcomes stand on their own.
-pub fn decode(v: Value, expected: usize) -> Result<Vec<Result<ReserveReply>>> {
+/// `Unavailable` (503), the others' outcomes stand on their own. A new order's reply
+/// (`granted`) carries only what its request does not say; the request completes it.
+pub fn decode(v: Value, batch: &[Request<'_>]) -> Result<Vec<Result<ReserveReply>>> {
+    decode_each(v, batch.len(), |i| batch.get(i))
+}
+
+/// The replies of `n` orders whose requests are not at hand: only whole replies can be
+/// read (`reserved`, as scripts before the `granted` reply wrote a new order's;
+/// replays; refusals).
+pub fn decode_whole(v: Value, n: usize) -> Result<Vec<Result<ReserveReply>>> {
+    decode_each(v, n, |_| None)
+}
+
+fn decode_each<'r>(
+    v: Value,
+    expected: usize,
+    request: impl Fn(usize) -> Option<&'r Request<'r>>,
+) -> Result<Vec<Result<ReserveReply>>> {
     let Value::Array(items) = v else {
         return Err(EngineError::Protocol(format!("reserve: expected an array, got {v:?}")));
     };
     if items.len() != expected {
         return Err(EngineError::Protocol(format!("reserve: {} replies for {expected} orders", items.len())));
     }
-    Ok(items.into_iter().map(decode_one).collect())
+    Ok(items.into_iter().enumerate().map(|(i, v)| decode_one(v, request(i))).collect())
 }
 
-fn decode_one(v: Value) -> Result<ReserveReply> {
+/// A `granted` reply, `{'granted', created_ms, expires_ms, prices, ref, {sku, gen, ...},
+/// buyers}`: the order's lines are the request's, each at its price in `prices` (the
+/// prices of its lines in order, comma-separated), and its id is made from `ref`, or
+/// from the request's ref when `ref` is empty (a key whose earlier order is past its
+/// window names the next ref of its chain).
+fn granted(r: &Reply, request: Option<&Request<'_>>) -> Result<ReserveReply> {
+    let Some(request) = request else {
+        return Err(EngineError::Protocol("reserve: a granted reply without its request".into()));
+    };
+    let created_ms = r.int(1)?;
+    let prices = r.string(3)?;
+    let mut prices = prices.split(',');
+    let mut items = Vec::with_capacity(request.lines.len());
+    let mut total_cents = 0i64;
+    for line in request.lines.iter() {
+        let price_cents: i64 = prices
+            .next()
+            .ok_or_else(|| EngineError::Protocol("reserve: fewer prices than lines".into()))?
+            .parse()
+            .map_err(protocol)?;
+        total_cents += price_cents * line.quantity as i64;
+        items.push(common::message::OrderItem {
+            sku_id: line.sku.as_str().to_owned(),
+            quantity: line.quantity,
+            price_cents,
+        });
+    }
+    if prices.next().is_some() {
+        return Err(EngineError::Protocol("reserve: more prices than lines".into()));
+    }
+    let chain_ref = r.string(4)?;
+    let order_ref = if chain_ref.is_empty() {
+        request.order.as_str()
+    } else if chain_ref.len() == 20 && chain_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
+        chain_ref.as_str()
+    } else {
+        return Err(EngineError::Protocol(format!("reserve: ref {chain_ref:?}")));
+    };
+    let reservation = Reservation {
+        order_id: OrderId::of_ref(request.campaign, created_ms, order_ref),
+        items,
+        total_cents,
+        created_ms,
+        expires_ms: r.int(2)?,
+    };
+    Ok(ReserveReply {
+        outcome: ReserveOutcome::Reserved(reservation),
+        sold_out: r.sku_gens(5)?,
+        buyers: r.int(6)? as u64,
+    })
+}
+
+fn decode_one(v: Value, request: Option<&Request<'_>>) -> Result<ReserveReply> {
     let r = Reply::new(v)?;
     Ok(match r.tag()? {
+        "granted" => return granted(&r, request),
         tag @ ("reserved" | "replay") => {
             let reservation = Reservation {
                 order_id: OrderId::parse(&r.string(1)?).map_err(protocol)?,
@@ -149,4 +218,74 @@ fn decode_one(v: Value) -> Result<ReserveReply> {
         "restoring" => return Err(EngineError::Unavailable("campaign shard is being rebuilt".into())),
         other => return Err(EngineError::Protocol(format!("reserve: {other}"))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn granted(prices: &str, chain_ref: &str) -> Value {
+        Value::Array(vec![
+            text("granted"),
+            Value::Int(0x0193_a0b1_c2d3),
+            Value::Int(0x0193_a0b1_c2d3 + 900_000),
+            text(prices),
+            text(chain_ref),
+            Value::Array(vec![text("b"), Value::Int(4)]),
+            Value::Int(7),
+        ])
+    }
+
+    #[test]
+    fn a_granted_reply_is_completed_by_its_request() {
+        let (c, u, k) = (
+            CampaignId::parse("c-1").unwrap(),
+            UserId::parse("u").unwrap(),
+            IdempotencyKey::parse("k").unwrap(),
+        );
+        let order = OrderRef::derived("8000000000000000aaaa".into());
+        let l = OrderLines::parse(vec![("a".into(), 2), ("b".into(), 1)]).unwrap();
+        let request = Request {
+            campaign: &c,
+            tag: &c,
+            order: &order,
+            user: &u,
+            key: &k,
+            lines: &l,
+            trace: None,
+            idempotency_ttl_secs: 60,
+            outbox_max_len: 10,
+            idempotency_records: false,
+            compact_events: true,
+        };
+        let decoded = |v: Value| decode(Value::Array(vec![v]), &[request]).unwrap().pop().unwrap();
+        let reply = decoded(granted("150,-5", "")).unwrap();
+        let ReserveOutcome::Reserved(r) = reply.outcome else { panic!("{:?}", reply.outcome) };
+        assert_eq!(r.order_id.as_str(), "c-1.0193a0b1c2d38000000000000000aaaa");
+        assert_eq!(
+            (r.total_cents, r.created_ms, r.expires_ms),
+            (295, 0x0193_a0b1_c2d3, 0x0193_a0b1_c2d3 + 900_000)
+        );
+        let items: Vec<(&str, u64, i64)> =
+            r.items.iter().map(|i| (i.sku_id.as_str(), i.quantity, i.price_cents)).collect();
+        assert_eq!(items, vec![("a", 2, 150), ("b", 1, -5)]);
+        assert_eq!((reply.sold_out, reply.buyers), (vec![(SkuId::parse("b").unwrap(), 4)], 7));
+        // The key's chain moved on: the id is made from the ref the script names.
+        let ReserveOutcome::Reserved(moved) =
+            decoded(granted("150,-5", "8123456789abcdef0123")).unwrap().outcome
+        else {
+            panic!()
+        };
+        assert_eq!(moved.order_id.as_str(), "c-1.0193a0b1c2d38123456789abcdef0123");
+        for (prices, chain_ref) in [("150", ""), ("150,-5,1", ""), ("150,x", ""), ("150,-5", "not-a-ref")] {
+            assert!(decoded(granted(prices, chain_ref)).is_err(), "{prices} {chain_ref}");
+        }
+        // Without its request a granted reply cannot be read.
+        assert!(decode_whole(Value::Array(vec![granted("150,-5", "")]), 1).unwrap().pop().unwrap().is_err());
+    }
 }

@@ -72,7 +72,7 @@ impl Ns {
         let script = engine::scripts::reserve::script();
         let inv = engine::scripts::reserve::invocation(&script, &self.keys(), &requests);
         let v: redis::Value = inv.invoke_async(&mut self.raw().await).await.unwrap();
-        engine::scripts::reserve::decode(v, requests.len()).unwrap()
+        engine::scripts::reserve::decode(v, &requests).unwrap()
     }
 
     /// A raw connection for assertions that look under the engine.
