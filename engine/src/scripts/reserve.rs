@@ -142,7 +142,11 @@ fn granted(r: &Reply, request: Option<&Request<'_>>) -> Result<ReserveReply> {
             .ok_or_else(|| EngineError::Protocol("reserve: fewer prices than lines".into()))?
             .parse()
             .map_err(protocol)?;
-        total_cents += price_cents * line.quantity as i64;
+        total_cents = i64::try_from(line.quantity)
+            .ok()
+            .and_then(|q| price_cents.checked_mul(q))
+            .and_then(|line_total| total_cents.checked_add(line_total))
+            .ok_or_else(|| EngineError::Protocol("reserve: a total past i64".into()))?;
         items.push(common::message::OrderItem {
             sku_id: line.sku.as_str().to_owned(),
             quantity: line.quantity,
