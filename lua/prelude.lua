@@ -77,22 +77,16 @@ local function announce_work(outbox, campaign, channel, len)
   end
 end
 
--- Appends one outbox entry carrying many orders' events (field `orders`, a version 2
--- message: {"version":2,"events":[...]}): one entry, one AMQP message, one
--- persister transaction for everything one script call decided. `len` as for
--- `announce_work`.
-local function emit_docs(outbox, campaign, docs, channel, len)
+-- Appends one outbox entry carrying many orders' events (field `orders`): one entry,
+-- one AMQP message, one persister transaction for everything one script call decided.
+-- A version 2 message, {"version":2,"events":[...]}, of whole events; or, with `rows`
+-- true, a version 3 message, {"version":3,"reserved":[...]}, of reservations as
+-- compact rows (`common/src/message.rs`, `ReservedRow`, says what a row holds and what
+-- it implies). `len` as for `announce_work`.
+local function emit_docs(outbox, campaign, docs, channel, len, rows)
   announce_work(outbox, campaign, channel, len)
-  redis.call('XADD', outbox, '*', 'orders', '{"version":2,"events":[' .. table.concat(docs, ',') .. ']}')
-end
-
--- Appends one outbox entry carrying a script call's reservations as compact rows (a
--- version 3 message, {"version":3,"reserved":[...]}; `common/src/message.rs`,
--- `ReservedRow`, says what a row holds and what it implies). `backlog` as `len` for
--- `announce_work`: the caller read it already.
-local function emit_reserved(outbox, campaign, rows, channel, backlog)
-  announce_work(outbox, campaign, channel, backlog)
-  redis.call('XADD', outbox, '*', 'orders', '{"version":3,"reserved":[' .. table.concat(rows, ',') .. ']}')
+  local head = rows and '{"version":3,"reserved":[' or '{"version":2,"events":['
+  redis.call('XADD', outbox, '*', 'orders', head .. table.concat(docs, ',') .. ']}')
 end
 
 -- Appends one order's event, read from its hash, as a version 1 entry (field `order`).

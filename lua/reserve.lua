@@ -130,9 +130,9 @@ local function same_lines(items_json, first, n)
 end
 
 -- An order's id: its creation time (Redis ms, 12 hex digits) in front of its ref, so
--- ids grow with time.
+-- ids grow with time (this call's own time formatted once, for every order it grants).
 local function id_of(ref, created_ms)
-  return campaign .. '.' .. string.format('%012x', created_ms) .. ref
+  return campaign .. '.' .. (created_ms == now and id_now or string.format('%012x', created_ms)) .. ref
 end
 
 -- A string as JSON: quoted as it is unless it has a character JSON escapes (most user
@@ -316,7 +316,7 @@ while arg_at <= #ARGV do
         prices[i] = st.price_s
       end
       local items_json = '[' .. table.concat(items, ',') .. ']'
-      local order_id = campaign .. '.' .. id_now .. ref
+      local order_id = id_of(ref, now)
       if not expires_ms then
         expires_ms = now + tonumber(meta[4]) * 1000
         expires_s = int(expires_ms)
@@ -381,11 +381,7 @@ if #docs > 0 then
     redis.call('SET', KEYS[K_RATE], int(second) .. ' ' .. int(granted_this_second), 'PX', 2000)
   end
   -- Nothing but this call has written to the outbox since `backlog` was read.
-  if compact then
-    emit_reserved(KEYS[K_OUTBOX], campaign, docs, channel, backlog)
-  else
-    emit_docs(KEYS[K_OUTBOX], campaign, docs, channel, backlog)
-  end
+  emit_docs(KEYS[K_OUTBOX], campaign, docs, channel, backlog, compact)
 end
 if #new_buyers > 0 then
   notify(channel, 'buyers ' .. campaign .. ' ' .. cjson.encode(new_buyers))

@@ -162,29 +162,13 @@ pub enum OrderMessage {
     Single(OrderEvent),
 }
 
-/// A version 2 body, decoded straight into its events.
+/// A version 2 or 3 body, decoded straight into its events: version 2 is
+/// `{"version":2,"events":[...]}`, version 3 `{"version":3,"events":[...],
+/// "reserved":[...]}` with either list optional.
 #[derive(Deserialize)]
 struct Batch {
     version: u32,
-    events: Vec<OrderEvent>,
-}
-
-impl Batch {
-    fn events<E: serde::de::Error>(self) -> Result<Vec<OrderEvent>, E> {
-        if self.version != 2 {
-            return Err(E::custom(format!("a version {} body read as version 2", self.version)));
-        }
-        Ok(self.events)
-    }
-}
-
-/// A version 3 body: `{"version":3,"events":[...],"reserved":[...]}`, either list
-/// optional.
-#[derive(Deserialize)]
-struct Compact {
-    version: u32,
-    #[serde(default)]
-    events: Vec<OrderEvent>,
+    events: Option<Vec<OrderEvent>>,
     #[serde(default)]
     reserved: Vec<ReservedRow>,
 }
@@ -248,12 +232,13 @@ impl ReservedRow {
     }
 }
 
-impl Compact {
+impl Batch {
     fn events<E: serde::de::Error>(self) -> Result<Vec<OrderEvent>, E> {
-        if self.version != 3 {
-            return Err(E::custom(format!("a version {} body read as version 3", self.version)));
-        }
-        let mut events = self.events;
+        let mut events = match (self.version, self.events) {
+            (2, Some(events)) => events,
+            (3, events) => events.unwrap_or_default(),
+            (version, _) => return Err(E::custom(format!("not a version 2 or 3 body (version {version})"))),
+        };
         events.reserve(self.reserved.len());
         for row in self.reserved {
             events.push(row.event()?);
@@ -295,21 +280,17 @@ pub fn decode_lines(text: &str) -> Option<Vec<OrderItem>> {
 
 impl OrderMessage {
     /// The events of a message body, each decoded once, straight into its struct: the
-    /// body's start tells the version (`{"version":3` and `{"version":2` are how the
-    /// scripts and the relay write them), and only a body that fails as that version is
-    /// tried as the others (an untagged enum would first buffer the whole body as a
+    /// body's first key tells the version (`{"version":` is how the scripts and the
+    /// relay write versions 2 and 3), and only a body that fails as that version is
+    /// tried as the other (an untagged enum would first buffer the whole body as a
     /// JSON tree).
     pub fn parse(body: &[u8]) -> Result<Vec<OrderEvent>, serde_json::Error> {
-        let compact = || serde_json::from_slice::<Compact>(body).and_then(Compact::events);
         let batch = || serde_json::from_slice::<Batch>(body).and_then(Batch::events);
         let single = || serde_json::from_slice::<OrderEvent>(body).map(|e| vec![e]);
-        let start = body.trim_ascii_start();
-        if start.starts_with(br#"{"version":3"#) {
-            compact()
-        } else if start.starts_with(br#"{"version""#) {
-            batch().or_else(|e| compact().or_else(|_| single()).map_err(|_| e))
+        if body.trim_ascii_start().starts_with(br#"{"version""#) {
+            batch().or_else(|e| single().map_err(|_| e))
         } else {
-            single().or_else(|e| batch().or_else(|_| compact()).map_err(|_| e))
+            single().or_else(|e| batch().map_err(|_| e))
         }
     }
 }

@@ -37,7 +37,19 @@ struct Gathered<'a> {
     bytes: usize,
 }
 
-impl Gathered<'_> {
+impl<'a> Gathered<'a> {
+    /// Adds a well-formed entry's list (nothing when it is empty).
+    fn add(&mut self, inner: Inner<'a>) {
+        let (list, to) = match inner {
+            Inner::Events(list) => (list, &mut self.events),
+            Inner::Rows(list) => (list, &mut self.rows),
+        };
+        if !list.is_empty() {
+            to.push(list);
+            self.bytes += list.len() + 1;
+        }
+    }
+
     fn flush(&mut self, out: &mut Vec<Joined>) {
         if self.ids.is_empty() {
             return;
@@ -71,13 +83,7 @@ pub fn join(entries: &[OutboxEntry]) -> Vec<Joined> {
         if next.bytes + list.len() > MESSAGE_BYTES_MAX {
             next.flush(&mut out);
         }
-        if !list.is_empty() {
-            match inner {
-                Inner::Events(_) => next.events.push(list),
-                Inner::Rows(_) => next.rows.push(list),
-            }
-            next.bytes += list.len() + 1;
-        }
+        next.add(inner);
         next.ids.push(entry.id.clone());
     }
     next.flush(&mut out);

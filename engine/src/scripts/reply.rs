@@ -33,6 +33,15 @@ impl Reply {
         }
     }
 
+    /// Element `i` as text, borrowed from the reply (a number is not text here).
+    pub(crate) fn str(&self, i: usize) -> Result<&str> {
+        match self.0.get(i) {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).map_err(protocol),
+            Some(Value::SimpleString(s)) => Ok(s),
+            other => Err(EngineError::Protocol(format!("element {i}: {other:?}"))),
+        }
+    }
+
     pub(crate) fn string(&self, i: usize) -> Result<String> {
         match self.0.get(i) {
             Some(Value::BulkString(b)) => String::from_utf8(b.clone()).map_err(protocol),

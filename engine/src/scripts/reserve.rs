@@ -132,8 +132,7 @@ fn granted(r: &Reply, request: Option<&Request<'_>>) -> Result<ReserveReply> {
         return Err(EngineError::Protocol("reserve: a granted reply without its request".into()));
     };
     let created_ms = r.int(1)?;
-    let prices = r.string(3)?;
-    let mut prices = prices.split(',');
+    let mut prices = r.str(3)?.split(',');
     let mut items = Vec::with_capacity(request.lines.len());
     let mut total_cents = 0i64;
     for line in request.lines.iter() {
@@ -156,11 +155,11 @@ fn granted(r: &Reply, request: Option<&Request<'_>>) -> Result<ReserveReply> {
     if prices.next().is_some() {
         return Err(EngineError::Protocol("reserve: more prices than lines".into()));
     }
-    let chain_ref = r.string(4)?;
+    let chain_ref = r.str(4)?;
     let order_ref = if chain_ref.is_empty() {
         request.order.as_str()
     } else if chain_ref.len() == 20 && chain_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
-        chain_ref.as_str()
+        chain_ref
     } else {
         return Err(EngineError::Protocol(format!("reserve: ref {chain_ref:?}")));
     };
