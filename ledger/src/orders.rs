@@ -55,11 +55,13 @@ impl Db {
         .await
     }
 
-    /// Pending orders whose deadline passed before `before_ms`, oldest first, from just
-    /// after `after` (a `(expires_ms, order_id)` cursor): a sweep that cannot settle
-    /// some rows still reaches the ones behind them.
+    /// A campaign's pending orders whose deadline passed before `before_ms`, oldest
+    /// first, from just after `after` (a `(expires_ms, order_id)` cursor): a sweep that
+    /// cannot settle some rows still reaches the ones behind them. One range of the
+    /// `orders_campaign_due` index (campaign, status, deadline).
     pub async fn overdue_orders(
         &self,
+        campaign: &str,
         before_ms: i64,
         after: Option<&(i64, String)>,
         limit: u32,
@@ -67,9 +69,11 @@ impl Db {
         self.bounded(async {
             let (after_ms, after_id) = after.map_or((i64::MIN, ""), |(ms, id)| (*ms, id.as_str()));
             let rows = sqlx::query(
-                "SELECT expires_ms, order_id FROM orders WHERE status = 'pending_payment' AND expires_ms < ? \
-                 AND (expires_ms > ? OR (expires_ms = ? AND order_id > ?)) ORDER BY expires_ms, order_id LIMIT ?",
+                "SELECT expires_ms, order_id FROM orders WHERE campaign_id = ? AND status = 'pending_payment' \
+                 AND expires_ms < ? AND (expires_ms > ? OR (expires_ms = ? AND order_id > ?)) \
+                 ORDER BY expires_ms, order_id LIMIT ?",
             )
+            .bind(campaign)
             .bind(before_ms)
             .bind(after_ms)
             .bind(after_ms)

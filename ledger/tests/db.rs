@@ -175,22 +175,51 @@ async fn a_move_past_the_stock_fails_the_batch_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn overdue_pending_orders_are_listed_oldest_first() {
+async fn overdue_pending_orders_are_listed_oldest_first_per_campaign() {
     let t = TestDb::new().await;
     t.db.insert_campaign(&campaign("c", 10), 1).await.unwrap();
+    t.db.insert_campaign(&campaign("d", 10), 1).await.unwrap();
     let mut a = event("a", OrderStatus::PendingPayment, 1);
     a.expires_ms = 100;
     let mut b = event("b", OrderStatus::PendingPayment, 1);
     b.expires_ms = 50;
     let mut c = event("c", OrderStatus::Paid, 1);
     c.expires_ms = 10;
-    t.db.apply_events(&[a, b, c]).await.unwrap();
+    // Another campaign's overdue order is not this campaign's.
+    let mut d = event("d", OrderStatus::PendingPayment, 1);
+    d.campaign_id = "d".into();
+    d.expires_ms = 20;
+    t.db.apply_events(&[a, b, c, d]).await.unwrap();
     let ids = |rows: Vec<(i64, String)>| rows.into_iter().map(|(_, id)| id).collect::<Vec<_>>();
-    assert_eq!(ids(t.db.overdue_orders(101, None, 10).await.unwrap()), vec!["b".to_owned(), "a".to_owned()]);
-    assert_eq!(ids(t.db.overdue_orders(60, None, 10).await.unwrap()), vec!["b".to_owned()]);
+    assert_eq!(
+        ids(t.db.overdue_orders("c", 101, None, 10).await.unwrap()),
+        vec!["b".to_owned(), "a".to_owned()]
+    );
+    assert_eq!(ids(t.db.overdue_orders("c", 60, None, 10).await.unwrap()), vec!["b".to_owned()]);
+    assert_eq!(ids(t.db.overdue_orders("d", 101, None, 10).await.unwrap()), vec!["d".to_owned()]);
+    assert!(t.db.overdue_orders("e", 101, None, 10).await.unwrap().is_empty());
     // From a cursor on: the rows behind it, never the ones before.
-    let first = t.db.overdue_orders(101, None, 1).await.unwrap();
-    assert_eq!(ids(t.db.overdue_orders(101, first.last(), 10).await.unwrap()), vec!["a".to_owned()]);
+    let first = t.db.overdue_orders("c", 101, None, 1).await.unwrap();
+    assert_eq!(ids(t.db.overdue_orders("c", 101, first.last(), 10).await.unwrap()), vec!["a".to_owned()]);
+    t.cleanup().await;
+}
+
+/// The orders table has one secondary index, (campaign, status, deadline): the expiry
+/// sweep's and a campaign's reads use it, and no order row writes a second one.
+#[tokio::test]
+async fn orders_have_one_secondary_index() {
+    let t = TestDb::new().await;
+    let rows: Vec<(String, u64, String)> = sqlx::query_as(
+        "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics \
+         WHERE table_schema = DATABASE() AND table_name = 'orders' AND index_name <> 'PRIMARY' \
+         ORDER BY index_name, seq_in_index",
+    )
+    .fetch_all(&t.pool)
+    .await
+    .unwrap();
+    let named = |n: &str| rows.iter().filter(|r| r.0 == n).map(|r| r.2.clone()).collect::<Vec<_>>();
+    assert_eq!(named("orders_campaign_due"), ["campaign_id", "status", "expires_ms"]);
+    assert_eq!(rows.len(), 3, "{rows:?}");
     t.cleanup().await;
 }
 

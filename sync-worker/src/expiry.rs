@@ -12,8 +12,9 @@
 //! - the MySQL sweep: orders MySQL still shows pending well past their deadline. Each
 //!   is settled: released in Redis if Redis holds it pending, given Redis's state if
 //!   Redis moved on (the event that would have told MySQL was lost or is late), or
-//!   expired in MySQL alone if Redis no longer knows it. It walks the overdue rows with
-//!   a cursor, so a row it cannot settle never hides the rows behind it.
+//!   expired in MySQL alone if Redis no longer knows it. It walks each unretired
+//!   campaign's overdue rows in deadline order (one index range: campaign, status,
+//!   deadline) with a cursor, so a row it cannot settle never hides the rows behind it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -231,24 +232,35 @@ pub async fn sweep_mysql(ctx: &Ctx, mut stop: watch::Receiver<bool>) {
 }
 
 /// Settles every order MySQL shows pending well past its deadline (see the module
-/// docs); returns how many it settled.
+/// docs), campaign by campaign; returns how many it settled. A campaign that fails is
+/// counted and skipped: its rows come round again next run.
 pub async fn sweep_mysql_once(ctx: &Ctx) -> Result<usize> {
     let before = now_ms() - MYSQL_SWEEP_GRACE_MS;
+    let mut settled = 0;
+    for id in ctx.db.unretired_campaigns().await? {
+        let Ok(campaign) = CampaignId::parse(&id) else { continue };
+        match sweep_mysql_campaign(ctx, &campaign, before).await {
+            Ok(n) => settled += n,
+            Err(e) => ctx.campaign_failed("mysql_sweep", &campaign, &e),
+        }
+    }
+    Ok(settled)
+}
+
+/// One campaign's overdue pending rows, in deadline order, [`MYSQL_SWEEP_MAX_ROWS`] at
+/// most per run; returns how many it settled. The cursor walks past rows that could
+/// not be settled, so they never hide the rows behind them.
+async fn sweep_mysql_campaign(ctx: &Ctx, campaign: &CampaignId, before: i64) -> Result<usize> {
     let mut cursor: Option<(i64, String)> = None;
     let mut settled = 0;
     let mut seen = 0;
     while seen < MYSQL_SWEEP_MAX_ROWS {
-        let page = ctx.db.overdue_orders(before, cursor.as_ref(), MYSQL_SWEEP_PAGE).await?;
+        let page =
+            ctx.db.overdue_orders(campaign.as_str(), before, cursor.as_ref(), MYSQL_SWEEP_PAGE).await?;
         let Some(last) = page.last().cloned() else { break };
         seen += page.len();
-        // The cursor walks past a campaign that cannot be settled now (a shard being
-        // rebuilt, its node unreachable): its rows come round again next run.
-        for (campaign, orders) in by_campaign(page.iter().map(|(_, id)| id.as_str())) {
-            match settle_campaign(ctx, &campaign, &orders).await {
-                Ok(n) => settled += n,
-                Err(e) => ctx.campaign_failed("mysql_sweep", &campaign, &e),
-            }
-        }
+        let orders: Vec<OrderId> = page.iter().filter_map(|(_, id)| OrderId::parse(id).ok()).collect();
+        settled += settle_campaign(ctx, campaign, &orders).await?;
         if page.len() < MYSQL_SWEEP_PAGE as usize {
             break;
         }
