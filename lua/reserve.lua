@@ -205,6 +205,22 @@ local function stock_of(key)
   return st
 end
 
+-- A line's item (JSON) and its row text (`sku:qty:price`); a one-unit line's are made
+-- once per sku and call. Sku ids are [A-Za-z0-9_-] (checked at the edge): no escaping.
+local function line_text(l, st)
+  if l.qty == 1 and st.one_item then
+    return st.one_item, st.one_text
+  end
+  local item = '{"sku_id":"' .. l.sku .. '","quantity":' .. l.qty_s .. ',"price_cents":' .. st.price_s .. '}'
+  local text = l.sku .. ':' .. l.qty_s .. ':' .. st.price_s
+  if l.qty == 1 then
+    st.one_item, st.one_text = item, text
+  end
+  return item, text
+end
+-- Reused by every order of the call (filled from 1 to its line count).
+local ITEMS, TEXTS, PRICES = {}, {}, {}
+
 local replies = {}
 local docs = {}
 local deadlines = {}
@@ -257,42 +273,75 @@ while arg_at <= #ARGV do
       units = units + qty
     end
     -- The limit before stock: an order over it is refused whatever stock is left, and
-    -- a refused order never makes a sharded campaign move units to this shard.
-    local held, known = 0, nil
-    if not reply then
+    -- a refused order never makes a sharded campaign move units to this shard. The
+    -- stock, backlog and rate checks write nothing, so they may run first; the order of
+    -- the checks is only the order of the answers.
+    -- With the users hash, an order that passes every other check has its units added
+    -- and the sum checked against the limit: one command, not a read and then a write.
+    -- Over the limit, the user held some units before (an order over the limit by
+    -- itself is refused before anything is added), so taking its units back leaves
+    -- the user's field as it was.
+    local limit = tonumber(meta[3])
+    local held, known, counted = 0, nil, false
+    if not reply and (not users_hash or units > limit) then
       if users_hash then
         known = redis.call('HGET', KEYS[K_USERS], user_id)
         held = tonumber(known or '0')
       else
         held = tonumber(redis.call('GET', k_user) or '0')
       end
-      if held + units > tonumber(meta[3]) then
+      if held + units > limit then
         reply = { 'limit_exceeded', int(held), meta[3] }
       end
     end
+    local refused
     if not reply then
       for i = 1, n do
         local st = lines[i].st
         if st.avail < lines[i].qty then
-          reply = { 'sold_out', lines[i].sku, st.gen, int(st.avail), 0 }
-          needs_buyer_count[#replies + 1] = 5
+          refused = { 'sold_out', lines[i].sku, st.gen, int(st.avail), 0 }
           break
         end
       end
     end
-    if not reply then
+    if not reply and not refused then
       if backlog + #docs >= outbox_max then
-        reply = { 'backlog_full', backlog + #docs }
+        refused = { 'backlog_full', backlog + #docs }
       elseif max_rate and granted_this_second >= max_rate then
         -- max_orders_per_sec counts reservations granted in the current second (Redis
         -- clock), across every gateway; only requests that would otherwise succeed count.
-        reply = { 'rate_limited', int(1000 - now % 1000) }
+        refused = { 'rate_limited', int(1000 - now % 1000) }
+      end
+    end
+    if not reply and users_hash then
+      if refused then
+        held = tonumber(redis.call('HGET', KEYS[K_USERS], user_id) or '0')
+        if held + units > limit then
+          reply = { 'limit_exceeded', int(held), meta[3] }
+        end
+      else
+        local after = redis.call('HINCRBY', KEYS[K_USERS], user_id, units)
+        if after > limit then
+          redis.call('HINCRBY', KEYS[K_USERS], user_id, -units)
+          reply = { 'limit_exceeded', int(after - units), meta[3] }
+        else
+          -- None held before: a new buyer, or one whose orders all ended (told again,
+          -- which changes nothing).
+          known = after ~= units or nil
+          counted = true
+        end
+      end
+    end
+    if not reply and refused then
+      reply = refused
+      if refused[1] == 'sold_out' then
+        needs_buyer_count[#replies + 1] = 5
       end
     end
     if not reply then
       -- All checks passed: from here on every call writes.
       granted_this_second = granted_this_second + 1
-      local total, items, lines_text, prices, emptied = 0, {}, {}, {}, NONE
+      local total, items, lines_text, prices, emptied = 0, ITEMS, TEXTS, PRICES, NONE
       for i = 1, n do
         local l = lines[i]
         local st = l.st
@@ -308,14 +357,12 @@ while arg_at <= #ARGV do
           emptied[#emptied + 1] = st.gen
         end
         total = total + l.qty * st.price
-        -- Sku ids are [A-Za-z0-9_-] (checked at the edge): no escaping needed.
-        items[i] = '{"sku_id":"' .. l.sku .. '","quantity":' .. l.qty_s .. ',"price_cents":' .. st.price_s .. '}'
-        if compact then
-          lines_text[i] = l.sku .. ':' .. l.qty_s .. ':' .. st.price_s
-        end
+        local item, text = line_text(l, st)
+        items[i] = item
+        lines_text[i] = text
         prices[i] = st.price_s
       end
-      local items_json = '[' .. table.concat(items, ',') .. ']'
+      local items_json = '[' .. (n == 1 and items[1] or table.concat(items, ',', 1, n)) .. ']'
       local order_id = id_of(ref, now)
       if not expires_ms then
         expires_ms = now + tonumber(meta[4]) * 1000
@@ -325,9 +372,7 @@ while arg_at <= #ARGV do
       local one = n == 1 and lines[1].qty == 1
       local units_s = one and '1' or int(units)
       local total_s = one and lines[1].st.price_s or int(total)
-      if users_hash then
-        redis.call('HINCRBY', KEYS[K_USERS], user_id, units_s)
-      else
+      if not counted then
         redis.call('INCRBY', k_user, units_s)
       end
       redis.call('HSET', k_order, 'user', user_id, 'state', 'pending_payment', 'items', items_json,
@@ -351,14 +396,15 @@ while arg_at <= #ARGV do
       -- or whole; the key travels to MySQL, so a rebuilt shard still replays this order.
       if compact then
         docs[#docs + 1] = '["' .. order_id .. '",' .. json_text(user_id) .. ',' .. json_text(idem_key)
-          .. ',"' .. table.concat(lines_text, ',') .. '",' .. total_s .. ',' .. now_s .. ',' .. expires_s .. ','
+          .. ',"' .. (n == 1 and lines_text[1] or table.concat(lines_text, ',', 1, n)) .. '",' .. total_s
+          .. ',' .. now_s .. ',' .. expires_s .. ','
           .. meta[4] .. (trace ~= '' and ',{"trace":' .. cjson.encode(trace) .. '}]' or ']')
       else
         docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, total_s,
           now_s, expires_s, '0', meta[4], now_s, ',"idempotency_key":' .. cjson.encode(idem_key)
           .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
       end
-      reply = { 'granted', now, expires_ms, n == 1 and prices[1] or table.concat(prices, ','),
+      reply = { 'granted', now, expires_ms, n == 1 and prices[1] or table.concat(prices, ',', 1, n),
         ref == asked_ref and '' or ref, emptied, 0 }
       needs_buyer_count[#replies + 1] = 7
     end

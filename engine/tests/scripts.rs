@@ -220,6 +220,45 @@ async fn per_user_limit_counts_across_orders_and_frees_on_release() {
     reserved(e.reserve(&cid("c"), &user("u"), &key("k4"), &lines(&[("a", 2)])).await.unwrap());
 }
 
+/// The users hash's fields and the buyers they name, as Redis holds them.
+async fn users_hash(ns: &Ns, c: &str) -> std::collections::BTreeMap<String, String> {
+    let mut raw = ns.raw().await;
+    redis::cmd("HGETALL").arg(ns.keys().users(&cid(c))).query_async(&mut raw).await.unwrap()
+}
+
+/// A refused order leaves every user's count as it was: over the limit with units held
+/// (counted, then taken back), over it alone, or sold out (never counted). No refused
+/// user becomes a field of the users hash, so the buyer count gateways wait for names
+/// only users who got a reservation.
+#[tokio::test]
+async fn a_refused_order_leaves_the_users_counts_and_buyers_as_they_were() {
+    let ns = Ns::new();
+    let e = ns.engine();
+    launch(&e, &open_campaign("c", &[("a", 100, 100), ("b", 1, 1)], 3)).await;
+    reserved(e.reserve(&cid("c"), &user("u"), &key("k1"), &lines(&[("a", 2)])).await.unwrap());
+    let before = users_hash(&ns, "c").await;
+    assert_eq!(before.get("u").map(String::as_str), Some("2"));
+    // Over the limit with units held, stock to spare.
+    let r = e.reserve(&cid("c"), &user("u"), &key("k2"), &lines(&[("a", 2)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::LimitExceeded { held: 2, limit: 3 });
+    // Over the limit by itself: a user who holds nothing.
+    let r = e.reserve(&cid("c"), &user("v"), &key("k1"), &lines(&[("a", 4)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::LimitExceeded { held: 0, limit: 3 });
+    // Over the limit and sold out: the limit answers.
+    let r = e.reserve(&cid("c"), &user("u"), &key("k3"), &lines(&[("b", 2)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::LimitExceeded { held: 2, limit: 3 });
+    // Within the limit but sold out.
+    let r = e.reserve(&cid("c"), &user("w"), &key("k1"), &lines(&[("b", 2)])).await.unwrap();
+    assert!(matches!(r, ReserveOutcome::SoldOut(_)), "{r:?}");
+    assert_eq!(users_hash(&ns, "c").await, before);
+    assert_eq!(available(&e, "c", "a").await, 98);
+    // And the limit still holds exactly: one more unit fits, then none.
+    reserved(e.reserve(&cid("c"), &user("u"), &key("k4"), &lines(&[("a", 1)])).await.unwrap());
+    let r = e.reserve(&cid("c"), &user("u"), &key("k5"), &lines(&[("b", 1)])).await.unwrap();
+    assert_eq!(r, ReserveOutcome::LimitExceeded { held: 3, limit: 3 });
+    assert_eq!(users_hash(&ns, "c").await.get("u").map(String::as_str), Some("3"));
+}
+
 /// What Redis holds of a user in campaign `c`: (their count string, their field of the
 /// users hash, whether the buyer set names them).
 async fn user_state(ns: &Ns, c: &str, u: &str) -> (Option<String>, Option<String>, bool) {
