@@ -119,7 +119,7 @@ where
                     // Debug level: at `info` the log layer would make and format a
                     // span for every request (RUST_LOG=info,gateway=debug shows it).
                     let span = tracing::debug_span!("request", method = %method, route = route.unwrap_or(""));
-                    match tokio::time::timeout(limit, handled.instrument(span)).await {
+                    match within(limit, handled.instrument(span)).await {
                         Ok(Ok(res)) => res,
                         Ok(Err(never)) => match never {},
                         Err(_) => {
@@ -174,4 +174,44 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     }));
     tracing::info!(%addr, %metrics_addr, "gateway listening");
     Ok(Running { addr, metrics_addr, state, tasks })
+}
+
+/// `fut`'s output, or `Elapsed` once `limit` has passed. Polled once before the timer is
+/// armed: a request answered without waiting (a sold-out or ended answer from the local
+/// cache) never registers a timer with the runtime, nor takes it out again.
+async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout(limit, fut).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_ready_at_once_or_in_time_is_returned_and_a_late_one_times_out() {
+        let limit = Duration::from_millis(50);
+        // Ready on the first poll.
+        assert_eq!(within(limit, async { 7 }).await.unwrap(), 7);
+        // Pending first, ready well within the limit.
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            8
+        };
+        assert_eq!(within(limit, later).await.unwrap(), 8);
+        // Pending past the limit: elapsed, measured from the first poll.
+        let started = Instant::now();
+        assert!(within(limit, std::future::pending::<()>()).await.is_err());
+        assert!(started.elapsed() >= limit);
+        let too_late = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            9
+        };
+        assert!(within(limit, too_late).await.is_err());
+    }
 }
