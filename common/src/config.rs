@@ -60,6 +60,7 @@ pub struct WorkerSettings {
     pub metrics_listen: SocketAddr,
     pub relay_batch_max: usize,
     pub relay_claim_idle_ms: u64,
+    pub relay_pace_ms: u64,
     pub persist_batch_max: usize,
     pub persist_batch_wait_ms: u64,
     pub max_deliveries: u32,

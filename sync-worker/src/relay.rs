@@ -93,6 +93,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         }
         let mut moved = 0;
         let mut backlog = 0;
+        let mut full = false;
         resting.retain(|_, until| *until > Instant::now());
         for stream in work.clone() {
             if resting.contains_key(&stream) {
@@ -111,6 +112,7 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
                 Ok((n, left)) => {
                     moved += n;
                     backlog += left;
+                    full |= n >= ctx.settings.worker.relay_batch_max;
                     if n > 0 {
                         ctx.activity.touch(&stream.campaign_of_tag());
                     }
@@ -140,6 +142,13 @@ pub async fn run(ctx: &Ctx, ch: &Channel, mut stop: watch::Receiver<bool>) -> Re
         }
         ctx.metrics.outbox_length.set(backlog as i64);
         if moved > 0 {
+            // No stream gave a full batch (what is left came in during the round): the
+            // next round waits a little for more (`worker.relay_pace_ms`), so a busy
+            // sale's rounds carry more orders each. A backlog is read again at once.
+            let pace = Duration::from_millis(ctx.settings.worker.relay_pace_ms);
+            if !full && !pace.is_zero() && pause(pace, &mut stop).await {
+                return Ok(());
+            }
             continue;
         }
         let idle = if !work.is_empty() {

@@ -254,6 +254,28 @@ async fn every_reservation_becomes_exactly_one_mysql_order_in_its_final_state() 
     env.cleanup().await;
 }
 
+/// Reservations trickling in one at a time, 20 ms apart, for about a second: each one
+/// finds the outbox empty and wakes the relay. With `worker.relay_pace_ms` the relay
+/// waits after a round that emptied its streams, so they travel in a few rounds (each
+/// round pays a MySQL record, Redis reads and a publish), and every one still reaches
+/// MySQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_relay_carries_a_trickle_of_reservations_in_few_rounds() {
+    let env = Env::with(|s| s.worker.relay_pace_ms = 250).await;
+    let worker = sync_worker::supervisor::start(env.settings.clone()).await.unwrap();
+    let c = env.launch("c", 100, 900, 1).await;
+    for i in 0..50 {
+        env.reserve(&c, &format!("u{i}")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.wait_for("50 orders in MySQL", Duration::from_secs(20), async || env.count_orders("c").await == 50)
+        .await;
+    let rounds = worker.ctx.metrics.publish_seconds.get_sample_count();
+    assert!((1..=12).contains(&rounds), "{rounds} relay rounds for 50 reservations over about a second");
+    worker.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpaid_orders_expire_once_in_both_stores_and_late_payments_need_a_refund() {
     let env = Env::new().await;
