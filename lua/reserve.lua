@@ -272,28 +272,10 @@ while arg_at <= #ARGV do
       lines[i] = { sku = sku, qty = qty, qty_s = ARGV[first_line + 2 * i - 1], key = key, st = st }
       units = units + qty
     end
-    -- The limit before stock: an order over it is refused whatever stock is left, and
-    -- a refused order never makes a sharded campaign move units to this shard. The
-    -- stock, backlog and rate checks write nothing, so they may run first; the order of
-    -- the checks is only the order of the answers.
-    -- With the users hash, an order that passes every other check has its units added
-    -- and the sum checked against the limit: one command, not a read and then a write.
-    -- Over the limit, the user held some units before (an order over the limit by
-    -- itself is refused before anything is added), so taking its units back leaves
-    -- the user's field as it was.
-    local limit = tonumber(meta[3])
-    local held, known, counted = 0, nil, false
-    if not reply and (not users_hash or units > limit) then
-      if users_hash then
-        known = redis.call('HGET', KEYS[K_USERS], user_id)
-        held = tonumber(known or '0')
-      else
-        held = tonumber(redis.call('GET', k_user) or '0')
-      end
-      if held + units > limit then
-        reply = { 'limit_exceeded', int(held), meta[3] }
-      end
-    end
+    -- What would refuse the order besides its user's limit: stock, the outbox backlog,
+    -- the rate. These checks write nothing, so they run first; the limit still answers
+    -- first (an order over it is refused whatever stock is left, and a refused order
+    -- never makes a sharded campaign move units to this shard).
     local refused
     if not reply then
       for i = 1, n do
@@ -303,9 +285,9 @@ while arg_at <= #ARGV do
           break
         end
       end
-    end
-    if not reply and not refused then
-      if backlog + #docs >= outbox_max then
+      if refused then
+        -- Answered below, unless the limit answers first.
+      elseif backlog + #docs >= outbox_max then
         refused = { 'backlog_full', backlog + #docs }
       elseif max_rate and granted_this_second >= max_rate then
         -- max_orders_per_sec counts reservations granted in the current second (Redis
@@ -313,29 +295,40 @@ while arg_at <= #ARGV do
         refused = { 'rate_limited', int(1000 - now % 1000) }
       end
     end
-    if not reply and users_hash then
-      if refused then
-        held = tonumber(redis.call('HGET', KEYS[K_USERS], user_id) or '0')
-        if held + units > limit then
-          reply = { 'limit_exceeded', int(held), meta[3] }
-        end
+    -- The limit. With the users hash, an order nothing else refuses has its units added
+    -- and the sum checked: one command, not a read and then a write. Over the limit,
+    -- the user held units before (an order over the limit by itself is read first), so
+    -- taking its units back leaves the user's field as it was.
+    local limit = tonumber(meta[3])
+    local known, counted = nil, false
+    if reply then
+      -- A replay, a reused key, or no such campaign, window or sku.
+    elseif users_hash and not refused and units <= limit then
+      local after = redis.call('HINCRBY', KEYS[K_USERS], user_id, units)
+      if after > limit then
+        redis.call('HINCRBY', KEYS[K_USERS], user_id, -units)
+        reply = { 'limit_exceeded', int(after - units), meta[3] }
       else
-        local after = redis.call('HINCRBY', KEYS[K_USERS], user_id, units)
-        if after > limit then
-          redis.call('HINCRBY', KEYS[K_USERS], user_id, -units)
-          reply = { 'limit_exceeded', int(after - units), meta[3] }
-        else
-          -- None held before: a new buyer, or one whose orders all ended (told again,
-          -- which changes nothing).
-          known = after ~= units or nil
-          counted = true
-        end
+        -- None held before: a new buyer, or one whose orders all ended (told again,
+        -- which changes nothing).
+        known = after ~= units or nil
+        counted = true
       end
-    end
-    if not reply and refused then
-      reply = refused
-      if refused[1] == 'sold_out' then
-        needs_buyer_count[#replies + 1] = 5
+    else
+      local held
+      if users_hash then
+        held = redis.call('HGET', KEYS[K_USERS], user_id)
+      else
+        held = redis.call('GET', k_user)
+      end
+      held = tonumber(held or '0')
+      if held + units > limit then
+        reply = { 'limit_exceeded', int(held), meta[3] }
+      elseif refused then
+        reply = refused
+        if refused[1] == 'sold_out' then
+          needs_buyer_count[#replies + 1] = 5
+        end
       end
     end
     if not reply then
