@@ -1,6 +1,6 @@
 -- reserve: the orders of one campaign gathered into one call (group commit), each
 -- decided on its own exactly as if it came alone, in arrival order: all its lines or
--- none, per-user limit (checked before stock), idempotency, window, thresholds,
+-- none, per-user limit (answered before stock), idempotency, window, thresholds,
 -- sold-out naming the sku.
 -- What is the batch's is done once: campaign meta, the clock, the rate counter, the
 -- outbox length, each stock hash's read and write, one push of the deadlines, one
@@ -220,6 +220,10 @@ local function line_text(l, st)
 end
 -- Reused by every order of the call (filled from 1 to its line count).
 local ITEMS, TEXTS, PRICES = {}, {}, {}
+-- The first `n` of a reused list, comma-separated (one line: the line as it is).
+local function joined(list, n)
+  return n == 1 and list[1] or table.concat(list, ',', 1, n)
+end
 
 local replies = {}
 local docs = {}
@@ -355,7 +359,7 @@ while arg_at <= #ARGV do
         lines_text[i] = text
         prices[i] = st.price_s
       end
-      local items_json = '[' .. (n == 1 and items[1] or table.concat(items, ',', 1, n)) .. ']'
+      local items_json = '[' .. joined(items, n) .. ']'
       local order_id = id_of(ref, now)
       if not expires_ms then
         expires_ms = now + tonumber(meta[4]) * 1000
@@ -389,16 +393,14 @@ while arg_at <= #ARGV do
       -- or whole; the key travels to MySQL, so a rebuilt shard still replays this order.
       if compact then
         docs[#docs + 1] = '["' .. order_id .. '",' .. json_text(user_id) .. ',' .. json_text(idem_key)
-          .. ',"' .. (n == 1 and lines_text[1] or table.concat(lines_text, ',', 1, n)) .. '",' .. total_s
-          .. ',' .. now_s .. ',' .. expires_s .. ','
+          .. ',"' .. joined(lines_text, n) .. '",' .. total_s .. ',' .. now_s .. ',' .. expires_s .. ','
           .. meta[4] .. (trace ~= '' and ',{"trace":' .. cjson.encode(trace) .. '}]' or ']')
       else
         docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, total_s,
           now_s, expires_s, '0', meta[4], now_s, ',"idempotency_key":' .. cjson.encode(idem_key)
           .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
       end
-      reply = { 'granted', now, expires_ms, n == 1 and prices[1] or table.concat(prices, ',', 1, n),
-        ref == asked_ref and '' or ref, emptied, 0 }
+      reply = { 'granted', now, expires_ms, joined(prices, n), ref == asked_ref and '' or ref, emptied, 0 }
       needs_buyer_count[#replies + 1] = 7
     end
   end

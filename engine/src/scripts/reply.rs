@@ -26,11 +26,7 @@ impl Reply {
     }
 
     pub(crate) fn tag(&self) -> Result<&str> {
-        match self.0.first() {
-            Some(Value::BulkString(b)) => std::str::from_utf8(b).map_err(protocol),
-            Some(Value::SimpleString(s)) => Ok(s),
-            other => Err(EngineError::Protocol(format!("no outcome tag: {other:?}"))),
-        }
+        self.str(0).map_err(|e| EngineError::Protocol(format!("no outcome tag: {e}")))
     }
 
     /// Element `i` as text, borrowed from the reply (a number is not text here).
@@ -42,19 +38,18 @@ impl Reply {
         }
     }
 
+    /// Element `i` as owned text (a number as its digits).
     pub(crate) fn string(&self, i: usize) -> Result<String> {
         match self.0.get(i) {
-            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).map_err(protocol),
-            Some(Value::SimpleString(s)) => Ok(s.clone()),
             Some(Value::Int(n)) => Ok(n.to_string()),
-            other => Err(EngineError::Protocol(format!("element {i}: {other:?}"))),
+            _ => self.str(i).map(str::to_owned),
         }
     }
 
     pub(crate) fn int(&self, i: usize) -> Result<i64> {
         match self.0.get(i) {
             Some(Value::Int(n)) => Ok(*n),
-            _ => self.string(i)?.parse().map_err(protocol),
+            _ => self.str(i)?.parse().map_err(protocol),
         }
     }
 
