@@ -48,6 +48,9 @@ pub struct EngineStats {
     pub answered_locally: u64,
     /// Sent to the reservation script.
     pub sent_to_redis: u64,
+    /// Whole buyer sets read from Redis into the local cache (a campaign's first
+    /// request, a reconnect).
+    pub buyer_loads: u64,
 }
 
 /// See [`Engine::footprint`].
@@ -126,6 +129,7 @@ impl Engine {
         EngineStats {
             answered_locally: self.inner.answered_locally.load(Ordering::Relaxed),
             sent_to_redis: self.inner.sent_to_redis.load(Ordering::Relaxed),
+            buyer_loads: self.inner.buyer_loads.load(Ordering::Relaxed),
         }
     }
 
@@ -209,7 +213,23 @@ impl Engine {
             return Ok(answer);
         }
         Shared::count(&inner.sent_to_redis);
-        let map = inner.map_of(campaign, entry.meta.shards);
+        // Boxed: the script call's future is most of this one's size (about 8 KiB), and
+        // every request answered above would carry it, copied with each move of its
+        // future (axum boxes the handler's), for nothing.
+        Box::pin(self.decide_in_redis(campaign, entry.meta.shards, (user, key, lines), trace)).await
+    }
+
+    /// The rest of [`reserve_admitted`](Self::reserve_admitted): what the local cache
+    /// could not answer, asked of the campaign's shards.
+    async fn decide_in_redis(
+        &self,
+        campaign: &CampaignId,
+        shards: u16,
+        (user, key, lines): (&UserId, &IdempotencyKey, &OrderLines),
+        trace: Option<&str>,
+    ) -> Result<ReserveOutcome> {
+        let inner = &self.inner;
+        let map = inner.map_of(campaign, shards);
         let home = map.home(user);
         let order = map.order_for(&inner.order_ids, user, key);
         let mut reply = self.decide(map.tag(home), (&order, user, key, lines), trace).await?;

@@ -28,6 +28,11 @@ pub(crate) struct Shared {
     pub(crate) cache: LocalCache,
     pub(crate) answered_locally: AtomicU64,
     pub(crate) sent_to_redis: AtomicU64,
+    /// Whole buyer sets read into the cache (each costs Redis a read of every buyer).
+    pub(crate) buyer_loads: AtomicU64,
+    /// One gate per campaign being loaded on a request's behalf: requests that find it
+    /// unknown at once (a gateway started mid-sale) wait for one load, not one each.
+    loading: DashMap<CampaignId, Arc<tokio::sync::Mutex<()>>>,
     /// Outbox work notices, for the relay (nobody listens in a gateway).
     pub(crate) work: tokio::sync::broadcast::Sender<WorkSignal>,
     pub(crate) tasks: Mutex<Vec<AbortHandle>>,
@@ -68,6 +73,8 @@ impl Shared {
             cache,
             answered_locally: AtomicU64::new(0),
             sent_to_redis: AtomicU64::new(0),
+            buyer_loads: AtomicU64::new(0),
+            loading: DashMap::new(),
             work: tokio::sync::broadcast::channel(WORK_SIGNAL_BUFFER).0,
             tasks: Mutex::new(Vec::new()),
             maps: DashMap::new(),
@@ -150,14 +157,38 @@ impl Shared {
         match self.cache.lookup(campaign.as_str()) {
             Lookup::Known(e) => Ok(Some(e)),
             Lookup::Missing => Ok(None),
-            Lookup::Unknown => {
-                self.reload(campaign, true).await?;
-                match self.cache.lookup(campaign.as_str()) {
-                    Lookup::Known(e) => Ok(Some(e)),
-                    _ => Ok(None),
-                }
-            }
+            // Boxed: rare, and its future would make every lookup's larger.
+            Lookup::Unknown => Box::pin(self.load(campaign)).await,
         }
+    }
+
+    /// Loads a campaign the cache does not know, buyers and all, once for every request
+    /// asking meanwhile: the first loads, the others wait for it and read the cache.
+    /// Without the gate, a gateway started mid-sale would read a campaign's whole buyer
+    /// set once per request in flight (64 connections, a million buyers: Redis busy for
+    /// seconds). A load that fails lets the next waiter try (each is bounded by the
+    /// Redis call timeout, and the request by its own).
+    async fn load(&self, campaign: &CampaignId) -> Result<Option<Arc<CampaignEntry>>> {
+        let gate = Arc::clone(self.loading.entry(campaign.clone()).or_default().value());
+        let loaded = async {
+            let _turn = gate.lock().await;
+            match self.cache.lookup(campaign.as_str()) {
+                Lookup::Known(e) => return Ok(Some(e)),
+                Lookup::Missing => return Ok(None),
+                Lookup::Unknown => {}
+            }
+            self.reload(campaign, true).await?;
+            Ok(match self.cache.lookup(campaign.as_str()) {
+                Lookup::Known(e) => Some(e),
+                _ => None,
+            })
+        }
+        .await;
+        // The last one out removes the gate (one taken from the map just now by a late
+        // request keeps it alive, and at worst a new gate means one more load).
+        drop(gate);
+        self.loading.remove_if(campaign, |_, g| Arc::strong_count(g) == 1);
+        loaded
     }
 
     /// What can be said without Redis, or `None` to ask Redis. The checks follow the
@@ -208,7 +239,10 @@ impl Shared {
             *count += self.store.buyer_count(&map.tags()[1..]).await?;
         }
         let buyers = match (&map, with_buyers) {
-            (Some(map), true) => Some(self.store.buyers(map).await?),
+            (Some(map), true) => {
+                Self::count(&self.buyer_loads);
+                Some(self.store.buyers(map).await?)
+            }
             _ => None,
         };
         let count = found.as_ref().map(|(_, n)| *n);

@@ -272,3 +272,39 @@ async fn shard_notices_stay_in_their_slot_on_a_cluster_and_still_reach_every_pro
         assert!(broadcast.len() >= 3, "one Redis: every notice on the one channel: {heard:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_together_for_an_uncached_campaign_load_its_buyers_once() {
+    let ns = Ns::new();
+    let a = ns.engine();
+    launch(&a, &open_campaign("c", &[("x", 10_000, 100)], 1)).await;
+    for i in 0..300 {
+        let r =
+            a.reserve(&cid("c"), &user(&format!("early{i}")), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+        assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+    }
+    // A process started mid-sale: the campaign is not in its cache, and 64 requests
+    // for it arrive at once.
+    let b = ns.engine();
+    until_live(&b).await;
+    let before = b.stats().buyer_loads;
+    let requests: Vec<_> = (0..64)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.reserve(&cid("c"), &user(&format!("late{i}")), &key("k"), &lines(&[("x", 1)]))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for r in requests {
+        let r = r.await.unwrap();
+        assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
+    }
+    assert_eq!(b.stats().buyer_loads - before, 1, "the buyer set is read once, not once per request");
+    // And the one load holds every buyer: an early buyer's retry reaches the script
+    // (a replay), never a local answer.
+    let replay = b.reserve(&cid("c"), &user("early7"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
+    assert!(matches!(replay, ReserveOutcome::Replayed(_)), "{replay:?}");
+}

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub ready: IntGaugeVec,
     answered_locally: IntCounter,
     sent_to_redis: IntCounter,
+    buyer_loads: IntCounter,
 }
 
 impl Metrics {
@@ -85,6 +86,10 @@ impl Metrics {
             "flashsale_redis_reservations_total",
             "Reservation requests sent to the Redis reservation script",
         )?;
+        let buyer_loads = IntCounter::new(
+            "flashsale_cache_buyer_loads_total",
+            "Whole buyer sets read from Redis into the local cache (a campaign's first request, a reconnect)",
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_latency.clone()))?;
         registry.register(Box::new(reservations.clone()))?;
@@ -93,6 +98,7 @@ impl Metrics {
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(answered_locally.clone()))?;
         registry.register(Box::new(sent_to_redis.clone()))?;
+        registry.register(Box::new(buyer_loads.clone()))?;
         let by_outcome = OUTCOMES
             .iter()
             .map(|o| {
@@ -111,6 +117,7 @@ impl Metrics {
             ready,
             answered_locally,
             sent_to_redis,
+            buyer_loads,
         })
     }
 
@@ -143,6 +150,7 @@ impl Metrics {
     pub fn render(&self, stats: EngineStats) -> String {
         catch_up(&self.answered_locally, stats.answered_locally);
         catch_up(&self.sent_to_redis, stats.sent_to_redis);
+        catch_up(&self.buyer_loads, stats.buyer_loads);
         serve::metrics_text(&self.registry)
     }
 }
