@@ -4,9 +4,9 @@
 
 use std::borrow::Cow;
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use engine::EngineError;
 use ledger::DbError;
 
@@ -130,20 +130,34 @@ impl IntoResponse for AppError {
             }
             other => Cow::Owned(other.to_string()),
         };
-        let body = Json(ErrorBody { error: ErrorDetail { code: self.code(), message: &message } });
-        let mut res = (self.status(), body).into_response();
+        let json = HeaderValue::from_static("application/json");
+        let mut res =
+            (self.status(), [(header::CONTENT_TYPE, json)], body(self.code(), &message)).into_response();
         let retry = match &self {
             AppError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             AppError::Unavailable(_) => Some(1),
             _ => None,
         };
         if let Some(secs) = retry {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                res.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
+}
+
+/// An [`ErrorBody`]'s JSON text, written straight into one buffer: the text serde makes
+/// of it (a test holds the two equal), without a serializer and a growing buffer per
+/// answer.
+fn body(code: &'static str, message: &str) -> Bytes {
+    let mut text = Vec::with_capacity(36 + code.len() + message.len());
+    text.extend_from_slice(br#"{"error":{"code":""#);
+    // Codes are the snake_case constants of `code`: nothing to escape.
+    text.extend_from_slice(code.as_bytes());
+    text.extend_from_slice(br#"","message":"#);
+    // Escaped: a message may quote the client's input. Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut text, message);
+    text.extend_from_slice(b"}}");
+    Bytes::from(text)
 }
 
 impl From<EngineError> for AppError {
@@ -179,5 +193,35 @@ impl From<ledger::reconcile::ReconcileError> for AppError {
 impl From<engine::domain::InvalidInput> for AppError {
     fn from(e: engine::domain::InvalidInput) -> Self {
         AppError::InvalidRequest(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_error_body_is_the_text_serde_makes_of_it() {
+        for message in
+            ["sku sku-1 is sold out", "", "a \"quoted\" \\ path\n\ttab \u{1}", "naïve ✓ 🚀", "</script>"]
+        {
+            let code = "invalid_request";
+            let serde = serde_json::to_vec(&ErrorBody { error: ErrorDetail { code, message } }).unwrap();
+            assert_eq!(body(code, message).as_ref(), serde.as_slice(), "{message:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_carries_its_status_type_retry_and_body() {
+        let res = AppError::RateLimited { retry_after_secs: 3 }.into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "3");
+        let bytes = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "rate_limited");
+        assert_eq!(v["error"]["message"], "too many requests");
     }
 }

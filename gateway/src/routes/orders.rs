@@ -112,7 +112,8 @@ async fn reserve(
         }
         ReserveOutcome::KeyReused => Err(AppError::IdempotencyKeyReused),
         // Redis does not know it; MySQL may (a lost shard 0 being rebuilt): then 503.
-        ReserveOutcome::CampaignNotFound if state.launched(campaign.as_str()).await? => {
+        // Boxed, as rare: the MySQL query's future would make every request's larger.
+        ReserveOutcome::CampaignNotFound if Box::pin(state.launched(campaign.as_str())).await? => {
             Err(AppError::Unavailable(format!("campaign {campaign} is being rebuilt")))
         }
         ReserveOutcome::CampaignNotFound => Err(AppError::CampaignNotFound(campaign.to_string())),
