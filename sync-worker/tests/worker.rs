@@ -256,7 +256,7 @@ async fn every_reservation_becomes_exactly_one_mysql_order_in_its_final_state() 
 
 /// Reservations trickling in one at a time, 20 ms apart, for about a second: each one
 /// finds the outbox empty and wakes the relay. With `worker.relay_pace_ms` the relay
-/// waits after a round that emptied its streams, so they travel in a few rounds (each
+/// waits after a round in which no stream gave a full batch, so they travel in a few rounds (each
 /// round pays a MySQL record, Redis reads and a publish), and every one still reaches
 /// MySQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
