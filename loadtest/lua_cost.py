@@ -97,7 +97,9 @@ def main():
             r.sock.sendall(call)
             last = r.read()
         cpu1, usec1 = sample()
-        if not last or last[0][0] not in ("granted", "reserved"):
+        # A new order's reply is its prices alone (a string), or a list led by its tag.
+        first = last[0] if last else None
+        if not first or not (isinstance(first, str) or first[0] in ("granted", "reserved")):
             raise SystemExit(f"the script did not reserve: {last[:1] if last else last}")
         print(f"{n} orders in {args.calls} calls: Redis CPU {1e6 * (cpu1 - cpu0) / n:.2f} us/order, "
               f"scripts {(usec1 - usec0) / n:.2f} us/order")

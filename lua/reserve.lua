@@ -34,13 +34,17 @@
 --       order: its ref (derived), user_id, fingerprint, idempotency key, its sampled
 --       trace's W3C traceparent or '' (carried on in its outbox event), number of
 --       lines, then (sku, qty) per line
--- Reply: one element per order, in order, each one of
---   {'granted', created_ms, expires_ms, prices, ref, {sku, gen, ...}, buyers}: a new
---     order, told only what its request does not say (the caller has its lines and
---     campaign): the price of each line in order, comma-separated, and its ref when the
---     key's chain moved past the requested one ('' when not); its id is
+-- Reply: one element per order, in order, then the call's own {created_ms, expires_ms}
+-- (this call's clock and the deadline of every order it grants; 0 when it grants none).
+-- Each order's element is one of
+--   prices (a string, not a list): the common new order, told only what neither its
+--     request nor the call's last element says: the price of each line in order,
+--     comma-separated; its ref is the requested one and it emptied no sku; its id is
 --     `<campaign>.<12 hex of created_ms><ref>`, its total the lines' quantities times
---     their prices
+--     their prices (one string: no list for Redis to build and send per order)
+--   {'granted', created_ms, expires_ms, prices, ref, {sku, gen, ...}, buyers}: a new
+--     order that brought a sku to zero or whose key's chain moved past the requested
+--     ref (`ref`, '' when it did not)
 --   {'replay', order_id, items_json, total, created_ms, expires_ms, {}}
 --   {'reused'}  {'campaign_not_found'}  {'not_active'}  {'sku_not_found', sku}
 --   {'sold_out', sku, gen, available, buyers}
@@ -67,6 +71,7 @@ if meta[6] then
     replies[#replies + 1] = { 'restoring' }
     at = at + 6 + 2 * tonumber(ARGV[at + 5])
   end
+  replies[#replies + 1] = { 0, 0 }
   return replies
 end
 local now = now_ms()
@@ -225,6 +230,8 @@ local function joined(list, n)
   return n == 1 and list[1] or table.concat(list, ',', 1, n)
 end
 
+-- Each order's lines, as tables reused from order to order (filled from 1 to its count).
+local LINES = {}
 local replies = {}
 local docs = {}
 local deadlines = {}
@@ -264,7 +271,7 @@ while arg_at <= #ARGV do
   elseif not open then
     reply = { 'not_active' }
   else
-    local lines, units = {}, 0
+    local lines, units = LINES, 0
     for i = 1, n do
       local sku, qty = ARGV[first_line + 2 * (i - 1)], tonumber(ARGV[first_line + 2 * i - 1])
       local key = KEYS[first_stock + i - 1]
@@ -273,7 +280,12 @@ while arg_at <= #ARGV do
         reply = { 'sku_not_found', sku }
         break
       end
-      lines[i] = { sku = sku, qty = qty, qty_s = ARGV[first_line + 2 * i - 1], key = key, st = st }
+      local l = lines[i]
+      if not l then
+        l = {}
+        lines[i] = l
+      end
+      l.sku, l.qty, l.qty_s, l.key, l.st = sku, qty, ARGV[first_line + 2 * i - 1], key, st
       units = units + qty
     end
     -- What would refuse the order besides its user's limit: stock, the outbox backlog,
@@ -359,7 +371,18 @@ while arg_at <= #ARGV do
         lines_text[i] = text
         prices[i] = st.price_s
       end
-      local items_json = '[' .. joined(items, n) .. ']'
+      -- One line of one unit: the same text for every such order of the sku (made once).
+      local items_json
+      if n == 1 and lines[1].qty == 1 then
+        local st = lines[1].st
+        items_json = st.one_json
+        if not items_json then
+          items_json = '[' .. items[1] .. ']'
+          st.one_json = items_json
+        end
+      else
+        items_json = '[' .. joined(items, n) .. ']'
+      end
       local order_id = id_of(ref, now)
       if not expires_ms then
         expires_ms = now + tonumber(meta[4]) * 1000
@@ -391,17 +414,22 @@ while arg_at <= #ARGV do
       end
       -- The order's event, as a compact row (what a reservation implies is left out)
       -- or whole; the key travels to MySQL, so a rebuilt shard still replays this order.
+      -- An idempotency key is [A-Za-z0-9_.:-] (checked at the edge): quoted as it is.
       if compact then
-        docs[#docs + 1] = '["' .. order_id .. '",' .. json_text(user_id) .. ',' .. json_text(idem_key)
-          .. ',"' .. joined(lines_text, n) .. '",' .. total_s .. ',' .. now_s .. ',' .. expires_s .. ','
+        docs[#docs + 1] = '["' .. order_id .. '",' .. json_text(user_id) .. ',"' .. idem_key .. '","'
+          .. joined(lines_text, n) .. '",' .. total_s .. ',' .. now_s .. ',' .. expires_s .. ','
           .. meta[4] .. (trace ~= '' and ',{"trace":' .. cjson.encode(trace) .. '}]' or ']')
       else
         docs[#docs + 1] = order_doc(campaign, order_id, user_id, 'pending_payment', items_json, total_s,
           now_s, expires_s, '0', meta[4], now_s, ',"idempotency_key":' .. cjson.encode(idem_key)
           .. (trace ~= '' and ',"trace":' .. cjson.encode(trace) or ''))
       end
-      reply = { 'granted', now, expires_ms, joined(prices, n), ref == asked_ref and '' or ref, emptied, 0 }
-      needs_buyer_count[#replies + 1] = 7
+      if emptied == NONE and ref == asked_ref then
+        reply = joined(prices, n)
+      else
+        reply = { 'granted', now, expires_ms, joined(prices, n), ref == asked_ref and '' or ref, emptied, 0 }
+        needs_buyer_count[#replies + 1] = 7
+      end
     end
   end
   replies[#replies + 1] = reply
@@ -433,4 +461,5 @@ if next(needs_buyer_count) then
     replies[i][at] = buyers
   end
 end
+replies[#replies + 1] = { now, expires_ms or 0 }
 return replies

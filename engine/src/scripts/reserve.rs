@@ -96,30 +96,42 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
 /// One result per request of the batch, in order: an order refused because the
 /// outbox is full is `Backpressure` (503), one met by a shard being rebuilt is
 /// `Unavailable` (503), the others' outcomes stand on their own. A new order's reply
-/// (`granted`) carries only what its request does not say; the request completes it.
+/// carries only what its request and the call's last element (its `created_ms` and
+/// `expires_ms`) do not say: most are the prices alone, a string.
 pub fn decode(v: Value, batch: &[Request<'_>]) -> Result<Vec<Result<ReserveReply>>> {
-    decode_each(v, batch.len(), |i| batch.get(i))
+    let mut items = replies(v, batch.len() + 1)?;
+    let call = Reply::new(items.pop().unwrap_or(Value::Nil))?;
+    let times = (call.int(0)?, call.int(1)?);
+    Ok(items
+        .into_iter()
+        .zip(batch)
+        .map(|(v, request)| match v {
+            Value::BulkString(prices) => {
+                let prices = std::str::from_utf8(&prices).map_err(protocol)?;
+                let reservation = reservation(request, prices, request.order.as_str(), times)?;
+                Ok(ReserveReply::plain(ReserveOutcome::Reserved(reservation)))
+            }
+            v => decode_one(v, Some(request)),
+        })
+        .collect())
 }
 
-/// The replies of `n` orders whose requests are not at hand: only whole replies can be
-/// read (`reserved`, as scripts before the `granted` reply wrote a new order's;
-/// replays; refusals).
+/// The replies of `n` orders whose requests are not at hand, from a script before the
+/// call's own last element: only whole replies can be read (`reserved`, as scripts
+/// before the `granted` reply wrote a new order's; replays; refusals).
 pub fn decode_whole(v: Value, n: usize) -> Result<Vec<Result<ReserveReply>>> {
-    decode_each(v, n, |_| None)
+    Ok(replies(v, n)?.into_iter().map(|v| decode_one(v, None)).collect())
 }
 
-fn decode_each<'r>(
-    v: Value,
-    expected: usize,
-    request: impl Fn(usize) -> Option<&'r Request<'r>>,
-) -> Result<Vec<Result<ReserveReply>>> {
+/// The reply's `expected` elements.
+fn replies(v: Value, expected: usize) -> Result<Vec<Value>> {
     let Value::Array(items) = v else {
         return Err(EngineError::Protocol(format!("reserve: expected an array, got {v:?}")));
     };
     if items.len() != expected {
-        return Err(EngineError::Protocol(format!("reserve: {} replies for {expected} orders", items.len())));
+        return Err(EngineError::Protocol(format!("reserve: {} elements, {expected} expected", items.len())));
     }
-    Ok(items.into_iter().enumerate().map(|(i, v)| decode_one(v, request(i))).collect())
+    Ok(items)
 }
 
 /// A `granted` reply, `{'granted', created_ms, expires_ms, prices, ref, {sku, gen, ...},
@@ -131,8 +143,35 @@ fn granted(r: &Reply, request: Option<&Request<'_>>) -> Result<ReserveReply> {
     let Some(request) = request else {
         return Err(EngineError::Protocol("reserve: a granted reply without its request".into()));
     };
-    let created_ms = r.int(1)?;
-    let mut prices = r.str(3)?.split(',');
+    let chain_ref = r.str(4)?;
+    let order_ref = if chain_ref.is_empty() {
+        request.order.as_str()
+    } else if chain_ref.len() == 20 && chain_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
+        chain_ref
+    } else {
+        return Err(EngineError::Protocol(format!("reserve: ref {chain_ref:?}")));
+    };
+    Ok(ReserveReply {
+        outcome: ReserveOutcome::Reserved(reservation(
+            request,
+            r.str(3)?,
+            order_ref,
+            (r.int(1)?, r.int(2)?),
+        )?),
+        sold_out: r.sku_gens(5)?,
+        buyers: r.int(6)? as u64,
+    })
+}
+
+/// A new order of `request`: its lines at `prices` (comma-separated, in order), its id
+/// made from `order_ref` and `created_ms`.
+fn reservation(
+    request: &Request<'_>,
+    prices: &str,
+    order_ref: &str,
+    (created_ms, expires_ms): (i64, i64),
+) -> Result<Reservation> {
+    let mut prices = prices.split(',');
     let mut items = Vec::with_capacity(request.lines.len());
     let mut total_cents = 0i64;
     for line in request.lines.iter() {
@@ -155,25 +194,12 @@ fn granted(r: &Reply, request: Option<&Request<'_>>) -> Result<ReserveReply> {
     if prices.next().is_some() {
         return Err(EngineError::Protocol("reserve: more prices than lines".into()));
     }
-    let chain_ref = r.str(4)?;
-    let order_ref = if chain_ref.is_empty() {
-        request.order.as_str()
-    } else if chain_ref.len() == 20 && chain_ref.bytes().all(|b| b.is_ascii_hexdigit()) {
-        chain_ref
-    } else {
-        return Err(EngineError::Protocol(format!("reserve: ref {chain_ref:?}")));
-    };
-    let reservation = Reservation {
+    Ok(Reservation {
         order_id: OrderId::of_ref(request.campaign, created_ms, order_ref),
         items,
         total_cents,
         created_ms,
-        expires_ms: r.int(2)?,
-    };
-    Ok(ReserveReply {
-        outcome: ReserveOutcome::Reserved(reservation),
-        sold_out: r.sku_gens(5)?,
-        buyers: r.int(6)? as u64,
+        expires_ms,
     })
 }
 
@@ -266,7 +292,10 @@ mod tests {
             idempotency_records: false,
             compact_events: true,
         };
-        let decoded = |v: Value| decode(Value::Array(vec![v]), &[request]).unwrap().pop().unwrap();
+        // The call's own times: what a plain new order (its prices alone) is completed by.
+        let call = Value::Array(vec![Value::Int(0x0193_a0b1_c2d4), Value::Int(0x0193_a0b1_c2d4 + 60_000)]);
+        let decoded =
+            |v: Value| decode(Value::Array(vec![v, call.clone()]), &[request]).unwrap().pop().unwrap();
         let reply = decoded(granted("150,-5", "")).unwrap();
         let ReserveOutcome::Reserved(r) = reply.outcome else { panic!("{:?}", reply.outcome) };
         assert_eq!(r.order_id.as_str(), "c-1.0193a0b1c2d38000000000000000aaaa");
@@ -288,6 +317,22 @@ mod tests {
         for (prices, chain_ref) in [("150", ""), ("150,-5,1", ""), ("150,x", ""), ("150,-5", "not-a-ref")] {
             assert!(decoded(granted(prices, chain_ref)).is_err(), "{prices} {chain_ref}");
         }
+        // The common new order: its prices alone, its times the call's, its ref the request's.
+        let plain = decoded(text("150,-5")).unwrap();
+        let ReserveOutcome::Reserved(p) = plain.outcome else { panic!("{:?}", plain.outcome) };
+        assert_eq!(p.order_id.as_str(), "c-1.0193a0b1c2d48000000000000000aaaa");
+        assert_eq!(
+            (p.total_cents, p.created_ms, p.expires_ms, p.items.len()),
+            (295, 0x0193_a0b1_c2d4, 0x0193_a0b1_c2d4 + 60_000, 2)
+        );
+        assert!(plain.sold_out.is_empty());
+        for prices in ["150", "150,-5,1", "150,x", ""] {
+            assert!(decoded(text(prices)).is_err(), "{prices}");
+        }
+        // Without the call's own last element, or with one that is not its times, the
+        // reply is not this script's.
+        assert!(decode(Value::Array(vec![text("150,-5")]), &[request]).is_err());
+        assert!(decode(Value::Array(vec![text("150,-5"), text("x")]), &[request]).is_err());
         // Without its request a granted reply cannot be read.
         assert!(decode_whole(Value::Array(vec![granted("150,-5", "")]), 1).unwrap().pop().unwrap().is_err());
     }
