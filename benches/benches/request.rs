@@ -6,7 +6,10 @@
 //! - `request/parse_order_1_line`, `request/parse_order_16_lines`: path id,
 //!   `Idempotency-Key` and JSON body checked against the contract (`parse_order`);
 //! - `request/reject_unknown_field`: a body the contract refuses (400), to show that a
-//!   hostile body costs no more than a good one.
+//!   hostile body costs no more than a good one;
+//! - `request/script_call_11_orders`: the `reserve.lua` call of a coalesced batch of 11
+//!   one-line orders (a `ratios` run's mean), keys, arguments and the `EVALSHA` command
+//!   as sent; criterion's "time" is per call.
 //!
 //! Run: `cargo bench -p flashsale-benches --bench request`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,6 +19,7 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use criterion::{criterion_group, criterion_main, Criterion};
+use engine::domain::{CampaignId, IdempotencyKey, OrderLines, UserId};
 use gateway::auth::JwtVerifier;
 use gateway::routes::orders::parse_order;
 
@@ -60,6 +64,33 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("reject_unknown_field", |b| {
         b.iter(|| parse_order(black_box("spring-sale".to_owned()), key, black_box(hostile)).unwrap_err())
+    });
+    let (script, keys) = (engine::scripts::reserve::script(), engine::keys::KeySpace::new("fs"));
+    let campaign = CampaignId::parse("spring-sale").unwrap();
+    let (idem, lines) =
+        (IdempotencyKey::parse("k-1").unwrap(), OrderLines::parse(vec![("sku-0001".into(), 1)]).unwrap());
+    let derive = engine::order_ids::OrderIds::new(b"bench").unwrap();
+    let users: Vec<UserId> = (0..11).map(|i| UserId::parse(&format!("user-{i:06}")).unwrap()).collect();
+    let refs: Vec<_> = users.iter().map(|u| derive.derive(&campaign, 0, u, &idem)).collect();
+    let batch: Vec<_> = users
+        .iter()
+        .zip(&refs)
+        .map(|(user, order)| engine::scripts::reserve::Request {
+            campaign: &campaign,
+            tag: &campaign,
+            order,
+            user,
+            key: &idem,
+            lines: &lines,
+            trace: None,
+            idempotency_ttl_secs: 900,
+            outbox_max_len: 1_000_000,
+            idempotency_records: false,
+            compact_events: true,
+        })
+        .collect();
+    g.bench_function("script_call_11_orders", |b| {
+        b.iter(|| engine::scripts::reserve::invocation(&script, &keys, black_box(&batch)).evalsha())
     });
     g.finish();
 }

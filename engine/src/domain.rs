@@ -307,14 +307,28 @@ impl OrderLines {
     /// The same order written the same way whatever the order of its lines: what an
     /// idempotency key is bound to.
     pub fn fingerprint(&self) -> String {
-        let mut lines: Vec<&OrderLine> = self.0.iter().collect();
-        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
-        let mut out = String::with_capacity(lines.len() * 24);
-        for l in lines {
+        let mut out = String::with_capacity(self.0.len() * 24);
+        self.write_fingerprint(&mut out);
+        out
+    }
+
+    /// [`Self::fingerprint`] written into `out` (emptied first): one line, the most
+    /// common order, needs no sorting.
+    pub fn write_fingerprint<'o>(&self, out: &'o mut String) -> &'o str {
+        use std::fmt::Write;
+        out.clear();
+        let mut push = |l: &OrderLine| {
             out.push_str(l.sku.as_str());
             out.push('*');
-            out.push_str(&l.quantity.to_string());
-            out.push(';');
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{};", l.quantity);
+        };
+        if let [line] = self.0.as_slice() {
+            push(line);
+        } else {
+            let mut lines: Vec<&OrderLine> = self.0.iter().collect();
+            lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+            lines.into_iter().for_each(&mut push);
         }
         out
     }
@@ -505,5 +519,11 @@ mod tests {
         let c = OrderLines::parse(vec![("a".into(), 2), ("b".into(), 1)]).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_eq!(a.fingerprint(), "a*1;b*2;");
+        // Written into a buffer that held another order's: the same text.
+        let one = OrderLines::parse(vec![("sku-9".into(), 12)]).unwrap();
+        let mut buf = String::from("left over");
+        assert_eq!(one.write_fingerprint(&mut buf), "sku-9*12;");
+        assert_eq!(b.write_fingerprint(&mut buf), a.fingerprint());
     }
 }

@@ -66,7 +66,23 @@ impl KeySpace {
     }
 
     pub fn stock(&self, c: &CampaignId, sku: &SkuId) -> String {
-        format!("{}stock:{}", self.prefix(c), sku)
+        let mut key = String::new();
+        Self::stock_after(&self.prefix(c), sku, &mut key);
+        key
+    }
+
+    /// [`Self::stock`] written into `out` (emptied first) from the campaign's
+    /// [`Self::prefix`]: a batch of orders names many keys with one prefix.
+    pub fn stock_after<'o>(prefix: &str, sku: &SkuId, out: &'o mut String) -> &'o str {
+        Self::after(prefix, "stock:", sku.as_str(), out)
+    }
+
+    fn after<'o>(prefix: &str, kind: &str, id: &str, out: &'o mut String) -> &'o str {
+        out.clear();
+        out.push_str(prefix);
+        out.push_str(kind);
+        out.push_str(id);
+        out
     }
 
     pub fn user(&self, c: &CampaignId, user: &UserId) -> String {
@@ -92,7 +108,15 @@ impl KeySpace {
 
     /// The order a ref names, in the shard `tag` names (before its id exists).
     pub fn order_of_ref(&self, tag: &CampaignId, order: &OrderRef) -> String {
-        format!("{}order:{}", self.prefix(tag), order.as_str())
+        let mut key = String::new();
+        Self::order_of_ref_after(&self.prefix(tag), order, &mut key);
+        key
+    }
+
+    /// [`Self::order_of_ref`] written into `out` (emptied first) from the shard's
+    /// [`Self::prefix`].
+    pub fn order_of_ref_after<'o>(prefix: &str, order: &OrderRef, out: &'o mut String) -> &'o str {
+        Self::after(prefix, "order:", order.as_str(), out)
     }
 
     /// A shard's units on their way out: move id → `"<to shard> <sku> <units>"`.
@@ -236,5 +260,15 @@ mod tests {
         }
         let other = CampaignId::parse("autumn").unwrap();
         assert_ne!(hash_slot(&ks.meta(&other)), slot);
+        // The names a batch writes into one buffer are these same names.
+        let order = OrderRef::derived("8000000000000000aaaa".into());
+        let mut buf = String::from("left over");
+        assert_eq!(KeySpace::stock_after(&ks.prefix(&c), &sku, &mut buf), "fs:{c:spring-sale}:stock:phone");
+        assert_eq!(ks.stock(&c, &sku), "fs:{c:spring-sale}:stock:phone");
+        assert_eq!(
+            KeySpace::order_of_ref_after(&ks.prefix(&c), &order, &mut buf),
+            "fs:{c:spring-sale}:order:8000000000000000aaaa"
+        );
+        assert_eq!(ks.order_of_ref(&c, &order), "fs:{c:spring-sale}:order:8000000000000000aaaa");
     }
 }

@@ -5,7 +5,9 @@
 //! between the two failed the call.) NOSCRIPT means the script did not run, so sending
 //! the call again changes nothing twice.
 
-use redis::{aio::ConnectionLike, Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, ToRedisArgs};
+use redis::{
+    aio::ConnectionLike, Arg, Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, ToRedisArgs,
+};
 
 /// One script: its text and its SHA1.
 #[derive(Debug, Clone)]
@@ -25,15 +27,16 @@ impl Script {
 
     /// A call of this script, to be given its keys and arguments.
     pub fn prepare_invoke(&self) -> ScriptInvocation<'_> {
-        ScriptInvocation { script: self, keys: Vec::new(), args: Vec::new() }
+        ScriptInvocation { script: self, keys: Cmd::new(), args: Cmd::new() }
     }
 }
 
-/// One call of a [`Script`]: `KEYS` and `ARGV` in order.
+/// One call of a [`Script`]: `KEYS` and `ARGV` in order, each list one flat buffer (a
+/// batch of orders has ten or more of them per order: none is an allocation of its own).
 pub struct ScriptInvocation<'a> {
     script: &'a Script,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    keys: Cmd,
+    args: Cmd,
 }
 
 impl std::fmt::Debug for ScriptInvocation<'_> {
@@ -41,8 +44,8 @@ impl std::fmt::Debug for ScriptInvocation<'_> {
         // Arguments may carry user data: only their counts.
         f.debug_struct("ScriptInvocation")
             .field("script", &self.script.hash)
-            .field("keys", &self.keys.len())
-            .field("args", &self.args.len())
+            .field("keys", &self.keys.args_iter().len())
+            .field("args", &self.args.args_iter().len())
             .finish()
     }
 }
@@ -62,7 +65,7 @@ impl<'a> ScriptInvocation<'a> {
 
     /// Runs the call: EVALSHA, or EVAL with the text when Redis does not have it.
     pub async fn invoke_async<T: FromRedisValue>(&self, con: &mut impl ConnectionLike) -> RedisResult<T> {
-        match self.command("EVALSHA", self.script.hash.as_bytes()).query_async(con).await {
+        match self.evalsha().query_async(con).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.command("EVAL", self.script.code.as_bytes()).query_async(con).await
             }
@@ -70,9 +73,22 @@ impl<'a> ScriptInvocation<'a> {
         }
     }
 
+    /// The call as first sent: `EVALSHA <sha> <number of keys> KEYS... ARGV...`.
+    pub fn evalsha(&self) -> Cmd {
+        self.command("EVALSHA", self.script.hash.as_bytes())
+    }
+
     fn command(&self, verb: &str, script: &[u8]) -> Cmd {
-        let mut cmd = Cmd::new();
-        cmd.arg(verb).arg(script).arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        let (keys, args) = (self.keys.args_iter(), self.args.args_iter());
+        let bytes: usize =
+            keys.clone().chain(args.clone()).map(|a| if let Arg::Simple(b) = a { b.len() } else { 0 }).sum();
+        let mut cmd = Cmd::with_capacity(3 + keys.len() + args.len(), 64 + script.len() + bytes);
+        cmd.arg(verb).arg(script).arg(keys.len());
+        for arg in keys.chain(args) {
+            if let Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
         cmd
     }
 }

@@ -77,16 +77,19 @@ pub fn invocation<'s>(script: &'s Script, k: &KeySpace, batch: &[Request<'_>]) -
         .arg(k.shard_notice_channel(c))
         .arg(u8::from(first.idempotency_records))
         .arg(if first.compact_events { 3 } else { 2 });
+    // Every order's keys share the shard's prefix: each is written into one buffer.
+    let prefix = k.prefix(c);
+    let (mut key, mut fingerprint) = (String::with_capacity(prefix.len() + 32), String::with_capacity(32));
     for r in batch {
-        inv.key(k.order_of_ref(c, r.order));
+        inv.key(KeySpace::order_of_ref_after(&prefix, r.order, &mut key));
         inv.arg(r.order.as_str())
             .arg(r.user.as_str())
-            .arg(r.lines.fingerprint())
+            .arg(r.lines.write_fingerprint(&mut fingerprint))
             .arg(r.key.as_str())
             .arg(r.trace.unwrap_or(""))
             .arg(r.lines.len());
         for line in r.lines.iter() {
-            inv.key(k.stock(c, &line.sku));
+            inv.key(KeySpace::stock_after(&prefix, &line.sku, &mut key));
             inv.arg(line.sku.as_str()).arg(line.quantity);
         }
     }
