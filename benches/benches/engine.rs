@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::config::Settings;
 use criterion::{criterion_group, criterion_main, Criterion};
-use engine::campaign::{CampaignLaunch, LaunchItem};
 use engine::clock::now_ms;
 use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReleaseReason, ReserveOutcome, UserId};
 use engine::Engine;
@@ -53,29 +52,16 @@ impl Bench {
                 ("empty", 0, now - 1000),
                 ("later", 10, now + 3_600_000),
             ] {
-                let spec = CampaignLaunch {
-                    campaign: CampaignId::parse(id).unwrap(),
-                    starts_ms: starts,
-                    ends_ms: now + 7_200_000,
-                    per_user_limit: 1,
-                    payment_window_secs: 900,
-                    max_orders_per_sec: None,
-                    max_user_requests_per_sec: None,
-                    shards: 1,
-                    items: vec![LaunchItem {
-                        sku: engine::domain::SkuId::parse("sku").unwrap(),
-                        stock,
-                        price_cents: 100,
-                    }],
-                };
+                let spec = flashsale_benches::one_sku_campaign(
+                    CampaignId::parse(id).unwrap(),
+                    engine::domain::SkuId::parse("sku").unwrap(),
+                    stock,
+                    (starts, now + 7_200_000),
+                    1,
+                );
                 e.launch(&spec).await.expect("launch: is Redis running?");
             }
-            for _ in 0..200 {
-                if e.cache_is_live() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            flashsale_benches::until_cache_live(&e, Duration::from_secs(2)).await;
             e
         });
         let raw = rt.block_on(async {

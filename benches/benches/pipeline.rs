@@ -14,7 +14,6 @@
 use std::time::{Duration, Instant};
 
 use common::config::Settings;
-use engine::campaign::{CampaignLaunch, LaunchItem};
 use engine::clock::now_ms;
 use engine::domain::{CampaignId, IdempotencyKey, OrderLines, ReserveOutcome, SkuId, UserId};
 use engine::Engine;
@@ -43,17 +42,13 @@ async fn main() {
     let c = CampaignId::parse("bench").unwrap();
     let now = now_ms();
     let stock = orders as u64 * 2;
-    let spec = CampaignLaunch {
-        campaign: c.clone(),
-        starts_ms: now - 1000,
-        ends_ms: now + 3_600_000,
-        per_user_limit: 1,
-        payment_window_secs: 900,
-        max_orders_per_sec: None,
-        max_user_requests_per_sec: None,
+    let spec = flashsale_benches::one_sku_campaign(
+        c.clone(),
+        SkuId::parse("a").unwrap(),
+        stock,
+        (now - 1000, now + 3_600_000),
         shards,
-        items: vec![LaunchItem { sku: SkuId::parse("a").unwrap(), stock, price_cents: 100 }],
-    };
+    );
     db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "bench"), now).await.unwrap();
     engine.launch(&spec).await.unwrap();
 

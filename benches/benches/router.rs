@@ -21,7 +21,6 @@ use axum::response::IntoResponse;
 use axum::Router;
 use common::config::ExposeSecret;
 use criterion::{criterion_group, criterion_main, Criterion};
-use engine::campaign::{CampaignLaunch, LaunchItem};
 use engine::domain::{CampaignId, SkuId};
 use tower::Service;
 
@@ -75,24 +74,15 @@ fn benches(c: &mut Criterion) {
     let state = rt.block_on(async {
         let state = gateway::state::AppState::connect(settings.clone()).await.expect("Redis and MariaDB");
         let now = engine::clock::now_ms();
-        let spec = CampaignLaunch {
-            campaign: CampaignId::parse("gone").unwrap(),
-            starts_ms: now - 1000,
-            ends_ms: now + 7_200_000,
-            per_user_limit: 1,
-            payment_window_secs: 900,
-            max_orders_per_sec: None,
-            max_user_requests_per_sec: None,
-            shards: 1,
-            items: vec![LaunchItem { sku: SkuId::parse("sku0").unwrap(), stock: 0, price_cents: 100 }],
-        };
+        let spec = flashsale_benches::one_sku_campaign(
+            CampaignId::parse("gone").unwrap(),
+            SkuId::parse("sku0").unwrap(),
+            0,
+            (now - 1000, now + 7_200_000),
+            1,
+        );
         state.engine.launch(&spec).await.expect("launch");
-        for _ in 0..500 {
-            if state.engine.cache_is_live() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        flashsale_benches::until_cache_live(&state.engine, Duration::from_secs(5)).await;
         state
     });
     let gateway = gateway::server::router(state);
