@@ -306,7 +306,9 @@ impl LocalCache {
 
     pub fn add_buyer(&self, campaign: &str, user: &str) {
         if let Some(e) = self.campaigns.get(campaign) {
-            if e.buyers.len() < MAX_BUYERS_PER_CAMPAIGN {
+            // A known buyer (every order of a returning user) is only looked up: no
+            // copy of the id made and dropped, no write lock on the set's shard.
+            if !e.buyers.contains(user) && e.buyers.len() < MAX_BUYERS_PER_CAMPAIGN {
                 e.buyers.insert(user.to_owned());
             }
         }

@@ -3,7 +3,11 @@
 //! There is no fixed wait: a request that finds its shard's lane idle starts a flush
 //! at once (a quiet system answers as fast as with one call per order); requests
 //! that arrive while a call is in flight queue up and leave together, up to
-//! `engine.reserve_batch_max`, as soon as it returns. Each order is still decided on
+//! `engine.reserve_batch_max`, as soon as it returns. Before taking each batch the
+//! flush yields to the runtime once: requests whose bytes have already arrived (the
+//! runtime polls its sockets before it runs a yielded task again) are read and join
+//! this batch instead of waiting for the next call. No timer is involved; with
+//! nothing else to run the yield returns at once. Each order is still decided on
 //! its own inside the script. A failed call
 //! (Redis down, a timeout) fails every request of its batch, and the script is atomic:
 //! nothing of a batch is half-applied.
@@ -91,6 +95,9 @@ impl Coalescer {
     /// Sends batches until the lane is empty.
     async fn flush(&self, store: &StockStore, campaign: &CampaignId, lane: &Lane) {
         loop {
+            // Larger batches, not later ones: see the module's note (under load a
+            // ratios run's calls went from ~17 to ~25 orders each).
+            tokio::task::yield_now().await;
             let batch: Vec<Waiting> = {
                 let mut q = lock(&lane.queue);
                 let n = q.len().min(self.batch_max);
