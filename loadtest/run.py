@@ -662,8 +662,10 @@ def run_ratios(p, out, stack):
     for tool in ("k6", "wrk"):
         for label, addr, cid, pause in plan:
             key = label if tool == "k6" else f"wrk_{label}"
-            if pause:
-                drain(stocked, created_so_far, None, 0)
+            # Every run starts with the previous runs' orders in MySQL: the worker
+            # draining a backlog would otherwise take CPU from whatever runs next (a
+            # ceiling, say, after the paused run), and that run's ratio would flatter.
+            drain(stocked, created_so_far, None, 0)
 
             def run(tool=tool, label=label, key=key, addr=addr, cid=cid):
                 if tool == "k6":
