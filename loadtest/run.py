@@ -41,8 +41,8 @@ PRESETS = {
                       max_qty=2),
     },
     "ratios": {
-        "full": dict(duration=10, vus=64, users=20000),
-        "short": dict(duration=2, vus=16, users=1000),
+        "full": dict(duration=10, vus=64, users=20000, turns=2),
+        "short": dict(duration=2, vus=16, users=1000, turns=1),
     },
     # Before/after: needs --baseline-bin-dir (not part of `all`).
     "ab": {
@@ -594,6 +594,32 @@ def k6_numbers(metrics):
             "out_of_contract": int(metric(metrics, "out_of_contract", "count"))}
 
 
+COUNTED = ("requests", "orders_created", "sold_out", "out_of_contract")
+
+
+def mean_of_turns(turns):
+    """One path's numbers over its turns: counts summed, exit codes the worst, everything
+    else (rates, latencies, CPU per request per process) the mean; each turn's rate and
+    server CPU kept under `turns`."""
+    if len(turns) == 1:
+        return turns[0]
+    out = {}
+    for k, v in turns[0].items():
+        if k in COUNTED:
+            out[k] = sum(t[k] for t in turns)
+        elif k == "k6_exit":
+            out[k] = max(t[k] for t in turns)
+        elif isinstance(v, dict):
+            procs = {name for t in turns for name in t[k]}
+            out[k] = {name: round(sum(t[k].get(name, 0.0) for t in turns) / len(turns), 1) for name in procs}
+        elif isinstance(v, (int, float)):
+            mean = sum(t[k] for t in turns) / len(turns)
+            out[k] = round(mean) if k == "rate_per_sec" else round(mean, 2)
+    out["turns"] = [{"rate_per_sec": t["rate_per_sec"], "server_cpu_us_per_request": t["server_cpu_us_per_request"]}
+                    for t in turns]
+    return out
+
+
 def ran(numbers):
     return ("k6 ran the scenario (exit 0, requests sent)", numbers["k6_exit"] == 0 and numbers["requests"] > 0,
             f"exit {numbers['k6_exit']}, {numbers['requests']} requests")
@@ -651,7 +677,7 @@ def run_ratios(p, out, stack):
     empty, stocked = f"soldout-{uuid.uuid4().hex[:8]}", f"reserve-{uuid.uuid4().hex[:8]}"
     launch(empty, {"limit": 1}, 0)
     launch(stocked, {"limit": 10_000}, 100_000_000)
-    rates, runs = {}, {}
+    runs = defaultdict(list)
     # The worker-paused run measures the hot path alone (the outbox absorbs the sale; the
     # backlog drains afterwards), the other with the relay and persister competing for CPU.
     # Each ratio is taken with k6 and with wrk (1 thread: it leaves the server more CPU).
@@ -659,30 +685,38 @@ def run_ratios(p, out, stack):
             ("evalsha_ceiling", CEILING_EVALSHA, stocked, False), ("reserve", GATEWAY, stocked, False),
             ("reserve_worker_paused", GATEWAY, stocked, True)]
     created_so_far = 0
+    samples = defaultdict(list)
     for tool in ("k6", "wrk"):
-        for label, addr, cid, pause in plan:
-            key = label if tool == "k6" else f"wrk_{label}"
-            # Every run starts with the previous runs' orders in MySQL: the worker
-            # draining a backlog would otherwise take CPU from whatever runs next (a
-            # ceiling, say, after the paused run), and that run's ratio would flatter.
-            drain(stocked, created_so_far, None, 0)
+        # Turns in ABBA order (every ceiling and every gateway run once per turn, the
+        # order reversed each turn), each path's numbers the mean of its turns: the host's
+        # speed drifts within an invocation (by a fifth within minutes here), and a
+        # single pass in fixed order would charge that drift to whichever runs came last.
+        for turn in range(int(p.get("turns", 1))):
+            for label, addr, cid, pause in (plan if turn % 2 == 0 else plan[::-1]):
+                key = label if tool == "k6" else f"wrk_{label}"
+                # Every run starts with the previous runs' orders in MySQL: the worker
+                # draining a backlog would otherwise take CPU from whatever runs next (a
+                # ceiling, say, after the paused run), and that run's ratio would flatter.
+                drain(stocked, created_so_far, None, 0)
+                # Each turn's own idempotency keys: a second turn must not replay the first.
+                tag = f"{key}{turn}"
 
-            def run(tool=tool, label=label, key=key, addr=addr, cid=cid):
-                if tool == "k6":
-                    env = dict(BASE=f"http://{addr}", CAMPAIGN=cid, SKUS="sku0", TOKENS=tok, VUS=p["vus"],
-                               DURATION=p["duration"], LOG_ORDERS=0, RUN=label)
-                    metrics, console, rc = k6("throughput.js", f"ratios-{label}", out, env, report=False)
-                    runs[key] = (metrics, console)
-                    return dict(k6_numbers(metrics), k6_exit=rc)
-                runs[key] = ({}, [])
-                return wrk(f"ratios-{key}", out, addr, cid, "sku0", tok, p, key)
+                def run(tool=tool, label=label, key=key, addr=addr, cid=cid, tag=tag):
+                    if tool == "k6":
+                        env = dict(BASE=f"http://{addr}", CAMPAIGN=cid, SKUS="sku0", TOKENS=tok, VUS=p["vus"],
+                                   DURATION=p["duration"], LOG_ORDERS=0, RUN=tag)
+                        metrics, console, rc = k6("throughput.js", f"ratios-{tag}", out, env, report=False)
+                        runs[key].append(console)
+                        return dict(k6_numbers(metrics), k6_exit=rc)
+                    return wrk(f"ratios-{tag}", out, addr, cid, "sku0", tok, p, tag)
 
-            profile_as = key if tool == "wrk" and addr == GATEWAY else None
-            numbers = measured(stack, run, pause, profile_as)
-            if cid == stocked and addr == GATEWAY:
-                created_so_far += numbers["orders_created"]
-            rates[key] = numbers
-            log(f"ratios: {key:25} {described(numbers)}")
+                profile_as = key if tool == "wrk" and addr == GATEWAY and turn == 0 else None
+                numbers = measured(stack, run, pause, profile_as)
+                if cid == stocked and addr == GATEWAY:
+                    created_so_far += numbers["orders_created"]
+                samples[key].append(numbers)
+                log(f"ratios: {key:25} turn {turn}  {described(numbers)}")
+    rates = {key: mean_of_turns(turns) for key, turns in samples.items()}
     created = created_so_far
     drain(stocked, created, None, 0)
     ratio = lambda a, b: round(rates[a]["rate_per_sec"] / max(1, rates[b]["rate_per_sec"]), 3)  # noqa: E731
@@ -696,11 +730,12 @@ def run_ratios(p, out, stack):
     redis_ratio = round(reserve_cpu.get("redis-server", 0.0) / max(0.1, ceiling_cpu.get("redis-server", 0.0)), 2)
     pipeline_us = round(sum(v for k, v in reserve_cpu.items() if k.startswith(PIPELINE_PROCESSES)), 1)
     pipeline_ratio = round(pipeline_us / max(0.1, rates["wrk_evalsha_ceiling"]["server_cpu_us_per_request"]), 2)
-    invariants = [ran(r) for r in rates.values()]
+    invariants = [ran(r) for turns in samples.values() for r in turns]
     both = {"orders_created": {"count": created},
             "out_of_contract": {"count": sum(r["out_of_contract"] for r in rates.values())}}
-    odd = [line for _, console in runs.values() for line in console if line.startswith("ODD")]
-    wrk_runs_on_stock = sum(1 for k in rates if k.startswith("wrk_reserve"))
+    odd = [line for consoles in runs.values() for console in consoles for line in console
+           if line.startswith("ODD")]
+    wrk_runs_on_stock = sum(len(v) for k, v in samples.items() if k.startswith("wrk_reserve"))
     invariants += check(stocked, {"limit": 10_000}, ["sku0"], both, odd, count_only=True,
                         uncounted_max=wrk_runs_on_stock * int(p["vus"]))
     invariants.append(("sold-out runs answered only sold_out (from the contract)",
