@@ -821,15 +821,15 @@ def run_ab(p, out, stack, baseline_dir, envs=None):
                 log(f"ab: {variant:8} {label:8} turn {turn}  {described(numbers)}")
     drain_all()
     stack.swap(stack.bin_dir)
-    mean = lambda key, field: sum(r[field] for r in runs[key]) / len(runs[key])  # noqa: E731
+    means = {k: mean_of_turns(v) for k, v in runs.items()}
     ratios = {}
     for label in ("sold_out", "draining", "paused"):
-        cur, base = f"current_{label}", f"baseline_{label}"
-        ratios[f"rate_{label}"] = round(mean(cur, "rate_per_sec") / max(1, mean(base, "rate_per_sec")), 3)
-        ratios[f"server_cpu_{label}"] = round(mean(cur, "server_cpu_us_per_request")
-                                               / max(0.1, mean(base, "server_cpu_us_per_request")), 3)
-    rates = {k: {"rate_per_sec": round(mean(k, "rate_per_sec")),
-                 "server_cpu_us_per_request": round(mean(k, "server_cpu_us_per_request"), 1), "runs": v}
+        cur, base = means[f"current_{label}"], means[f"baseline_{label}"]
+        ratios[f"rate_{label}"] = round(cur["rate_per_sec"] / max(1, base["rate_per_sec"]), 3)
+        ratios[f"server_cpu_{label}"] = round(cur["server_cpu_us_per_request"]
+                                               / max(0.1, base["server_cpu_us_per_request"]), 3)
+    rates = {k: {"rate_per_sec": means[k]["rate_per_sec"],
+                 "server_cpu_us_per_request": round(means[k]["server_cpu_us_per_request"], 1), "runs": v}
              for k, v in runs.items()}
     invariants = [ran(r) for v in runs.values() for r in v]
     # Stock and limits last the whole run: a turn that answered anything but 201 (a 503
