@@ -302,7 +302,15 @@ async fn requests_arriving_together_for_an_uncached_campaign_load_its_buyers_onc
         let r = r.await.unwrap();
         assert!(matches!(r, ReserveOutcome::Reserved(_)), "{r:?}");
     }
-    assert_eq!(b.stats().buyer_loads - before, 1, "the buyer set is read once, not once per request");
+    // On a cluster the shard-notice listener reads the buyers once more, by design, as
+    // soon as the campaign's shard channels are confirmed (`shard_notices.rs`,
+    // `make_live`): that read lands before this count or after it.
+    let loads = b.stats().buyer_loads - before;
+    let cluster = !ns.settings.redis.cluster_seeds().is_empty();
+    assert!(
+        loads == 1 || (cluster && loads == 2),
+        "the buyer set is read once (and once more for a cluster's notices), not once per request: {loads}"
+    );
     // And the one load holds every buyer: an early buyer's retry reaches the script
     // (a replay), never a local answer.
     let replay = b.reserve(&cid("c"), &user("early7"), &key("k"), &lines(&[("x", 1)])).await.unwrap();
