@@ -210,6 +210,8 @@ pub struct EngineSettings {
     pub outbox_max_len: u64,
     pub payment_event_ttl_secs: u64,
     pub reserve_batch_max: usize,
+    /// Script calls of one campaign shard one process has out at once.
+    pub reserve_calls_in_flight: usize,
 }
 
 impl RedisSettings {
@@ -274,6 +276,7 @@ impl Settings {
             ("engine.outbox_max_len", self.engine.outbox_max_len),
             ("engine.payment_event_ttl_secs", self.engine.payment_event_ttl_secs),
             ("engine.reserve_batch_max", self.engine.reserve_batch_max as u64),
+            ("engine.reserve_calls_in_flight", self.engine.reserve_calls_in_flight as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return bad(key, "must be greater than 0");

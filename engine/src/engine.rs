@@ -16,7 +16,7 @@ use crate::campaign::CampaignSnapshot;
 use crate::campaign::{
     CampaignLaunch, CampaignMeta, CampaignTuning, LaunchOutcome, OrderRecord, SkuCounters, TuneOutcome,
 };
-use crate::coalesce::{self, Waiting};
+use crate::coalesce::{self, Coalescer, Waiting};
 use crate::domain::{
     CampaignId, ConfirmOutcome, EventId, IdempotencyKey, OrderId, OrderLines, OrderRef, PaymentStatus,
     ReleaseOutcome, ReleaseReason, ReserveOutcome, SkuId, UserId,
@@ -90,7 +90,8 @@ impl Engine {
         let cache =
             LocalCache::new(Duration::from_millis(e.sold_out_ttl_ms), refresh).with_shard_notices(cluster);
         let order_ids = OrderIds::new(e.order_id_secret.expose_secret().as_bytes())?;
-        let inner = Arc::new(Shared::new(store, cache, e.reserve_batch_max, order_ids));
+        let coalescer = Coalescer::new(e.reserve_batch_max, e.reserve_calls_in_flight);
+        let inner = Arc::new(Shared::new(store, cache, coalescer, order_ids));
         let weak = Arc::downgrade(&inner);
         let listener = tokio::spawn(notices::listen(
             weak.clone(),

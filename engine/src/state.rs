@@ -66,10 +66,15 @@ impl Drop for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(store: StockStore, cache: LocalCache, batch_max: usize, order_ids: OrderIds) -> Self {
+    pub(crate) fn new(
+        store: StockStore,
+        cache: LocalCache,
+        coalescer: Coalescer,
+        order_ids: OrderIds,
+    ) -> Self {
         Self {
             store: Arc::new(store),
-            coalescer: Arc::new(Coalescer::new(batch_max)),
+            coalescer: Arc::new(coalescer),
             cache,
             answered_locally: AtomicU64::new(0),
             sent_to_redis: AtomicU64::new(0),
