@@ -89,9 +89,9 @@ impl Coalescer {
         Self { lanes: DashMap::new(), batch_max: batch_max.max(1), calls_max: calls_max.max(1) }
     }
 
-    /// Drops the lanes with nothing queued, no flush running and no call out: one lane per campaign
-    /// shard in use, not per shard ever reserved in. A request that took a lane just
-    /// before it went still has it, and its flush runs on it as usual.
+    /// Drops the lanes with nothing queued, no flush running and no call out: one lane
+    /// per campaign shard in use, not per shard ever reserved in. A request that took a
+    /// lane just before it went still has it, and its flush runs on it as usual.
     pub(crate) fn prune(&self) {
         self.lanes.retain(|_, lane| {
             lane.flushing.load(Ordering::Acquire)
