@@ -677,7 +677,7 @@ def run_ratios(p, out, stack):
     empty, stocked = f"soldout-{uuid.uuid4().hex[:8]}", f"reserve-{uuid.uuid4().hex[:8]}"
     launch(empty, {"limit": 1}, 0)
     launch(stocked, {"limit": 10_000}, 100_000_000)
-    runs = defaultdict(list)
+    consoles = defaultdict(list)  # k6's console lines per path, for the ODD lines
     # The worker-paused run measures the hot path alone (the outbox absorbs the sale; the
     # backlog drains afterwards), the other with the relay and persister competing for CPU.
     # Each ratio is taken with k6 and with wrk (1 thread: it leaves the server more CPU).
@@ -706,7 +706,7 @@ def run_ratios(p, out, stack):
                         env = dict(BASE=f"http://{addr}", CAMPAIGN=cid, SKUS="sku0", TOKENS=tok, VUS=p["vus"],
                                    DURATION=p["duration"], LOG_ORDERS=0, RUN=tag)
                         metrics, console, rc = k6("throughput.js", f"ratios-{tag}", out, env, report=False)
-                        runs[key].append(console)
+                        consoles[key].append(console)
                         return dict(k6_numbers(metrics), k6_exit=rc)
                     return wrk(f"ratios-{tag}", out, addr, cid, "sku0", tok, p, tag)
 
@@ -733,7 +733,7 @@ def run_ratios(p, out, stack):
     invariants = [ran(r) for turns in samples.values() for r in turns]
     both = {"orders_created": {"count": created},
             "out_of_contract": {"count": sum(r["out_of_contract"] for r in rates.values())}}
-    odd = [line for consoles in runs.values() for console in consoles for line in console
+    odd = [line for per_path in consoles.values() for console in per_path for line in console
            if line.startswith("ODD")]
     wrk_runs_on_stock = sum(len(v) for k, v in samples.items() if k.startswith("wrk_reserve"))
     invariants += check(stocked, {"limit": 10_000}, ["sku0"], both, odd, count_only=True,

@@ -121,10 +121,8 @@ impl Coalescer {
             let (me, store, campaign) = (Arc::clone(self), Arc::clone(store), campaign.clone());
             tokio::spawn(async move { me.flush(&store, &campaign, lane).await });
         } else if queued == lane.last_size.load(Ordering::Acquire) {
-            let out = lane.out.load(Ordering::Acquire);
-            if out > 0 && out < self.calls_max {
-                lane.wake.notify_one();
-            }
+            // The size a waiting flush may be waiting for; it decides (`may_send`).
+            lane.wake.notify_one();
         }
     }
 
