@@ -769,11 +769,13 @@ async fn a_campaign_redis_lost_is_rebuilt_and_orders_lost_with_it_are_refused() 
     let mut raw = env.raw().await;
     let keys = testkit::keys_matching(&mut raw, &format!("{}:*", env.settings.namespace)).await;
     let _: () = redis::cmd("DEL").arg(keys).query_async(&mut raw).await.unwrap();
+    // Rebuilt, not just begun: the rebuild writes the meta first, with `restoring` set,
+    // and every script answers 503 until it is cleared.
+    let a = SkuId::parse("a").unwrap();
     env.wait_for("rebuilt", Duration::from_secs(5), async || {
-        env.engine.campaign_meta(&c).await.unwrap().is_some()
+        env.engine.counters(&c, std::slice::from_ref(&a)).await.is_ok()
     })
     .await;
-    let a = SkuId::parse("a").unwrap();
     let counters = env.engine.counters(&c, std::slice::from_ref(&a)).await.unwrap();
     assert_eq!((counters[0].available, counters[0].reserved), (2, 1), "u1's unit still held");
     assert_eq!(env.engine.order(&kept).await.unwrap().unwrap().status, OrderStatus::PendingPayment);
