@@ -275,12 +275,17 @@ pub struct OrderLines(Vec<OrderLine>);
 
 impl OrderLines {
     pub fn parse(lines: Vec<(String, u64)>) -> Result<Self, InvalidInput> {
+        Self::parse_from(&lines)
+    }
+
+    /// [`Self::parse`] of lines whose skus are borrowed (e.g. from the request's body).
+    pub fn parse_from<S: AsRef<str>>(lines: &[(S, u64)]) -> Result<Self, InvalidInput> {
         if lines.is_empty() || lines.len() > MAX_LINES {
             return Err(InvalidInput::new("items", "must have 1..=16 lines"));
         }
         let mut out: Vec<OrderLine> = Vec::with_capacity(lines.len());
         for (sku, quantity) in lines {
-            let sku = SkuId::parse(&sku)?;
+            let (sku, quantity) = (SkuId::parse(sku.as_ref())?, *quantity);
             if quantity == 0 || quantity > MAX_QUANTITY {
                 return Err(InvalidInput::new("quantity", format!("must be 1..={MAX_QUANTITY}")));
             }

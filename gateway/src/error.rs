@@ -2,11 +2,12 @@
 //! the contract's status and `{"error": {"code", "message"}}` body. Internal details
 //! are logged here, never sent.
 
-use std::borrow::Cow;
+use std::fmt;
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use engine::domain::SkuId;
 use engine::EngineError;
 use ledger::DbError;
 
@@ -23,13 +24,13 @@ pub enum AppError {
     #[error("campaign {0} not found")]
     CampaignNotFound(String),
     #[error("sku {0} not found")]
-    SkuNotFound(String),
+    SkuNotFound(SkuId),
     #[error("order not found")]
     OrderNotFound,
     #[error("campaign {0} already exists")]
     CampaignExists(String),
     #[error("sku {0} is sold out")]
-    SoldOut(String),
+    SoldOut(SkuId),
     #[error("per-user limit of {limit} units reached ({held} held)")]
     PurchaseLimitExceeded { held: u64, limit: u64 },
     #[error("campaign is not active")]
@@ -119,20 +120,20 @@ pub struct ErrorDetail<'a> {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let message = match &self {
+        let message: &dyn fmt::Display = match &self {
             AppError::Unavailable(detail) => {
                 tracing::warn!(%detail, "dependency unavailable");
-                Cow::Borrowed("a dependency is unavailable; retry later")
+                &"a dependency is unavailable; retry later"
             }
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                Cow::Borrowed("internal error")
+                &"internal error"
             }
-            other => Cow::Owned(other.to_string()),
+            other => other,
         };
         let json = HeaderValue::from_static("application/json");
         let mut res =
-            (self.status(), [(header::CONTENT_TYPE, json)], body(self.code(), &message)).into_response();
+            (self.status(), [(header::CONTENT_TYPE, json)], body(self.code(), message)).into_response();
         let retry = match &self {
             AppError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             AppError::Unavailable(_) => Some(1),
@@ -146,18 +147,58 @@ impl IntoResponse for AppError {
 }
 
 /// An [`ErrorBody`]'s JSON text, written straight into one buffer: the text serde makes
-/// of it (a test holds the two equal), without a serializer and a growing buffer per
-/// answer.
-fn body(code: &'static str, message: &str) -> Bytes {
-    let mut text = Vec::with_capacity(36 + code.len() + message.len());
+/// of it (a test holds the two equal), without a serializer, a growing buffer or the
+/// message formatted into a `String` of its own first.
+fn body(code: &'static str, message: &dyn fmt::Display) -> Bytes {
+    let mut text = Vec::with_capacity(128);
     text.extend_from_slice(br#"{"error":{"code":""#);
     // Codes are the snake_case constants of `code`: nothing to escape.
     text.extend_from_slice(code.as_bytes());
-    text.extend_from_slice(br#"","message":"#);
+    text.extend_from_slice(br#"","message":""#);
     // Escaped: a message may quote the client's input. Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut text, message);
-    text.extend_from_slice(b"}}");
+    let _ = fmt::write(&mut JsonEscaped(&mut text), format_args!("{message}"));
+    text.extend_from_slice(br#""}}"#);
     Bytes::from(text)
+}
+
+/// Text written into a JSON string's contents, escaped as serde_json escapes it.
+struct JsonEscaped<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let (bytes, out) = (s.as_bytes(), &mut *self.0);
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let short: &[u8] = match b {
+                b'"' => br#"\""#,
+                b'\\' => br"\\",
+                b'\n' => br"\n",
+                b'\r' => br"\r",
+                b'\t' => br"\t",
+                0x08 => br"\b",
+                0x0c => br"\f",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[start..i]);
+            if short.is_empty() {
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 15)],
+                ]);
+            } else {
+                out.extend_from_slice(short);
+            }
+            start = i + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+        Ok(())
+    }
 }
 
 impl From<EngineError> for AppError {
@@ -204,12 +245,16 @@ mod tests {
 
     #[test]
     fn an_error_body_is_the_text_serde_makes_of_it() {
-        for message in
-            ["sku sku-1 is sold out", "", "a \"quoted\" \\ path\n\ttab \u{1}", "naïve ✓ 🚀", "</script>"]
-        {
+        for message in [
+            "sku sku-1 is sold out",
+            "",
+            "a \"quoted\" \\ path\n\ttab \u{1}\u{8}\u{c}\r\u{1f}\u{7f}",
+            "naïve ✓ 🚀",
+            "</script>",
+        ] {
             let code = "invalid_request";
             let serde = serde_json::to_vec(&ErrorBody { error: ErrorDetail { code, message } }).unwrap();
-            assert_eq!(body(code, message).as_ref(), serde.as_slice(), "{message:?}");
+            assert_eq!(body(code, &message).as_ref(), serde.as_slice(), "{message:?}");
         }
     }
 

@@ -10,7 +10,7 @@ use axum::Json;
 use common::message::OrderStatus;
 use engine::domain::{
     CampaignId, IdempotencyKey, OrderId, OrderLines, ReleaseOutcome, ReleaseReason, Reservation,
-    ReserveOutcome, UserId,
+    ReserveOutcome, UserId, MAX_LINES,
 };
 use serde::Deserialize;
 use tracing::Instrument;
@@ -117,9 +117,9 @@ async fn reserve(
             Err(AppError::Unavailable(format!("campaign {campaign} is being rebuilt")))
         }
         ReserveOutcome::CampaignNotFound => Err(AppError::CampaignNotFound(campaign.to_string())),
-        ReserveOutcome::SkuNotFound(s) => Err(AppError::SkuNotFound(s.to_string())),
+        ReserveOutcome::SkuNotFound(s) => Err(AppError::SkuNotFound(s)),
         ReserveOutcome::NotActive => Err(AppError::CampaignNotActive),
-        ReserveOutcome::SoldOut(s) => Err(AppError::SoldOut(s.to_string())),
+        ReserveOutcome::SoldOut(s) => Err(AppError::SoldOut(s)),
         ReserveOutcome::LimitExceeded { held, limit } => Err(AppError::PurchaseLimitExceeded { held, limit }),
         ReserveOutcome::RateLimited { retry_after_ms } => {
             Err(AppError::RateLimited { retry_after_secs: retry_after_ms.div_ceil(1000).max(1) })
@@ -171,10 +171,50 @@ pub fn parse_order(
         .to_str()
         .map_err(|_| AppError::InvalidRequest("Idempotency-Key must be ASCII".into()))?;
     let key = IdempotencyKey::parse(key)?;
-    let body: OrderRequest = crate::body::parse(body)?;
-    let lines = OrderLines::parse(body.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())?;
+    let mut found = [("", 0); MAX_LINES];
+    let lines = match compact_lines(body, &mut found) {
+        Some(n) => OrderLines::parse_from(&found[..n])?,
+        None => {
+            let body: OrderRequest = crate::body::parse(body)?;
+            OrderLines::parse(body.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())?
+        }
+    };
     let campaign = CampaignId::parse(&campaign).map_err(|_| AppError::CampaignNotFound(campaign))?;
     Ok(ParsedOrder { campaign, key, lines })
+}
+
+/// The body storefronts send, `{"items":[{"sku_id":"…","quantity":N},…]}` with no
+/// spaces, read without serde into `found`: how many lines, or `None` for any other
+/// text (then serde reads it and decides, as for every body). A sku's text is taken
+/// only if it has nothing to unescape, a quantity only as plain digits, so what this
+/// reads is what serde reads from the same body (a test compares the two); the lines'
+/// own rules are [`OrderLines::parse_from`]'s either way.
+fn compact_lines<'b>(body: &'b [u8], found: &mut [(&'b str, u64); MAX_LINES]) -> Option<usize> {
+    let mut rest = body.strip_prefix(br#"{"items":["#)?;
+    let mut n = 0;
+    loop {
+        rest = rest.strip_prefix(br#"{"sku_id":""#)?;
+        let len = rest.iter().position(|&b| b == b'"')?;
+        let (sku, after) = rest.split_at(len);
+        if !sku.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'\\') {
+            return None;
+        }
+        rest = after.strip_prefix(br#"","quantity":"#)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        // JSON has no leading zeros; 15 digits stay far inside a u64.
+        if digits == 0 || digits > 15 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let quantity = rest[..digits].iter().fold(0u64, |q, d| q * 10 + u64::from(d - b'0'));
+        *found.get_mut(n)? = (std::str::from_utf8(sku).ok()?, quantity);
+        n += 1;
+        rest = rest[digits..].strip_prefix(b"}")?;
+        match rest {
+            b"]}" => return Some(n),
+            [b',', more @ ..] => rest = more,
+            _ => return None,
+        }
+    }
 }
 
 fn outcome_label(o: &ReserveOutcome) -> &'static str {
@@ -248,4 +288,94 @@ pub async fn cancel(
         ReleaseOutcome::NotDue { .. } => return Err(AppError::Internal("cancel answered not_due".into())),
     }
     load_order(&state, &order_id, &user).await.map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The lines serde reads from a body (every body's way), before the lines' rules.
+    fn by_serde(body: &[u8]) -> Result<Vec<(String, u64)>, String> {
+        let parsed: OrderRequest = crate::body::parse(body).map_err(|e| e.to_string())?;
+        Ok(parsed.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())
+    }
+
+    /// The lines [`compact_lines`] reads: `None` when it leaves the body to serde.
+    fn by_scanner(body: &[u8]) -> Option<Vec<(String, u64)>> {
+        let mut found = [("", 0); MAX_LINES];
+        let n = compact_lines(body, &mut found)?;
+        Some(found[..n].iter().map(|(s, q)| (s.to_string(), *q)).collect())
+    }
+
+    fn compact(lines: &[(&str, &str)]) -> Vec<u8> {
+        let items: Vec<String> =
+            lines.iter().map(|(sku, q)| format!(r#"{{"sku_id":"{sku}","quantity":{q}}}"#)).collect();
+        format!(r#"{{"items":[{}]}}"#, items.join(",")).into_bytes()
+    }
+
+    #[test]
+    fn the_compact_body_is_read_as_serde_reads_it() {
+        let sixteen: Vec<(String, &str)> = (0..16).map(|i| (format!("s{i}"), "2")).collect();
+        let sixteen: Vec<(&str, &str)> = sixteen.iter().map(|(s, q)| (s.as_str(), *q)).collect();
+        for lines in [
+            vec![("sku0", "1")],
+            vec![("a", "3"), ("b-2_X", "1000000000")],
+            sixteen.clone(),
+            vec![("a", "0")],
+            vec![("a", "1000000001")],
+            vec![("a", "1"), ("a", "2")],
+            vec![("", "1")],
+            vec![("a.b", "1")],
+            vec![("a b</script>", "1")],
+        ] {
+            let body = compact(&lines);
+            let read = by_scanner(&body).unwrap_or_else(|| panic!("left to serde: {lines:?}"));
+            assert_eq!(Ok(read), by_serde(&body), "{lines:?}");
+        }
+        let mut seventeen = sixteen;
+        seventeen.push(("s16", "1"));
+        for left in [
+            compact(&seventeen),
+            compact(&[]),
+            compact(&[("a", "01")]),
+            compact(&[("a", "-1")]),
+            compact(&[("a", "1.0")]),
+            compact(&[("a", "1e3")]),
+            compact(&[("a", "1234567890123456")]),
+            compact(&[(r"a\u0062", "1")]),
+            compact(&[("a\tb", "1")]),
+            br#"{"items": [{"sku_id":"a","quantity":1}]}"#.to_vec(),
+            br#"{"items":[{"quantity":1,"sku_id":"a"}]}"#.to_vec(),
+            br#"{"items":[{"sku_id":"a","quantity":1}]} "#.to_vec(),
+            br#"{"items":[{"sku_id":"a","quantity":1}],"x":1}"#.to_vec(),
+            br#"{"items":[{"sku_id":"a","quantity":1}"#.to_vec(),
+            b"{\"items\":[{\"sku_id\":\"\xff\",\"quantity\":1}]}".to_vec(),
+        ] {
+            assert_eq!(by_scanner(&left), None, "{}", String::from_utf8_lossy(&left));
+        }
+    }
+
+    proptest! {
+        /// Whatever the scanner takes, with any one byte of a compact body changed or the
+        /// body cut short, it reads as serde does.
+        #[test]
+        fn a_changed_body_is_read_as_serde_reads_it_or_left_to_serde(
+            lines in prop::collection::vec(("[a-c0-9\"\\\\ .-]{0,3}", "[0-9]{1,3}"), 0..4),
+            at in any::<prop::sample::Index>(),
+            byte in prop::sample::select(b"{}[],:\"\\ 0129-.xaq".to_vec()),
+            cut in any::<bool>(),
+        ) {
+            let lines: Vec<(&str, &str)> = lines.iter().map(|(s, q)| (s.as_str(), q.as_str())).collect();
+            let mut body = compact(&lines);
+            let i = at.index(body.len());
+            if cut { body.truncate(i) } else { body[i] = byte }
+            if let Some(read) = by_scanner(&body) {
+                prop_assert_eq!(Ok(read), by_serde(&body), "{}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
 }
