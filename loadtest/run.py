@@ -671,6 +671,20 @@ def run_scenario(name, p, out, stack):
             "targets": targets}
 
 
+def turn_ratios(numer, denom):
+    """Each turn's rate ratio of two paths measured in the same turn, for the reader to see
+    how far one run's turns spread (a verdict is the ratio of the means); empty for one
+    turn."""
+    r = [round(a["rate_per_sec"] / max(1, b["rate_per_sec"]), 2) for a, b in zip(numer, denom)]
+    return r if len(r) > 1 else []
+
+
+def with_turns(value, numer, denom):
+    """`value`, followed by the turns' own ratios when there were several."""
+    r = turn_ratios(numer, denom)
+    return f"{value} (turns {', '.join(str(x) for x in r)})" if r else f"{value}"
+
+
 def run_ratios(p, out, stack):
     """Ceilings and the gateway under the same k6 script, connection count and duration."""
     tok = tokens(out, p["users"])
@@ -749,15 +763,18 @@ def run_ratios(p, out, stack):
                        rates["wrk_sold_out"]["sold_out"] == rates["wrk_sold_out"]["requests"], None))
     targets = [
         (f"sold-out answers >= {SOLD_OUT_VS_CONSTANT_MIN} x constant handler", sold_out_ratio >= SOLD_OUT_VS_CONSTANT_MIN,
-         f"{sold_out_ratio}"),
+         with_turns(sold_out_ratio, samples["sold_out"], samples["constant_ceiling"])),
         ("k6: reservations vs EVALSHA handler (reported)", None,
          f"{reserve_ratio} with the worker draining; {paused_ratio} with it paused"),
         (f"wrk: sold-out answers >= {SOLD_OUT_VS_CONSTANT_WRK_MIN} x constant handler",
-         wrk_sold_out >= SOLD_OUT_VS_CONSTANT_WRK_MIN, f"{wrk_sold_out}"),
+         wrk_sold_out >= SOLD_OUT_VS_CONSTANT_WRK_MIN,
+         with_turns(wrk_sold_out, samples["wrk_sold_out"], samples["wrk_constant_ceiling"])),
         (f"wrk: reservations, worker paused >= {RESERVE_PAUSED_VS_EVALSHA_MIN} x EVALSHA handler",
-         wrk_paused >= RESERVE_PAUSED_VS_EVALSHA_MIN, f"{wrk_paused}"),
+         wrk_paused >= RESERVE_PAUSED_VS_EVALSHA_MIN,
+         with_turns(wrk_paused, samples["wrk_reserve_worker_paused"], samples["wrk_evalsha_ceiling"])),
         (f"wrk: reservations, worker draining >= {RESERVE_DRAINING_VS_EVALSHA_MIN} x EVALSHA handler",
-         wrk_reserve >= RESERVE_DRAINING_VS_EVALSHA_MIN, f"{wrk_reserve}"),
+         wrk_reserve >= RESERVE_DRAINING_VS_EVALSHA_MIN,
+         with_turns(wrk_reserve, samples["wrk_reserve"], samples["wrk_evalsha_ceiling"])),
         (f"wrk: server CPU per reservation (all processes, worker draining) <= {SERVER_CPU_VS_EVALSHA_MAX} x EVALSHA handler's",
          cpu_ratio <= SERVER_CPU_VS_EVALSHA_MAX,
          f"{cpu_ratio} ({rates['wrk_reserve']['server_cpu_us_per_request']} vs "
@@ -828,6 +845,8 @@ def run_ab(p, out, stack, baseline_dir, envs=None):
         ratios[f"rate_{label}"] = round(cur["rate_per_sec"] / max(1, base["rate_per_sec"]), 3)
         ratios[f"server_cpu_{label}"] = round(cur["server_cpu_us_per_request"]
                                                / max(0.1, base["server_cpu_us_per_request"]), 3)
+        if turns := turn_ratios(runs[f"current_{label}"], runs[f"baseline_{label}"]):
+            ratios[f"rate_{label}_turns"] = turns
     rates = {k: {"rate_per_sec": means[k]["rate_per_sec"],
                  "server_cpu_us_per_request": round(means[k]["server_cpu_us_per_request"], 1), "runs": v}
              for k, v in runs.items()}

@@ -14,7 +14,7 @@
 //! depend on them (unknown campaign or sku, not started yet) are given locally.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,9 @@ const MAX_MISSING_ENTRIES: usize = 10_000;
 const MAX_BUYERS_PER_CAMPAIGN: usize = 1_000_000;
 /// A campaign no request looked up for this long leaves the cache (10 minutes).
 const IDLE_EVICT_MS: u64 = 600_000;
+/// How stale a campaign's `last_used` may be (ms): a request writes it only when it is
+/// older than this, so requests on two threads do not take turns owning its cache line.
+const LAST_USED_GRAIN_MS: u64 = 1_000;
 /// How far this process's clock may be behind Redis's: a buyer count read this long
 /// after a campaign's end (by the local clock) is final, no reservation can follow it.
 const END_CLOCK_SKEW_MS: i64 = 1_000;
@@ -77,13 +80,40 @@ impl SoldOutFlag {
     }
 }
 
+/// A campaign's buyers as this process knows them, and how many: the count is one word
+/// a request reads without a lock (a `DashSet`'s own `len` read-locks every shard, and
+/// with two threads answering the same campaign those locks' cache lines went back
+/// and forth on every request). Counted after each new insert, so it never exceeds the
+/// set (a check of "at least as many buyers as Redis had" can only err towards Redis).
+#[derive(Debug, Default)]
+struct Buyers {
+    set: DashSet<String>,
+    count: AtomicUsize,
+}
+
+impl Buyers {
+    fn insert(&self, user: String) {
+        if self.set.insert(user) {
+            self.count.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    fn contains(&self, user: &str) -> bool {
+        self.set.contains(user)
+    }
+}
+
 /// A campaign as this process knows it. Replaced whole on reload; the flags are
 /// shared between the old and the new entry (a campaign's skus never change).
 #[derive(Debug)]
 pub struct CampaignEntry {
     pub meta: Arc<CampaignMeta>,
     flags: Arc<HashMap<SkuId, SoldOutFlag>>,
-    buyers: Arc<DashSet<String>>,
+    buyers: Arc<Buyers>,
     /// Buyers Redis had when it last flagged a sku here (or when the campaign was last
     /// reloaded): until this process has heard of as many, a buyer may be missing and
     /// no flag is trusted.
@@ -197,7 +227,10 @@ impl LocalCache {
 
     pub fn lookup(&self, campaign: &str) -> Lookup {
         if let Some(e) = self.campaigns.get(campaign) {
-            e.last_used.store(self.elapsed_ms(), Ordering::Relaxed);
+            let now = self.elapsed_ms();
+            if now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= LAST_USED_GRAIN_MS {
+                e.last_used.store(now, Ordering::Relaxed);
+            }
             return Lookup::Known(Arc::clone(e.value()));
         }
         match self.missing.get(campaign) {
@@ -231,7 +264,7 @@ impl LocalCache {
         let notices_live = old
             .as_ref()
             .map_or_else(|| Arc::new(AtomicBool::new(!self.shard_notices)), |o| Arc::clone(&o.notices_live));
-        let buyers = old.map_or_else(|| Arc::new(DashSet::new()), |o| Arc::clone(&o.buyers));
+        let buyers = old.map_or_else(Arc::default, |o| Arc::clone(&o.buyers));
         for b in loaded_buyers.into_iter().flatten() {
             buyers.insert(b);
         }
@@ -438,6 +471,21 @@ mod tests {
             assert!(e.may_have_bought(u), "{u}");
         }
         assert!(!e.may_have_bought("u4"));
+    }
+
+    #[test]
+    fn a_buyer_heard_of_again_is_counted_once() {
+        let (cache, c, sku) = live_cache(Duration::from_secs(1), Duration::from_secs(1));
+        cache.put(&c, Some(meta(&["a"])), Some(vec!["u1".into(), "u1".into()]));
+        cache.add_buyer("c", "u1");
+        cache.put(&c, Some(meta(&["a"])), Some(vec!["u1".into(), "u2".into()]));
+        cache.add_buyer("c", "u2");
+        assert_eq!(entry(&cache).buyers.len(), 2);
+        // Redis had three buyers: two known here are not enough to trust the flag.
+        cache.mark_sold_out("c", &sku, 0, 3);
+        assert!(!cache.is_sold_out(&entry(&cache), &sku), "a third buyer could be retrying");
+        cache.add_buyer("c", "u3");
+        assert!(cache.is_sold_out(&entry(&cache), &sku));
     }
 
     #[test]
