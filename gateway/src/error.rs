@@ -147,58 +147,19 @@ impl IntoResponse for AppError {
 }
 
 /// An [`ErrorBody`]'s JSON text, written straight into one buffer: the text serde makes
-/// of it (a test holds the two equal), without a serializer, a growing buffer or the
-/// message formatted into a `String` of its own first.
+/// of it (a test holds the two equal), without a serializer for the whole body, a
+/// growing buffer or the message formatted into a `String` of its own first (serde's
+/// `collect_str` escapes it as it is written).
 fn body(code: &'static str, message: &dyn fmt::Display) -> Bytes {
     let mut text = Vec::with_capacity(128);
     text.extend_from_slice(br#"{"error":{"code":""#);
     // Codes are the snake_case constants of `code`: nothing to escape.
     text.extend_from_slice(code.as_bytes());
-    text.extend_from_slice(br#"","message":""#);
+    text.extend_from_slice(br#"","message":"#);
     // Escaped: a message may quote the client's input. Writing to a Vec cannot fail.
-    let _ = fmt::write(&mut JsonEscaped(&mut text), format_args!("{message}"));
-    text.extend_from_slice(br#""}}"#);
+    let _ = serde::Serializer::collect_str(&mut serde_json::Serializer::new(&mut text), message);
+    text.extend_from_slice(b"}}");
     Bytes::from(text)
-}
-
-/// Text written into a JSON string's contents, escaped as serde_json escapes it.
-struct JsonEscaped<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for JsonEscaped<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let (bytes, out) = (s.as_bytes(), &mut *self.0);
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let short: &[u8] = match b {
-                b'"' => br#"\""#,
-                b'\\' => br"\\",
-                b'\n' => br"\n",
-                b'\r' => br"\r",
-                b'\t' => br"\t",
-                0x08 => br"\b",
-                0x0c => br"\f",
-                0..=0x1f => b"",
-                _ => continue,
-            };
-            out.extend_from_slice(&bytes[start..i]);
-            if short.is_empty() {
-                out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 15)],
-                ]);
-            } else {
-                out.extend_from_slice(short);
-            }
-            start = i + 1;
-        }
-        out.extend_from_slice(&bytes[start..]);
-        Ok(())
-    }
 }
 
 impl From<EngineError> for AppError {
