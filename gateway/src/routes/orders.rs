@@ -29,6 +29,13 @@ pub struct OrderRequest {
     items: Vec<LineRequest>,
 }
 
+impl OrderRequest {
+    /// The lines as sent, before their rules are checked.
+    fn into_lines(self) -> Vec<(String, u64)> {
+        self.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect()
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineRequest {
@@ -174,10 +181,7 @@ pub fn parse_order(
     let mut found = [("", 0); MAX_LINES];
     let lines = match compact_lines(body, &mut found) {
         Some(n) => OrderLines::parse_from(&found[..n])?,
-        None => {
-            let body: OrderRequest = crate::body::parse(body)?;
-            OrderLines::parse(body.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())?
-        }
+        None => OrderLines::parse(crate::body::parse::<OrderRequest>(body)?.into_lines())?,
     };
     let campaign = CampaignId::parse(&campaign).map_err(|_| AppError::CampaignNotFound(campaign))?;
     Ok(ParsedOrder { campaign, key, lines })
@@ -300,8 +304,7 @@ mod tests {
 
     /// The lines serde reads from a body (every body's way), before the lines' rules.
     fn by_serde(body: &[u8]) -> Result<Vec<(String, u64)>, String> {
-        let parsed: OrderRequest = crate::body::parse(body).map_err(|e| e.to_string())?;
-        Ok(parsed.items.into_iter().map(|l| (l.sku_id, l.quantity)).collect())
+        crate::body::parse::<OrderRequest>(body).map(OrderRequest::into_lines).map_err(|e| e.to_string())
     }
 
     /// The lines [`compact_lines`] reads: `None` when it leaves the body to serde.
