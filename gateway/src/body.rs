@@ -139,6 +139,24 @@ fn whole_numbers_as_integers(v: &mut Value) -> bool {
     }
 }
 
+/// For optional fields that hold a struct: absent or `null` → `None`, an object → the
+/// struct, anything else refused. serde would also fill a struct from a list, and a
+/// struct whose fields all have defaults from an empty one (`[]`), which
+/// [`arrays_hold_objects`] lets through as an empty list.
+pub fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error;
+    use serde::Deserialize;
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(fields @ Value::Object(_)) => T::deserialize(fields).map(Some).map_err(D::Error::custom),
+        Some(_) => Err(D::Error::custom("expected an object")),
+    }
+}
+
 /// For optional fields whose `null` means something: absent → `None`,
 /// `null` → `Some(None)`, a value → `Some(Some(v))`.
 pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>

@@ -13,7 +13,7 @@ use ledger::{CampaignRow, InsertCampaign};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Operator;
-use crate::body::{double_option, JsonBody};
+use crate::body::{double_option, object, JsonBody};
 use crate::error::{AppError, ErrorBody};
 use crate::metrics::LiveCounters;
 use crate::state::AppState;
@@ -44,7 +44,7 @@ pub struct LaunchRequest {
     per_user_limit: i64,
     payment_window_secs: i64,
     items: Vec<LaunchItemRequest>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     thresholds: Option<ThresholdsRequest>,
     /// Redis shards of every sku's stock, 1..=64 (default 1).
     #[serde(default)]
@@ -75,7 +75,7 @@ pub struct TuneRequest {
     ends_at: Option<String>,
     #[serde(default)]
     per_user_limit: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     thresholds: Option<ThresholdsRequest>,
 }
 
@@ -534,4 +534,27 @@ pub async fn reconciliation(
         .await?
         .map(Json)
         .ok_or(AppError::CampaignNotFound(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_given_as_a_list_are_refused() {
+        for bad in [&br#"{"thresholds": []}"#[..], br#"{"thresholds": [null]}"#, br#"{"thresholds": 3}"#] {
+            assert!(
+                matches!(crate::body::parse::<TuneRequest>(bad), Err(AppError::InvalidRequest(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [
+            &br#"{"thresholds": {}}"#[..],
+            br#"{"thresholds": null}"#,
+            br#"{"thresholds": {"max_orders_per_sec": 2.0}}"#,
+        ] {
+            assert!(crate::body::parse::<TuneRequest>(good).is_ok(), "{}", String::from_utf8_lossy(good));
+        }
+    }
 }
