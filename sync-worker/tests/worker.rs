@@ -1,6 +1,7 @@
 //! The worker against the real RabbitMQ, MariaDB and Redis.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,7 @@ impl Env {
         };
         self.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();
         self.engine.launch(&spec).await.unwrap();
+        self.wait_until_live(&spec.campaign, spec.shards).await;
         spec.campaign
     }
 
@@ -79,7 +81,19 @@ impl Env {
         };
         self.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();
         self.engine.launch(&spec).await.unwrap();
+        self.wait_until_live(&spec.campaign, spec.shards).await;
         spec.campaign
+    }
+
+    /// A worker's rebuild check that falls between a launch's MySQL row and its Redis
+    /// write rebuilds the campaign from that row, its shards answering 503 meanwhile
+    /// (as a buyer's retry would, the tests wait that out).
+    async fn wait_until_live(&self, c: &CampaignId, shards: u16) {
+        self.wait_for("the launched campaign's shards live", Duration::from_secs(10), async || {
+            let states = self.engine.shard_states(&[(c.clone(), shards)]).await.unwrap();
+            states[0].iter().all(|s| *s == engine::rebuild::ShardState::Live)
+        })
+        .await;
     }
 
     async fn reserve(&self, c: &CampaignId, user: &str) -> OrderId {
@@ -110,10 +124,14 @@ impl Env {
         self.engine.confirm(o, &ev, 100, PaymentStatus::Succeeded).await.unwrap()
     }
 
+    /// Looks until `ok` or `limit`, a look that is still running at the limit included.
     async fn wait_for(&self, what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
-        let started = Instant::now();
-        while !ok().await {
-            assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        let until = tokio::time::Instant::now() + limit;
+        while !tokio::time::timeout_at(until, ok())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        {
+            assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -643,6 +661,7 @@ async fn a_finished_settled_campaign_is_retired_from_redis_after_its_retention()
     env.db.insert_campaign(&ledger::CampaignRow::from_launch(&spec, "t"), now).await.unwrap();
     env.engine.launch(&spec).await.unwrap();
     let c = spec.campaign.clone();
+    env.wait_until_live(&c, 1).await;
     let paid = env.reserve(&c, "u1").await;
     env.engine.confirm(&paid, &EventId::parse("e1").unwrap(), 100, PaymentStatus::Succeeded).await.unwrap();
     let cancelled = env.reserve(&c, "u2").await;
@@ -731,16 +750,15 @@ async fn two_workers_with_churn_on_one_hot_sku_and_a_kill_lose_nothing() {
         told.extend(b.await.unwrap());
     }
     assert!(told.len() > 50, "churn happened: {} reservations", told.len());
+    println!("{} reservations churned", told.len());
+    let told: HashMap<String, OrderStatus> =
+        told.into_iter().map(|(id, s)| (id.as_str().to_owned(), s)).collect();
+    // One read of the campaign's orders per look: thousands of orders churn through,
+    // and a look that asked for each on its own could outlast the wait many times.
     env.wait_for("every reservation in MySQL as told, consistent", Duration::from_secs(60), async || {
-        if env.count_orders("c").await != told.len() as i64 {
-            return false;
-        }
-        for (id, status) in &told {
-            if env.db.order(id.as_str()).await.unwrap().map(|r| r.status) != Some(*status) {
-                return false;
-            }
-        }
-        env.consistent(&c).await
+        let rows = env.db.campaign_orders("c").await.unwrap();
+        let held: HashMap<String, OrderStatus> = rows.into_iter().map(|r| (r.order_id, r.status)).collect();
+        held == told && env.consistent(&c).await
     })
     .await;
     assert_eq!(env.queue_len(&format!("{}.dead", env.settings.namespace)).await, 0, "nothing dead-lettered");

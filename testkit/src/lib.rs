@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::config::{RedisSettings, Settings};
@@ -15,6 +16,7 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 /// The default settings moved to a namespace and a MySQL database of their own;
 /// `tag` names the suite in both (`<tag><pid>-<n>`, `fs_<tag>_<pid>_<n>`).
 pub fn isolate(tag: &str) -> Settings {
+    watch_this_test();
     // `FLASHSALE_TEST_LOG=1` prints the services' logs (`RUST_LOG` picks the levels).
     if std::env::var_os("FLASHSALE_TEST_LOG").is_some() {
         // Logs only: tests export no traces (the trace test runs the binaries).
@@ -27,6 +29,42 @@ pub fn isolate(tag: &str) -> Settings {
     let base = s.mysql.url.rsplit_once('/').unwrap().0.to_owned();
     s.mysql.url = format!("{base}/fs_{tag}_{pid}_{n}");
     s
+}
+
+/// How long a test may run before its binary is stopped (`FLASHSALE_TEST_LIMIT_SECS`).
+const TEST_LIMIT_SECS: u64 = 600;
+
+/// Watches the calling test: one still running after [`TEST_LIMIT_SECS`] stops its
+/// whole test binary, naming it, so a test that hangs fails the suite within minutes
+/// instead of holding it until CI's own limit. The watch ends with the test's thread
+/// (libtest runs each test on a thread named after it; on any other thread, a bench's
+/// main, nothing is watched).
+fn watch_this_test() {
+    thread_local! {
+        static WATCH: Option<std::sync::mpsc::Sender<()>> = start_watch();
+    }
+    WATCH.with(|_| {});
+}
+
+fn start_watch() -> Option<std::sync::mpsc::Sender<()>> {
+    let name = std::thread::current().name().filter(|n| *n != "main")?.to_owned();
+    let secs = std::env::var("FLASHSALE_TEST_LIMIT_SECS").ok().and_then(|v| v.parse().ok());
+    let limit = std::time::Duration::from_secs(secs.unwrap_or(TEST_LIMIT_SECS));
+    // Dropped with the thread's locals when the test returns or panics: the watcher
+    // then sees the channel closed and ends.
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(limit) {
+            // Straight to the process's stderr: `eprintln!` here would go to the test's
+            // captured output, which is never printed once the binary stops.
+            let _ = writeln!(
+                std::io::stderr(),
+                "test {name} still running after {limit:?}: stopping the test binary"
+            );
+            std::process::exit(101);
+        }
+    });
+    Some(done)
 }
 
 /// Removes what a test made: its MySQL database, its Redis keys, its RabbitMQ queues
@@ -59,9 +97,36 @@ pub async fn delete_keys(redis: &RedisSettings, namespace: &str) {
 /// Deletes every key of one campaign shard (`tag`: the campaign id for shard 0), on
 /// whichever node holds it: what that shard looks like after its master restarted
 /// with no data.
+/// All at once, as a restart loses them: deleted key by key, a rebuild that began once
+/// the meta was gone would have keys it just wrote deleted behind it.
 pub async fn lose_shard(redis: &RedisSettings, namespace: &str, tag: &str) {
-    delete_keys_matching(redis, &format!("{namespace}:{{c:{tag}}}:*")).await;
+    let pattern = format!("{namespace}:{{c:{tag}}}:*");
+    for node in redis.nodes() {
+        let client = redis::Client::open(node.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: u64 =
+            redis::Script::new(WIPE_AND_RESTORE).arg(&pattern).invoke_async(&mut conn).await.unwrap();
+    }
 }
+
+/// In one script, so nothing runs in between: deletes every key of the node matching
+/// `ARGV[1]`, then restores the keys given as (name, time to live, dump) triples after
+/// it. Answers how many keys it deleted.
+const WIPE_AND_RESTORE: &str = r"
+local cursor, n = '0', 0
+repeat
+  local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = r[1]
+  for _, k in ipairs(r[2]) do
+    redis.call('DEL', k)
+    n = n + 1
+  end
+until cursor == '0'
+for i = 2, #ARGV, 3 do
+  redis.call('RESTORE', ARGV[i], ARGV[i + 1], ARGV[i + 2], 'REPLACE')
+end
+return n
+";
 
 /// Every key of one campaign shard as it is now (`DUMP` and time to live), to put back
 /// with [`roll_back_shard`]: what a replica that missed the writes after this moment
@@ -82,7 +147,7 @@ pub async fn snapshot_shard(
     keys.into_iter().zip(dumped).filter_map(|(k, (dump, ttl))| Some((k, dump?, ttl))).collect()
 }
 
-/// Puts one campaign shard back as [`snapshot_shard`] saw it, in one transaction: keys
+/// Puts one campaign shard back as [`snapshot_shard`] saw it, in one script: keys
 /// written since are gone, the others hold their old values (a stream its old entries
 /// and its old last id). One Redis only.
 pub async fn roll_back_shard(
@@ -93,16 +158,13 @@ pub async fn roll_back_shard(
 ) {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let now = keys_matching(&mut conn, &format!("{namespace}:{{c:{tag}}}:*")).await;
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    for k in &now {
-        pipe.cmd("DEL").arg(k).ignore();
-    }
+    let wipe = redis::Script::new(WIPE_AND_RESTORE);
+    let mut script = wipe.prepare_invoke();
+    script.arg(format!("{namespace}:{{c:{tag}}}:*"));
     for (k, dump, ttl) in snap {
-        pipe.cmd("RESTORE").arg(k).arg((*ttl).max(0)).arg(dump.as_slice()).arg("REPLACE").ignore();
+        script.arg(k).arg((*ttl).max(0)).arg(dump.as_slice());
     }
-    let () = pipe.query_async(&mut conn).await.unwrap();
+    let _: u64 = script.invoke_async(&mut conn).await.unwrap();
 }
 
 /// [`delete_keys`] for any SCAN pattern.
