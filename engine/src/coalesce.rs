@@ -160,14 +160,32 @@ impl Coalescer {
                 continue;
             }
             lane.last_size.store(batch.len(), Ordering::Release);
-            lane.out.fetch_add(1, Ordering::AcqRel);
-            let (store, campaign, lane) = (Arc::clone(store), campaign.clone(), Arc::clone(&lane));
+            let out = CallOut::new(Arc::clone(&lane));
+            let (store, campaign) = (Arc::clone(store), campaign.clone());
             tokio::spawn(async move {
+                let _out = out;
                 decide(&store, &campaign, batch).await;
-                lane.out.fetch_sub(1, Ordering::AcqRel);
-                lane.wake.notify_one();
             });
         }
+    }
+}
+
+/// One script call of a lane out: counted from its start until its task ends, however
+/// it ends (a call whose task panicked or was dropped would otherwise count as out
+/// for good, and its lane would stop sending once `calls_max` such calls had piled up).
+struct CallOut(Arc<Lane>);
+
+impl CallOut {
+    fn new(lane: Arc<Lane>) -> Self {
+        lane.out.fetch_add(1, Ordering::AcqRel);
+        Self(lane)
+    }
+}
+
+impl Drop for CallOut {
+    fn drop(&mut self) {
+        self.0.out.fetch_sub(1, Ordering::AcqRel);
+        self.0.wake.notify_one();
     }
 }
 
@@ -217,6 +235,21 @@ mod tests {
             let (reply, _) = oneshot::channel();
             lock(&lane.queue).push(Waiting { order, user, key, lines, trace: None, reply });
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_task_panics_is_no_longer_counted_out() {
+        let lane = Arc::new(Lane::default());
+        let out = CallOut::new(Arc::clone(&lane));
+        assert_eq!(lane.out.load(Ordering::Acquire), 1);
+        let task = tokio::spawn(async move {
+            let _out = out;
+            panic!("a call's task panics");
+        });
+        assert!(task.await.is_err());
+        assert_eq!(lane.out.load(Ordering::Acquire), 0, "the lane may send again");
+        // And the flush waiting for it was woken (the permit is stored).
+        tokio::time::timeout(std::time::Duration::from_secs(1), lane.wake.notified()).await.expect("woken");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn isolate(tag: &str) -> Settings {
 }
 
 /// How long a test may run before its binary is stopped (`FLASHSALE_TEST_LIMIT_SECS`).
-const TEST_LIMIT_SECS: u64 = 600;
+const TEST_LIMIT_SECS: u64 = 300;
 
 /// Watches the calling test: one still running after [`TEST_LIMIT_SECS`] stops its
 /// whole test binary, naming it, so a test that hangs fails the suite within minutes
