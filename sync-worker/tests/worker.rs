@@ -184,24 +184,27 @@ impl Env {
     }
 
     async fn publish_to(&self, exchange: &str, routing_key: &str, body: &[u8]) {
-        let conn =
-            Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        // Mandatory and confirmed: a message the exchange could not route comes back
-        // (the worker's queues not declared yet) and fails the test here.
-        let confirm = ch
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)), "published and routed");
-        conn.close(200, "done".into()).await.unwrap();
+        broker("publishing a message", async {
+            let conn =
+                Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+            // Mandatory and confirmed: a message the exchange could not route comes back
+            // (the worker's queues not declared yet) and fails the test here.
+            let confirm = ch
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    body,
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)), "published and routed");
+            conn.close(200, "done".into()).await.unwrap();
+        })
+        .await;
     }
 
     async fn queue_len(&self, queue: &str) -> u32 {
@@ -210,18 +213,21 @@ impl Env {
 
     /// `None` while the queue does not exist.
     async fn try_queue_len(&self, queue: &str) -> Option<u32> {
-        let conn =
-            Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
-        Some(q.message_count())
+        broker("reading a queue's length", async {
+            let conn =
+                Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+            let ch = conn.create_channel().await.unwrap();
+            let declared = ch
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                    FieldTable::default(),
+                )
+                .await;
+            let _ = conn.close(200, "done".into()).await;
+            declared.ok().map(|q| q.message_count())
+        })
+        .await
     }
 
     /// The reason an order is in the dead-letter list for, if it is.
@@ -398,6 +404,14 @@ async fn a_payment_timer_of_a_campaign_nobody_knows_is_dropped_not_requeued_fore
     assert_eq!(env.queue_len(&queue).await, 0);
     worker.shutdown().await;
     env.cleanup().await;
+}
+
+/// A test's own exchange with RabbitMQ, bounded: a broker that does not answer fails
+/// the test with what it was doing instead of holding it (and the suite) for good.
+async fn broker<T>(what: &str, exchange: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("RabbitMQ: {what} took over 20 s"))
 }
 
 fn spawn_worker(settings: &Settings) -> Child {
@@ -1379,23 +1393,30 @@ async fn dead_letters_are_kept_listed_and_replayed() {
     let given_up = OrderId::generate(&c);
     let body =
         serde_json::to_vec(&order_event(&given_up, "late", OrderStatus::PendingPayment, expires)).unwrap();
-    let conn = Connection::connect(&env.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let mut headers = FieldTable::default();
-    headers.insert("x-flashsale-reason".into(), lapin::types::AMQPValue::LongString("delivery_limit".into()));
-    let confirm = ch
-        .basic_publish(
-            format!("{}.dlx", env.settings.namespace).as_str().into(),
-            "dead".into(),
-            BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-            &body,
-            BasicProperties::default().with_headers(headers),
-        )
-        .await
-        .unwrap();
-    assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)));
-    conn.close(200, "done".into()).await.unwrap();
+    broker("publishing a dead letter", async {
+        let conn =
+            Connection::connect(&env.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-flashsale-reason".into(),
+            lapin::types::AMQPValue::LongString("delivery_limit".into()),
+        );
+        let confirm = ch
+            .basic_publish(
+                format!("{}.dlx", env.settings.namespace).as_str().into(),
+                "dead".into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                &body,
+                BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)));
+        conn.close(200, "done".into()).await.unwrap();
+    })
+    .await;
 
     env.wait_for("both dead letters listed", Duration::from_secs(10), async || {
         env.db.dead_letter_page(None, 10).await.unwrap().0.len() == 2

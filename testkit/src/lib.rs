@@ -70,10 +70,20 @@ fn start_watch() -> Option<std::sync::mpsc::Sender<()>> {
 /// Removes what a test made: its MySQL database, its Redis keys, its RabbitMQ queues
 /// and exchanges. Never waits long on what a failed test left behind.
 pub async fn cleanup(settings: &Settings) {
-    drop_database(&settings.mysql.url).await;
-    delete_keys(&settings.redis, &settings.namespace).await;
-    delete_broker_objects(&settings.amqp.url, &settings.namespace).await;
+    bounded("dropping its database", drop_database(&settings.mysql.url)).await;
+    bounded("deleting its Redis keys", delete_keys(&settings.redis, &settings.namespace)).await;
+    bounded("deleting its queues", delete_broker_objects(&settings.amqp.url, &settings.namespace)).await;
 }
+
+/// One clean-up step, given up after [`CLEANUP_STEP_LIMIT`]: what it leaves is in the
+/// test's own namespace and database, harmless to the others.
+async fn bounded(what: &str, step: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(CLEANUP_STEP_LIMIT, step).await.is_err() {
+        let _ = writeln!(std::io::stderr(), "clean-up: {what} took over {CLEANUP_STEP_LIMIT:?}; left");
+    }
+}
+
+const CLEANUP_STEP_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Drops the database `url` names.
 pub async fn drop_database(url: &str) {
@@ -96,17 +106,25 @@ pub async fn delete_keys(redis: &RedisSettings, namespace: &str) {
 
 /// Deletes every key of one campaign shard (`tag`: the campaign id for shard 0), on
 /// whichever node holds it: what that shard looks like after its master restarted
-/// with no data.
-/// All at once, as a restart loses them: deleted key by key, a rebuild that began once
+/// with no data. All at once, as a restart loses them: deleted key by key, a rebuild that began once
 /// the meta was gone would have keys it just wrote deleted behind it.
 pub async fn lose_shard(redis: &RedisSettings, namespace: &str, tag: &str) {
     let pattern = format!("{namespace}:{{c:{tag}}}:*");
     for node in redis.nodes() {
-        let client = redis::Client::open(node.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = patient_connection(node.as_str()).await;
         let _: u64 =
             redis::Script::new(WIPE_AND_RESTORE).arg(&pattern).invoke_async(&mut conn).await.unwrap();
     }
+}
+
+/// A connection for the scripts here, which scan the whole keyspace of a Redis that
+/// every test shares: the client's default reply timeout (500 ms) is too short for that
+/// on a loaded machine.
+async fn patient_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(10)));
+    let client = redis::Client::open(url).unwrap();
+    client.get_multiplexed_async_connection_with_config(&config).await.unwrap()
 }
 
 /// In one script, so nothing runs in between: deletes every key of the node matching
@@ -136,8 +154,7 @@ pub async fn snapshot_shard(
     namespace: &str,
     tag: &str,
 ) -> Vec<(String, Vec<u8>, i64)> {
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = patient_connection(redis.url.as_str()).await;
     let keys = keys_matching(&mut conn, &format!("{namespace}:{{c:{tag}}}:*")).await;
     let mut pipe = redis::pipe();
     for k in &keys {
@@ -156,8 +173,7 @@ pub async fn roll_back_shard(
     tag: &str,
     snap: &[(String, Vec<u8>, i64)],
 ) {
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = patient_connection(redis.url.as_str()).await;
     let wipe = redis::Script::new(WIPE_AND_RESTORE);
     let mut script = wipe.prepare_invoke();
     script.arg(format!("{namespace}:{{c:{tag}}}:*"));
