@@ -187,6 +187,61 @@ async fn ordering_follows_every_row_of_the_table() {
     env.cleanup().await;
 }
 
+/// The order POST is taken ahead of the router when its campaign id has nothing to
+/// decode; every other shape of that path is the router's. Both answer alike: the
+/// same order replayed through either, the same errors, the same body limit, the
+/// same metrics series.
+#[tokio::test]
+async fn the_order_route_taken_ahead_of_the_router_answers_as_the_router_would() {
+    let env = Env::start().await;
+    env.launch(campaign("c", json!([{"sku_id": "a", "stock": 2, "price_cents": 500}]), 2)).await;
+    let post = |path: &str| {
+        env.http.post(env.url(0, path)).bearer_auth(env.token("u")).header("Idempotency-Key", "k")
+    };
+    let items = json!({"items": [{"sku_id": "a", "quantity": 1}]});
+    let (s, first) = decode(post("/api/v1/campaigns/c/orders").json(&items).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    // `%63` is `c`: the router's `Path` decodes it, and the same order is replayed.
+    let (s, again) = decode(post("/api/v1/campaigns/%63/orders").json(&items).send().await.unwrap()).await;
+    assert_eq!((s, &again["order_id"]), (StatusCode::OK, &first["order_id"]), "{again}");
+    let (s, v) = decode(post("/api/v1/campaigns/nope/orders").json(&items).send().await.unwrap()).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"));
+    // An empty id is left to the router, which takes it as a campaign nobody launched.
+    let (s, v) = decode(post("/api/v1/campaigns//orders").json(&items).send().await.unwrap()).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "campaign_not_found"));
+    let res = env.http.get(env.url(0, "/api/v1/campaigns/c/orders")).bearer_auth(env.token("u")).send().await;
+    let (s, v) = decode(res.unwrap()).await;
+    assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let res = env.http.post(env.url(0, "/api/v1/campaigns/c/orders")).header("Idempotency-Key", "k");
+    let (s, v) = decode(res.json(&items).send().await.unwrap()).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    // Past the gateway's 64 KiB, under axum's own default of 2 MB: the limit is applied.
+    let big = format!("{{\"items\":[{{\"sku_id\":\"{}\",\"quantity\":1}}]}}", "a".repeat(100_000));
+    let res = post("/api/v1/campaigns/c/orders").header("content-type", "application/json").body(big);
+    let (s, v) = decode(res.send().await.unwrap()).await;
+    assert_eq!((s, code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    let metrics = env
+        .http
+        .get(format!("http://{}/metrics", env.gateways[0].metrics_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = |status: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("flashsale_http_requests_total{")
+                && l.contains("route=\"/api/v1/campaigns/{campaign_id}/orders\"")
+                && l.contains("method=\"POST\"")
+                && l.contains(&format!("status=\"{status}\""))
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(counted("201") && counted("200") && counted("413"), "{metrics}");
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn outside_the_window_is_not_active() {
     let env = Env::start().await;

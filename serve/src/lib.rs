@@ -3,19 +3,27 @@
 //! exposition of a registry.
 #![forbid(unsafe_code)]
 
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::extract::Request;
+use axum::response::Response;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::Service;
 
 /// Serves `app` on `listener` until `stop` turns true, then lets in-flight requests
 /// finish. `name` labels the listener in logs.
-pub fn until_stopped(
+pub fn until_stopped<S>(
     name: &'static str,
     listener: TcpListener,
-    app: Router,
+    app: S,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -23,7 +31,7 @@ pub fn until_stopped(
         // Made into a service once: served as a bare `Router`, every connection would
         // get its own copy of the route table (about 3 KiB a route), which 10,000 idle
         // connections turn into hundreds of megabytes.
-        let app = app.into_make_service();
+        let app = axum::ServiceExt::<Request>::into_make_service(app);
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, listener = name, "listener failed");
         }

@@ -213,21 +213,28 @@ impl Env {
 
     /// `None` while the queue does not exist.
     async fn try_queue_len(&self, queue: &str) -> Option<u32> {
-        broker("reading a queue's length", async {
-            let conn =
-                Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
-            let ch = conn.create_channel().await.unwrap();
-            let declared = ch
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
-                    FieldTable::default(),
-                )
-                .await;
-            let _ = conn.close(200, "done".into()).await;
-            declared.ok().map(|q| q.message_count())
-        })
-        .await
+        // Read-only, so tried again on a fresh connection when one does not answer.
+        for _ in 0..2 {
+            if let Ok(len) = tokio::time::timeout(Duration::from_secs(10), self.queue_len_once(queue)).await {
+                return len;
+            }
+        }
+        broker("reading a queue's length", self.queue_len_once(queue)).await
+    }
+
+    async fn queue_len_once(&self, queue: &str) -> Option<u32> {
+        let conn =
+            Connection::connect(&self.settings.amqp.url, ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let declared = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = conn.close(200, "done".into()).await;
+        declared.ok().map(|q| q.message_count())
     }
 
     /// The reason an order is in the dead-letter list for, if it is.

@@ -58,12 +58,56 @@ pub async fn create(
     TraceParentHeader(parent): TraceParentHeader,
     RawBody(body): RawBody,
 ) -> Response {
+    create_order(&state, campaign, &user, key, parent, &body).await
+}
+
+/// [`create`] as the server calls it ahead of the router (`server::App`), for a path
+/// whose campaign id needs no decoding: the same extractors in the same order, the id
+/// read off the path.
+pub async fn create_plain(
+    State(state): State<AppState>,
+    PlainCampaign(campaign): PlainCampaign,
+    Buyer(user): Buyer,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    TraceParentHeader(parent): TraceParentHeader,
+    RawBody(body): RawBody,
+) -> Response {
+    create_order(&state, campaign, &user, key, parent, &body).await
+}
+
+/// The campaign id of an order POST's path, as [`plain_order_campaign`] reads it.
+pub struct PlainCampaign(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PlainCampaign {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        plain_order_campaign(parts.uri.path()).map(|id| Self(id.to_owned())).ok_or(AppError::NotFound)
+    }
+}
+
+/// The id in `/api/v1/campaigns/{id}/orders` when it is there as it is: not empty,
+/// no `/` and nothing percent-encoded (what the router's `Path` would decode). Any
+/// other path is the router's.
+pub fn plain_order_campaign(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/api/v1/campaigns/")?.strip_suffix("/orders")?;
+    (!id.is_empty() && !id.bytes().any(|b| b == b'/' || b == b'%')).then_some(id)
+}
+
+async fn create_order(
+    state: &AppState,
+    campaign: String,
+    user: &UserId,
+    key: Option<HeaderValue>,
+    parent: Option<HeaderValue>,
+    body: &[u8],
+) -> Response {
     // Traced (an OTLP endpoint is set, and the sampler takes this order, a storefront's
     // `traceparent` its parent): the request's span, whose context travels on with the
     // order. Otherwise no span at all.
     let parent = parent.as_ref().and_then(|p| p.to_str().ok());
     if !common::telemetry::sampled(parent) {
-        return reserve(&state, campaign, &user, key.as_ref(), &body, None).await.into_response();
+        return reserve(state, campaign, user, key.as_ref(), body, None).await.into_response();
     }
     let span = tracing::info_span!(
         target: common::telemetry::TARGET,
@@ -77,7 +121,7 @@ pub async fn create(
         common::telemetry::set_parent(&span, parent);
     }
     let trace = common::telemetry::traceparent(&span);
-    let answer = reserve(&state, campaign, &user, key.as_ref(), &body, trace.as_deref())
+    let answer = reserve(state, campaign, user, key.as_ref(), body, trace.as_deref())
         .instrument(span.clone())
         .await
         .into_response();
@@ -301,6 +345,23 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn only_an_order_path_whose_id_needs_no_decoding_is_read_as_it_is() {
+        assert_eq!(plain_order_campaign("/api/v1/campaigns/c-1_x/orders"), Some("c-1_x"));
+        for path in [
+            "/api/v1/campaigns//orders",
+            "/api/v1/campaigns/%63/orders",
+            "/api/v1/campaigns/a/b/orders",
+            "/api/v1/campaigns/c/orders/",
+            "/api/v1/campaigns/c/order",
+            "/api/v1/campaigns/c",
+            "/api/v2/campaigns/c/orders",
+            "/api/v1/orders/c",
+        ] {
+            assert_eq!(plain_order_campaign(path), None, "{path}");
+        }
+    }
 
     /// The lines serde reads from a body (every body's way), before the lines' rules.
     fn by_serde(body: &[u8]) -> Result<Vec<(String, u64)>, String> {
