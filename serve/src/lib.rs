@@ -1,4 +1,4 @@
-//! What each binary's listeners share: serving an axum router until the process is
+//! What each binary's listeners share: serving an axum service until the process is
 //! asked to stop, stopping a process's tasks together, and the Prometheus text
 //! exposition of a registry.
 #![forbid(unsafe_code)]
