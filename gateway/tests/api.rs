@@ -220,15 +220,7 @@ async fn the_order_route_taken_ahead_of_the_router_answers_as_the_router_would()
     let res = post("/api/v1/campaigns/c/orders").header("content-type", "application/json").body(big);
     let (s, v) = decode(res.send().await.unwrap()).await;
     assert_eq!((s, code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
-    let metrics = env
-        .http
-        .get(format!("http://{}/metrics", env.gateways[0].metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics(0).await;
     let counted = |status: &str| {
         metrics.lines().any(|l| {
             l.starts_with("flashsale_http_requests_total{")
@@ -530,15 +522,7 @@ async fn bodies_and_unknown_routes_get_contract_errors() {
     assert_eq!(s, StatusCode::OK);
     let (s, v) = decode(env.http.get(env.url(0, "/readyz")).send().await.unwrap()).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")), "{v}");
-    let metrics = env
-        .http
-        .get(format!("http://{}/metrics", env.gateways[0].metrics_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics(0).await;
     assert!(metrics.contains("flashsale_http_requests_total"), "{metrics}");
     assert!(
         metrics.contains("flashsale_reservations_total") || metrics.contains("flashsale_cache_answers_total")

@@ -52,7 +52,7 @@ pub struct LineRequest {
         (status = 400, body = ErrorBody, description = "invalid_request"), (status = 404, body = ErrorBody, description = "campaign_not_found / sku_not_found"), (status = 409, body = ErrorBody, description = "sold_out / purchase_limit_exceeded / campaign_not_active"), (status = 413, body = ErrorBody, description = "payload_too_large"), (status = 422, body = ErrorBody, description = "idempotency_key_reused"), (status = 429, body = ErrorBody, description = "rate_limited (Retry-After)")))]
 pub async fn create(
     State(state): State<AppState>,
-    Path(campaign): Path<String>,
+    OrderCampaign(campaign): OrderCampaign,
     Buyer(user): Buyer,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     TraceParentHeader(parent): TraceParentHeader,
@@ -61,28 +61,22 @@ pub async fn create(
     create_order(&state, campaign, &user, key, parent, &body).await
 }
 
-/// [`create`] as the server calls it ahead of the router (`server::App`), for a path
-/// whose campaign id needs no decoding: the same extractors in the same order, the id
-/// read off the path.
-pub async fn create_plain(
-    State(state): State<AppState>,
-    PlainCampaign(campaign): PlainCampaign,
-    Buyer(user): Buyer,
-    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
-    TraceParentHeader(parent): TraceParentHeader,
-    RawBody(body): RawBody,
-) -> Response {
-    create_order(&state, campaign, &user, key, parent, &body).await
-}
+/// The campaign id of an order POST: read off the path when it has nothing to decode
+/// ([`plain_order_campaign`]; how the server takes the order POST ahead of the
+/// router, `server::App`), else the router's decoded `Path`.
+pub struct OrderCampaign(String);
 
-/// The campaign id of an order POST's path, as [`plain_order_campaign`] reads it.
-pub struct PlainCampaign(String);
+impl<S: Send + Sync> FromRequestParts<S> for OrderCampaign {
+    type Rejection = Response;
 
-impl<S: Send + Sync> FromRequestParts<S> for PlainCampaign {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        plain_order_campaign(parts.uri.path()).map(|id| Self(id.to_owned())).ok_or(AppError::NotFound)
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        if let Some(id) = plain_order_campaign(parts.uri.path()) {
+            return Ok(Self(id.to_owned()));
+        }
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Self(id)),
+            Err(rejection) => Err(rejection.into_response()),
+        }
     }
 }
 

@@ -85,6 +85,12 @@ impl Env {
         decode(res).await
     }
 
+    /// Gateway `gw`'s Prometheus text.
+    pub async fn metrics(&self, gw: usize) -> String {
+        let url = format!("http://{}/metrics", self.gateways[gw].metrics_addr);
+        self.http.get(url).send().await.unwrap().text().await.unwrap()
+    }
+
     pub async fn order(&self, campaign: &str, user: &str, key: &str, items: Value) -> (StatusCode, Value) {
         self.order_on(0, campaign, user, key, items).await
     }
