@@ -34,10 +34,9 @@ const ORDERS_ROUTE: &str = "/api/v1/campaigns/{campaign_id}/orders";
 /// The public service: the storefront's order POST, the one request a sale is made of,
 /// recognised by its path ahead of the router ([`orders::plain_order_campaign`]: an id
 /// with nothing to decode) and handled by the same handler behind the same guard and
-/// body limit;
-/// every other request (other methods on that path included) goes to [`router`]. The
-/// router's table walk, `MatchedPath` and path parameters were 7 % of the gateway's
-/// CPU on a sold-out answer under wrk.
+/// body limit; every other request (other methods on that path included) goes to
+/// [`router`]. The router's table walk, `MatchedPath` and path parameters were 7 % of
+/// the gateway's CPU on a sold-out answer under wrk.
 #[derive(Clone)]
 pub struct App {
     orders: BoxCloneSyncService<Request, Response, Infallible>,
