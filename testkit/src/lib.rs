@@ -106,23 +106,35 @@ pub async fn delete_keys(redis: &RedisSettings, namespace: &str) {
 
 /// Deletes every key of one campaign shard (`tag`: the campaign id for shard 0), on
 /// whichever node holds it: what that shard looks like after its master restarted
-/// with no data. All at once, as a restart loses them: deleted key by key, a rebuild that began once
-/// the meta was gone would have keys it just wrote deleted behind it.
+/// with no data. All at once, as a restart loses them: deleted key by key, a rebuild
+/// that began once the meta was gone would have keys it just wrote deleted behind it.
 pub async fn lose_shard(redis: &RedisSettings, namespace: &str, tag: &str) {
     let pattern = format!("{namespace}:{{c:{tag}}}:*");
     for node in redis.nodes() {
-        let mut conn = patient_connection(node.as_str()).await;
-        let _: u64 =
-            redis::Script::new(WIPE_AND_RESTORE).arg(&pattern).invoke_async(&mut conn).await.unwrap();
+        wipe_and_restore(node.as_str(), &pattern, &[]).await;
     }
+}
+
+/// Runs [`WIPE_AND_RESTORE`] on the Redis at `url`: the keys matching `pattern` go,
+/// those of `snap` come back.
+async fn wipe_and_restore(url: &str, pattern: &str, snap: &[(String, Vec<u8>, i64)]) {
+    let mut conn = patient_connection(url).await;
+    let wipe = redis::Script::new(WIPE_AND_RESTORE);
+    let mut script = wipe.prepare_invoke();
+    script.arg(pattern);
+    for (k, dump, ttl) in snap {
+        script.arg(k).arg((*ttl).max(0)).arg(dump.as_slice());
+    }
+    let _: u64 = script.invoke_async(&mut conn).await.unwrap();
 }
 
 /// A connection for the scripts here, which scan the whole keyspace of a Redis that
 /// every test shares: the client's default reply timeout (500 ms) is too short for that
 /// on a loaded machine.
 async fn patient_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let limit = Some(std::time::Duration::from_secs(10));
     let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(10)));
+        redis::AsyncConnectionConfig::new().set_connection_timeout(limit).set_response_timeout(limit);
     let client = redis::Client::open(url).unwrap();
     client.get_multiplexed_async_connection_with_config(&config).await.unwrap()
 }
@@ -173,14 +185,7 @@ pub async fn roll_back_shard(
     tag: &str,
     snap: &[(String, Vec<u8>, i64)],
 ) {
-    let mut conn = patient_connection(redis.url.as_str()).await;
-    let wipe = redis::Script::new(WIPE_AND_RESTORE);
-    let mut script = wipe.prepare_invoke();
-    script.arg(format!("{namespace}:{{c:{tag}}}:*"));
-    for (k, dump, ttl) in snap {
-        script.arg(k).arg((*ttl).max(0)).arg(dump.as_slice());
-    }
-    let _: u64 = script.invoke_async(&mut conn).await.unwrap();
+    wipe_and_restore(redis.url.as_str(), &format!("{namespace}:{{c:{tag}}}:*"), snap).await;
 }
 
 /// [`delete_keys`] for any SCAN pattern.
